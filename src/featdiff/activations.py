@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -15,6 +17,11 @@ from torch import Tensor
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+_TOKEN_IDS = "__token_ids__"  # key of the token ids in a shard
 
 
 def _check_acts(name: str, x: Tensor) -> Tensor:
@@ -146,34 +153,29 @@ class ActivationSet:
             yield {n: self[n][idx] for n in names}
 
     def save(self, path: str | os.PathLike, shard_tokens: int = 65536) -> Path:
-        """Write the set to a folder of safetensors shards (atomically); read it back with ``load``."""
-        from safetensors.torch import save_file
+        """Write the set to a folder of safetensors shards (atomically); read it back with ``load``.
 
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> acts = ActivationSet.from_tensors({"base": torch.randn(5, 3)}, token_ids=torch.arange(5))
+        >>> path = acts.save(tempfile.mkdtemp() + "/acts", shard_tokens=2)
+        >>> back = ActivationSet.load(path)
+        >>> torch.equal(back["base"], acts["base"]), back.token_ids.tolist()
+        (True, [0, 1, 2, 3, 4])
+        """
+        if shard_tokens <= 0:
+            raise FeatdiffError(f"shard_tokens must be positive; got {shard_tokens}.")
         path = Path(path)
-        n_shards = max(1, math.ceil(self.n_tokens / shard_tokens))
         with atomic_dir(path) as tmp:
-            for i in range(n_shards):
-                sl = slice(i * shard_tokens, (i + 1) * shard_tokens)
-                tensors = {n: x[sl].contiguous() for n, x in self.acts.items()}
-                if self.token_ids is not None:
-                    tensors["__token_ids__"] = self.token_ids[sl].contiguous()
-                save_file(tensors, str(tmp / constants.ACTS_SHARD.format(index=i)))
+            writer = _ShardWriter(tmp, self.names, shard_tokens)
+            writer.add(self.acts, self.token_ids)
+            n_shards = writer.close()
             write_json(tmp / constants.ACTS_META, self._meta_json(n_shards))
         return path
 
     def _meta_json(self, n_shards: int) -> dict:
-        from featdiff import __version__
-
-        return {
-            "featdiff_version": __version__,
-            "format_version": constants.FORMAT_VERSION,
-            "names": self.names,
-            "hook": self.hook,
-            "n_tokens": self.n_tokens,
-            "d_model": self.d_model,
-            "n_shards": n_shards,
-            "meta": self.meta,
-        }
+        return _meta_json(self.names, self.hook, self.n_tokens, self.d_model, n_shards, self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationSet:
@@ -200,10 +202,334 @@ class ActivationSet:
                 raise FeatdiffError(f"Cannot read activation shard {shard}: {e}. Re-collect the activations.") from None
             for n in parts:
                 parts[n].append(tensors[n])
-            if "__token_ids__" in tensors:
-                tids.append(tensors["__token_ids__"])
+            if _TOKEN_IDS in tensors:
+                tids.append(tensors[_TOKEN_IDS])
         acts = {n: torch.cat(p) for n, p in parts.items()}
         out = cls(acts, meta.get("hook"), torch.cat(tids) if tids else None, meta.get("meta") or {})
         if out.n_tokens != meta["n_tokens"]:
             raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {meta['n_tokens']}.")
         return out
+
+
+# ----------------------------------------------------------------------------------------- shard writing
+
+
+def _meta_json(names: list[str], hook: str | None, n_tokens: int, d_model: int, n_shards: int, meta: dict) -> dict:
+    from featdiff import __version__
+
+    return {
+        "featdiff_version": __version__,
+        "format_version": constants.FORMAT_VERSION,
+        "names": list(names),
+        "hook": hook,
+        "n_tokens": n_tokens,
+        "d_model": d_model,
+        "n_shards": n_shards,
+        "meta": meta,
+    }
+
+
+class _ShardWriter:
+    """Buffer rows {name: (rows, d)} (+ token ids) and write them as shards of exactly ``shard_tokens``
+    rows (the last one shorter), named like ActivationSet.save's."""
+
+    def __init__(self, folder: Path, names: list[str], shard_tokens: int, template: str = constants.ACTS_SHARD):
+        self.folder, self.names, self.shard_tokens, self.template = Path(folder), list(names), shard_tokens, template
+        self._buf: dict[str, list[Tensor]] = {n: [] for n in self.names}
+        self._tids: list[Tensor] = []
+        self._n_buf = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n_shards = 0
+        self.n_tokens = 0
+
+    def add(self, acts: Mapping[str, Tensor], token_ids: Tensor | None = None) -> None:
+        n = next(iter(acts.values())).shape[0]
+        if n == 0:
+            return
+        for name in self.names:
+            self._buf[name].append(acts[name])
+        if token_ids is not None:
+            self._tids.append(token_ids)
+        self._n_buf += n
+        while self._n_buf >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        from safetensors.torch import save_file
+
+        def take(parts: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+            full = parts[0] if len(parts) == 1 else torch.cat(parts)
+            rest = [full[n:]] if full.shape[0] > n else []
+            return full[:n].contiguous(), rest
+
+        tensors = {}
+        for name in self.names:
+            tensors[name], self._buf[name] = take(self._buf[name])
+        if self._tids:
+            tensors[_TOKEN_IDS], self._tids = take(self._tids)
+        save_file(tensors, str(self.folder / self.template.format(index=self.n_shards)))
+        self.n_shards += 1
+        self.n_tokens += n
+        self._n_buf -= n
+
+    def close(self) -> int:
+        if self._n_buf:
+            self._flush(self._n_buf)
+        return self.n_shards
+
+
+# ----------------------------------------------------------------------------------- collect_activations
+
+
+def _prepare_tokens(
+    tokens, models: dict[str, HookedTransformer], attention_mask, pad_token_id
+) -> tuple[Tensor, Tensor]:
+    """Token ids (batch, seq) and a boolean mask of the real (non-pad) positions."""
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    if isinstance(tokens, Sequence) and len(tokens) > 0 and all(isinstance(t, str) for t in tokens):
+        return _tokenize_texts(list(tokens), models)
+    if not isinstance(tokens, Tensor):
+        try:
+            tokens = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError):
+            raise FeatdiffError(
+                "tokens must be an integer tensor (batch, seq) of token ids, or a list of strings when every "
+                f"checkpoint has a tokenizer; got {type(tokens).__name__}."
+            ) from None
+    if tokens.numel() == 0:
+        raise FeatdiffError(f"tokens is empty (shape {tuple(tokens.shape)}); pass at least one token.")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise FeatdiffError(f"tokens must hold integer token ids; got dtype {tokens.dtype}.")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise FeatdiffError(f"tokens must have shape (batch, seq); got {tuple(tokens.shape)}.")
+    tokens = tokens.long().cpu()
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask).cpu()
+        if attention_mask.shape != tokens.shape:
+            raise FeatdiffError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but tokens has {tuple(tokens.shape)}."
+            )
+        mask &= attention_mask.bool()
+    if pad_token_id is not None:
+        mask &= tokens != pad_token_id
+    return tokens, mask
+
+
+def _tokenize_texts(texts: list[str], models: dict[str, HookedTransformer]) -> tuple[Tensor, Tensor]:
+    from transformer_lens.utilities.tokenize_utils import get_attention_mask
+
+    missing = [n for n, m in models.items() if m.tokenizer is None]
+    if missing:
+        raise FeatdiffError(
+            f"Texts need a tokenizer, and checkpoints {missing} have none; pass token ids instead."
+        )
+    out = {}
+    for name, model in models.items():
+        toks = model.to_tokens(texts, padding_side="right").cpu()
+        mask = get_attention_mask(model.tokenizer, toks, model.cfg.default_prepend_bos, padding_side="right")
+        out[name] = (toks, mask.bool().cpu())
+    (first, (toks, mask)), *rest = out.items()
+    for name, (t, _) in rest:
+        if t.shape != toks.shape or not torch.equal(t, toks):
+            raise FeatdiffError(
+                f"Checkpoints {first!r} and {name!r} tokenize the texts differently; paired activations need "
+                "one tokenization: pass token ids instead."
+            )
+    return toks, mask
+
+
+def _stop_at_layer(hook: str) -> int | None:
+    from featdiff.models import hook_layer
+
+    layer = hook_layer(hook)
+    return None if layer is None else layer + 1
+
+
+def collect_activations(
+    models: Mapping[str, object],
+    tokens: Int[Tensor, "batch seq"] | list[str],
+    hook: str | None = None,
+    batch_size: int = 32,
+    drop_bos: bool = True,
+    outlier_factor: float | None = 10.0,
+    out_dir: str | os.PathLike | None = None,
+    shard_tokens: int = 65536,
+    progress: bool = True,
+    device: str | None = None,
+    attention_mask: Int[Tensor, "batch seq"] | None = None,
+    pad_token_id: int | None = None,
+) -> ActivationSet:
+    """Run the same tokens through every checkpoint and keep the activations at ``hook``, paired by token.
+
+    Row i of every checkpoint comes from the same token (``token_ids[i]``). Padding (``attention_mask``
+    zeros or ``pad_token_id``) and, with ``drop_bos``, the first real position of each sequence are dropped,
+    then every token whose activation norm exceeds ``outlier_factor`` times the median norm in *any*
+    checkpoint is dropped from all of them. The counts are in ``meta`` (``n_dropped_pad``,
+    ``n_dropped_bos``, ``n_dropped_outlier``). The forward pass stops after the hook's block.
+
+    ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
+    and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
+    ``tokens`` may be a list of strings when every checkpoint has a tokenizer. With ``out_dir`` the
+    activations stream to disk as shards (the ``ActivationSet.save`` format) and the set is read back.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformer_lens import HookedTransformer
+    >>> cfg = dict(n_layers=2, d_model=8, n_ctx=16, d_head=4, d_vocab=20, act_fn="relu", seed=0)
+    >>> models = {"base": HookedTransformer(cfg), "rl": HookedTransformer(cfg)}
+    >>> tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(0))
+    >>> acts = collect_activations(models, tokens, "blocks.0.hook_resid_post", outlier_factor=None, progress=False)
+    >>> acts.names, acts.n_tokens, acts.d_model, acts.meta["n_dropped_bos"]
+    (['base', 'rl'], 15, 8, 3)
+    >>> torch.equal(acts.token_ids, tokens[:, 1:].reshape(-1))  # row i of every checkpoint: token_ids[i]
+    True
+    """
+    from tqdm.auto import tqdm
+
+    from featdiff.models import check_compatible, default_hook, load_model
+
+    if not isinstance(models, Mapping) or not models:
+        raise FeatdiffError("collect_activations needs a non-empty dict {checkpoint name: model or checkpoint}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise FeatdiffError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens <= 0:
+        raise FeatdiffError(f"shard_tokens must be a positive int; got {shard_tokens!r}.")
+    if outlier_factor is not None and not outlier_factor > 1:
+        raise FeatdiffError(
+            f"outlier_factor must be > 1 (a multiple of the median norm) or None to keep all; got {outlier_factor}."
+        )
+    loaded = {str(name): load_model(spec, device=device) for name, spec in models.items()}
+    hook = default_hook(next(iter(loaded.values()))) if hook is None else hook
+    check_compatible(loaded, hook)
+    tokens, mask = _prepare_tokens(tokens, loaded, attention_mask, pad_token_id)
+    n_seq, seq_len = tokens.shape
+    for name, model in loaded.items():
+        if seq_len > model.cfg.n_ctx:
+            raise FeatdiffError(
+                f"Sequences have {seq_len} tokens but checkpoint {name!r} takes at most n_ctx={model.cfg.n_ctx}; "
+                "cut them shorter."
+            )
+    d_vocab = next(iter(loaded.values())).cfg.d_vocab
+    real = tokens[mask]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= d_vocab):
+        raise FeatdiffError(
+            f"tokens hold ids in [{int(real.min())}, {int(real.max())}] but the vocabulary has d_vocab={d_vocab} "
+            "ids; were the tokens made with another tokenizer?"
+        )
+    fwd_tokens = tokens.masked_fill(~mask, 0)  # pad ids may lie outside the vocabulary; they are masked
+
+    keep = mask.clone()
+    n_dropped_pad = int((~mask).sum())
+    n_dropped_bos = 0
+    if drop_bos:
+        has_real = mask.any(dim=1)
+        first = mask.int().argmax(dim=1)
+        rows = torch.nonzero(has_real).squeeze(1)
+        keep[rows, first[rows]] = False
+        n_dropped_bos = int(has_real.sum())
+    if not keep.any():
+        raise FeatdiffError(
+            f"No token is left after dropping {n_dropped_pad} padding and {n_dropped_bos} BOS positions; "
+            "pass longer sequences or drop_bos=False."
+        )
+    keep_flat = keep.reshape(-1)
+    stop = _stop_at_layer(hook)
+    n_batches = -(-n_seq // batch_size)
+
+    out_dir = None if out_dir is None else Path(out_dir)
+    with contextlib.nullcontext() if out_dir is None else atomic_dir(out_dir) as tmp:
+        raw: dict[str, list[Tensor]] = {}
+        raw_writers: dict[str, _ShardWriter] = {}
+        norms: dict[str, Tensor] = {}
+        d_model = 0
+        bar = tqdm(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
+        for m_index, (name, model) in enumerate(loaded.items()):
+            if tmp is not None:
+                raw_writers[name] = _ShardWriter(tmp / "_raw", [name], shard_tokens, f"m{m_index}_{{index:05d}}.st")
+            chunks, chunk_norms = [], []
+            dev = model.cfg.device
+            for b in range(n_batches):
+                sl = slice(b * batch_size, (b + 1) * batch_size)
+                with torch.inference_mode():
+                    _, cache = model.run_with_cache(
+                        fwd_tokens[sl].to(dev),
+                        names_filter=hook,
+                        stop_at_layer=stop,
+                        attention_mask=mask[sl].long().to(dev),
+                        return_cache_object=False,
+                    )
+                x = cache[hook]
+                if x.shape[:2] != fwd_tokens[sl].shape:
+                    raise FeatdiffError(
+                        f"Hook {hook!r} gives activations of shape {tuple(x.shape)}, not (batch, pos, ...); "
+                        "pick a hook with one vector per token, e.g. featdiff.hook_name(layer)."
+                    )
+                rows = keep_flat[b * batch_size * seq_len : (b + 1) * batch_size * seq_len]
+                x = x.reshape(-1, x[0, 0].numel())[rows.to(x.device)].float().cpu()
+                d_model = x.shape[1]
+                chunk_norms.append(x.norm(dim=1))
+                if tmp is None:
+                    chunks.append(x)
+                else:
+                    raw_writers[name].add({name: x})
+                bar.update(1)
+            norms[name] = torch.cat(chunk_norms)
+            if tmp is None:
+                raw[name] = torch.cat(chunks)
+            else:
+                raw_writers[name].close()
+        bar.close()
+
+        outlier = torch.zeros(int(keep.sum()), dtype=torch.bool)
+        n_outlier_by_checkpoint, median_norm = {}, {}
+        for name, nrm in norms.items():
+            med = float(nrm.median())
+            median_norm[name] = med
+            bad = nrm > outlier_factor * med if (outlier_factor is not None and med > 0) else torch.zeros_like(outlier)
+            n_outlier_by_checkpoint[name] = int(bad.sum())
+            outlier |= bad
+        n_dropped_outlier = int(outlier.sum())
+        kept = ~outlier
+        if not kept.any():
+            raise FeatdiffError("Every token was dropped as an outlier; raise outlier_factor or pass None.")
+        flat_ids = tokens.reshape(-1)[keep_flat]
+        token_ids = flat_ids[kept]
+        meta = {
+            "n_sequences": n_seq,
+            "seq_len": seq_len,
+            "n_dropped_pad": n_dropped_pad,
+            "n_dropped_bos": n_dropped_bos,
+            "n_dropped_outlier": n_dropped_outlier,
+            "n_outlier_by_checkpoint": n_outlier_by_checkpoint,
+            "median_norm": median_norm,
+            "outlier_factor": outlier_factor,
+            "drop_bos": drop_bos,
+        }
+        if progress and (n_dropped_outlier or n_dropped_bos or n_dropped_pad):
+            tqdm.write(
+                f"collect_activations: kept {int(kept.sum())} tokens; dropped {n_dropped_pad} padding, "
+                f"{n_dropped_bos} BOS and {n_dropped_outlier} outlier-norm tokens."
+            )
+        if tmp is None:
+            return ActivationSet({n: x[kept] for n, x in raw.items()}, hook=hook, token_ids=token_ids, meta=meta)
+        from safetensors.torch import load_file
+
+        # Second pass over the raw shards: drop the outliers, write the final shards.
+        names = list(loaded)
+        writer = _ShardWriter(tmp, names, shard_tokens)
+        start = 0
+        for i in range(raw_writers[names[0]].n_shards):
+            part = {n: load_file(str(tmp / "_raw" / f"m{k}_{i:05d}.st"))[n] for k, n in enumerate(names)}
+            n_rows = part[names[0]].shape[0]
+            sel = kept[start : start + n_rows]
+            writer.add({n: x[sel] for n, x in part.items()}, flat_ids[start : start + n_rows][sel])
+            start += n_rows
+        n_shards = writer.close()
+        shutil.rmtree(tmp / "_raw")
+        write_json(tmp / constants.ACTS_META, _meta_json(names, hook, writer.n_tokens, d_model, n_shards, meta))
+    return ActivationSet.load(out_dir)

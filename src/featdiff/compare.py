@@ -1,0 +1,465 @@
+"""compare_dictionaries and compare_checkpoints: aligned dictionaries -> tidy tables (a Comparison)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from featdiff import constants
+from featdiff._io import atomic_dir, write_json
+from featdiff.activations import ActivationSet
+from featdiff.align import Alignment, align, encode
+from featdiff.errors import FeatdiffError, check_choice
+from featdiff.metrics.recombination import recombination
+from featdiff.metrics.registry import MetricContext, compute_metric, get_metric
+from featdiff.metrics.reuse import base_coverage, drift
+
+SUMMARY_COLUMNS = [
+    "reuse",
+    "recombination",
+    "novelty",
+    "reuse_raw",
+    "recombination_raw",
+    "novelty_raw",
+    "drift",
+    "freq_shift",
+    "base_coverage",
+    "transfer_fve",
+    "reference_fve",
+    "target_fve",
+    "noise_floor_reuse",
+    "n_features",
+    "n_live",
+    "n_dead",
+]
+FEATURE_COLUMNS = [
+    "checkpoint",
+    "feature",
+    "status",
+    "match",
+    "similarity",
+    "drift",
+    "freq_shift",
+    "components",
+    "n_components",
+    "fit_cosine",
+    "frequency",
+]
+STATUSES = ["reused", "recombined", "novel", "dead"]
+
+
+@dataclass
+class CompareConfig:
+    """Thresholds and choices of compare_dictionaries (DESIGN.md's defaults)."""
+
+    reuse_threshold: float = 0.7
+    fit_threshold: float = 0.9
+    max_components: int = 3
+    min_components: int = 2
+    method: str = "hungarian"
+    on: str = "decoder"
+    eps: float = 1e-6
+    correct: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, ("hungarian", "max"), "CompareConfig")
+        check_choice("on", self.on, ("decoder", "activations"), "CompareConfig")
+        for name in ("reuse_threshold", "fit_threshold"):
+            v = getattr(self, name)
+            if not -1 <= v <= 1:
+                raise FeatdiffError(f"CompareConfig.{name} is a cosine threshold in [-1, 1]; got {v}.")
+        if not 1 <= self.min_components <= self.max_components:
+            raise FeatdiffError(
+                f"CompareConfig needs 1 <= min_components <= max_components; got {self.min_components}, "
+                f"{self.max_components}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompareConfig:
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(d) - allowed
+        if unknown:
+            raise FeatdiffError(f"Unknown CompareConfig keys {sorted(unknown)}; allowed are {sorted(allowed)}.")
+        return cls(**d)
+
+
+def correct_fractions(reuse_raw: float, recombination_raw: float, noise_floor: float) -> tuple[float, float, float]:
+    """Correct raw fractions for imperfect dictionary learning, using the noise floor.
+
+    Two reference SAEs trained on the same data with different seeds match only a fraction q (the noise
+    floor) of their features, although every feature is shared: a feature present in both checkpoints is
+    detected as such with probability about q, and a missed one looks novel. So the detected fractions are
+    divided by q: reuse = min(1, reuse_raw / q), recombination = min(recombination_raw / q, 1 - reuse),
+    novelty = 1 - reuse - recombination. Without a noise floor (NaN) the raw fractions are returned.
+
+    Examples
+    --------
+    >>> correct_fractions(0.3, 0.1, 0.6)
+    (0.5, 0.16666666666666669, 0.33333333333333326)
+    """
+    if noise_floor is None or not np.isfinite(noise_floor) or noise_floor <= 0:
+        return reuse_raw, recombination_raw, max(0.0, 1.0 - reuse_raw - recombination_raw)
+    q = min(1.0, noise_floor)
+    r = min(1.0, reuse_raw / q)
+    c = min(recombination_raw / q, 1.0 - r)
+    return r, c, max(0.0, 1.0 - r - c)
+
+
+@torch.no_grad()
+def _fve(dictionary, x: torch.Tensor, codes: torch.Tensor, batch_size: int = 8192) -> float:
+    """Fraction of variance of x explained by dictionary.decode(codes)."""
+    p = next(iter(dictionary.parameters()))
+    err = 0.0
+    for i in range(0, len(x), batch_size):
+        rec = dictionary.decode(codes[i : i + batch_size].to(p.device, p.dtype)).float().cpu()
+        err += float(((x[i : i + batch_size] - rec) ** 2).sum())
+    total = float(((x - x.mean(0)) ** 2).sum())
+    return 1.0 - err / total if total > 0 else float("nan")
+
+
+def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
+    d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
+    rc = recombination(al, cfg.fit_threshold, cfg.max_components, cfg.min_components, cfg.reuse_threshold)
+    t = al.table()
+    status = np.where(
+        ~t["live"],
+        "dead",
+        np.where(d["drift"].notna(), "reused", np.where(rc["recombined"], "recombined", "novel")),
+    )
+    return pd.DataFrame(
+        {
+            "checkpoint": al.target,
+            "feature": t["feature"],
+            "status": pd.Categorical(status, categories=STATUSES),
+            "match": t["match"],
+            "similarity": t["similarity"],
+            "drift": d["drift"],
+            "freq_shift": d["freq_shift"],
+            "components": rc["components"],
+            "n_components": rc["n_components"],
+            "fit_cosine": rc["fit_cosine"],
+            "frequency": np.nan if tgt_freq is None else tgt_freq.double().numpy(),
+        }
+    )
+
+
+def _noise_floor_reuse(reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig) -> float:
+    """Reuse between two reference dictionaries trained with different seeds on the same data."""
+    pair = None
+    if acts is not None:
+        pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
+    al = align(reference, replica, cfg.method, cfg.on, pair, ref_name, "__replica__")
+    live = al.tgt_live
+    reused = live & (np.nan_to_num(al.similarity, nan=-np.inf) >= cfg.reuse_threshold)
+    return float(reused.sum() / live.sum()) if live.sum() else float("nan")
+
+
+def compare_dictionaries(
+    saes: dict,
+    acts: ActivationSet | None = None,
+    reference: str = "base",
+    noise_floor=None,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+    **overrides,
+) -> Comparison:
+    """Align every target dictionary to the reference one and score it (DESIGN.md's definitions).
+
+    ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
+    holds every checkpoint's activations on the same evaluation tokens: with them, dead features are
+    found, firing frequencies compared and variance explained. ``noise_floor`` is a second reference SAE
+    trained with another seed: its reuse against the reference is the noise floor used to correct the
+    fractions (see ``correct_fractions``). ``metrics`` lists registered metric names or callables to
+    compute (default: every registered metric). ``overrides`` set CompareConfig fields.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> W = torch.eye(8)
+    >>> saes = {"base": sae_from_dictionary(W, k=2), "rl": sae_from_dictionary(W[[1, 0, 2, 3, 4, 5, 6, 7]], k=2)}
+    >>> cmp = compare_dictionaries(saes, progress=False)
+    >>> cmp.summary.loc["rl", ["reuse", "recombination", "novelty", "drift"]].tolist()
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or CompareConfig()
+    if overrides:
+        cfg = CompareConfig.from_dict({**cfg.to_dict(), **overrides})
+    if not isinstance(saes, dict) or len(saes) < 2:
+        raise FeatdiffError("compare_dictionaries needs a dict of at least two dictionaries {name: SAE}.")
+    if reference not in saes:
+        raise FeatdiffError(f"The reference {reference!r} is not among the dictionaries {list(saes)}.")
+    if acts is not None:
+        missing = [n for n in saes if n not in acts]
+        if missing:
+            raise FeatdiffError(f"Activations are missing checkpoints {missing}; the ActivationSet has {acts.names}.")
+    chosen = [get_metric(m) for m in (metrics if metrics is not None else _default_metrics())]
+    targets = [n for n in saes if n != reference]
+
+    codes = {}
+    freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
+    if acts is not None:
+        for n in tqdm(list(saes), desc="encoding", disable=not progress):
+            codes[n] = encode(saes[n], acts[n])
+            freqs[n] = (codes[n] > 0).float().mean(0)
+    nf = float("nan")
+    if noise_floor is not None:
+        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg)
+    ref_fve = _fve(saes[reference], acts[reference], codes[reference]) if acts is not None else float("nan")
+
+    rows, tables, alignments = [], [], {}
+    for name in tqdm(targets, desc="aligning", disable=not progress):
+        al = align(
+            saes[reference],
+            saes[name],
+            cfg.method,
+            cfg.on,
+            acts,
+            reference,
+            name,
+            codes=(codes[reference], codes[name]) if acts is not None else None,
+        )
+        alignments[name] = al
+        table = _feature_table(al, cfg, freqs[reference], freqs[name])
+        live = table["status"] != "dead"
+        n_live = int(live.sum())
+        frac = {s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]}
+        r, c, nov = (
+            correct_fractions(frac["reused"], frac["recombined"], nf)
+            if cfg.correct
+            else (frac["reused"], frac["recombined"], frac["novel"])
+        )
+        row = {
+            "checkpoint": name,
+            "reuse": r,
+            "recombination": c,
+            "novelty": nov,
+            "reuse_raw": frac["reused"],
+            "recombination_raw": frac["recombined"],
+            "novelty_raw": frac["novel"],
+            "drift": float(table["drift"].mean()) if table["drift"].notna().any() else float("nan"),
+            "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
+            "base_coverage": base_coverage(al, cfg.reuse_threshold),
+            "transfer_fve": float("nan"),
+            "reference_fve": ref_fve,
+            "target_fve": float("nan"),
+            "noise_floor_reuse": nf,
+            "n_features": len(table),
+            "n_live": n_live,
+            "n_dead": int((~live).sum()),
+        }
+        if acts is not None:
+            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations.
+            transfer_codes = encode(saes[reference], acts[name])
+            row["transfer_fve"] = _fve(saes[reference], acts[name], transfer_codes)
+            row["target_fve"] = _fve(saes[name], acts[name], codes[name])
+        ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
+        if acts is not None:
+            ctx.__dict__["reference_codes"] = codes[reference]
+            ctx.__dict__["target_codes"] = codes[name]
+        for metric in chosen:
+            summ, feats = compute_metric(metric, ctx)
+            row.update(summ)
+            if feats is not None:
+                clash = (set(feats.columns) - {"feature"}) & set(table.columns)
+                if clash:
+                    raise FeatdiffError(f"Metric {metric.name!r} returns columns {sorted(clash)} that already exist.")
+                table = table.merge(feats, on="feature", how="left", validate="one_to_one")
+        rows.append(row)
+        tables.append(table)
+    summary = pd.DataFrame(rows).set_index("checkpoint")
+    features = pd.concat(tables, ignore_index=True)
+    features["status"] = pd.Categorical(features["status"], categories=STATUSES)
+    meta = {
+        **(meta or {}),
+        "reference": reference,
+        "targets": targets,
+        "config": cfg.to_dict(),
+        "metrics": [m.name for m in chosen],
+        "n_eval_tokens": None if acts is None else acts.n_tokens,
+        "hook": None if acts is None else acts.hook,
+    }
+    return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+
+
+def _default_metrics() -> list[str]:
+    from featdiff.metrics.registry import _REGISTRY
+
+    return list(_REGISTRY)
+
+
+@dataclass
+class Comparison:
+    """The result of a comparison: ``summary`` (one row per compared checkpoint), ``features`` (one row per
+    (checkpoint, feature)), ``meta`` (hook, tokens, seeds, versions). ``to_dir`` / ``load`` round-trip the
+    tables exactly; alignments and dictionaries stay in memory only."""
+
+    summary: pd.DataFrame
+    features: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+    alignments: dict | None = field(default=None, repr=False)
+    dictionaries: dict | None = field(default=None, repr=False)
+    extras: dict = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        cols = [c for c in ("reuse", "recombination", "novelty", "drift", "transfer_fve") if c in self.summary]
+        return f"Comparison(reference={self.meta.get('reference')!r})\n{self.summary[cols].round(3).to_string()}"
+
+    def _repr_html_(self) -> str:
+        return self.summary.round(4)._repr_html_()
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """A figure of the status fractions per checkpoint and the drift distribution; saved if ``path``."""
+        from featdiff.report import plot_comparison
+
+        fig = plot_comparison(self)
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        return fig
+
+    def to_dir(self, path: str | os.PathLike, figures: bool = True) -> Path:
+        """Write summary.csv, features.parquet, meta.json and figures/ into ``path`` (atomically)."""
+        from featdiff import __version__
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.summary.to_csv(tmp / constants.SUMMARY)
+            feats = self.features.copy()
+            if "components" in feats:
+                feats["components"] = feats["components"].map(json.dumps)
+            feats.to_parquet(tmp / constants.FEATURES, index=False)
+            write_json(
+                tmp / constants.META,
+                {**self.meta, "featdiff_version": __version__, "format_version": constants.FORMAT_VERSION},
+            )
+            if figures:
+                import matplotlib.pyplot as plt
+
+                (tmp / constants.FIGURES).mkdir()
+                fig = self.plot(tmp / constants.FIGURES / "comparison.png")
+                plt.close(fig)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Comparison:
+        """Read a folder written by ``to_dir``."""
+        path = Path(path)
+        for name in (constants.SUMMARY, constants.FEATURES, constants.META):
+            if not (path / name).is_file():
+                raise FeatdiffError(f"{path} is not a Comparison folder: {name} is missing. Write one with to_dir.")
+        summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
+        features = pd.read_parquet(path / constants.FEATURES)
+        if "components" in features:
+            features["components"] = features["components"].map(lambda s: [tuple(c) for c in json.loads(s)])
+        meta = json.loads((path / constants.META).read_text())
+        return cls(summary, features, meta)
+
+
+METHODS = ("saes", "crosscoder")
+
+
+def compare_checkpoints(
+    base,
+    rl=None,
+    sft=None,
+    *,
+    tokens=None,
+    texts=None,
+    hook: str | None = None,
+    method: str = "saes",
+    saes: dict | None = None,
+    d_sae: int | None = None,
+    architecture: str = "topk",
+    k: int | None = None,
+    seed: int = 0,
+    noise_floor: bool = True,
+    eval_fraction: float = 0.2,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    train_kwargs: dict | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    device: str | None = None,
+    **more,
+) -> Comparison:
+    """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
+    dictionaries, align them to the base's and score them.
+
+    ``base``, ``rl``, ``sft`` and any further keyword checkpoints (``dpo=...``) take whatever ``load_model``
+    takes. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
+    prompts. ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
+    checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
+    ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
+    tokens is held out for scoring.
+    """
+    from featdiff.activations import collect_activations
+    from featdiff.models import default_hook, load_model, load_prompts
+
+    check_choice("method", method, METHODS, "compare_checkpoints")
+    specs = {"base": base, "rl": rl, "sft": sft, **more}
+    specs = {n: s for n, s in specs.items() if s is not None}
+    if len(specs) < 2:
+        raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
+    models = {n: load_model(s, device=device) for n, s in specs.items()}
+    if tokens is None and texts is None:
+        tokens = load_prompts(models["base"])
+        if tokens is None:
+            raise FeatdiffError(
+                "compare_checkpoints needs data: pass tokens= (token ids, shape (batch, seq)) or texts=; "
+                "only checkpoints made by featdiff.lab carry their own prompts."
+            )
+    data = tokens if tokens is not None else texts
+    hook = hook or default_hook(models["base"])
+    acts = collect_activations(models, data, hook=hook, batch_size=batch_size, progress=progress, device=device)
+    train, held_out = acts.split(eval_fraction, seed=seed)
+    meta = {
+        "method": method,
+        "hook": hook,
+        "n_tokens": acts.n_tokens,
+        "n_train_tokens": train.n_tokens,
+        "seed": seed,
+        "checkpoints": {n: str(getattr(m, "featdiff_path", None) or (s if isinstance(s, (str, os.PathLike)) else type(s).__name__)) for (n, m), s in zip(models.items(), specs.values())},
+        "activations": acts.meta,
+    }
+    if method == "crosscoder":
+        from featdiff.dictionaries.crosscoder import train_crosscoder
+        from featdiff.metrics.crosscoder import compare_crosscoder
+
+        cc = train_crosscoder(train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, **(train_kwargs or {}))
+        return compare_crosscoder(cc, held_out, reference="base", meta=meta, progress=progress)
+
+    from featdiff.dictionaries.sae import train_saes
+
+    replica = None
+    if saes is None:
+        extra = {"__noise_floor__": ("base", seed + 1)} if noise_floor else None
+        saes = train_saes(
+            train, d_sae=d_sae, architecture=architecture, k=k, seed=seed, extra=extra, progress=progress,
+            **(train_kwargs or {}),
+        )
+        replica = saes.pop("__noise_floor__", None)
+        meta["sae"] = {"architecture": architecture, "d_sae": d_sae, "k": k, "seed": seed, **(train_kwargs or {})}
+    else:
+        from featdiff.dictionaries.sae import load_sae
+
+        saes = {n: load_sae(s) if isinstance(s, (str, os.PathLike)) else s for n, s in saes.items()}
+        replica = saes.pop("__noise_floor__", None)
+    cmp = compare_dictionaries(
+        saes, held_out, reference="base", noise_floor=replica, metrics=metrics, config=config,
+        progress=progress, meta=meta,
+    )
+    cmp.extras["noise_floor_sae"] = replica
+    return cmp

@@ -1,0 +1,594 @@
+"""A crosscoder for any number of checkpoints: one shared sparse code, one encoder and decoder per checkpoint.
+
+For checkpoints m = 1..M with activations a^m of one token (Lindsey et al. 2024, "Sparse crosscoders"):
+
+    f     = sparse(sum_m W_enc^m (s_m a^m) + b_enc)          codes, shared by every checkpoint
+    â^m   = (W_dec^m f + b_dec^m) / s_m                      reconstruction of checkpoint m, raw units
+
+**Units.** ``s_m = norm_scale[m]`` is one scalar per checkpoint, estimated from the training data so that
+E||s_m a^m||^2 = d_in (turn off with ``normalise=False``, then s_m = 1). ``W_enc``, ``W_dec``, ``b_dec`` and
+the decoder norms that the attribution metrics use all live in this *normalised* space, so that checkpoints
+whose residual streams have different scales are compared on equal terms. The public methods take and
+return *raw* activations: ``encode`` multiplies by s_m, ``decode`` divides by it. ``decoder(name)`` returns
+W_dec^m / s_m, the raw-unit direction of every feature in checkpoint ``name``: editing the codes of one
+token from f to f' in that checkpoint's forward pass is ``h' = h + (f' - f) @ cc.decoder(name)``.
+
+Sparsity is ``"batchtopk"`` (default; Bussmann et al. 2024, as used for crosscoders by Minder et al. 2025)
+or ``"l1"`` (ReLU with an L1 penalty weighted by the summed decoder norms, Lindsey et al. 2024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from featdiff import constants
+from featdiff._io import atomic_dir, write_json
+from featdiff.activations import ActivationSet
+from featdiff.errors import FeatdiffError, check_choice
+
+SPARSITIES = ("batchtopk", "l1")
+
+
+def _fail(msg: str) -> None:
+    raise FeatdiffError(msg)
+
+
+@dataclass
+class CrosscoderConfig:
+    """Every setting of a crosscoder: its shape, its sparsity and how it was trained.
+
+    ``n_steps`` (when set) wins over ``n_epochs``. ``aux_k=None`` means d_in // 2 (as sae-lens TopK).
+    ``p`` is the norm of the per-checkpoint decoder rows used in training (batchtopk ranking, L1 penalty).
+
+    Examples
+    --------
+    >>> cfg = CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, k=4)
+    >>> CrosscoderConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, sparsity="topk")
+    Traceback (most recent call last):
+    ...
+    featdiff.errors.FeatdiffError: The 'sparsity' parameter of CrosscoderConfig must be one of ['batchtopk', 'l1']; got 'topk'.
+    """
+
+    names: list[str]
+    d_in: int
+    d_sae: int
+    sparsity: str = "batchtopk"
+    k: int = 32
+    l1_coefficient: float = 1.0
+    l1_warmup_fraction: float = 0.05
+    lr: float = 3e-3
+    lr_decay_fraction: float = 0.2
+    batch_size: int = 256
+    n_steps: int | None = None
+    n_epochs: float = 1.0
+    aux_k: int | None = None
+    aux_k_coefficient: float = 1.0 / 32
+    dead_steps_threshold: int = 200
+    threshold_momentum: float = 0.99
+    normalise: bool = True
+    p: int = 2
+    init_decoder_norm: float = 0.1
+    seed: int = 0
+    hook: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = "CrosscoderConfig"
+        self.names = list(self.names) if not isinstance(self.names, str) else [self.names]
+        if len(self.names) < 2:
+            _fail(
+                f"A crosscoder needs at least 2 checkpoints; got {len(self.names)} ({self.names}). "
+                "For one checkpoint train an SAE (featdiff.train_saes)."
+            )
+        if len(set(self.names)) != len(self.names) or not all(isinstance(n, str) and n for n in self.names):
+            _fail(f"Checkpoint names must be distinct non-empty strings; got {self.names}.")
+        check_choice("sparsity", self.sparsity, SPARSITIES, where)
+        check_choice("p", self.p, (1, 2), where)
+        for name in ("d_in", "d_sae", "k", "batch_size", "dead_steps_threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                _fail(f"The '{name}' parameter of {where} must be a positive integer; got {v!r}.")
+        if self.sparsity == "batchtopk" and self.k > self.d_sae:
+            _fail(f"k ({self.k}) must be at most d_sae ({self.d_sae}); lower k or raise d_sae.")
+        if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps <= 0):
+            _fail(f"The 'n_steps' parameter of {where} must be a positive integer or None; got {self.n_steps!r}.")
+        if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k <= 0):
+            _fail(f"The 'aux_k' parameter of {where} must be a positive integer or None; got {self.aux_k!r}.")
+        for name in ("lr", "n_epochs", "init_decoder_norm"):
+            if not getattr(self, name) > 0:
+                _fail(f"The '{name}' parameter of {where} must be > 0; got {getattr(self, name)!r}.")
+        for name in ("l1_coefficient", "aux_k_coefficient"):
+            if not getattr(self, name) >= 0:
+                _fail(f"The '{name}' parameter of {where} must be >= 0; got {getattr(self, name)!r}.")
+        for name in ("l1_warmup_fraction", "lr_decay_fraction", "threshold_momentum"):
+            if not 0 <= getattr(self, name) <= 1:
+                _fail(f"The '{name}' parameter of {where} must be in [0, 1]; got {getattr(self, name)!r}.")
+
+    @property
+    def n_models(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CrosscoderConfig:
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise FeatdiffError(f"Unknown CrosscoderConfig keys {unknown}; allowed keys are {allowed}.")
+        return cls(**dict(d))
+
+
+def stack(
+    batch: Mapping[str, Float[Tensor, "batch d_in"]], names: list[str]
+) -> Float[Tensor, "batch n_models d_in"]:
+    """Stack a batch dict {checkpoint: rows} into one tensor with the checkpoints in the order ``names``.
+
+    Examples
+    --------
+    >>> stack({"rl": torch.ones(5, 3), "base": torch.zeros(5, 3)}, ["base", "rl"]).shape
+    torch.Size([5, 2, 3])
+    """
+    missing = [n for n in names if n not in batch]
+    if missing:
+        raise FeatdiffError(f"The batch lacks checkpoints {missing}; it has {list(batch)} and {names} are needed.")
+    xs = [batch[n] for n in names]
+    if len({tuple(x.shape) for x in xs}) != 1 or xs[0].ndim != 2:
+        shapes = {n: tuple(x.shape) for n, x in zip(names, xs, strict=True)}
+        raise FeatdiffError(f"Every checkpoint's rows must have the same shape (batch, d_in); got {shapes}.")
+    return torch.stack(xs, dim=1)
+
+
+class Crosscoder(nn.Module):
+    """One shared sparse dictionary over M >= 2 checkpoints (see the module docstring for the units).
+
+    Parameters: ``W_enc`` (n_models, d_in, d_sae), ``W_dec`` (n_models, d_sae, d_in), ``b_enc`` (d_sae,),
+    ``b_dec`` (n_models, d_in), in normalised units, checkpoints in the order ``cc.names``. Buffers:
+    ``norm_scale`` (n_models,) and the batchtopk inference ``threshold`` (a scalar; < 0 until learned).
+
+    Examples
+    --------
+    >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=4, d_sae=8, k=2))
+    >>> x = torch.randn(3, 2, 4)
+    >>> cc.encode(x).shape, cc.decode(cc.encode(x)).shape, cc.decoder("rl").shape
+    (torch.Size([3, 8]), torch.Size([3, 2, 4]), torch.Size([8, 4]))
+    """
+
+    W_enc: Float[Tensor, "n_models d_in d_sae"]
+    W_dec: Float[Tensor, "n_models d_sae d_in"]
+    b_enc: Float[Tensor, " d_sae"]
+    b_dec: Float[Tensor, "n_models d_in"]
+    norm_scale: Float[Tensor, " n_models"]
+    threshold: Float[Tensor, ""]
+
+    def __init__(self, cfg: CrosscoderConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m, d, s = cfg.n_models, cfg.d_in, cfg.d_sae
+        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        w_dec = torch.randn(m, s, d, generator=g)
+        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True) * cfg.init_decoder_norm
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.transpose(1, 2).clone())
+        self.b_enc = nn.Parameter(torch.zeros(s))
+        self.b_dec = nn.Parameter(torch.zeros(m, d))
+        self.register_buffer("norm_scale", torch.ones(m))
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    # ----------------------------------------------------------------- shape and units
+    @property
+    def names(self) -> list[str]:
+        return list(self.cfg.names)
+
+    @property
+    def n_models(self) -> int:
+        return self.cfg.n_models
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def hook(self) -> str | None:
+        return self.cfg.hook
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return f"Crosscoder(names={c.names}, d_in={c.d_in}, d_sae={c.d_sae}, sparsity={c.sparsity!r}, k={c.k})"
+
+    def model_index(self, name: str, param: str = "name") -> int:
+        """Position of checkpoint ``name`` in ``cc.names`` (raises FeatdiffError for an unknown name)."""
+        check_choice(param, name, self.names, "this Crosscoder")
+        return self.names.index(name)
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[1:]) != (self.n_models, self.d_in):
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise FeatdiffError(
+                f"Crosscoder input must have shape (batch, n_models={self.n_models}, d_in={self.d_in}) "
+                f"with checkpoints in the order {self.names}; got {shape}. Build it with stack(batch, cc.names)."
+            )
+        return x.to(self.W_enc.dtype)
+
+    def _normalise(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
+        return x * self.norm_scale[None, :, None]
+
+    def _weighted_norms(self) -> Float[Tensor, " d_sae"]:
+        return self.W_dec.norm(p=self.cfg.p, dim=-1).sum(0)
+
+    # ----------------------------------------------------------------- forward pass
+    def _pre(self, x_norm: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return torch.einsum("bmd,mds->bs", x_norm, self.W_enc) + self.b_enc
+
+    def _batchtopk(self, acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor]:
+        """Keep the batch's k * batch largest acts * sum_m ||d^m||; return codes and the smallest kept score."""
+        scores = acts * self._weighted_norms()
+        n_keep = min(self.cfg.k * acts.shape[0], scores.numel())
+        top = scores.flatten().topk(n_keep, sorted=False)
+        mask = torch.zeros_like(scores, dtype=torch.bool).flatten()
+        mask[top.indices] = True
+        mask = mask.view_as(scores) & (acts > 0)
+        kept = scores[mask]
+        min_kept = kept.min().detach() if kept.numel() else torch.tensor(0.0)
+        return acts * mask, min_kept
+
+    def encode(
+        self, x: Float[Tensor, "batch n_models d_in"], use_threshold: bool = True
+    ) -> Float[Tensor, "batch d_sae"]:
+        """Codes of raw activations. batchtopk uses the learned threshold (batch-independent) unless
+        ``use_threshold=False``, which applies the training-time batch top-k instead."""
+        acts = torch.relu(self._pre(self._normalise(self._check_x(x))))
+        if self.cfg.sparsity == "l1":
+            return acts
+        if use_threshold:
+            thr = self.threshold.clamp(min=0.0)
+            return acts * (acts * self._weighted_norms() > thr)
+        return self._batchtopk(acts)[0]
+
+    def decode(self, f: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch n_models d_in"]:
+        """Raw-unit reconstructions of every checkpoint from codes."""
+        return self._decode_norm(f) / self.norm_scale[None, :, None]
+
+    def _decode_norm(self, f: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch n_models d_in"]:
+        if f.ndim != 2 or f.shape[1] != self.d_sae:
+            raise FeatdiffError(f"Codes must have shape (batch, d_sae={self.d_sae}); got {tuple(f.shape)}.")
+        return torch.einsum("bs,msd->bmd", f.to(self.W_dec.dtype), self.W_dec) + self.b_dec
+
+    def forward(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
+        """Reconstruct raw activations: ``decode(encode(x))``."""
+        return self.decode(self.encode(x))
+
+    def decoder(self, name: str) -> Float[Tensor, "d_sae d_in"]:
+        """Raw-unit decoder of checkpoint ``name``: W_dec^m / norm_scale[m] (a detached copy).
+
+        Feature k adds ``f_k * cc.decoder(name)[k]`` to that checkpoint's activation, so an edit of the
+        codes f -> f' is ``h + (f' - f) @ cc.decoder(name)`` in the checkpoint's own units.
+        """
+        m = self.model_index(name)
+        return (self.W_dec[m] / self.norm_scale[m]).detach().clone()
+
+    @torch.no_grad()
+    def encode_acts(
+        self, acts: ActivationSet | Mapping[str, Float[Tensor, "n_tokens d_in"]], batch_size: int = 4096
+    ) -> Float[Tensor, "n_tokens d_sae"]:
+        """Codes of every token of ``acts`` (an ActivationSet or a dict holding at least ``cc.names``)."""
+        acts = _as_acts(acts, self.names)
+        out = [self.encode(stack(b, self.names)) for b in acts.batches(batch_size, shuffle=False, names=self.names)]
+        return torch.cat(out)
+
+    # ----------------------------------------------------------------- evaluation and attribution
+    @torch.no_grad()
+    def evaluate(
+        self, acts: ActivationSet | Mapping[str, Float[Tensor, "n_tokens d_in"]], batch_size: int = 4096
+    ) -> pd.DataFrame:
+        """Per checkpoint: ``fve`` (fraction of variance explained), ``mse`` (per token, raw units), and
+        the shared-code ``l0`` (mean active features per token) and ``dead_fraction`` (never fired)."""
+        acts = _as_acts(acts, self.names)
+        stats = _eval_init(self)
+        for b in acts.batches(batch_size, shuffle=False, names=self.names):
+            _eval_update(self, stats, stack(b, self.names))
+        return _eval_compute(self, stats)
+
+    def decoder_norms(self, p: int = 2) -> pd.DataFrame:
+        """Per feature, the p-norm of each checkpoint's decoder row (normalised units); see metrics."""
+        from featdiff.metrics.crosscoder import decoder_norms
+
+        return decoder_norms(self, p=p)
+
+    def nrn(self, tuned: str, base: str = "base", p: int = 2) -> pd.Series:
+        """Relative decoder norm n^tuned / (n^base + n^tuned) per feature; see metrics.crosscoder.nrn."""
+        from featdiff.metrics.crosscoder import nrn
+
+        return nrn(self, tuned=tuned, base=base, p=p)
+
+    def mas(self, threshold: float = 0.5, p: int = 2) -> pd.DataFrame:
+        """Model attribution scores n^m / sum n^m', the dominant checkpoint and the category per feature."""
+        from featdiff.metrics.crosscoder import mas
+
+        return mas(self, threshold=threshold, p=p)
+
+    def decoder_cosine(self, a: str, b: str) -> pd.Series:
+        """Cosine between the decoder rows of checkpoints ``a`` and ``b``, per feature."""
+        from featdiff.metrics.crosscoder import decoder_cosine
+
+        return decoder_cosine(self, a, b)
+
+    # ----------------------------------------------------------------- disk
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write cfg.json and the weights (safetensors) to the folder ``path``, atomically."""
+        from safetensors.torch import save_file
+
+        from featdiff import __version__
+
+        path = Path(path)
+        cfg = {"featdiff_version": __version__, "format_version": constants.FORMAT_VERSION}
+        cfg.update(self.cfg.to_dict())
+        with atomic_dir(path) as tmp:
+            tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+            save_file(tensors, str(tmp / constants.CROSSCODER_WEIGHTS))
+            write_json(tmp / constants.CROSSCODER_CFG, cfg)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Crosscoder:
+        """Read a folder written by ``save``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=4, d_sae=8, k=2))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     back = Crosscoder.load(cc.save(f"{d}/cc"))
+        >>> torch.equal(back.W_dec, cc.W_dec), back.names
+        (True, ['base', 'rl'])
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file, w_file = path / constants.CROSSCODER_CFG, path / constants.CROSSCODER_WEIGHTS
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise FeatdiffError(
+                f"{path} is not a crosscoder folder (it needs {constants.CROSSCODER_CFG} and "
+                f"{constants.CROSSCODER_WEIGHTS}); write one with Crosscoder.save."
+            )
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FeatdiffError(f"Cannot read {cfg_file}: {e}. The folder is corrupted; save it again.") from None
+        if not isinstance(raw, dict):
+            raise FeatdiffError(f"{cfg_file} must hold a JSON object; got {type(raw).__name__}.")
+        cfg = CrosscoderConfig.from_dict(_migrate_cfg(raw, cfg_file))
+        try:
+            tensors = load_file(str(w_file))
+        except Exception as e:  # truncated or corrupted safetensors
+            raise FeatdiffError(f"Cannot read {w_file}: {e}. The folder is corrupted; save it again.") from None
+        cc = cls(cfg)
+        expected = {k: tuple(v.shape) for k, v in cc.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if expected != got:
+            raise FeatdiffError(f"{w_file} holds tensors {got} but its cfg.json implies {expected}; save it again.")
+        cc.load_state_dict(tensors)
+        return cc
+
+
+def _migrate_cfg(raw: dict, where: Path) -> dict:
+    """Turn an on-disk cfg.json of any known format version into CrosscoderConfig keys."""
+    raw = dict(raw)
+    raw.pop("featdiff_version", None)
+    version = raw.pop("format_version", None)
+    if version is None or version > constants.FORMAT_VERSION:
+        raise FeatdiffError(
+            f"{where} has format_version {version!r}; this featdiff reads versions <= {constants.FORMAT_VERSION}."
+        )
+    return raw  # version 1 is the current format: nothing to migrate yet
+
+
+def _as_acts(acts, names: list[str]) -> ActivationSet:
+    if isinstance(acts, Mapping) and not isinstance(acts, ActivationSet):
+        acts = ActivationSet.from_tensors(acts)
+    if not isinstance(acts, ActivationSet):
+        raise FeatdiffError(f"acts must be an ActivationSet or a dict of tensors; got {type(acts).__name__}.")
+    missing = [n for n in names if n not in acts]
+    if missing:
+        raise FeatdiffError(f"The activations lack checkpoints {missing}; they have {acts.names}, need {names}.")
+    return acts
+
+
+# --------------------------------------------------------------------------- streaming evaluation
+def _eval_init(cc: Crosscoder) -> dict:
+    m, d = cc.n_models, cc.d_in
+    z = torch.zeros
+    return {"n": 0, "sse": z(m, dtype=torch.float64), "sum": z(m, d, dtype=torch.float64),
+            "sumsq": z(m, dtype=torch.float64), "nnz": 0, "fired": z(cc.d_sae, dtype=torch.bool)}
+
+
+def _eval_update(cc: Crosscoder, stats: dict, x: Float[Tensor, "batch n_models d_in"]) -> None:
+    f = cc.encode(x)
+    x_hat = cc.decode(f)
+    x64 = x.double()
+    stats["n"] += x.shape[0]
+    stats["sse"] += (x64 - x_hat.double()).pow(2).sum((0, 2))
+    stats["sum"] += x64.sum(0)
+    stats["sumsq"] += x64.pow(2).sum((0, 2))
+    stats["nnz"] += int((f != 0).sum())
+    stats["fired"] |= (f != 0).any(0)
+
+
+def _eval_compute(cc: Crosscoder, stats: dict) -> pd.DataFrame:
+    n = stats["n"]
+    total_var = stats["sumsq"] - stats["sum"].pow(2).sum(-1) / n
+    fve = 1 - stats["sse"] / total_var.clamp(min=1e-12)
+    return pd.DataFrame(
+        {
+            "checkpoint": cc.names,
+            "fve": fve.float().numpy(),
+            "mse": (stats["sse"] / n).float().numpy(),
+            "l0": float(stats["nnz"] / n),
+            "dead_fraction": float((~stats["fired"]).float().mean()),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- training
+def train_crosscoder(
+    acts: ActivationSet,
+    d_sae: int | None = None,
+    sparsity: str = "batchtopk",
+    k: int = 32,
+    seed: int = 0,
+    config: CrosscoderConfig | None = None,
+    progress: bool = True,
+    **overrides,
+) -> Crosscoder:
+    """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
+
+    Without ``config`` the settings are ``d_sae`` (default 8 * d_in), ``sparsity``, ``k``, ``seed`` and
+    any CrosscoderConfig field passed as a keyword (``lr=1e-3``, ``n_steps=500``...). With ``config``,
+    the config supplies every setting, keywords still override it, and its ``names`` pick (and order)
+    the checkpoints of ``acts``. The same seed gives identical weights.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
+    >>> cc = train_crosscoder(acts, d_sae=16, k=2, n_steps=20, batch_size=64, progress=False)
+    >>> cc.names, tuple(cc.W_dec.shape), list(cc.evaluate(acts).columns)
+    (['base', 'rl'], (2, 16, 8), ['checkpoint', 'fve', 'mse', 'l0', 'dead_fraction'])
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(acts, ActivationSet):
+        raise FeatdiffError(
+            f"train_crosscoder needs an ActivationSet; got {type(acts).__name__}. "
+            "Wrap tensors with ActivationSet.from_tensors({name: X})."
+        )
+    if config is None:
+        base = {"names": acts.names, "d_in": acts.d_model, "d_sae": d_sae or 8 * acts.d_model,
+                "sparsity": sparsity, "k": k, "seed": seed, "hook": acts.hook}
+    else:
+        if not isinstance(config, CrosscoderConfig):
+            raise FeatdiffError(f"config must be a CrosscoderConfig; got {type(config).__name__}.")
+        base = config.to_dict()
+    base.update(overrides)
+    cfg = CrosscoderConfig.from_dict(base)
+    acts = _as_acts(acts, cfg.names)
+    if acts.d_model != cfg.d_in:
+        raise FeatdiffError(f"The config says d_in={cfg.d_in} but the activations have d_model={acts.d_model}.")
+    if acts.names != cfg.names:
+        acts = acts.select(cfg.names)
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    cc = Crosscoder(cfg, generator=g)
+    _init_from_data(cc, acts)
+
+    n_per_epoch = max(1, acts.n_tokens // cfg.batch_size) if acts.n_tokens >= cfg.batch_size else 1
+    n_steps = cfg.n_steps or max(1, math.ceil(cfg.n_epochs * n_per_epoch))
+    opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    decay_start = int(n_steps * (1 - cfg.lr_decay_fraction))
+    warmup = max(1, int(n_steps * cfg.l1_warmup_fraction))
+    since_fired = torch.zeros(cfg.d_sae)
+    aux_k = cfg.aux_k or max(1, cfg.d_in // 2)
+
+    def batches():
+        epoch = 0
+        while True:
+            for b in acts.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, names=cfg.names):
+                if b[cfg.names[0]].shape[0] == cfg.batch_size or acts.n_tokens < cfg.batch_size:
+                    yield stack(b, cfg.names)
+            epoch += 1
+
+    it = batches()
+    bar = tqdm(range(n_steps), desc="crosscoder", disable=not progress, leave=False)
+    for step in bar:
+        if step >= decay_start and n_steps > decay_start:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (n_steps - step) / (n_steps - decay_start)
+        x = cc._normalise(next(it))
+        loss, parts = _loss(cc, x, step, warmup, since_fired, aux_k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and step % 50 == 0:
+            bar.set_postfix(parts)
+    cc.eval()
+    return cc
+
+
+@torch.no_grad()
+def _init_from_data(cc: Crosscoder, acts: ActivationSet) -> None:
+    """Estimate norm_scale (E||s_m a^m||^2 = d_in) and start b_dec at the mean normalised activation."""
+    sumsq = torch.zeros(cc.n_models, dtype=torch.float64)
+    total = torch.zeros(cc.n_models, cc.d_in, dtype=torch.float64)
+    for b in acts.batches(65536, shuffle=False, names=cc.names):
+        x = stack(b, cc.names).double()
+        sumsq += x.pow(2).sum((0, 2))
+        total += x.sum(0)
+    n = acts.n_tokens
+    if cc.cfg.normalise:
+        mean_sq = (sumsq / n).clamp(min=1e-12)
+        cc.norm_scale.copy_((cc.d_in / mean_sq).sqrt().float())
+    cc.b_dec.copy_((total / n).float() * cc.norm_scale[:, None])
+
+
+def _loss(cc: Crosscoder, x: Tensor, step: int, warmup: int, since_fired: Tensor, aux_k: int):
+    """Training loss on normalised activations x: squared error summed over checkpoints and d_in."""
+    cfg = cc.cfg
+    pre = cc._pre(x)
+    acts = torch.relu(pre)
+    if cfg.sparsity == "batchtopk":
+        f, min_kept = cc._batchtopk(acts)
+    else:
+        f, min_kept = acts, None
+    x_hat = torch.einsum("bs,msd->bmd", f, cc.W_dec) + cc.b_dec
+    residual = x - x_hat
+    mse = residual.pow(2).sum((1, 2)).mean()
+    parts = {"mse": float(mse.detach())}
+    loss = mse
+    with torch.no_grad():
+        fired = (f > 0).any(0)
+        since_fired += 1
+        since_fired[fired] = 0
+    if cfg.sparsity == "l1":
+        lam = cfg.l1_coefficient * min(1.0, (step + 1) / warmup)
+        l1 = (f * cc._weighted_norms()).sum(-1).mean()
+        loss = loss + lam * l1
+        parts["l1"] = float(l1.detach())
+    else:
+        with torch.no_grad():
+            if cc.threshold < 0:
+                cc.threshold.copy_(min_kept)
+            else:
+                mom = cfg.threshold_momentum
+                cc.threshold.mul_(mom).add_((1 - mom) * min_kept)
+        dead = since_fired > cfg.dead_steps_threshold
+        n_dead = int(dead.sum())
+        if n_dead > 0 and cfg.aux_k_coefficient > 0:
+            k_aux = min(aux_k, n_dead)
+            scale = min(n_dead / aux_k, 1.0)
+            dead_pre = torch.where(dead[None], acts, torch.full_like(acts, -torch.inf))
+            top = dead_pre.topk(k_aux, dim=-1, sorted=False)
+            aux_f = torch.zeros_like(acts).scatter(-1, top.indices, top.values.clamp(min=0))
+            aux_hat = torch.einsum("bs,msd->bmd", aux_f, cc.W_dec)
+            aux = (aux_hat - residual.detach()).pow(2).sum((1, 2)).mean()
+            loss = loss + cfg.aux_k_coefficient * scale * aux
+            parts["aux"] = float(aux.detach())
+    return loss, parts

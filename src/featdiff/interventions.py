@@ -1,0 +1,585 @@
+"""Switch features off or amplify them inside one model's forward pass, and measure the task effect.
+
+An edit is *error-preserving*: at the dictionary's hook, with codes ``f`` of the activation ``h`` and the
+edited codes ``f'`` (selected features set to 0, or multiplied by ``alpha``),
+
+    h' = h + sum_k (f'_k - f_k) d_k
+
+where ``d_k`` is feature k's decoder row of the edited model in raw activation units. Only the change is
+added, so the dictionary's reconstruction error stays in ``h'``: an edit that changes nothing gives
+``h' == h`` exactly. featdiff names this hook point ``f"{hook}.hook_feature_edit"`` in docs and tables.
+
+Dictionaries: a sae-lens SAE (codes ``sae.encode(h)``), or a crosscoder and the name of the edited model.
+A crosscoder's codes depend on every checkpoint's activation of the same token:
+
+- ``codes="joint"`` (exact): the other checkpoints (``others``) run on the same tokens up to the hook's
+  layer (``stop_at_layer``), and the codes come from all of them, as in training.
+- ``codes="single"`` (cheaper, approximate): only the edited model's encoder term is used, i.e. the other
+  checkpoints' inputs are set to zero: ``f = sparse(W_enc^m h + b_enc)``. This is exact only where the
+  other checkpoints' encoder terms are small for the edited features; use it when the other checkpoints
+  are not at hand or are too costly to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from featdiff.errors import FeatdiffError, check_choice
+
+MODES = ("ablate", "scale")
+CODES = ("joint", "single")
+EDIT_SITE = "hook_feature_edit"
+EVAL_COLUMNS = ["condition", "subset", "task", "accuracy", "n"]
+
+
+def feature_edit_hook_name(hook: str) -> str:
+    """The name featdiff gives its edit hook point, nested under the TransformerLens hook.
+
+    Examples
+    --------
+    >>> feature_edit_hook_name("blocks.1.hook_resid_post")
+    'blocks.1.hook_resid_post.hook_feature_edit'
+    """
+    return f"{hook}.{EDIT_SITE}"
+
+
+# ------------------------------------------------------------------------------------------ dictionaries
+
+
+def _is_crosscoder(d: Any) -> bool:
+    W = getattr(d, "W_dec", None)
+    return callable(getattr(d, "decoder", None)) and hasattr(d, "names") and getattr(W, "ndim", 0) == 3
+
+
+def _is_sae(d: Any) -> bool:
+    W = getattr(d, "W_dec", None)
+    return callable(getattr(d, "encode", None)) and callable(getattr(d, "decode", None)) and getattr(W, "ndim", 0) == 2
+
+
+def dictionary_kind(dictionary: Any) -> str:
+    """``"sae"`` or ``"crosscoder"``; raises FeatdiffError for anything else."""
+    if _is_crosscoder(dictionary):
+        return "crosscoder"
+    if _is_sae(dictionary):
+        return "sae"
+    raise FeatdiffError(
+        f"The 'dictionary' must be a sae-lens SAE or a featdiff Crosscoder; got {type(dictionary).__name__}."
+    )
+
+
+def dictionary_d_sae(dictionary: Any) -> int:
+    """Number of features of an SAE or a crosscoder."""
+    W = dictionary.W_dec
+    return int(W.shape[0] if dictionary_kind(dictionary) == "sae" else W.shape[1])
+
+
+def dictionary_hook(dictionary: Any) -> str | None:
+    """The hook a dictionary was trained on, when it records one (sae-lens metadata or crosscoder cfg)."""
+    for owner in (dictionary, getattr(dictionary, "cfg", None), getattr(getattr(dictionary, "cfg", None), "metadata", None)):
+        for attr in ("hook", "hook_name"):
+            value = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _crosscoder_single_input(cc: Any, model_name: str, h: Float[Tensor, "n d_in"]) -> Float[Tensor, "n n_models d_in"]:
+    names = list(cc.names)
+    x = h.new_zeros(h.shape[0], len(names), h.shape[-1])
+    x[:, names.index(model_name)] = h
+    return x
+
+
+def _crosscoder_joint_input(
+    cc: Any, model_name: str, h: Float[Tensor, "n d_in"], others: Mapping[str, Tensor]
+) -> Float[Tensor, "n n_models d_in"]:
+    rows = [h if name == model_name else others[name].reshape(h.shape).to(h) for name in cc.names]
+    return torch.stack(rows, dim=-2)
+
+
+# -------------------------------------------------------------------------------------------- the edit
+
+
+@dataclasses.dataclass
+class FeatureEdit:
+    """Which features of which dictionary to switch off (``"ablate"``) or multiply by ``alpha`` (``"scale"``).
+
+    Parameters
+    ----------
+    dictionary: a sae-lens SAE or a featdiff Crosscoder.
+    features: feature indices to edit (an empty list edits nothing).
+    mode: ``"ablate"`` (f'_k = 0) or ``"scale"`` (f'_k = alpha * f_k).
+    alpha: the factor of ``"scale"`` (ignored by ``"ablate"``).
+    model_name: the crosscoder name of the edited model (required for a crosscoder).
+    others: ``{name: HookedTransformer}`` of the crosscoder's other checkpoints (needed by ``codes="joint"``).
+    codes: ``"joint"`` (exact crosscoder codes) or ``"single"`` (edited model's encoder term only).
+    hook: the TransformerLens hook to edit; defaults to the hook the dictionary records.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sae_lens import StandardSAE, StandardSAEConfig
+    >>> sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    >>> edit = FeatureEdit(sae, [1, 2], mode="scale", alpha=1.0, hook="blocks.0.hook_resid_post")
+    >>> h = torch.randn(3, 4)
+    >>> bool(torch.equal(edit.apply(h), h))  # alpha=1 changes nothing, exactly
+    True
+    >>> edit.hook_point
+    'blocks.0.hook_resid_post.hook_feature_edit'
+    """
+
+    dictionary: Any
+    features: Sequence[int]
+    mode: str = "ablate"
+    alpha: float = 0.0
+    model_name: str | None = None
+    others: Mapping[str, Any] | None = None
+    codes: str = "joint"
+    hook: str | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = dictionary_kind(self.dictionary)
+        check_choice("mode", self.mode, MODES, where="FeatureEdit")
+        check_choice("codes", self.codes, CODES, where="FeatureEdit")
+        d_sae = dictionary_d_sae(self.dictionary)
+        try:
+            feats = [int(k) for k in self.features]
+        except (TypeError, ValueError):
+            raise FeatdiffError(f"The 'features' of FeatureEdit must be a list of ints; got {self.features!r}.") from None
+        bad = [k for k in feats if not 0 <= k < d_sae]
+        if bad:
+            raise FeatdiffError(
+                f"Feature indices {bad[:10]} are out of range for a dictionary of d_sae={d_sae}; "
+                f"pass indices in [0, {d_sae})."
+            )
+        if len(set(feats)) != len(feats):
+            raise FeatdiffError(f"The 'features' of FeatureEdit contain duplicates: {feats}.")
+        self.features = feats
+        if self.mode == "scale" and not isinstance(self.alpha, (int, float)):
+            raise FeatdiffError(f"The 'alpha' of FeatureEdit must be a number; got {self.alpha!r}.")
+        if self.hook is None:
+            self.hook = dictionary_hook(self.dictionary)
+        if self.hook is None:
+            raise FeatdiffError(
+                "The dictionary does not record its hook; pass hook=..., e.g. hook='blocks.1.hook_resid_post'."
+            )
+        if self.kind == "crosscoder":
+            names = list(self.dictionary.names)
+            if self.model_name not in names:
+                raise FeatdiffError(
+                    f"A crosscoder edit needs model_name, one of the crosscoder's names {names}; "
+                    f"got {self.model_name!r}."
+                )
+            if self.codes == "joint":
+                missing = [n for n in names if n != self.model_name and n not in (self.others or {})]
+                if missing:
+                    raise FeatdiffError(
+                        f"codes='joint' needs the other checkpoints of the crosscoder; 'others' lacks {missing}. "
+                        "Pass others={name: model}, or codes='single' for the cheaper approximation."
+                    )
+
+    @property
+    def hook_point(self) -> str:
+        """``f"{hook}.hook_feature_edit"``, the name of this edit in docs and tables."""
+        return feature_edit_hook_name(self.hook)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the edit changes nothing (no features, or scaling by 1)."""
+        return not self.features or (self.mode == "scale" and float(self.alpha) == 1.0)
+
+    @property
+    def needs_others(self) -> bool:
+        """True when codes need the other checkpoints' activations (a crosscoder with ``codes="joint"``)."""
+        return self.kind == "crosscoder" and self.codes == "joint"
+
+    def with_features(self, features: Sequence[int]) -> FeatureEdit:
+        """The same edit on other features (e.g. a random control)."""
+        return dataclasses.replace(self, features=list(features))
+
+    def encode(
+        self, h: Float[Tensor, "... d_in"], others: Mapping[str, Tensor] | None = None
+    ) -> Float[Tensor, "... d_sae"]:
+        """Codes of the edited model's activations ``h`` (``others``: the other checkpoints' activations)."""
+        if self.kind == "sae":
+            return self.dictionary.encode(h)
+        flat = h.reshape(-1, h.shape[-1])
+        if self.needs_others:
+            if others is None:
+                raise FeatdiffError("codes='joint' needs the other checkpoints' activations of the same tokens.")
+            x = _crosscoder_joint_input(self.dictionary, self.model_name, flat, {n: v.reshape(flat.shape) for n, v in others.items()})
+        else:
+            x = _crosscoder_single_input(self.dictionary, self.model_name, flat)
+        f = self.dictionary.encode(x)
+        return f.reshape(*h.shape[:-1], f.shape[-1])
+
+    def apply(
+        self, h: Float[Tensor, "... d_in"], others: Mapping[str, Tensor] | None = None
+    ) -> Float[Tensor, "... d_in"]:
+        """``h + sum_k (f'_k - f_k) d_k`` over the edited features (``h`` itself when nothing changes)."""
+        if self.is_identity:
+            return h
+        with torch.no_grad():
+            f = self.encode(h, others)
+            idx = torch.tensor(self.features, device=f.device)
+            fk = f[..., idx]
+            diff = -fk if self.mode == "ablate" else (float(self.alpha) - 1.0) * fk
+            if self.kind == "crosscoder":
+                d = self.dictionary.decoder(self.model_name)[idx]
+                delta = diff @ d.to(diff)
+            else:
+                delta = self._sae_delta(f, idx, diff)
+        return h + delta.to(h.dtype)
+
+    def _sae_delta(self, f: Tensor, idx: Tensor, diff: Tensor) -> Tensor:
+        sae = self.dictionary
+        norm = getattr(sae.cfg, "normalize_activations", "none")
+        if norm in (None, "none"):
+            return diff @ sae.W_dec[idx].to(diff)
+        # normalised SAEs: decoder rows are not in raw units; take the difference of raw-unit decodes
+        f_new = f.clone()
+        f_new[..., idx] = f[..., idx] + diff
+        return sae.decode(f_new) - sae.decode(f)
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+
+
+def _check_model_hook(model: Any, hook: str) -> None:
+    if hook not in getattr(model, "hook_dict", {}):
+        valid = [h for h in getattr(model, "hook_dict", {}) if h.endswith("hook_resid_post")]
+        raise FeatdiffError(
+            f"Hook {hook!r} does not exist in the model; valid residual hooks: {valid[:8]}. "
+            "Build one with featdiff.hook_name(layer, site)."
+        )
+
+
+def _stop_at_layer(hook: str) -> int | None:
+    from featdiff.models import hook_layer
+
+    layer = hook_layer(hook)
+    if layer is None:
+        return None
+    return max(layer + 1, 1)
+
+
+def other_activations(
+    edit: FeatureEdit, tokens: Int[Tensor, "batch pos"]
+) -> dict[str, Float[Tensor, "batch pos d_in"]]:
+    """The other checkpoints' activations at the edit's hook on ``tokens`` (run up to the hook's layer)."""
+    out = {}
+    stop = _stop_at_layer(edit.hook)
+    for name, other in (edit.others or {}).items():
+        if name == edit.model_name or name not in edit.dictionary.names:
+            continue
+        _check_model_hook(other, edit.hook)
+        with torch.no_grad():
+            _, cache = other.run_with_cache(tokens, names_filter=edit.hook, stop_at_layer=stop)
+        out[name] = cache[edit.hook]
+    return out
+
+
+def _edit_hook_fn(edit: FeatureEdit, state: dict) -> Callable:
+    def hook_fn(h: Tensor, hook: Any) -> Tensor:
+        others = None
+        if edit.needs_others and not edit.is_identity:
+            tokens = state.get("tokens")
+            if tokens is None or tuple(tokens.shape) != tuple(h.shape[:2]):
+                raise FeatdiffError(
+                    f"codes='joint' needs the token ids of the whole sequence at {edit.hook_point}; got "
+                    f"activations of shape {tuple(h.shape)} and tokens "
+                    f"{None if tokens is None else tuple(tokens.shape)}. Use edit_features(...) or "
+                    "generate_greedy(...), which run without a KV cache."
+                )
+            others = other_activations(edit, tokens)
+        return edit.apply(h, others)
+
+    return hook_fn
+
+
+def hooks(model: Any, edit: FeatureEdit) -> list[tuple[str, Callable]]:
+    """``fwd_hooks`` for ``model.run_with_hooks`` / ``model.hooks`` that apply ``edit``.
+
+    ``codes="joint"`` needs the token ids: use ``edit_features`` (or a model with ``use_hook_tokens``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sae_lens import StandardSAE, StandardSAEConfig
+    >>> from transformer_lens import HookedTransformer
+    >>> model = HookedTransformer(dict(n_layers=1, d_model=4, n_ctx=8, d_head=2, d_vocab=7, act_fn="relu"))
+    >>> sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    >>> fwd = hooks(model, FeatureEdit(sae, [0], hook="blocks.0.hook_resid_post"))
+    >>> model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=fwd).shape
+    torch.Size([1, 3, 7])
+    """
+    _check_model_hook(model, edit.hook)
+    state: dict = {}
+    out = []
+    if edit.needs_others:
+        if "hook_tokens" not in model.hook_dict:
+            raise FeatdiffError(
+                "codes='joint' needs the token ids; use `with edit_features(model, edit):` instead of hooks(), "
+                "or codes='single'."
+            )
+
+        def capture(tokens: Tensor, hook: Any) -> Tensor:
+            state["tokens"] = tokens
+            return tokens
+
+        out.append(("hook_tokens", capture))
+    out.append((edit.hook, _edit_hook_fn(edit, state)))
+    return out
+
+
+@contextlib.contextmanager
+def edit_features(model: Any, edit: FeatureEdit | Sequence[FeatureEdit]) -> Iterator[Any]:
+    """Apply one edit (or several, in order) to every forward pass of ``model`` inside the block.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sae_lens import StandardSAE, StandardSAEConfig
+    >>> from transformer_lens import HookedTransformer
+    >>> model = HookedTransformer(dict(n_layers=1, d_model=4, n_ctx=8, d_head=2, d_vocab=7, act_fn="relu"))
+    >>> sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    >>> tokens = torch.tensor([[1, 2, 3]])
+    >>> with edit_features(model, FeatureEdit(sae, [], hook="blocks.0.hook_resid_post")):
+    ...     edited = model(tokens)
+    >>> bool(torch.equal(edited, model(tokens)))
+    True
+    """
+    edits = [edit] if isinstance(edit, FeatureEdit) else list(edit)
+    for e in edits:
+        if not isinstance(e, FeatureEdit):
+            raise FeatdiffError(f"edit_features takes FeatureEdit objects; got {type(e).__name__}.")
+        _check_model_hook(model, e.hook)
+    state: dict = {}
+    handle = None
+    if any(e.needs_others for e in edits):
+
+        def capture(module: Any, args: tuple) -> None:
+            state["tokens"] = args[0] if args else None
+
+        handle = model.embed.register_forward_pre_hook(capture)
+    try:
+        with model.hooks(fwd_hooks=[(e.hook, _edit_hook_fn(e, state)) for e in edits]):
+            yield model
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def _as_prompt_groups(prompts: Any) -> list[tuple[list[int], Tensor]]:
+    """Group prompts by length: [(row indices, tokens of that length)]."""
+    if isinstance(prompts, Tensor):
+        if prompts.ndim != 2 or prompts.dtype.is_floating_point:
+            raise FeatdiffError(f"prompts must be token ids of shape (n_prompts, pos); got {tuple(prompts.shape)}.")
+        return [(list(range(prompts.shape[0])), prompts)]
+    rows = [torch.as_tensor(p) for p in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(rows):
+        if p.ndim != 1:
+            raise FeatdiffError(f"Each prompt must be a 1-D tensor of token ids; prompt {i} has shape {tuple(p.shape)}.")
+        groups.setdefault(len(p), []).append(i)
+    return [(idx, torch.stack([rows[i] for i in idx])) for idx in groups.values()]
+
+
+def generate_greedy(
+    model: Any,
+    prompts: Int[Tensor, "n_prompts pos"] | Sequence[Int[Tensor, " pos"]],
+    n_new_tokens: int,
+    fwd_hooks: list[tuple[str, Callable]] | None = None,
+    edit: FeatureEdit | Sequence[FeatureEdit] | None = None,
+    batch_size: int = 64,
+) -> Int[Tensor, "n_prompts n_new_tokens"]:
+    """Greedy decoding of exactly ``n_new_tokens`` tokens, with hooks / an edit active on every step.
+
+    Every step runs the whole sequence (no KV cache), so hooks see full sequences (as ``codes="joint"``
+    needs); for the short fixed-length answers of the lab's tasks that costs little.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformer_lens import HookedTransformer
+    >>> model = HookedTransformer(dict(n_layers=1, d_model=4, n_ctx=8, d_head=2, d_vocab=7, act_fn="relu"))
+    >>> generate_greedy(model, torch.tensor([[1, 2], [3, 4]]), 3).shape
+    torch.Size([2, 3])
+    """
+    if isinstance(n_new_tokens, bool) or not isinstance(n_new_tokens, int) or n_new_tokens < 1:
+        raise FeatdiffError(f"n_new_tokens must be a positive int; got {n_new_tokens!r}.")
+    groups = _as_prompt_groups(prompts)
+    n = sum(len(idx) for idx, _ in groups)
+    device = next(model.parameters()).device
+    out = torch.zeros(n, n_new_tokens, dtype=torch.long)
+    ctx = edit_features(model, edit) if edit is not None else contextlib.nullcontext()
+    with torch.no_grad(), ctx, model.hooks(fwd_hooks=list(fwd_hooks or [])):
+        for idx, toks in groups:
+            for start in range(0, len(idx), batch_size):
+                seq = toks[start : start + batch_size].to(device)
+                for step in range(n_new_tokens):
+                    nxt = model(seq)[:, -1].argmax(-1)
+                    out[idx[start : start + batch_size], step] = nxt.cpu()
+                    seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return out
+
+
+def exact_match(
+    predictions: Int[Tensor, "n n_answer"], answers: Int[Tensor, "n n_answer"]
+) -> Bool[Tensor, " n"]:
+    """Whether every answer token was generated (the lab's exact-match criterion)."""
+    return (predictions.to(answers.device) == answers).all(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def feature_codes(
+    model: Any, edit: FeatureEdit, tokens: Int[Tensor, "batch pos"], batch_size: int = 64
+) -> Float[Tensor, "batch pos d_sae"]:
+    """Codes of the edit's dictionary on ``model``'s activations at the edit's hook (no edit applied)."""
+    _check_model_hook(model, edit.hook)
+    stop = _stop_at_layer(edit.hook)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, tokens.shape[0], batch_size):
+            t = tokens[start : start + batch_size]
+            _, cache = model.run_with_cache(t, names_filter=edit.hook, stop_at_layer=stop)
+            others = other_activations(edit, t) if edit.needs_others else None
+            chunks.append(edit.encode(cache[edit.hook], others))
+    return torch.cat(chunks)
+
+
+def live_features(model: Any, edit: FeatureEdit, tokens: Int[Tensor, "batch pos"]) -> list[int]:
+    """Features of the edit's dictionary that fire at least once on ``tokens`` (in ``model``)."""
+    f = feature_codes(model, edit, tokens)
+    return torch.nonzero((f.reshape(-1, f.shape[-1]) != 0).any(0)).flatten().tolist()
+
+
+def random_features(pool: Sequence[int], n: int, exclude: Sequence[int] = (), seed: int = 0) -> list[int]:
+    """``n`` features drawn without replacement from ``pool`` minus ``exclude`` (seeded).
+
+    Examples
+    --------
+    >>> random_features(range(10), 3, exclude=[0, 1], seed=0) == random_features(range(10), 3, exclude=[0, 1], seed=0)
+    True
+    """
+    ex = set(int(k) for k in exclude)
+    cand = sorted(set(int(k) for k in pool) - ex)
+    if len(cand) < n:
+        raise FeatdiffError(
+            f"Cannot draw {n} random control features from {len(cand)} live features outside the edit; "
+            "pass more evaluation prompts or a smaller feature set."
+        )
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(cand), generator=g)[:n]
+    return sorted(cand[i] for i in perm.tolist())
+
+
+def _correct(model: Any, prompts: Tensor, answers: Tensor, edit: FeatureEdit | None, eval_fn, checker, batch_size: int) -> Tensor:
+    if eval_fn is not None:
+        ctx = edit_features(model, edit) if edit is not None else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            res = torch.as_tensor(eval_fn(model, prompts, answers)).bool().flatten()
+    else:
+        pred = generate_greedy(model, prompts, answers.shape[1], edit=edit, batch_size=batch_size)
+        res = torch.as_tensor((checker or exact_match)(pred, answers)).bool().flatten()
+    if res.shape[0] != len(prompts):
+        raise FeatdiffError(f"The evaluation returned {res.shape[0]} results for {len(prompts)} samples.")
+    return res
+
+
+def evaluate_intervention(
+    model: Any,
+    edit: FeatureEdit,
+    tasks: Mapping[str, tuple[Int[Tensor, "n pos"], Int[Tensor, "n n_answer"]]],
+    critical: Mapping[str, Sequence[int]] | None = None,
+    eval_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
+    checker: Callable[[Tensor, Tensor], Tensor] | None = None,
+    n_random: int = 3,
+    live: Sequence[int] | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Task accuracy without the edit, with it, and with equal-size random-feature edits (the control).
+
+    ``tasks``: ``{task: (prompts, answers)}``; by default a sample is correct when greedy decoding of
+    ``answers.shape[1]`` tokens reproduces ``answers`` exactly (``checker(pred, answers)`` or
+    ``eval_fn(model, prompts, answers) -> per-sample bool`` replace that). ``critical``: ``{task: sample
+    indices}`` for the critical subset. Random controls draw ``len(edit.features)`` features from the live
+    features (``live``, or those that fire on the tasks' prompts) outside the edit, ``n_random`` seeded
+    draws whose accuracies are averaged.
+
+    Returns a DataFrame with columns condition (``none`` | ``edit`` | ``random``), subset (``critical`` |
+    ``full``), task, accuracy (float), n (samples, int).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sae_lens import StandardSAE, StandardSAEConfig
+    >>> from transformer_lens import HookedTransformer
+    >>> model = HookedTransformer(dict(n_layers=1, d_model=4, n_ctx=8, d_head=2, d_vocab=7, act_fn="relu"))
+    >>> sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    >>> edit = FeatureEdit(sae, [0], hook="blocks.0.hook_resid_post")
+    >>> tasks = {"copy": (torch.tensor([[1, 2], [3, 4]]), torch.tensor([[2], [4]]))}
+    >>> table = evaluate_intervention(model, edit, tasks, n_random=0, progress=False)
+    >>> list(table.columns), list(table.condition)
+    (['condition', 'subset', 'task', 'accuracy', 'n'], ['none', 'edit'])
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(edit, FeatureEdit):
+        raise FeatdiffError(f"evaluate_intervention needs a FeatureEdit; got {type(edit).__name__}.")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise FeatdiffError("The 'tasks' of evaluate_intervention must be a non-empty dict {task: (prompts, answers)}.")
+    _check_model_hook(model, edit.hook)
+    critical = dict(critical or {})
+    unknown = sorted(set(critical) - set(tasks))
+    if unknown:
+        raise FeatdiffError(f"critical names tasks {unknown} that are not in tasks {list(tasks)}.")
+    controls: list[list[int]] = []
+    if n_random > 0 and edit.features:
+        if live is None:
+            live_set: set[int] = set()
+            for prompts, _ in tasks.values():
+                for _, toks in _as_prompt_groups(prompts):
+                    live_set.update(live_features(model, edit, toks))
+            live = sorted(live_set)
+        controls = [random_features(live, len(edit.features), edit.features, seed=seed + i) for i in range(n_random)]
+    conditions: list[tuple[str, FeatureEdit | None]] = [("none", None), ("edit", edit)]
+    conditions += [("random", edit.with_features(c)) for c in controls]
+    rows = []
+    bar = tqdm(total=len(tasks) * len(conditions), disable=not progress, desc="evaluate_intervention")
+    for task, (prompts, answers) in tasks.items():
+        answers = torch.as_tensor(answers)
+        if len(prompts) != len(answers):
+            raise FeatdiffError(f"Task {task!r} has {len(prompts)} prompts but {len(answers)} answers.")
+        crit = torch.as_tensor(list(critical.get(task, [])), dtype=torch.long)
+        if len(crit) and (crit.min() < 0 or crit.max() >= len(prompts)):
+            raise FeatdiffError(f"critical samples of task {task!r} must be indices in [0, {len(prompts)}).")
+        acc: dict[str, list[tuple[float, float]]] = {}
+        for cond, e in conditions:
+            ok = _correct(model, prompts, answers, e, eval_fn, checker, batch_size).float()
+            crit_acc = float(ok[crit].mean()) if len(crit) else float("nan")
+            acc.setdefault(cond, []).append((crit_acc, float(ok.mean())))
+            bar.update()
+        for cond, vals in acc.items():
+            mean = torch.tensor(vals).mean(0)
+            if task in critical:
+                rows.append((cond, "critical", task, float(mean[0]), len(crit)))
+            rows.append((cond, "full", task, float(mean[1]), len(prompts)))
+    bar.close()
+    table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    return table.astype({"n": "int64", "accuracy": "float64"})

@@ -1,0 +1,1 @@
+"""Per-feature and summary metrics of aligned dictionaries."""

@@ -1,0 +1,5 @@
+"""Known-answer data: activations built from planted dictionaries."""
+
+from featdiff.synthetic.planted import PlantedCheckpoints, plant_checkpoints
+
+__all__ = ["PlantedCheckpoints", "plant_checkpoints"]

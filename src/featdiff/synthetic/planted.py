@@ -1,0 +1,201 @@
+"""Activations from planted dictionaries whose true reuse / recombination / novelty is known.
+
+A base dictionary of random unit atoms; each target checkpoint keeps some atoms (slightly rotated),
+replaces others by sparse combinations of 2-3 kept base atoms (recombined) or by new directions (novel).
+Every token draws one sparse code over the atom *slots*, shared by all checkpoints, so the activations are
+paired by construction: ``x^c = code @ D^c + noise``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from featdiff.activations import ActivationSet
+from featdiff.errors import FeatdiffError
+
+STATUSES = ("reused", "recombined", "novel")
+DEFAULT_TARGETS = {
+    "rl": {"reused": 0.8, "recombined": 0.1, "novel": 0.1},
+    "sft": {"reused": 0.5, "recombined": 0.2, "novel": 0.3},
+}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _best_fit_cosine(v: np.ndarray, atoms: np.ndarray, max_atoms: int = 3) -> float:
+    """Cosine of v with its greedy (OMP) fit by at most ``max_atoms`` rows of ``atoms``."""
+    chosen: list[int] = []
+    residual = v.copy()
+    fit = np.zeros_like(v)
+    for _ in range(max_atoms):
+        chosen.append(int(np.argmax(np.abs(atoms @ residual))))
+        basis = atoms[chosen].T
+        coef, *_ = np.linalg.lstsq(basis, v, rcond=None)
+        fit = basis @ coef
+        residual = v - fit
+    return float(fit @ v / (np.linalg.norm(fit) * np.linalg.norm(v) + 1e-12))
+
+
+@dataclass
+class PlantedCheckpoints:
+    """Planted dictionaries of a base and its targets, and the truth about every target atom."""
+
+    dictionaries: dict[str, Float[Tensor, "n_atoms d_in"]]
+    truth: pd.DataFrame
+    frequencies: Float[Tensor, " n_atoms"]
+    noise: float = 0.0
+    seed: int = 0
+    magnitude: tuple[float, float] = (0.5, 1.5)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.dictionaries)
+
+    @property
+    def d_in(self) -> int:
+        return next(iter(self.dictionaries.values())).shape[1]
+
+    @property
+    def n_atoms(self) -> int:
+        return next(iter(self.dictionaries.values())).shape[0]
+
+    @property
+    def fractions(self) -> pd.DataFrame:
+        """True fractions per target: columns reuse, recombination, novelty (they sum to 1)."""
+        t = self.truth
+        out = pd.crosstab(t["checkpoint"], t["status"], normalize="index")
+        out = out.reindex(columns=list(STATUSES), fill_value=0.0)
+        out.columns = ["reuse", "recombination", "novelty"]
+        out.index.name = "checkpoint"
+        return out.loc[[n for n in self.names if n in out.index]]
+
+    def codes(self, n_tokens: int, seed: int = 1) -> Float[Tensor, "n_tokens n_atoms"]:
+        """Sparse non-negative codes over the atom slots (shared by every checkpoint)."""
+        if n_tokens <= 0:
+            raise FeatdiffError(f"n_tokens must be positive; got {n_tokens}.")
+        g = torch.Generator().manual_seed(seed)
+        active = torch.rand(n_tokens, self.n_atoms, generator=g) < self.frequencies
+        lo, hi = self.magnitude
+        mags = lo + (hi - lo) * torch.rand(n_tokens, self.n_atoms, generator=g)
+        return active * mags
+
+    def sample(self, n_tokens: int, seed: int = 1) -> ActivationSet:
+        """Paired activations of every checkpoint on ``n_tokens`` tokens.
+
+        Examples
+        --------
+        >>> planted = plant_checkpoints(d_in=16, n_atoms=32, seed=0)
+        >>> acts = planted.sample(100)
+        >>> acts.names, acts.n_tokens, acts.d_model
+        (['base', 'rl', 'sft'], 100, 16)
+        """
+        code = self.codes(n_tokens, seed)
+        g = torch.Generator().manual_seed(seed + 10_000)
+        acts = {}
+        for name, D in self.dictionaries.items():
+            x = code @ D
+            if self.noise > 0:
+                x = x + self.noise * torch.randn(x.shape, generator=g) / self.d_in**0.5
+            acts[name] = x
+        return ActivationSet(acts, hook="planted", meta={"planted_seed": self.seed, "sample_seed": seed})
+
+
+def plant_checkpoints(
+    d_in: int = 64,
+    n_atoms: int | None = None,
+    targets: dict[str, dict[str, float]] | None = None,
+    k: float = 4.0,
+    kept_cosine: float = 0.95,
+    n_components: tuple[int, ...] = (2, 3),
+    noise: float = 0.05,
+    seed: int = 0,
+    reference: str = "base",
+) -> PlantedCheckpoints:
+    """Plant a base dictionary and targets with known fractions of reused, recombined and novel atoms.
+
+    ``targets`` maps a checkpoint name to fractions ``{"reused", "recombined", "novel"}`` of its atoms
+    (they must sum to 1). ``k`` is the mean number of active atoms per token; ``kept_cosine`` is the
+    cosine between a kept atom and its base atom (a small rotation); a recombined atom is a positive
+    combination of 2-3 base atoms that the same target keeps (so it is never matched one-to-one to them);
+    a novel atom is a random direction that no 3 base atoms fit with cosine >= 0.8.
+
+    Examples
+    --------
+    >>> p = plant_checkpoints(d_in=16, n_atoms=40, targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
+    >>> p.fractions.round(2).to_dict("index")
+    {'rl': {'reuse': 0.5, 'recombination': 0.25, 'novelty': 0.25}}
+    """
+    n_atoms = 4 * d_in if n_atoms is None else n_atoms
+    targets = DEFAULT_TARGETS if targets is None else targets
+    if reference in targets:
+        raise FeatdiffError(f"A target may not be named like the reference {reference!r}.")
+    if n_atoms < 4 or d_in < 4:
+        raise FeatdiffError(f"plant_checkpoints needs d_in >= 4 and n_atoms >= 4; got {d_in}, {n_atoms}.")
+    if not 0 < k < n_atoms:
+        raise FeatdiffError(f"k (active atoms per token) must be in (0, n_atoms); got {k}.")
+    rng = np.random.default_rng(seed)
+    base = _unit(rng.standard_normal((n_atoms, d_in)))
+    dictionaries = {reference: base}
+    rows = []
+    for name, fr in targets.items():
+        unknown = set(fr) - set(STATUSES)
+        if unknown or abs(sum(fr.values()) - 1) > 1e-6:
+            raise FeatdiffError(
+                f"Fractions of target {name!r} must use keys {list(STATUSES)} and sum to 1; got {fr}."
+            )
+        counts = {s: int(round(fr.get(s, 0.0) * n_atoms)) for s in STATUSES[1:]}
+        counts["reused"] = n_atoms - sum(counts.values())
+        if fr.get("recombined", 0) > 0 and counts["reused"] < max(n_components):
+            raise FeatdiffError(f"Target {name!r} recombines atoms but keeps too few to build from.")
+        slots = rng.permutation(n_atoms)
+        fate = np.empty(n_atoms, dtype=object)
+        fate[slots[: counts["reused"]]] = "reused"
+        fate[slots[counts["reused"] : counts["reused"] + counts["recombined"]]] = "recombined"
+        fate[slots[counts["reused"] + counts["recombined"] :]] = "novel"
+        kept = np.flatnonzero(fate == "reused")
+        D = np.empty_like(base)
+        for s in range(n_atoms):
+            row = {"checkpoint": name, "atom": s, "status": fate[s], "source": -1, "components": []}
+            if fate[s] == "reused":
+                u = rng.standard_normal(d_in)
+                u = _unit(u - (u @ base[s]) * base[s])
+                D[s] = kept_cosine * base[s] + np.sqrt(1 - kept_cosine**2) * u
+                row["source"] = s
+            elif fate[s] == "recombined":
+                m = int(rng.choice(n_components))
+                idx = rng.choice(kept, size=m, replace=False)
+                coef = rng.uniform(0.7, 1.0, size=m)
+                D[s] = _unit(coef @ base[idx])
+                row["components"] = [(int(i), float(c)) for i, c in zip(idx, coef)]
+            else:
+                for _ in range(1000):
+                    v = _unit(rng.standard_normal(d_in))
+                    if np.abs(base @ v).max() < 0.5 and _best_fit_cosine(v, base) < 0.8:
+                        break
+                else:
+                    raise FeatdiffError(
+                        f"Could not draw novel atoms far from {n_atoms} base atoms in d_in={d_in}; "
+                        "use a larger d_in or fewer atoms."
+                    )
+                D[s] = v
+            rows.append(row)
+        dictionaries[name] = D
+    lo = 0.5 * k / n_atoms
+    freqs = torch.from_numpy(rng.uniform(lo, 3 * lo, size=n_atoms)).float()
+    return PlantedCheckpoints(
+        dictionaries={n: torch.from_numpy(D).float() for n, D in dictionaries.items()},
+        truth=pd.DataFrame(rows, columns=["checkpoint", "atom", "status", "source", "components"]),
+        frequencies=freqs,
+        noise=noise,
+        seed=seed,
+        meta={"k": k, "kept_cosine": kept_cosine, "reference": reference},
+    )
