@@ -199,7 +199,9 @@ class ActivationSet:
             try:
                 tensors = load_file(str(shard))
             except Exception as e:  # missing or corrupted shard
-                raise FeatdiffError(f"Cannot read activation shard {shard}: {e}. Re-collect the activations.") from None
+                raise FeatdiffError(
+                    f"Cannot read activation shard {shard}: {e}. Re-collect the activations."
+                ) from None
             for n in parts:
                 parts[n].append(tensors[n])
             if _TOKEN_IDS in tensors:
@@ -207,14 +209,18 @@ class ActivationSet:
         acts = {n: torch.cat(p) for n, p in parts.items()}
         out = cls(acts, meta.get("hook"), torch.cat(tids) if tids else None, meta.get("meta") or {})
         if out.n_tokens != meta["n_tokens"]:
-            raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {meta['n_tokens']}.")
+            raise FeatdiffError(
+                f"{path} holds {out.n_tokens} tokens but its metadata says {meta['n_tokens']}."
+            )
         return out
 
 
 # ----------------------------------------------------------------------------------------- shard writing
 
 
-def _meta_json(names: list[str], hook: str | None, n_tokens: int, d_model: int, n_shards: int, meta: dict) -> dict:
+def _meta_json(
+    names: list[str], hook: str | None, n_tokens: int, d_model: int, n_shards: int, meta: dict
+) -> dict:
     from featdiff import __version__
 
     return {
@@ -233,8 +239,15 @@ class _ShardWriter:
     """Buffer rows {name: (rows, d)} (+ token ids) and write them as shards of exactly ``shard_tokens``
     rows (the last one shorter), named like ActivationSet.save's."""
 
-    def __init__(self, folder: Path, names: list[str], shard_tokens: int, template: str = constants.ACTS_SHARD):
-        self.folder, self.names, self.shard_tokens, self.template = Path(folder), list(names), shard_tokens, template
+    def __init__(
+        self, folder: Path, names: list[str], shard_tokens: int, template: str = constants.ACTS_SHARD
+    ):
+        self.folder, self.names, self.shard_tokens, self.template = (
+            Path(folder),
+            list(names),
+            shard_tokens,
+            template,
+        )
         self._buf: dict[str, list[Tensor]] = {n: [] for n in self.names}
         self._tids: list[Tensor] = []
         self._n_buf = 0
@@ -349,6 +362,62 @@ def _stop_at_layer(hook: str) -> int | None:
     return None if layer is None else layer + 1
 
 
+def _model_rows(
+    name: str,
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch seq"],
+    mask: Tensor,
+    keep_flat: Tensor,
+    hook: str,
+    batch_size: int,
+) -> Iterator[Float[Tensor, "rows d_in"]]:
+    """The kept rows of ``model``'s activations at ``hook``, one batch of sequences at a time (float32, CPU);
+    the forward pass stops after the hook's block."""
+    stop, dev, seq_len = _stop_at_layer(hook), model.cfg.device, tokens.shape[1]
+    for start in range(0, tokens.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(
+                tokens[sl].to(dev),
+                names_filter=hook,
+                stop_at_layer=stop,
+                attention_mask=mask[sl].long().to(dev),
+                return_cache_object=False,
+            )
+        x = cache[hook]
+        if x.shape[:2] != tokens[sl].shape:
+            raise FeatdiffError(
+                f"Hook {hook!r} gives activations of shape {tuple(x.shape)}, not (batch, pos, ...); "
+                "pick a hook with one vector per token, e.g. featdiff.hook_name(layer)."
+            )
+        rows = keep_flat[start * seq_len : (start + batch_size) * seq_len]
+        x = x.reshape(-1, x[0, 0].numel())[rows.to(x.device)].float().cpu()
+        if not torch.isfinite(x).all():
+            raise FeatdiffError(
+                f"Checkpoint {name!r} gives NaN or infinite activations at {hook!r} in the batch of sequences "
+                f"starting at {start}; load it in float32 (load_model(..., dtype='float32')) or check its weights."
+            )
+        yield x
+
+
+def _outliers(
+    norms: dict[str, Tensor], factor: float | None
+) -> tuple[Tensor, dict[str, int], dict[str, float]]:
+    """Rows whose norm exceeds ``factor`` x the median norm in any checkpoint; counts and medians by name."""
+    outlier = torch.zeros_like(next(iter(norms.values())), dtype=torch.bool)
+    by_checkpoint, medians = {}, {}
+    for name, nrm in norms.items():
+        medians[name] = float(nrm.median())
+        bad = (
+            nrm > factor * medians[name]
+            if factor is not None and medians[name] > 0
+            else torch.zeros_like(outlier)
+        )
+        by_checkpoint[name] = int(bad.sum())
+        outlier |= bad
+    return outlier, by_checkpoint, medians
+
+
 def collect_activations(
     models: Mapping[str, object],
     tokens: Int[Tensor, "batch seq"] | list[str],
@@ -394,7 +463,9 @@ def collect_activations(
     from featdiff.models import check_compatible, default_hook, load_model
 
     if not isinstance(models, Mapping) or not models:
-        raise FeatdiffError("collect_activations needs a non-empty dict {checkpoint name: model or checkpoint}.")
+        raise FeatdiffError(
+            "collect_activations needs a non-empty dict {checkpoint name: model or checkpoint}."
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise FeatdiffError(f"batch_size must be a positive int; got {batch_size!r}.")
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens <= 0:
@@ -438,40 +509,20 @@ def collect_activations(
             "pass longer sequences or drop_bos=False."
         )
     keep_flat = keep.reshape(-1)
-    stop = _stop_at_layer(hook)
     n_batches = -(-n_seq // batch_size)
 
     out_dir = None if out_dir is None else Path(out_dir)
     with contextlib.nullcontext() if out_dir is None else atomic_dir(out_dir) as tmp:
-        raw: dict[str, list[Tensor]] = {}
-        raw_writers: dict[str, _ShardWriter] = {}
+        raw: dict[str, Tensor] = {}  # in memory: the kept rows of each checkpoint
+        raw_writers: dict[str, _ShardWriter] = {}  # streaming: the same rows, in shards under tmp/_raw
         norms: dict[str, Tensor] = {}
-        d_model = 0
         bar = tqdm(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
         for m_index, (name, model) in enumerate(loaded.items()):
             if tmp is not None:
-                raw_writers[name] = _ShardWriter(tmp / "_raw", [name], shard_tokens, f"m{m_index}_{{index:05d}}.st")
+                template = f"m{m_index}_{{index:05d}}.st"
+                raw_writers[name] = _ShardWriter(tmp / "_raw", [name], shard_tokens, template)
             chunks, chunk_norms = [], []
-            dev = model.cfg.device
-            for b in range(n_batches):
-                sl = slice(b * batch_size, (b + 1) * batch_size)
-                with torch.inference_mode():
-                    _, cache = model.run_with_cache(
-                        fwd_tokens[sl].to(dev),
-                        names_filter=hook,
-                        stop_at_layer=stop,
-                        attention_mask=mask[sl].long().to(dev),
-                        return_cache_object=False,
-                    )
-                x = cache[hook]
-                if x.shape[:2] != fwd_tokens[sl].shape:
-                    raise FeatdiffError(
-                        f"Hook {hook!r} gives activations of shape {tuple(x.shape)}, not (batch, pos, ...); "
-                        "pick a hook with one vector per token, e.g. featdiff.hook_name(layer)."
-                    )
-                rows = keep_flat[b * batch_size * seq_len : (b + 1) * batch_size * seq_len]
-                x = x.reshape(-1, x[0, 0].numel())[rows.to(x.device)].float().cpu()
-                d_model = x.shape[1]
+            for x in _model_rows(name, model, fwd_tokens, mask, keep_flat, hook, batch_size):
                 chunk_norms.append(x.norm(dim=1))
                 if tmp is None:
                     chunks.append(x)
@@ -485,14 +536,7 @@ def collect_activations(
                 raw_writers[name].close()
         bar.close()
 
-        outlier = torch.zeros(int(keep.sum()), dtype=torch.bool)
-        n_outlier_by_checkpoint, median_norm = {}, {}
-        for name, nrm in norms.items():
-            med = float(nrm.median())
-            median_norm[name] = med
-            bad = nrm > outlier_factor * med if (outlier_factor is not None and med > 0) else torch.zeros_like(outlier)
-            n_outlier_by_checkpoint[name] = int(bad.sum())
-            outlier |= bad
+        outlier, n_outlier_by_checkpoint, median_norm = _outliers(norms, outlier_factor)
         n_dropped_outlier = int(outlier.sum())
         kept = ~outlier
         if not kept.any():
@@ -516,7 +560,9 @@ def collect_activations(
                 f"{n_dropped_bos} BOS and {n_dropped_outlier} outlier-norm tokens."
             )
         if tmp is None:
-            return ActivationSet({n: x[kept] for n, x in raw.items()}, hook=hook, token_ids=token_ids, meta=meta)
+            return ActivationSet(
+                {n: x[kept] for n, x in raw.items()}, hook=hook, token_ids=token_ids, meta=meta
+            )
         from safetensors.torch import load_file
 
         # Second pass over the raw shards: drop the outliers, write the final shards.
@@ -531,5 +577,8 @@ def collect_activations(
             start += n_rows
         n_shards = writer.close()
         shutil.rmtree(tmp / "_raw")
-        write_json(tmp / constants.ACTS_META, _meta_json(names, hook, writer.n_tokens, d_model, n_shards, meta))
+        write_json(
+            tmp / constants.ACTS_META,
+            _meta_json(names, hook, writer.n_tokens, int(part[names[0]].shape[1]), n_shards, meta),
+        )
     return ActivationSet.load(out_dir)

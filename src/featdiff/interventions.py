@@ -61,7 +61,11 @@ def _is_crosscoder(d: Any) -> bool:
 
 def _is_sae(d: Any) -> bool:
     W = getattr(d, "W_dec", None)
-    return callable(getattr(d, "encode", None)) and callable(getattr(d, "decode", None)) and getattr(W, "ndim", 0) == 2
+    return (
+        callable(getattr(d, "encode", None))
+        and callable(getattr(d, "decode", None))
+        and getattr(W, "ndim", 0) == 2
+    )
 
 
 def dictionary_kind(dictionary: Any) -> str:
@@ -83,7 +87,11 @@ def dictionary_d_sae(dictionary: Any) -> int:
 
 def dictionary_hook(dictionary: Any) -> str | None:
     """The hook a dictionary was trained on, when it records one (sae-lens metadata or crosscoder cfg)."""
-    for owner in (dictionary, getattr(dictionary, "cfg", None), getattr(getattr(dictionary, "cfg", None), "metadata", None)):
+    for owner in (
+        dictionary,
+        getattr(dictionary, "cfg", None),
+        getattr(getattr(dictionary, "cfg", None), "metadata", None),
+    ):
         for attr in ("hook", "hook_name"):
             value = getattr(owner, attr, None) if owner is not None else None
             if isinstance(value, str) and value:
@@ -91,7 +99,9 @@ def dictionary_hook(dictionary: Any) -> str | None:
     return None
 
 
-def _crosscoder_single_input(cc: Any, model_name: str, h: Float[Tensor, "n d_in"]) -> Float[Tensor, "n n_models d_in"]:
+def _crosscoder_single_input(
+    cc: Any, model_name: str, h: Float[Tensor, "n d_in"]
+) -> Float[Tensor, "n n_models d_in"]:
     names = list(cc.names)
     x = h.new_zeros(h.shape[0], len(names), h.shape[-1])
     x[:, names.index(model_name)] = h
@@ -153,7 +163,9 @@ class FeatureEdit:
         try:
             feats = [int(k) for k in self.features]
         except (TypeError, ValueError):
-            raise FeatdiffError(f"The 'features' of FeatureEdit must be a list of ints; got {self.features!r}.") from None
+            raise FeatdiffError(
+                f"The 'features' of FeatureEdit must be a list of ints; got {self.features!r}."
+            ) from None
         bad = [k for k in feats if not 0 <= k < d_sae]
         if bad:
             raise FeatdiffError(
@@ -214,8 +226,12 @@ class FeatureEdit:
         flat = h.reshape(-1, h.shape[-1])
         if self.needs_others:
             if others is None:
-                raise FeatdiffError("codes='joint' needs the other checkpoints' activations of the same tokens.")
-            x = _crosscoder_joint_input(self.dictionary, self.model_name, flat, {n: v.reshape(flat.shape) for n, v in others.items()})
+                raise FeatdiffError(
+                    "codes='joint' needs the other checkpoints' activations of the same tokens."
+                )
+            x = _crosscoder_joint_input(
+                self.dictionary, self.model_name, flat, {n: v.reshape(flat.shape) for n, v in others.items()}
+            )
         else:
             x = _crosscoder_single_input(self.dictionary, self.model_name, flat)
         f = self.dictionary.encode(x)
@@ -385,13 +401,17 @@ def _as_prompt_groups(prompts: Any) -> list[tuple[list[int], Tensor]]:
     """Group prompts by length: [(row indices, tokens of that length)]."""
     if isinstance(prompts, Tensor):
         if prompts.ndim != 2 or prompts.dtype.is_floating_point:
-            raise FeatdiffError(f"prompts must be token ids of shape (n_prompts, pos); got {tuple(prompts.shape)}.")
+            raise FeatdiffError(
+                f"prompts must be token ids of shape (n_prompts, pos); got {tuple(prompts.shape)}."
+            )
         return [(list(range(prompts.shape[0])), prompts)]
     rows = [torch.as_tensor(p) for p in prompts]
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(rows):
         if p.ndim != 1:
-            raise FeatdiffError(f"Each prompt must be a 1-D tensor of token ids; prompt {i} has shape {tuple(p.shape)}.")
+            raise FeatdiffError(
+                f"Each prompt must be a 1-D tensor of token ids; prompt {i} has shape {tuple(p.shape)}."
+            )
         groups.setdefault(len(p), []).append(i)
     return [(idx, torch.stack([rows[i] for i in idx])) for idx in groups.values()]
 
@@ -487,7 +507,9 @@ def random_features(pool: Sequence[int], n: int, exclude: Sequence[int] = (), se
     return sorted(cand[i] for i in perm.tolist())
 
 
-def _correct(model: Any, prompts: Tensor, answers: Tensor, edit: FeatureEdit | None, eval_fn, checker, batch_size: int) -> Tensor:
+def _correct(
+    model: Any, prompts: Tensor, answers: Tensor, edit: FeatureEdit | None, eval_fn, checker, batch_size: int
+) -> Tensor:
     if eval_fn is not None:
         ctx = edit_features(model, edit) if edit is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
@@ -543,7 +565,9 @@ def evaluate_intervention(
     if not isinstance(edit, FeatureEdit):
         raise FeatdiffError(f"evaluate_intervention needs a FeatureEdit; got {type(edit).__name__}.")
     if not isinstance(tasks, Mapping) or not tasks:
-        raise FeatdiffError("The 'tasks' of evaluate_intervention must be a non-empty dict {task: (prompts, answers)}.")
+        raise FeatdiffError(
+            "The 'tasks' of evaluate_intervention must be a non-empty dict {task: (prompts, answers)}."
+        )
     _check_model_hook(model, edit.hook)
     critical = dict(critical or {})
     unknown = sorted(set(critical) - set(tasks))
@@ -557,7 +581,9 @@ def evaluate_intervention(
                 for _, toks in _as_prompt_groups(prompts):
                     live_set.update(live_features(model, edit, toks))
             live = sorted(live_set)
-        controls = [random_features(live, len(edit.features), edit.features, seed=seed + i) for i in range(n_random)]
+        controls = [
+            random_features(live, len(edit.features), edit.features, seed=seed + i) for i in range(n_random)
+        ]
     conditions: list[tuple[str, FeatureEdit | None]] = [("none", None), ("edit", edit)]
     conditions += [("random", edit.with_features(c)) for c in controls]
     rows = []

@@ -398,7 +398,9 @@ def _tl_config(hf_config, arch: str, n_ctx: int | None) -> dict[str, Any]:
             default_prepend_bos=False,
         )
     else:  # the Llama family: Llama, Mistral, Qwen2, Qwen3
-        if getattr(c, "mlp_bias", False) or (arch != "Qwen2ForCausalLM" and getattr(c, "attention_bias", False)):
+        if getattr(c, "mlp_bias", False) or (
+            arch != "Qwen2ForCausalLM" and getattr(c, "attention_bias", False)
+        ):
             raise FeatdiffError(f"{arch} checkpoints with attention or MLP biases are not supported.")
         d_head = _head_dim(c)
         n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
@@ -518,8 +520,10 @@ def _load_hub(name: str, device=None, dtype=None, n_ctx=None):
     try:
         local = snapshot_download(name, allow_patterns=_HUB_FILES, local_files_only=offline)
     except Exception as e:
-        why = "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache" if offline else (
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache"
+            if offline
+            else (f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         )
         raise FeatdiffError(
             f"{name!r} is neither a local folder nor a model reachable on the Hugging Face Hub ({why}). "

@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -83,7 +83,6 @@ class CrosscoderConfig:
     init_decoder_norm: float = 0.1
     seed: int = 0
     hook: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = "CrosscoderConfig"
@@ -104,7 +103,9 @@ class CrosscoderConfig:
         if self.sparsity == "batchtopk" and self.k > self.d_sae:
             _fail(f"k ({self.k}) must be at most d_sae ({self.d_sae}); lower k or raise d_sae.")
         if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps <= 0):
-            _fail(f"The 'n_steps' parameter of {where} must be a positive integer or None; got {self.n_steps!r}.")
+            _fail(
+                f"The 'n_steps' parameter of {where} must be a positive integer or None; got {self.n_steps!r}."
+            )
         if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k <= 0):
             _fail(f"The 'aux_k' parameter of {where} must be a positive integer or None; got {self.aux_k!r}.")
         for name in ("lr", "n_epochs", "init_decoder_norm"):
@@ -145,7 +146,9 @@ def stack(
     """
     missing = [n for n in names if n not in batch]
     if missing:
-        raise FeatdiffError(f"The batch lacks checkpoints {missing}; it has {list(batch)} and {names} are needed.")
+        raise FeatdiffError(
+            f"The batch lacks checkpoints {missing}; it has {list(batch)} and {names} are needed."
+        )
     xs = [batch[n] for n in names]
     if len({tuple(x.shape) for x in xs}) != 1 or xs[0].ndim != 2:
         shapes = {n: tuple(x.shape) for n, x in zip(names, xs, strict=True)}
@@ -212,7 +215,9 @@ class Crosscoder(nn.Module):
 
     def __repr__(self) -> str:
         c = self.cfg
-        return f"Crosscoder(names={c.names}, d_in={c.d_in}, d_sae={c.d_sae}, sparsity={c.sparsity!r}, k={c.k})"
+        return (
+            f"Crosscoder(names={c.names}, d_in={c.d_in}, d_sae={c.d_sae}, sparsity={c.sparsity!r}, k={c.k})"
+        )
 
     def model_index(self, name: str, param: str = "name") -> int:
         """Position of checkpoint ``name`` in ``cc.names`` (raises FeatdiffError for an unknown name)."""
@@ -253,8 +258,9 @@ class Crosscoder(nn.Module):
     def encode(
         self, x: Float[Tensor, "batch n_models d_in"], use_threshold: bool = True
     ) -> Float[Tensor, "batch d_sae"]:
-        """Codes of raw activations. batchtopk uses the learned threshold (batch-independent) unless
-        ``use_threshold=False``, which applies the training-time batch top-k instead."""
+        """Codes of raw activations. batchtopk keeps the codes whose ``f_k * sum_m ||W_dec^m[k]||_p`` exceed
+        the learned ``threshold`` (batch-independent; plain ReLU before training), or with
+        ``use_threshold=False`` the training-time batch top-k (k * batch codes). l1 is a plain ReLU."""
         acts = torch.relu(self._pre(self._normalise(self._check_x(x))))
         if self.cfg.sparsity == "l1":
             return acts
@@ -291,7 +297,10 @@ class Crosscoder(nn.Module):
     ) -> Float[Tensor, "n_tokens d_sae"]:
         """Codes of every token of ``acts`` (an ActivationSet or a dict holding at least ``cc.names``)."""
         acts = _as_acts(acts, self.names)
-        out = [self.encode(stack(b, self.names)) for b in acts.batches(batch_size, shuffle=False, names=self.names)]
+        out = [
+            self.encode(stack(b, self.names))
+            for b in acts.batches(batch_size, shuffle=False, names=self.names)
+        ]
         return torch.cat(out)
 
     # ----------------------------------------------------------------- evaluation and attribution
@@ -330,6 +339,12 @@ class Crosscoder(nn.Module):
         from featdiff.metrics.crosscoder import decoder_cosine
 
         return decoder_cosine(self, a, b)
+
+    def latent_scaling(self, acts, features=None, tuned: str | None = None, base: str = "base", **kwargs):
+        """Latent scaling betas and nu ratios per tuned-specific feature; see metrics.crosscoder."""
+        from featdiff.metrics.crosscoder import latent_scaling
+
+        return latent_scaling(self, acts, features=features, tuned=tuned, base=base, **kwargs)
 
     # ----------------------------------------------------------------- disk
     def save(self, path: str | os.PathLike) -> Path:
@@ -372,19 +387,25 @@ class Crosscoder(nn.Module):
         try:
             raw = json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FeatdiffError(f"Cannot read {cfg_file}: {e}. The folder is corrupted; save it again.") from None
+            raise FeatdiffError(
+                f"Cannot read {cfg_file}: {e}. The folder is corrupted; save it again."
+            ) from None
         if not isinstance(raw, dict):
             raise FeatdiffError(f"{cfg_file} must hold a JSON object; got {type(raw).__name__}.")
         cfg = CrosscoderConfig.from_dict(_migrate_cfg(raw, cfg_file))
         try:
             tensors = load_file(str(w_file))
         except Exception as e:  # truncated or corrupted safetensors
-            raise FeatdiffError(f"Cannot read {w_file}: {e}. The folder is corrupted; save it again.") from None
+            raise FeatdiffError(
+                f"Cannot read {w_file}: {e}. The folder is corrupted; save it again."
+            ) from None
         cc = cls(cfg)
         expected = {k: tuple(v.shape) for k, v in cc.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != got:
-            raise FeatdiffError(f"{w_file} holds tensors {got} but its cfg.json implies {expected}; save it again.")
+            raise FeatdiffError(
+                f"{w_file} holds tensors {got} but its cfg.json implies {expected}; save it again."
+            )
         cc.load_state_dict(tensors)
         return cc
 
@@ -408,7 +429,9 @@ def _as_acts(acts, names: list[str]) -> ActivationSet:
         raise FeatdiffError(f"acts must be an ActivationSet or a dict of tensors; got {type(acts).__name__}.")
     missing = [n for n in names if n not in acts]
     if missing:
-        raise FeatdiffError(f"The activations lack checkpoints {missing}; they have {acts.names}, need {names}.")
+        raise FeatdiffError(
+            f"The activations lack checkpoints {missing}; they have {acts.names}, need {names}."
+        )
     return acts
 
 
@@ -416,8 +439,14 @@ def _as_acts(acts, names: list[str]) -> ActivationSet:
 def _eval_init(cc: Crosscoder) -> dict:
     m, d = cc.n_models, cc.d_in
     z = torch.zeros
-    return {"n": 0, "sse": z(m, dtype=torch.float64), "sum": z(m, d, dtype=torch.float64),
-            "sumsq": z(m, dtype=torch.float64), "nnz": 0, "fired": z(cc.d_sae, dtype=torch.bool)}
+    return {
+        "n": 0,
+        "sse": z(m, dtype=torch.float64),
+        "sum": z(m, d, dtype=torch.float64),
+        "sumsq": z(m, dtype=torch.float64),
+        "nnz": 0,
+        "fired": z(cc.d_sae, dtype=torch.bool),
+    }
 
 
 def _eval_update(cc: Crosscoder, stats: dict, x: Float[Tensor, "batch n_models d_in"]) -> None:
@@ -463,14 +492,14 @@ def train_crosscoder(
     Without ``config`` the settings are ``d_sae`` (default 8 * d_in), ``sparsity``, ``k``, ``seed`` and
     any CrosscoderConfig field passed as a keyword (``lr=1e-3``, ``n_steps=500``...). With ``config``,
     the config supplies every setting, keywords still override it, and its ``names`` pick (and order)
-    the checkpoints of ``acts``. The same seed gives identical weights.
+    the checkpoints of ``acts``. The number of steps is ``n_steps`` or ``n_epochs`` (default 1) passes
+    over the tokens; small data sets want ``n_steps`` of a few hundred or more. The same seed gives
+    identical weights. The result is in eval mode, with ``norm_scale`` and the inference threshold set.
 
     Examples
     --------
-    >>> torch.manual_seed(0) is not None
-    True
     >>> acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
-    >>> cc = train_crosscoder(acts, d_sae=16, k=2, n_steps=20, batch_size=64, progress=False)
+    >>> cc = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, batch_size=64, progress=False)
     >>> cc.names, tuple(cc.W_dec.shape), list(cc.evaluate(acts).columns)
     (['base', 'rl'], (2, 16, 8), ['checkpoint', 'fve', 'mse', 'l0', 'dead_fraction'])
     """
@@ -482,8 +511,15 @@ def train_crosscoder(
             "Wrap tensors with ActivationSet.from_tensors({name: X})."
         )
     if config is None:
-        base = {"names": acts.names, "d_in": acts.d_model, "d_sae": d_sae or 8 * acts.d_model,
-                "sparsity": sparsity, "k": k, "seed": seed, "hook": acts.hook}
+        base = {
+            "names": acts.names,
+            "d_in": acts.d_model,
+            "d_sae": d_sae or 8 * acts.d_model,
+            "sparsity": sparsity,
+            "k": k,
+            "seed": seed,
+            "hook": acts.hook,
+        }
     else:
         if not isinstance(config, CrosscoderConfig):
             raise FeatdiffError(f"config must be a CrosscoderConfig; got {type(config).__name__}.")
@@ -492,7 +528,9 @@ def train_crosscoder(
     cfg = CrosscoderConfig.from_dict(base)
     acts = _as_acts(acts, cfg.names)
     if acts.d_model != cfg.d_in:
-        raise FeatdiffError(f"The config says d_in={cfg.d_in} but the activations have d_model={acts.d_model}.")
+        raise FeatdiffError(
+            f"The config says d_in={cfg.d_in} but the activations have d_model={acts.d_model}."
+        )
     if acts.names != cfg.names:
         acts = acts.select(cfg.names)
 
@@ -511,7 +549,9 @@ def train_crosscoder(
     def batches():
         epoch = 0
         while True:
-            for b in acts.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, names=cfg.names):
+            for b in acts.batches(
+                cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, names=cfg.names
+            ):
                 if b[cfg.names[0]].shape[0] == cfg.batch_size or acts.n_tokens < cfg.batch_size:
                     yield stack(b, cfg.names)
             epoch += 1

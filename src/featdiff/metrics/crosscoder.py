@@ -140,7 +140,9 @@ def decoder_cosine(cc: Crosscoder, a: str, b: str) -> pd.Series:
     wa = cc.W_dec[cc.model_index(a, "a")].detach().double()
     wb = cc.W_dec[cc.model_index(b, "b")].detach().double()
     denom = wa.norm(dim=-1) * wb.norm(dim=-1)
-    cos = torch.where(denom > 0, (wa * wb).sum(-1) / denom.clamp(min=1e-30), torch.full_like(denom, float("nan")))
+    cos = torch.where(
+        denom > 0, (wa * wb).sum(-1) / denom.clamp(min=1e-30), torch.full_like(denom, float("nan"))
+    )
     return pd.Series(cos.numpy(), index=_index(cc), name=f"cosine_{a}_{b}")
 
 

@@ -1,0 +1,578 @@
+"""One sparse autoencoder per checkpoint, trained, stored and read with sae-lens.
+
+``train_saes`` trains sae-lens training SAEs (``TopKTrainingSAE`` and friends) with sae-lens's own
+``SAETrainer`` steps and losses; every SAE (one per checkpoint, plus any ``extra`` replicas with other
+seeds) is stepped on each batch of paired rows, so the activations are read once. It returns sae-lens
+inference ``SAE`` objects in eval mode whose decoder rows have unit norm (sae-lens's ``fold_W_dec_norm``
+is applied), so feature activations are in the units of the input. ``save_sae`` / ``load_sae`` use
+sae-lens's on-disk format (``cfg.json`` + ``sae_weights.safetensors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from featdiff import constants
+from featdiff._io import atomic_dir
+from featdiff.activations import ActivationSet
+from featdiff.errors import FeatdiffError, check_choice
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+"""Architectures ``train_saes`` trains (sae-lens names). batchtopk SAEs come back as jumprelu SAEs."""
+
+DICTIONARY_ARCHITECTURES = ("topk", "standard", "jumprelu")
+"""Architectures ``sae_from_dictionary`` builds."""
+
+
+def default_k(d_in: int) -> int:
+    """The default number of active latents of a (batch)TopK SAE: ``max(1, d_in // 8)``.
+
+    Examples
+    --------
+    >>> default_k(64), default_k(512), default_k(4)
+    (8, 64, 1)
+    """
+    return max(1, d_in // 8)
+
+
+@dataclass
+class SAETrainConfig:
+    """How ``train_saes`` trains: architecture, size, optimiser, run length and sparsity settings.
+
+    Run length: ``n_steps`` if set, else ``n_epochs`` passes over the tokens if set, else ``n_samples``
+    rows (the data is cycled, reshuffled each epoch). ``d_sae=None`` means ``4 * d_in``; ``k=None``
+    means ``default_k(d_in)`` (topk, batchtopk; ignored by the others). ``l1_coefficient`` weighs the
+    L1 penalty of "standard" SAEs, ``l0_coefficient`` the L0 penalty of "jumprelu" SAEs;
+    ``aux_loss_coefficient`` weighs the AuxK loss that revives dead (batch)TopK latents; a latent is
+    dead after ``dead_feature_window`` steps without firing. ``normalize_activations`` rescales the
+    inputs to mean norm ``sqrt(d_in)`` while training (sae-lens's "expected_average_only_in"; folded
+    into the weights afterwards). The learning rate warms up linearly for ``lr_warm_up_steps`` and
+    decays linearly to 0 over the last ``lr_decay_fraction`` of the steps.
+
+    Examples
+    --------
+    >>> cfg = SAETrainConfig(architecture="topk", k=4, n_samples=10_000)
+    >>> SAETrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> cfg.n_steps_for(n_tokens=1000)
+    10
+    """
+
+    architecture: str = "topk"
+    d_sae: int | None = None
+    k: float | None = None
+    lr: float = 1e-2
+    batch_size: int = 1024
+    n_samples: int | None = 1_000_000
+    n_epochs: float | None = None
+    n_steps: int | None = None
+    lr_warm_up_steps: int = 0
+    lr_decay_fraction: float = 0.2
+    l1_coefficient: float = 2.0
+    l0_coefficient: float = 0.1
+    aux_loss_coefficient: float = 1.0
+    dead_feature_window: int = 100
+    normalize_activations: bool = True
+    decoder_init_norm: float | None = 0.1
+
+    def __post_init__(self) -> None:
+        check_choice("architecture", self.architecture, ARCHITECTURES, "SAETrainConfig")
+        for name in ("d_sae", "n_samples", "n_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive integer or None; got {v!r}.")
+        for name in ("batch_size", "dead_feature_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive integer; got {v!r}.")
+        if not isinstance(self.lr_warm_up_steps, int) or self.lr_warm_up_steps < 0:
+            raise FeatdiffError(f"SAETrainConfig.lr_warm_up_steps must be an integer >= 0; got {self.lr_warm_up_steps!r}.")
+        for name in ("lr", "k", "n_epochs", "decoder_init_norm"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive number or None; got {v!r}.")
+        if self.lr is None:
+            raise FeatdiffError("SAETrainConfig.lr must be a positive number; got None.")
+        for name in ("l1_coefficient", "l0_coefficient", "aux_loss_coefficient"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise FeatdiffError(f"SAETrainConfig.{name} must be a number >= 0; got {v!r}.")
+        if not (isinstance(self.lr_decay_fraction, (int, float)) and 0 <= self.lr_decay_fraction < 1):
+            raise FeatdiffError(f"SAETrainConfig.lr_decay_fraction must be in [0, 1); got {self.lr_decay_fraction!r}.")
+        if self.architecture == "topk" and self.k is not None and int(self.k) != self.k:
+            raise FeatdiffError(f"A topk SAE needs an integer k; got {self.k!r} (batchtopk takes a mean k).")
+        if self.n_samples is None and self.n_epochs is None and self.n_steps is None:
+            raise FeatdiffError("SAETrainConfig needs a run length: set n_samples, n_epochs or n_steps.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SAETrainConfig:
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise FeatdiffError(f"Unknown SAETrainConfig keys {unknown}; allowed keys are {allowed}.")
+        return cls(**d)
+
+    def n_steps_for(self, n_tokens: int) -> int:
+        """Optimiser steps this config runs on ``n_tokens`` training rows."""
+        batch = min(self.batch_size, n_tokens)
+        if self.n_steps is not None:
+            return self.n_steps
+        if self.n_epochs is not None:
+            return max(1, math.ceil(self.n_epochs * n_tokens / batch))
+        return max(1, math.ceil(self.n_samples / batch))  # type: ignore[operator]
+
+
+def _resolve_config(config, overrides: dict[str, Any]) -> SAETrainConfig:
+    if config is None:
+        base: dict[str, Any] = {}
+    elif isinstance(config, SAETrainConfig):
+        base = config.to_dict()
+    elif isinstance(config, Mapping):
+        base = SAETrainConfig.from_dict(config).to_dict()
+    else:
+        raise FeatdiffError(
+            f"The 'config' parameter of train_saes must be an SAETrainConfig, a dict or None; got {type(config).__name__}."
+        )
+    allowed = [f.name for f in fields(SAETrainConfig)]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise FeatdiffError(f"Unknown train_saes options {unknown}; allowed options are {allowed}.")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return SAETrainConfig(**base)
+
+
+def _init_seed(checkpoint: str, seed: int) -> int:
+    """A deterministic seed per (checkpoint, seed), so every SAE starts from its own initialisation."""
+    digest = hashlib.sha256(f"featdiff-sae:{checkpoint}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
+
+
+def _make_training_sae(cfg: SAETrainConfig, d_in: int, d_sae: int, k: float, checkpoint: str, seed: int, hook):
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae_cls, cfg_cls = get_sae_training_class(cfg.architecture)
+    arch: dict[str, Any] = {}
+    if cfg.architecture in ("topk", "batchtopk"):
+        arch = {"k": int(k) if cfg.architecture == "topk" else float(k), "aux_loss_coefficient": cfg.aux_loss_coefficient}
+    elif cfg.architecture == "standard":
+        arch = {"l1_coefficient": cfg.l1_coefficient}
+    elif cfg.architecture == "jumprelu":
+        arch = {"l0_coefficient": cfg.l0_coefficient}
+    meta = SAEMetadata(model_name=checkpoint, hook_name=hook, featdiff_seed=seed)
+    sae_cfg = cfg_cls(
+        d_in=d_in, d_sae=d_sae, decoder_init_norm=cfg.decoder_init_norm, metadata=meta, **arch
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_init_seed(checkpoint, seed))
+        return sae_cls(sae_cfg)
+
+
+def _to_inference(training_sae) -> SAE:
+    """The inference SAE sae-lens would save (``save_inference_model``), in memory, with unit decoder rows."""
+    from sae_lens import SAE
+
+    state = {k: v.detach().clone() for k, v in training_sae.state_dict().items()}
+    training_sae.process_state_dict_for_saving_inference(state)
+    sae = SAE.from_dict(training_sae.cfg.get_inference_sae_cfg_dict())
+    sae.load_state_dict(state)
+    sae.fold_W_dec_norm()
+    return sae.eval()
+
+
+def _cycle_batches(acts: ActivationSet, names: list[str], batch_size: int, seed: int) -> Iterator[dict[str, Tensor]]:
+    """Full batches of paired rows forever, reshuffled every epoch (a short last batch is dropped)."""
+    epoch = 0
+    while True:
+        for batch in acts.batches(batch_size, shuffle=True, seed=seed + 1_000_003 * epoch, names=names):
+            if next(iter(batch.values())).shape[0] == batch_size:
+                yield batch
+        epoch += 1
+
+
+def train_saes(
+    acts: ActivationSet,
+    d_sae: int | None = None,
+    architecture: str | None = None,
+    k: float | None = None,
+    seed: int = 0,
+    names: list[str] | None = None,
+    extra: Mapping[str, tuple[str, int]] | None = None,
+    config: SAETrainConfig | Mapping[str, Any] | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, SAE]:
+    """Train one sae-lens SAE per checkpoint of ``acts``, all in one pass over the data.
+
+    ``architecture`` is "topk" (default), "batchtopk", "jumprelu" or "standard" (ReLU + L1); ``d_sae``
+    defaults to ``4 * d_in`` and ``k`` to ``default_k(d_in)``. ``config`` (an ``SAETrainConfig`` or its
+    dict) and keyword ``overrides`` (its field names, e.g. ``lr=3e-3, n_samples=200_000``) set the rest;
+    explicit arguments win over ``config``. ``names`` picks checkpoints (default: all). ``extra`` maps
+    further output keys to ``(checkpoint, seed)``: ``{"base_seed1": ("base", 1)}`` trains a second base
+    SAE from another initialisation in the same pass (the noise floor). Every SAE's initialisation is
+    seeded by its (checkpoint, seed) and the data order by ``seed``, so the same call gives identical
+    weights, and an SAE does not depend on which others are trained beside it.
+
+    Returns ``{key: sae_lens.SAE}`` inference SAEs in eval mode, decoder rows of unit norm (batchtopk
+    SAEs come back as sae-lens "jumprelu" SAEs, as sae-lens saves them).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from featdiff.activations import ActivationSet
+    >>> acts = ActivationSet.from_tensors({"base": torch.randn(512, 8), "rl": torch.randn(512, 8)})
+    >>> saes = train_saes(acts, k=2, n_steps=20, batch_size=128, extra={"base_seed1": ("base", 1)}, progress=False)
+    >>> sorted(saes), saes["rl"].cfg.d_sae, saes["rl"].cfg.architecture()
+    (['base', 'base_seed1', 'rl'], 32, 'topk')
+    >>> saes["rl"].W_dec.norm(dim=1).allclose(torch.ones(32))
+    True
+    """
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+    from tqdm.auto import tqdm
+
+    if not isinstance(acts, ActivationSet):
+        raise FeatdiffError(
+            f"train_saes needs an ActivationSet; got {type(acts).__name__}. "
+            "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
+        )
+    cfg = _resolve_config(config, {"d_sae": d_sae, "architecture": architecture, "k": k, **overrides})
+    names = acts.names if names is None else list(names)
+    for n in names:
+        if n not in acts:
+            raise FeatdiffError(f"train_saes: no checkpoint named {n!r} in the activations; they have {acts.names}.")
+    plan: dict[str, tuple[str, int]] = {n: (n, seed) for n in names}
+    for key, spec in (extra or {}).items():
+        if key in plan:
+            raise FeatdiffError(f"The extra SAE key {key!r} clashes with a checkpoint name; pick another key.")
+        if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and spec[0] in acts and isinstance(spec[1], int)):
+            raise FeatdiffError(
+                f"extra[{key!r}] must be (checkpoint, seed) with a checkpoint among {acts.names} and an int seed; "
+                f"got {spec!r}."
+            )
+        plan[key] = (spec[0], spec[1])
+    if not plan:
+        raise FeatdiffError("train_saes has nothing to train: names is empty and extra is empty.")
+
+    d_in = acts.d_model
+    d_sae_ = cfg.d_sae or 4 * d_in
+    k_ = cfg.k if cfg.k is not None else default_k(d_in)
+    if cfg.architecture in ("topk", "batchtopk") and k_ > d_sae_:
+        raise FeatdiffError(f"k={k_} active latents cannot exceed d_sae={d_sae_}; lower k or raise d_sae.")
+    batch_size = min(cfg.batch_size, acts.n_tokens)
+    steps = cfg.n_steps_for(acts.n_tokens)
+    decay = int(cfg.lr_decay_fraction * steps)
+    warm = min(cfg.lr_warm_up_steps, max(0, steps - decay - 1))
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=warm,
+        lr_decay_steps=decay,
+        dead_feature_window=cfg.dead_feature_window,
+        feature_sampling_window=steps + 1,  # sparsity windows only feed wandb logs
+        device="cpu",
+    )
+    trainers = {}
+    for key, (ckpt, s) in plan.items():
+        tsae = _make_training_sae(cfg, d_in, d_sae_, k_, ckpt, s, acts.hook)
+        trainer = SAETrainer(cfg=trainer_cfg, sae=tsae, data_provider=iter(()))
+        if cfg.normalize_activations:
+            tsae.cfg.normalize_activations = "expected_average_only_in"
+            mean_norm = float(acts[ckpt].norm(dim=1).mean())
+            trainer.activation_scaler.scaling_factor = (d_in**0.5) / max(mean_norm, 1e-12)
+        trainers[key] = trainer
+
+    ckpts = sorted({c for c, _ in plan.values()})
+    batches = _cycle_batches(acts, ckpts, batch_size, seed)
+    bar = tqdm(total=steps, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress)
+    with bar:
+        for step in range(steps):
+            batch = next(batches)
+            losses = {}
+            for key, trainer in trainers.items():
+                out = trainer.step(batch[plan[key][0]])
+                trainer.n_training_steps += 1
+                losses[key] = out.loss
+            if progress and (step % 50 == 0 or step == steps - 1):
+                bar.set_postfix(loss=f"{sum(float(v) for v in losses.values()) / len(losses):.4g}")
+            bar.update(1)
+
+    out: dict[str, SAE] = {}
+    for key, trainer in trainers.items():
+        tsae = trainer.sae
+        if trainer.activation_scaler.scaling_factor is not None:
+            tsae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+            trainer.activation_scaler.scaling_factor = None
+        trainer.set_final_sae_metadata()
+        out[key] = _to_inference(tsae)
+    return out
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``sae`` in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``), atomically.
+
+    Uses sae-lens's own ``save_model`` (``save_inference_model`` for a training SAE) into a temporary
+    folder that then replaces ``path``. Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
+    >>> folder = save_sae(sae, tempfile.mkdtemp() + "/sae")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['cfg.json', 'sae_weights.safetensors']
+    """
+    from sae_lens import SAE
+    from sae_lens.saes.sae import TrainingSAE
+
+    if not isinstance(sae, SAE):
+        raise FeatdiffError(f"save_sae needs a sae_lens SAE; got {type(sae).__name__}.")
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        if isinstance(sae, TrainingSAE):
+            sae.save_inference_model(tmp)
+        else:
+            sae.save_model(tmp)
+    return path
+
+
+def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
+    """Read an SAE folder in sae-lens's format (written by ``save_sae`` or by sae-lens) in eval mode.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
+    >>> loaded = load_sae(save_sae(sae, tempfile.mkdtemp() + "/sae"))
+    >>> torch.equal(loaded.W_dec, sae.W_dec), loaded.cfg.k
+    (True, 1)
+    """
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FeatdiffError(
+            f"No SAE folder at {path}; pass a folder written by save_sae (or sae-lens's save_model)."
+        )
+    cfg_file, weights_file = path / constants.SAE_CFG, path / constants.SAE_WEIGHTS
+    if not cfg_file.is_file():
+        raise FeatdiffError(f"{cfg_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae.")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        if not isinstance(cfg, dict) or "architecture" not in cfg:
+            raise ValueError("no 'architecture' entry")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FeatdiffError(f"{cfg_file} is not a valid sae-lens config ({e}); re-save the SAE with save_sae.") from None
+    if not weights_file.is_file():
+        raise FeatdiffError(
+            f"{weights_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
+        )
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except Exception as e:  # safetensors / state-dict errors from a corrupted or mismatched file
+        raise FeatdiffError(
+            f"Cannot load the SAE in {path}: {type(e).__name__}: {e}. {weights_file.name} is corrupted or does "
+            f"not match {cfg_file.name}; re-save the SAE with save_sae or retrain it."
+        ) from None
+    return sae.eval()
+
+
+def sae_from_dictionary(
+    W_dec: Float[Tensor, "d_sae d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"] | None = None,
+    b_dec: Float[Tensor, " d_in"] | None = None,
+    k: int | None = None,
+    architecture: str = "topk",
+) -> SAE:
+    """An inference sae-lens SAE with a given (e.g. planted) dictionary, for known-answer tests.
+
+    ``W_enc`` defaults to ``W_dec.T`` (matched filters, right for unit-norm, nearly orthogonal atoms);
+    ``b_dec`` to zeros, ``b_enc`` is zero. ``architecture``: "topk" (``k`` defaults to
+    ``default_k(d_in)``), "standard" (ReLU) or "jumprelu" (threshold 0; set ``sae.threshold``).
+    The rows of ``W_dec`` are used as given.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sae = sae_from_dictionary(torch.eye(3), k=1)
+    >>> codes = encode(sae, torch.tensor([[0.0, 2.0, 0.5]]))
+    >>> codes
+    tensor([[0., 2., 0.]])
+    >>> sae.decode(codes).detach()
+    tensor([[0., 2., 0.]])
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    check_choice("architecture", architecture, DICTIONARY_ARCHITECTURES, "sae_from_dictionary")
+    if not isinstance(W_dec, Tensor) or W_dec.ndim != 2:
+        raise FeatdiffError(f"W_dec must be a (d_sae, d_in) tensor; got {getattr(W_dec, 'shape', type(W_dec))}.")
+    W_dec = W_dec.detach().float()
+    d_sae, d_in = W_dec.shape
+    W_enc = W_dec.T.clone() if W_enc is None else W_enc.detach().float()
+    b_dec = torch.zeros(d_in) if b_dec is None else b_dec.detach().float()
+    if tuple(W_enc.shape) != (d_in, d_sae) or tuple(b_dec.shape) != (d_in,):
+        raise FeatdiffError(
+            f"With W_dec of shape {(d_sae, d_in)}, W_enc must be {(d_in, d_sae)} and b_dec {(d_in,)}; "
+            f"got {tuple(W_enc.shape)} and {tuple(b_dec.shape)}."
+        )
+    if not torch.isfinite(W_dec).all() or not torch.isfinite(W_enc).all():
+        raise FeatdiffError("W_dec and W_enc must be finite (no NaN or inf).")
+    if architecture == "topk":
+        k = default_k(d_in) if k is None else k
+        if not (isinstance(k, int) and 0 < k <= d_sae):
+            raise FeatdiffError(f"k must be an integer in [1, d_sae={d_sae}]; got {k!r}.")
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    elif architecture == "standard":
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    else:
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(W_enc)
+        sae.b_dec.copy_(b_dec)
+        sae.b_enc.zero_()
+        if architecture == "jumprelu":
+            sae.threshold.zero_()
+    return sae.eval()
+
+
+# ---- helpers on any sae-lens SAE (batched, no grads) ---------------------------------------------
+
+
+def _device_dtype(sae) -> tuple[torch.device, torch.dtype]:
+    p = next(iter(sae.parameters()), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def _check_x(sae, x, where: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise FeatdiffError(f"{where} needs x of shape (n_tokens, d_in); got {getattr(x, 'shape', type(x))}.")
+    d_in = sae.W_dec.shape[1]
+    if x.shape[1] != d_in:
+        raise FeatdiffError(f"{where}: x has {x.shape[1]} columns but the SAE has d_in={d_in}.")
+    if x.shape[0] == 0:
+        raise FeatdiffError(f"{where}: x is empty (0 rows).")
+    return x
+
+
+def decoder_directions(sae: SAE) -> Float[Tensor, "d_sae d_in"]:
+    """Unit-norm decoder rows of ``sae`` (float32, CPU, detached).
+
+    Examples
+    --------
+    >>> import torch
+    >>> decoder_directions(sae_from_dictionary(2 * torch.eye(2), k=1))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    W = sae.W_dec.detach().float().cpu()
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def encode(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, "n_tokens d_sae"]:
+    """Feature activations of ``x`` (float32, CPU), computed in batches on the SAE's device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> encode(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[3.0, 1.0]]))
+    tensor([[3., 0.]])
+    """
+    x = _check_x(sae, x, "encode")
+    dev, dt = _device_dtype(sae)
+    return torch.cat(
+        [sae.encode(x[i : i + batch_size].to(dev, dt)).float().cpu() for i in range(0, len(x), batch_size)]
+    )
+
+
+def _stream(sae, x: Tensor, batch_size: int, where: str) -> Iterator[tuple[Tensor, Tensor]]:
+    x = _check_x(sae, x, where)
+    dev, dt = _device_dtype(sae)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(dev, dt)
+            yield xb, sae.encode(xb)
+
+
+def firing_frequency(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
+    """Fraction of the rows of ``x`` on which each feature fires (activation > 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> firing_frequency(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    tensor([1., 0.])
+    """
+    counts = torch.zeros(sae.W_dec.shape[0], dtype=torch.float64)
+    n = 0
+    for xb, f in _stream(sae, x, batch_size, "firing_frequency"):
+        counts += (f > 0).sum(0).double().cpu()
+        n += len(xb)
+    return (counts / n).float()
+
+
+def l0(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> float:
+    """Mean number of active features per row of ``x``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> l0(sae_from_dictionary(torch.eye(3), k=2), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    1.5
+    """
+    total, n = 0.0, 0
+    for xb, f in _stream(sae, x, batch_size, "l0"):
+        total += float((f > 0).sum())
+        n += len(xb)
+    return total / n
+
+
+def explained_variance(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> float:
+    """Fraction of variance explained: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> explained_variance(sae_from_dictionary(torch.eye(2), k=2), x)
+    1.0
+    >>> round(explained_variance(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[1.0, 0.5], [0.0, 0.0]])), 3)
+    0.6
+    """
+    sse = 0.0
+    s = torch.zeros(sae.W_dec.shape[1], dtype=torch.float64)
+    ss, n = 0.0, 0
+    for xb, f in _stream(sae, x, batch_size, "explained_variance"):
+        xh = sae.decode(f)
+        xd = xb.double()
+        sse += float(((xd - xh.double()) ** 2).sum())
+        s += xd.sum(0).cpu()
+        ss += float((xd**2).sum())
+        n += len(xb)
+    total = ss - float((s * s).sum()) / n
+    if total <= 0:
+        raise FeatdiffError("explained_variance is undefined: x has zero variance (all rows equal).")
+    return 1.0 - sse / total

@@ -1,0 +1,247 @@
+"""ActivationSet validation and storage; collect_activations pairing, dropping, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from featdiff import constants
+from featdiff.activations import ActivationSet, collect_activations
+from featdiff.errors import FeatdiffError
+from featdiff.models import save_model
+
+VOCAB = 29
+HOOK = "blocks.0.hook_resid_post"
+
+
+def tiny_tl(seed: int = 0, d_model: int = 16, n_layers: int = 2) -> HookedTransformer:
+    cfg = dict(
+        n_layers=n_layers, d_model=d_model, n_ctx=16, d_head=4, d_vocab=VOCAB, act_fn="gelu", seed=seed
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def make_tokens(batch: int = 5, seq: int = 7, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def full_run(model: HookedTransformer, tokens: torch.Tensor, hook: str = HOOK) -> torch.Tensor:
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    return cache[hook]
+
+
+# ------------------------------------------------------------------------------------------- ActivationSet
+
+
+def test_activation_set_rejects_bad_input():
+    good = torch.randn(4, 3)
+    with pytest.raises(FeatdiffError, match="NaN or infinite values in 1 of 4 rows"):
+        ActivationSet.from_tensors({"base": good, "rl": torch.tensor([[float("nan")] * 3] + [[0.0] * 3] * 3)})
+    with pytest.raises(FeatdiffError, match="NaN or infinite"):
+        ActivationSet.from_tensors({"base": torch.full((2, 3), float("inf"))})
+    with pytest.raises(FeatdiffError, match="empty"):
+        ActivationSet.from_tensors({"base": torch.zeros(0, 3)})
+    with pytest.raises(FeatdiffError, match="same shape"):
+        ActivationSet.from_tensors({"base": good, "rl": torch.randn(5, 3)})
+    with pytest.raises(FeatdiffError, match=r"\(n_tokens, d_model\); got \(4,\)"):
+        ActivationSet.from_tensors({"base": torch.randn(4)})
+    with pytest.raises(FeatdiffError, match="non-empty dict"):
+        ActivationSet.from_tensors({})
+    with pytest.raises(FeatdiffError, match="token_ids has 3 entries"):
+        ActivationSet.from_tensors({"base": good}, token_ids=torch.arange(3))
+    with pytest.raises(FeatdiffError, match="No checkpoint named 'sft'"):
+        ActivationSet.from_tensors({"base": good})["sft"]
+
+
+def test_activation_set_save_load_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    acts = ActivationSet.from_tensors(
+        {"base": torch.randn(11, 4, generator=g), "rl": torch.randn(11, 4, generator=g)},
+        hook=HOOK,
+        token_ids=torch.arange(11),
+    )
+    acts.meta["note"] = "x"
+    path = acts.save(tmp_path / "acts", shard_tokens=4)
+    assert sorted(p.name for p in path.iterdir()) == [constants.ACTS_META] + [
+        constants.ACTS_SHARD.format(index=i) for i in range(3)
+    ]
+    back = ActivationSet.load(path)
+    assert back.names == ["base", "rl"] and back.hook == HOOK and back.meta == {"note": "x"}
+    assert torch.equal(back["rl"], acts["rl"]) and torch.equal(back.token_ids, acts.token_ids)
+    with pytest.raises(FeatdiffError, match="not an ActivationSet folder"):
+        ActivationSet.load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------- collect_activations
+
+
+def test_rows_are_paired_by_token_and_equal_a_full_run():
+    base, rl = tiny_tl(0), tiny_tl(1)
+    tokens = make_tokens()
+    acts = collect_activations({"base": base, "twin": base, "rl": rl}, tokens, HOOK, batch_size=2,
+                               outlier_factor=None, progress=False)  # fmt: skip
+    assert acts.names == ["base", "twin", "rl"] and acts.hook == HOOK
+    assert acts.n_tokens == 5 * 6 and acts.d_model == 16
+    assert torch.equal(acts["base"], acts["twin"])
+    assert not torch.allclose(acts["base"], acts["rl"])
+    assert torch.equal(acts.token_ids, tokens[:, 1:].reshape(-1))
+    # stop_at_layer gives the values of a full forward pass, row i = (sequence i // 6, position 1 + i % 6)
+    torch.testing.assert_close(acts["base"], full_run(base, tokens)[:, 1:].reshape(-1, 16))
+    torch.testing.assert_close(acts["rl"], full_run(rl, tokens)[:, 1:].reshape(-1, 16))
+
+
+def test_forward_pass_stops_at_the_hook_layer():
+    model = tiny_tl(n_layers=3)
+    calls = []
+    handle = model.blocks[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        collect_activations({"base": model}, make_tokens(), HOOK, progress=False)
+        assert calls == []
+        collect_activations({"base": model}, make_tokens(), "blocks.1.hook_mlp_out", progress=False)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+
+
+def test_default_hook_and_batch_size_do_not_change_values():
+    model = tiny_tl()
+    tokens = make_tokens()
+    a = collect_activations({"base": model}, tokens, batch_size=1, progress=False)
+    b = collect_activations({"base": model}, tokens, batch_size=64, progress=False)
+    assert a.hook == "blocks.1.hook_resid_post"
+    torch.testing.assert_close(a["base"], b["base"])
+
+
+def test_bos_and_outlier_dropping_counts():
+    base, rl = tiny_tl(0), tiny_tl(1)
+    with torch.no_grad():
+        rl.embed.W_E[7] *= 1000.0  # token 7 has a huge norm in rl only
+    tokens = make_tokens(6, 8, seed=3)
+    tokens[0, 0] = 7  # at a BOS position: dropped as BOS, not as an outlier
+    tokens[1, 3] = tokens[4, 5] = 7
+    n_sevens = int((tokens[:, 1:] == 7).sum())
+    acts = collect_activations({"base": base, "rl": rl}, tokens, HOOK, progress=False)
+    assert acts.meta["n_dropped_bos"] == 6
+    assert acts.meta["n_dropped_outlier"] == n_sevens >= 2
+    assert acts.meta["n_outlier_by_checkpoint"] == {"base": 0, "rl": n_sevens}
+    assert acts.n_tokens == 6 * 7 - n_sevens
+    assert 7 not in acts.token_ids.tolist()
+    expected = full_run(base, tokens)[:, 1:].reshape(-1, 16)[tokens[:, 1:].reshape(-1) != 7]
+    torch.testing.assert_close(acts["base"], expected)
+
+    kept_all = collect_activations({"base": base, "rl": rl}, tokens, HOOK, drop_bos=False, outlier_factor=None,
+                                   progress=False)  # fmt: skip
+    assert kept_all.n_tokens == 6 * 8 and kept_all.meta["n_dropped_bos"] == 0
+    assert kept_all.meta["n_dropped_outlier"] == 0
+
+
+def test_padding_is_dropped_and_does_not_change_real_tokens():
+    model = tiny_tl()
+    a, b = make_tokens(1, 7, seed=1)[0], make_tokens(1, 4, seed=2)[0]
+    pad = 0
+    right = torch.stack([a, torch.cat([b, torch.full((3,), pad)])])
+    left = torch.stack([a, torch.cat([torch.full((3,), pad), b])])
+    mask_left = (left != pad).long()
+    ref = torch.cat([full_run(model, a[None])[0, 1:], full_run(model, b[None])[0, 1:]])
+
+    by_id = collect_activations(
+        {"m": model}, right, HOOK, pad_token_id=pad, outlier_factor=None, progress=False
+    )
+    by_mask = collect_activations({"m": model}, left, HOOK, attention_mask=mask_left, outlier_factor=None,
+                                  progress=False)  # fmt: skip
+    for acts in (by_id, by_mask):
+        assert acts.meta["n_dropped_pad"] == 3 and acts.meta["n_dropped_bos"] == 2
+        assert torch.equal(acts.token_ids, torch.cat([a[1:], b[1:]]))
+        torch.testing.assert_close(acts["m"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_streaming_to_disk_equals_in_memory(tmp_path):
+    base, rl = tiny_tl(0), tiny_tl(1)
+    with torch.no_grad():
+        rl.embed.W_E[5] *= 1000.0
+    tokens = make_tokens(6, 8, seed=4)
+    tokens[2, 2] = 5
+    in_memory = collect_activations({"base": base, "rl": rl}, tokens, HOOK, batch_size=4, progress=False)
+    streamed = collect_activations({"base": base, "rl": rl}, tokens, HOOK, batch_size=4, progress=False,
+                                   out_dir=tmp_path / "acts", shard_tokens=10)  # fmt: skip
+    assert in_memory.meta["n_dropped_outlier"] >= 1
+    assert streamed.n_tokens == in_memory.n_tokens and streamed.meta == in_memory.meta
+    for name in ("base", "rl"):
+        assert torch.equal(streamed[name], in_memory[name])
+    assert torch.equal(streamed.token_ids, in_memory.token_ids)
+    n_shards = -(-in_memory.n_tokens // 10)
+    assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == [constants.ACTS_META] + [
+        constants.ACTS_SHARD.format(index=i) for i in range(n_shards)
+    ]
+    assert torch.equal(ActivationSet.load(tmp_path / "acts")["rl"], in_memory["rl"])
+
+
+def test_models_given_as_checkpoint_folders(tmp_path):
+    base, rl = tiny_tl(0), tiny_tl(1)
+    tokens = make_tokens()
+    specs = {"base": save_model(base, tmp_path / "base"), "rl": str(save_model(rl, tmp_path / "rl"))}
+    from_specs = collect_activations(specs, tokens, HOOK, progress=False)
+    from_objects = collect_activations({"base": base, "rl": rl}, tokens, HOOK, progress=False)
+    assert torch.equal(from_specs["rl"], from_objects["rl"])
+    assert torch.equal(from_specs["base"], from_objects["base"])
+
+
+def test_texts_are_tokenized_once_for_all_models(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<unk>", "hello", "world", "the", "cat", "sat"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    for seed, name in [(0, "base"), (1, "rl")]:
+        torch.manual_seed(seed)
+        GPT2LMHeadModel(
+            GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=8, n_positions=16)
+        ).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    specs = {"base": tmp_path / "base", "rl": tmp_path / "rl"}
+    acts = collect_activations(specs, ["hello world the cat", "the cat sat"], "blocks.0.hook_resid_post",
+                               outlier_factor=None, progress=False)  # fmt: skip
+    assert acts.token_ids.tolist() == [3, 4, 5, 6, 5, 6, 7]  # BOS and padding dropped
+    assert acts.meta["n_dropped_pad"] == 1 and acts.meta["n_dropped_bos"] == 2
+    with pytest.raises(FeatdiffError, match=r"Texts need a tokenizer, and checkpoints \['bare'\] have none"):
+        bare = HookedTransformer(dict(n_layers=1, d_model=16, n_ctx=16, d_head=8, d_vocab=8, act_fn="gelu"))
+        collect_activations({"base": specs["base"], "bare": bare}, ["hello"], "blocks.0.hook_resid_post",
+                            progress=False)  # fmt: skip
+
+
+def test_collect_activations_rejects_bad_input():
+    model = tiny_tl()
+    tokens = make_tokens()
+    with pytest.raises(FeatdiffError, match="tokens is empty"):
+        collect_activations({"m": model}, torch.zeros(0, 5, dtype=torch.long), HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match="integer token ids; got dtype torch.float32"):
+        collect_activations({"m": model}, tokens.float(), HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match=r"ids in \[1, 99\] but the vocabulary has d_vocab=29"):
+        collect_activations({"m": model}, torch.tensor([[1, 99]]), HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match="n_ctx=16"):
+        collect_activations({"m": model}, make_tokens(2, 20), HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match="disagree on d_model"):
+        collect_activations({"m": model, "small": tiny_tl(d_model=8)}, tokens, HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match="Valid hooks of this kind"):
+        collect_activations({"m": model}, tokens, "blocks.9.hook_resid_post", progress=False)
+    with pytest.raises(FeatdiffError, match="not \\(batch, pos, ...\\)"):
+        collect_activations({"m": model}, tokens, "blocks.0.attn.hook_pattern", progress=False)
+    with pytest.raises(FeatdiffError, match="batch_size must be a positive int"):
+        collect_activations({"m": model}, tokens, HOOK, batch_size=0, progress=False)
+    with pytest.raises(FeatdiffError, match="outlier_factor must be > 1"):
+        collect_activations({"m": model}, tokens, HOOK, outlier_factor=0.5, progress=False)
+    with pytest.raises(FeatdiffError, match="No token is left"):
+        collect_activations({"m": model}, tokens[:, :1], HOOK, progress=False)
+    with pytest.raises(FeatdiffError, match="non-empty dict"):
+        collect_activations({}, tokens, HOOK, progress=False)
+    broken = tiny_tl(1)
+    with torch.no_grad():
+        broken.embed.W_E[tokens[3, 2]] = float("nan")
+    with pytest.raises(FeatdiffError, match="'broken' gives NaN or infinite activations .* starting at 2"):
+        collect_activations({"m": model, "broken": broken}, tokens, HOOK, batch_size=2, progress=False)

@@ -1,0 +1,240 @@
+"""Tests of featdiff.interventions: error-preserving feature edits, generation, the intervention table."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+from featdiff.errors import FeatdiffError
+from featdiff.interventions import (
+    EVAL_COLUMNS,
+    FeatureEdit,
+    edit_features,
+    evaluate_intervention,
+    feature_codes,
+    generate_greedy,
+    hooks,
+    live_features,
+    random_features,
+)
+
+HOOK = "blocks.0.hook_resid_post"
+D, D_SAE, VOCAB = 16, 32, 20
+
+
+def make_model(seed: int = 0) -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D,
+        n_ctx=16,
+        d_head=4,
+        n_heads=4,
+        d_vocab=VOCAB,
+        act_fn="relu",
+        tokenizer_name=None,
+        seed=seed,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def make_tokens(n: int = 6, pos: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def resid(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+    return cache[HOOK]
+
+
+def make_sae(model: HookedTransformer, seed: int = 0) -> StandardSAE:
+    """A random (imperfect) SAE with feature 0 planted on the mean activation direction, firing everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=D_SAE))
+    u = resid(model, make_tokens()).reshape(-1, D).mean(0)
+    u = u / u.norm()
+    with torch.no_grad():
+        sae.W_enc[:] = torch.randn(D, D_SAE, generator=g) / D**0.5
+        sae.W_dec[:] = torch.randn(D_SAE, D, generator=g) / D**0.5
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        sae.W_enc[:, 0] = u
+        sae.W_dec[0] = u
+    return sae
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = make_model()
+    return model, make_sae(model), make_tokens()
+
+
+def test_noop_edits_leave_logits_identical(setup):
+    model, sae, tokens = setup
+    clean = model(tokens)
+    for edit in (
+        FeatureEdit(sae, [], hook=HOOK),
+        FeatureEdit(sae, [0, 3, 5], mode="scale", alpha=1.0, hook=HOOK),
+    ):
+        with edit_features(model, edit):
+            assert torch.equal(model(tokens), clean)
+        assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=hooks(model, edit)), clean)
+
+
+def test_ablating_planted_feature_changes_output(setup):
+    model, sae, tokens = setup
+    clean = model(tokens)
+    with edit_features(model, FeatureEdit(sae, [0], mode="ablate", hook=HOOK)):
+        edited = model(tokens)
+    assert (edited - clean).abs().max() > 1e-3
+    assert torch.equal(model(tokens), clean)  # the hook is gone after the block
+
+
+def test_error_is_preserved(setup):
+    model, sae, tokens = setup
+    h = resid(model, tokens)
+    f = sae.encode(h)
+    assert (sae.decode(f) - h).norm() > 0.1 * h.norm()  # the SAE is imperfect
+    assert torch.equal(FeatureEdit(sae, [0, 1], mode="scale", alpha=1.0, hook=HOOK).apply(h), h)
+    dead = [k for k in range(D_SAE) if (f[..., k] == 0).all()]
+    if dead:  # an edit of features that never fire changes nothing, exactly
+        assert torch.equal(FeatureEdit(sae, dead[:2], hook=HOOK).apply(h), h)
+    edit = FeatureEdit(sae, [0, 2], mode="ablate", hook=HOOK)
+    h2 = edit.apply(h)
+    f2 = f.clone()
+    f2[..., [0, 2]] = 0
+    # the reconstruction error h - decode(f) is the same before and after the edit
+    torch.testing.assert_close(h2 - sae.decode(f2), h - sae.decode(f), atol=1e-5, rtol=1e-5)
+
+
+def test_scale_adds_hand_computed_amount(setup):
+    model, sae, tokens = setup
+    h = resid(model, tokens)
+    f0 = sae.encode(h)[..., 0]
+    h2 = FeatureEdit(sae, [0], mode="scale", alpha=3.0, hook=HOOK).apply(h)
+    expected = h + 2.0 * f0[..., None] * sae.W_dec[0].detach()
+    torch.testing.assert_close(h2, expected, atol=1e-5, rtol=1e-5)
+
+
+def _make_crosscoder(seed: int = 0) -> Crosscoder:
+    cc = Crosscoder(
+        CrosscoderConfig(names=["base", "rl"], d_in=D, d_sae=D_SAE, k=4, sparsity="l1", seed=seed, hook=HOOK)
+    )
+    with torch.no_grad():
+        cc.W_enc.mul_(10.0)
+        cc.norm_scale[:] = torch.tensor([0.5, 2.0])
+    return cc
+
+
+def test_crosscoder_joint_and_single_modes():
+    base, rl = make_model(0), make_model(1)
+    cc = _make_crosscoder()
+    tokens = make_tokens()
+    h_rl, h_base = resid(rl, tokens), resid(base, tokens)
+    feats = [0, 1, 2, 3]
+    for codes in ("joint", "single"):
+        other = h_base if codes == "joint" else torch.zeros_like(h_base)
+        f = cc.encode(torch.stack([other, h_rl], dim=-2).reshape(-1, 2, D)).reshape(*h_rl.shape[:2], D_SAE)
+        assert (f[..., feats] != 0).any()
+        if codes == "joint":
+            joint_f = f
+        else:
+            assert not torch.allclose(f, joint_f)  # the approximation differs from the exact codes
+        expected_h = h_rl - f[..., feats] @ cc.decoder("rl")[feats]
+        expected = rl.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda h, hook, e=expected_h: e)])
+        edit = FeatureEdit(cc, feats, model_name="rl", others={"base": base}, codes=codes)
+        assert edit.hook == HOOK  # taken from the crosscoder
+        with edit_features(rl, edit):
+            got = rl(tokens)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(feature_codes(rl, edit, tokens), f, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_with_hook(setup):
+    model, sae, tokens = setup
+    prompts = tokens[:, :3]
+    plain = generate_greedy(model, prompts, 4)
+    manual = prompts.clone()
+    edit = FeatureEdit(sae, [0], mode="scale", alpha=8.0, hook=HOOK)
+    for _ in range(4):  # the hook must be active on every step
+        nxt = model.run_with_hooks(manual, fwd_hooks=hooks(model, edit))[:, -1].argmax(-1)
+        manual = torch.cat([manual, nxt[:, None]], 1)
+    assert torch.equal(generate_greedy(model, prompts, 4, edit=edit), manual[:, 3:])
+    assert torch.equal(generate_greedy(model, prompts, 4, fwd_hooks=hooks(model, edit)), manual[:, 3:])
+    assert torch.equal(generate_greedy(model, prompts, 4, edit=FeatureEdit(sae, [], hook=HOOK)), plain)
+    # prompts of different lengths come back in their order
+    mixed = generate_greedy(model, [prompts[0], tokens[1, :4], prompts[2]], 4)
+    assert torch.equal(mixed[[0, 2]], plain[[0, 2]])
+    # joint crosscoder codes during generation (no KV cache: the other model sees every token)
+    base, rl = make_model(0), make_model(1)
+    cc_edit = FeatureEdit(_make_crosscoder(), [0, 1], model_name="rl", others={"base": base})
+    assert generate_greedy(rl, prompts, 3, edit=cc_edit).shape == (len(prompts), 3)
+
+
+def test_evaluate_intervention_table(setup):
+    model, sae, tokens = setup
+    prompts = tokens[:, :3]
+    answers = generate_greedy(model, prompts, 2)  # the model's own answers: accuracy 1 without the edit
+    tasks = {"copy": (prompts, answers), "other": (prompts[:4], answers[:4])}
+    edit = FeatureEdit(sae, [0], mode="scale", alpha=50.0, hook=HOOK)
+    table = evaluate_intervention(
+        model, edit, tasks, critical={"copy": [0, 1, 2]}, n_random=2, progress=False
+    )
+    assert list(table.columns) == EVAL_COLUMNS
+    assert set(table.condition) == {"none", "edit", "random"}
+    none = table[table.condition == "none"]
+    assert (none.accuracy == 1.0).all()
+    assert table.set_index(["condition", "subset", "task"]).loc[("edit", "critical", "copy"), "n"] == 3
+    assert len(table[(table.subset == "critical")]) == 3  # only 'copy' has a critical subset
+    edited = table[(table.condition == "edit") & (table.subset == "full")].accuracy
+    assert (edited < 1.0).any()  # the planted feature, amplified 50x, breaks the answers
+    assert pd.api.types.is_integer_dtype(table.n)
+
+
+def test_random_control_is_seeded_and_live(setup):
+    model, sae, tokens = setup
+    edit = FeatureEdit(sae, [0, 1], hook=HOOK)
+    live = live_features(model, edit, tokens)
+    assert 0 in live
+    draw = random_features(live, 2, exclude=[0, 1], seed=3)
+    assert draw == random_features(live, 2, exclude=[0, 1], seed=3)
+    assert set(draw) <= set(live) - {0, 1}
+    with pytest.raises(FeatdiffError, match="random control"):
+        random_features([0, 1, 2], 2, exclude=[0, 1])
+
+
+def test_bad_inputs_raise(setup):
+    model, sae, tokens = setup
+    with pytest.raises(FeatdiffError, match="out of range"):
+        FeatureEdit(sae, [D_SAE], hook=HOOK)
+    with pytest.raises(FeatdiffError, match="'mode'"):
+        FeatureEdit(sae, [0], mode="zero", hook=HOOK)
+    with pytest.raises(FeatdiffError, match="'codes'"):
+        FeatureEdit(sae, [0], codes="both", hook=HOOK)
+    with pytest.raises(FeatdiffError, match="does not record its hook"):
+        FeatureEdit(sae, [0])
+    with pytest.raises(FeatdiffError, match="does not exist"):
+        with edit_features(model, FeatureEdit(sae, [0], hook="blocks.7.hook_resid_post")):
+            pass
+    with pytest.raises(FeatdiffError, match="does not exist"):
+        hooks(model, FeatureEdit(sae, [0], hook="blocks.0.hook_nonsense"))
+    with pytest.raises(FeatdiffError, match="must be a sae-lens SAE"):
+        FeatureEdit(torch.nn.Linear(2, 2), [0], hook=HOOK)
+    cc = _make_crosscoder()
+    with pytest.raises(FeatdiffError, match="model_name"):
+        FeatureEdit(cc, [0])
+    with pytest.raises(FeatdiffError, match="'others' lacks"):
+        FeatureEdit(cc, [0], model_name="rl")
+    joint = FeatureEdit(cc, [0], model_name="rl", others={"base": make_model(0)})
+    with pytest.raises(FeatdiffError, match="edit_features"):
+        hooks(model, joint)  # joint codes need the token ids
+    with pytest.raises(FeatdiffError, match="n_new_tokens"):
+        generate_greedy(model, tokens, 0)
+    with pytest.raises(FeatdiffError, match="critical"):
+        evaluate_intervention(
+            model, FeatureEdit(sae, [0], hook=HOOK), {"t": (tokens, tokens[:, :1])}, critical={"u": [0]}
+        )
