@@ -13,10 +13,10 @@ from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
 from featdiff.errors import FeatdiffError
 from featdiff.evolution import (
     EVOLUTION_COLUMNS,
-    LIVE_KEY,
     direction_overlap,
     feature_evolution,
     plot_feature_evolution,
+    shared_dictionary_scores,
     top_specific_features,
     train_evolution_crosscoders,
 )
@@ -59,8 +59,7 @@ def test_direction_overlap_hand_computed():
 def test_top_specific_features_skips_dead():
     cc = planted_cc([E[0], E[1], E[2]])
     assert sorted(top_specific_features(cc, k=3)) == [0, 1, 2]
-    cc.cfg.extra[LIVE_KEY] = [1, 2, 3, 4, 5, 6, 7]
-    top = top_specific_features(cc, k=3)
+    top = top_specific_features(cc, k=3, live=[1, 2, 3, 4, 5, 6, 7])
     assert 0 not in top and {1, 2} <= set(top)
 
 
@@ -131,9 +130,27 @@ def test_train_evolution_crosscoders_runs_and_is_seeded():
     b = train_evolution_crosscoders(
         base, runs, tokens, "blocks.0.hook_resid_post", d_sae=16, k=2, n_steps=10, progress=False
     )
-    assert a["rl"][1].names == ["base", "rl"] and LIVE_KEY in a["rl"][1].cfg.extra
-    assert torch.equal(a["rl"][2].W_dec, b["rl"][2].W_dec)
+    cc, live = a["rl"][1]
+    assert cc.names == ["base", "rl"] and len(live) > 0
+    assert torch.equal(a["rl"][2].crosscoder.W_dec, b["rl"][2].crosscoder.W_dec)
     pd.testing.assert_frame_equal(feature_evolution(a, k=4), feature_evolution(b, k=4))
+
+
+def test_shared_dictionary_scores():
+    cfg = dict(
+        n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_vocab=11, act_fn="relu", tokenizer_name=None
+    )
+    base = HookedTransformer(HookedTransformerConfig(**cfg, seed=0))
+    other = HookedTransformer(HookedTransformerConfig(**cfg, seed=1))
+    cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=16, k=2, sparsity="l1", seed=0))
+    with torch.no_grad():
+        cc.W_enc.mul_(10.0)
+    tokens = torch.randint(0, 11, (8, 8), generator=torch.Generator().manual_seed(0))
+    scores = shared_dictionary_scores(cc, base, {0: base, 1: other}, tokens, "blocks.0.hook_resid_post")
+    assert torch.equal(scores[0], torch.zeros(16))  # the base in the tuned slot: no difference
+    assert scores[1].abs().max() > 0
+    table = feature_evolution({"rl": scores}, k=4)
+    assert table.overlap_final.iloc[-1] == 1.0
 
 
 # ---------------------------------------------------------------------------- generalization features

@@ -1,7 +1,85 @@
-"""featdiff: what post-training did to a model's features, feature by feature."""
+"""featdiff: what post-training did to a model's features, feature by feature.
+
+>>> import featdiff as fd
+>>> cmp = fd.compare_checkpoints(base, rl, sft, tokens=tokens)   # doctest: +SKIP
+>>> cmp.summary                                                  # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
 
+from featdiff import lab, synthetic  # noqa: E402
+from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
+from featdiff.align import Alignment, align, mmcs  # noqa: E402
+from featdiff.compare import (  # noqa: E402
+    CompareConfig,
+    Comparison,
+    compare_checkpoints,
+    compare_dictionaries,
+    correct_fractions,
+)
+from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
+from featdiff.dictionaries.sae import (  # noqa: E402
+    SAETrainConfig,
+    load_sae,
+    sae_from_dictionary,
+    save_sae,
+    train_saes,
+)
 from featdiff.errors import FeatdiffError  # noqa: E402
+from featdiff.metrics.crosscoder import latent_scaling  # noqa: E402
+from featdiff.metrics.recombination import recombination  # noqa: E402
+from featdiff.metrics.registry import (  # noqa: E402
+    MetricContext,
+    available_metrics,
+    register_metric,
+    unregister_metric,
+)
+from featdiff.metrics.reuse import base_coverage, drift, reuse  # noqa: E402
+from featdiff.models import (  # noqa: E402
+    check_compatible,
+    default_hook,
+    hook_name,
+    load_model,
+    load_prompts,
+    save_model,
+)
 
-__all__ = ["FeatdiffError", "__version__"]
+__all__ = [
+    "ActivationSet",
+    "Alignment",
+    "CompareConfig",
+    "Comparison",
+    "Crosscoder",
+    "CrosscoderConfig",
+    "FeatdiffError",
+    "MetricContext",
+    "SAETrainConfig",
+    "__version__",
+    "align",
+    "available_metrics",
+    "base_coverage",
+    "check_compatible",
+    "collect_activations",
+    "compare_checkpoints",
+    "compare_dictionaries",
+    "correct_fractions",
+    "default_hook",
+    "drift",
+    "hook_name",
+    "lab",
+    "latent_scaling",
+    "load_model",
+    "load_prompts",
+    "load_sae",
+    "mmcs",
+    "recombination",
+    "register_metric",
+    "reuse",
+    "sae_from_dictionary",
+    "save_model",
+    "save_sae",
+    "synthetic",
+    "train_crosscoder",
+    "train_saes",
+    "unregister_metric",
+]

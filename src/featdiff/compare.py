@@ -371,6 +371,13 @@ class Comparison:
 METHODS = ("saes", "crosscoder")
 
 
+def _describe(spec, model) -> str:
+    """Where a checkpoint came from, for meta.json."""
+    if isinstance(spec, (str, os.PathLike)):
+        return str(spec)
+    return str(getattr(model, "featdiff_path", None) or f"<in-memory {type(spec).__name__}>")
+
+
 def compare_checkpoints(
     base,
     rl=None,
@@ -431,12 +438,11 @@ def compare_checkpoints(
         "n_tokens": acts.n_tokens,
         "n_train_tokens": train.n_tokens,
         "seed": seed,
-        "checkpoints": {n: str(getattr(m, "featdiff_path", None) or (s if isinstance(s, (str, os.PathLike)) else type(s).__name__)) for (n, m), s in zip(models.items(), specs.values())},
+        "checkpoints": {n: _describe(specs[n], m) for n, m in models.items()},
         "activations": acts.meta,
     }
     if method == "crosscoder":
         from featdiff.dictionaries.crosscoder import train_crosscoder
-        from featdiff.metrics.crosscoder import compare_crosscoder
 
         cc = train_crosscoder(train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, **(train_kwargs or {}))
         return compare_crosscoder(cc, held_out, reference="base", meta=meta, progress=progress)
@@ -463,3 +469,141 @@ def compare_checkpoints(
     )
     cmp.extras["noise_floor_sae"] = replica
     return cmp
+
+
+def compare_crosscoder(
+    cc,
+    acts: ActivationSet | None = None,
+    reference: str = "base",
+    nrn_shared: tuple[float, float] = (0.3, 0.7),
+    mas_threshold: float = 0.5,
+    p: int = 2,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> Comparison:
+    """Score one shared crosscoder as a Comparison (the ``method="crosscoder"`` view).
+
+    Per target checkpoint T and feature k, with NRN_k = n_k^T / (n_k^base + n_k^T) (decoder norms):
+    NRN below ``nrn_shared[0]`` means the feature belongs to the base only (``status`` "base_only", not
+    one of T's features); between the bounds it is shared: ``reused``, with ``similarity`` the cosine of
+    its base and T decoder rows and ``drift`` = 1 - similarity; above ``nrn_shared[1]`` it is T-specific:
+    ``recombined`` when 2-3 base decoder rows of the base's own features fit its T decoder row (OMP,
+    cosine >= ``fit_threshold``), else ``novel``. Fractions are over T's live features (shared + specific).
+    The features table also carries ``nrn``, one ``mas_<checkpoint>`` column per checkpoint and the
+    M-model ``category`` (a checkpoint's name when its MAS > ``mas_threshold``, else "shared").
+    """
+    from tqdm.auto import tqdm
+
+    from featdiff.metrics.crosscoder import decoder_cosine, mas, nrn
+    from featdiff.metrics.recombination import omp
+
+    cfg = config or CompareConfig()
+    if reference not in cc.names:
+        raise FeatdiffError(f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}.")
+    lo, hi = nrn_shared
+    if not 0 <= lo <= hi <= 1:
+        raise FeatdiffError(f"nrn_shared must be (low, high) with 0 <= low <= high <= 1; got {nrn_shared}.")
+    m = mas(cc, mas_threshold, p, acts=acts)
+    dead = m["dead"].to_numpy() if "dead" in m else np.zeros(cc.d_sae, bool)
+    freqs = None
+    if acts is not None:
+        from featdiff.metrics.crosscoder import firing_frequency
+
+        freqs = firing_frequency(cc, acts)
+        freqs = freqs.to_numpy() if hasattr(freqs, "to_numpy") else np.asarray(freqs)
+    fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
+    base_dec = cc.decoder(reference).detach().float()
+    base_dec = base_dec / base_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rows, tables = [], []
+    targets = [n for n in cc.names if n != reference]
+    for name in tqdm(targets, desc="scoring", disable=not progress):
+        r = nrn(cc, name, reference, p).to_numpy(dtype=float)
+        cos = decoder_cosine(cc, reference, name).to_numpy(dtype=float)
+        shared = (r >= lo) & (r <= hi) & ~dead
+        specific = (r > hi) & ~dead
+        base_only = (r < lo) & ~dead
+        base_feats = np.flatnonzero((r <= hi) & ~dead)
+        status = np.full(cc.d_sae, "novel", dtype=object)
+        status[shared] = "reused"
+        status[base_only] = "base_only"
+        status[dead] = "dead"
+        comps: list[list] = [[] for _ in range(cc.d_sae)]
+        n_comp = np.zeros(cc.d_sae, np.int64)
+        fit = np.full(cc.d_sae, np.nan)
+        spec = np.flatnonzero(specific)
+        if len(spec) and len(base_feats):
+            kmax = min(cfg.max_components, len(base_feats))
+            tgt_dec = cc.decoder(name).detach().float()[spec]
+            idx, coefs, cs = omp(tgt_dec, base_dec[base_feats], kmax)
+            fit[spec] = cs[:, -1]
+            good = cs >= cfg.fit_threshold
+            first = np.where(good.any(1), good.argmax(1) + 1, 0)
+            for row, j in enumerate(spec):
+                if first[row] >= cfg.min_components:
+                    status[j] = "recombined"
+                    n_comp[j] = first[row]
+                    comps[j] = [(int(base_feats[idx[row, i]]), float(coefs[row, first[row] - 1, i])) for i in range(first[row])]
+        table = pd.DataFrame(
+            {
+                "checkpoint": name,
+                "feature": np.arange(cc.d_sae, dtype=np.int64),
+                "status": pd.Categorical(status, categories=[*STATUSES, "base_only"]),
+                "match": np.where(shared, np.arange(cc.d_sae), -1).astype(np.int64),
+                "similarity": np.where(shared, cos, np.nan),
+                "drift": np.where(shared, 1 - cos, np.nan),
+                "freq_shift": np.nan,
+                "components": comps,
+                "n_components": n_comp,
+                "fit_cosine": fit,
+                "frequency": np.nan if freqs is None else freqs,
+                "nrn": r,
+                "decoder_cosine": cos,
+                "category": m["category"].to_numpy(),
+                **{f"mas_{c}": m[c].to_numpy(dtype=float) for c in cc.names},
+            }
+        )
+        own = shared | specific
+        n_own = int(own.sum())
+        frac = {s: float((status[own] == s).sum() / n_own) if n_own else float("nan") for s in STATUSES[:3]}
+        base_live = int(((r <= hi) & ~dead).sum())
+        rows.append(
+            {
+                "checkpoint": name,
+                "reuse": frac["reused"],
+                "recombination": frac["recombined"],
+                "novelty": frac["novel"],
+                "reuse_raw": frac["reused"],
+                "recombination_raw": frac["recombined"],
+                "novelty_raw": frac["novel"],
+                "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan))) if shared.any() else float("nan"),
+                "freq_shift": float("nan"),
+                "base_coverage": float(shared.sum() / base_live) if base_live else float("nan"),
+                "transfer_fve": float("nan"),
+                "reference_fve": float(fve.loc[reference, "fve"]) if fve is not None else float("nan"),
+                "target_fve": float(fve.loc[name, "fve"]) if fve is not None else float("nan"),
+                "noise_floor_reuse": float("nan"),
+                "n_features": cc.d_sae,
+                "n_live": n_own,
+                "n_dead": int(dead.sum()),
+                "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
+                "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
+            }
+        )
+        tables.append(table)
+    summary = pd.DataFrame(rows).set_index("checkpoint")
+    features = pd.concat(tables, ignore_index=True)
+    meta = {
+        **(meta or {}),
+        "method": "crosscoder",
+        "reference": reference,
+        "targets": targets,
+        "config": cfg.to_dict(),
+        "nrn_shared": list(nrn_shared),
+        "mas_threshold": mas_threshold,
+        "p": p,
+        "crosscoder": cc.cfg.to_dict(),
+        "n_eval_tokens": None if acts is None else acts.n_tokens,
+    }
+    return Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})

@@ -23,7 +23,7 @@ reaches 1 early as settled (SFT) and one that stays low as continually evolving 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,13 @@ from featdiff.errors import FeatdiffError, check_choice
 
 EVOLUTION_COLUMNS = ["run", "step", "overlap_prev", "overlap_final"]
 MATCHES = ("hungarian", "max")
-LIVE_KEY = "live_features"  # CrosscoderConfig.extra key of the features that fired on the training tokens
+
+
+class CheckpointCrosscoder(NamedTuple):
+    """A (base, checkpoint) crosscoder and the features that fired on its training tokens."""
+
+    crosscoder: Any
+    live_features: list[int]
 
 
 def _tuned_name(cc: Any, base: str) -> str:
@@ -47,11 +53,12 @@ def _tuned_name(cc: Any, base: str) -> str:
     return rest[0]
 
 
-def top_specific_features(cc: Any, k: int = 20, base: str = "base") -> list[int]:
+def top_specific_features(
+    cc: Any, k: int = 20, base: str = "base", live: Sequence[int] | None = None
+) -> list[int]:
     """The k features of a (base, checkpoint) crosscoder with the largest NRN, dead ones left out.
 
-    Dead features are those outside ``cc.cfg.extra["live_features"]`` when it is recorded (as
-    ``train_evolution_crosscoders`` does). Ties go to the lower index.
+    Features outside ``live`` (when given) are left out as dead. Ties go to the lower index.
 
     Examples
     --------
@@ -68,7 +75,6 @@ def top_specific_features(cc: Any, k: int = 20, base: str = "base") -> list[int]
 
     tuned = _tuned_name(cc, base)
     scores = nrn(cc, tuned=tuned, base=base).to_numpy().copy()
-    live = getattr(getattr(cc, "cfg", None), "extra", {}).get(LIVE_KEY)
     if live is not None:
         dead = np.ones(len(scores), dtype=bool)
         dead[np.asarray(live, dtype=int)] = False
@@ -131,7 +137,7 @@ def feature_evolution(
     """Overlap of each checkpoint's top-k model-specific features with the previous and the final one.
 
     ``series``: ``{run: {step: entry}}``, every entry of a run of one kind: a 2-model (base, checkpoint)
-    crosscoder (``method="decoders"`` of the module docstring: directions matched at ``threshold``), or
+    crosscoder or a ``(crosscoder, live_features)`` pair (``method="decoders"`` of the module docstring: directions matched at ``threshold``), or
     per-feature scores of one shared dictionary (a 1-D tensor / array / Series; overlap by index). Steps
     are sorted; the largest is the final checkpoint.
 
@@ -179,8 +185,9 @@ def _overlap_fn(steps: Mapping[int, Any], run: Any, k: int, threshold: float, ba
         raise FeatdiffError(f"Run {run!r} mixes crosscoders and score vectors; use one kind per run.")
     if kinds == {"crosscoder"}:
         sets = {}
-        for s, cc in steps.items():
-            top = top_specific_features(cc, k=k, base=base)
+        for s, entry in steps.items():
+            cc, live = entry if isinstance(entry, tuple) else (entry, None)
+            top = top_specific_features(cc, k=k, base=base, live=live)
             sets[s] = cc.decoder(_tuned_name(cc, base))[top]
         return lambda s, u: direction_overlap(sets[s], sets[u], threshold, match)
     idx = {s: _top_by_score(v, k) for s, v in steps.items()}
@@ -188,6 +195,8 @@ def _overlap_fn(steps: Mapping[int, Any], run: Any, k: int, threshold: float, ba
 
 
 def _entry_kind(entry: Any, run: Any, step: Any) -> str:
+    if isinstance(entry, tuple) and len(entry) == 2:
+        entry = entry[0]
     if callable(getattr(entry, "decoder", None)) and hasattr(entry, "names"):
         return "crosscoder"
     if (
@@ -208,17 +217,19 @@ def train_evolution_crosscoders(
     hook: str | None = None,
     d_sae: int = 128,
     k: int = 8,
-    n_steps: int = 300,
+    n_steps: int = 200,
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, dict[int, Any]]:
+) -> dict[str, dict[int, CheckpointCrosscoder]]:
     """One small seeded (base, checkpoint) crosscoder per checkpoint of every run, on the same tokens.
 
     ``runs``: ``{run: {step: checkpoint}}`` (anything ``load_model`` takes). Each crosscoder's names are
-    ``["base", run]``; the features that fired on the tokens are recorded in
-    ``cc.cfg.extra["live_features"]`` (``top_specific_features`` leaves the others out). Pass the
-    result to ``feature_evolution``.
+    ``["base", run]``; each comes back as a ``CheckpointCrosscoder(crosscoder, live_features)``, the
+    features that fired on the tokens (``feature_evolution`` leaves the others out). Pass the result
+    to ``feature_evolution``. Cost: one crosscoder of ``n_steps`` steps per checkpoint (about
+    3-10 s each for d_model=64, d_sae=128 on two CPU cores); ``shared_dictionary_scores`` is the cheap
+    alternative.
 
     Examples
     --------
@@ -256,11 +267,55 @@ def train_evolution_crosscoders(
                 pair, d_sae=d_sae, k=k, seed=seed, n_steps=n_steps, batch_size=batch_size, progress=False
             )
             codes = cc.encode_acts(pair)
-            cc.cfg.extra[LIVE_KEY] = torch.nonzero((codes != 0).any(0)).flatten().tolist()
-            out[run][int(s)] = cc
+            live = torch.nonzero((codes != 0).any(0)).flatten().tolist()
+            out[run][int(s)] = CheckpointCrosscoder(cc, live)
             bar.update()
     bar.close()
     return out
+
+
+def shared_dictionary_scores(
+    cc: Any,
+    base: Any,
+    steps: Mapping[int, Any],
+    tokens: Int[Tensor, "batch seq"],
+    hook: str | None = None,
+    base_name: str = "base",
+) -> dict[int, Float[Tensor, " d_sae"]]:
+    """Per-feature scores of every checkpoint under ONE (base, tuned) crosscoder (the cheap alternative).
+
+    Checkpoint t's score of feature k is the mean over tokens of ``f_k(base, a^t) - f_k(base, a^base)``:
+    how much more the feature fires when checkpoint t's activation fills the tuned slot than when the
+    base's own does. Pass ``{run: shared_dictionary_scores(...)}`` to ``feature_evolution``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformer_lens import HookedTransformer
+    >>> from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+    >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=11, act_fn="relu")
+    >>> base, steps = HookedTransformer(dict(cfg, seed=0)), {1: HookedTransformer(dict(cfg, seed=1))}
+    >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=16, k=2, sparsity="l1"))
+    >>> tokens = torch.randint(0, 11, (4, 8), generator=torch.Generator().manual_seed(0))
+    >>> shared_dictionary_scores(cc, base, steps, tokens, "blocks.0.hook_resid_post")[1].shape
+    torch.Size([16])
+    """
+    from featdiff.activations import collect_activations
+    from featdiff.dictionaries.crosscoder import stack
+
+    tuned = _tuned_name(cc, base_name)
+    hook = hook or getattr(cc, "hook", None)
+    keys = {f"step_{s}": s for s in steps}
+    acts = collect_activations(
+        {base_name: base, **{key: steps[s] for key, s in keys.items()}}, tokens, hook, progress=False
+    )
+    with torch.no_grad():
+        a0 = acts[base_name]
+        f0 = cc.encode(stack({base_name: a0, tuned: a0}, cc.names))
+        return {
+            int(s): (cc.encode(stack({base_name: a0, tuned: acts[key]}, cc.names)) - f0).mean(0)
+            for key, s in keys.items()
+        }
 
 
 def plot_feature_evolution(table: pd.DataFrame, ax: Sequence[Any] | None = None) -> Any:

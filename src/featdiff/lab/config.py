@@ -183,18 +183,25 @@ class LabConfig(_Config):
     def small(cls) -> LabConfig:
         """A small, fast configuration (seconds on a CPU) for tests; its contrast is not tuned."""
         return cls(
-            n_train=128,
+            n_train=80,
             tasks=TaskConfig(
                 in_domain="sort",
-                near_domain=("sort_len3",),
+                near_domain=("sort_desc",),
                 out_of_domain=("copy", "max"),
-                list_len=4,
-                n_eval=64,
-                n_eval_checkpoint=32,
-                n_store=16,
+                list_len=3,
+                n_eval=32,
+                n_eval_checkpoint=16,
+                n_store=8,
             ),
             model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64),
-            pretrain=PretrainConfig(batch_size=64, max_steps=150, eval_every=25, stop_out_of_domain=0.9),
+            pretrain=PretrainConfig(
+                batch_size=64,
+                max_steps=100,
+                eval_every=20,
+                in_domain_weight=0.2,
+                near_domain_weight=0.2,
+                stop_out_of_domain=0.8,
+            ),
             sft=SFTConfig(batch_size=16, epochs=1),
             grpo=GRPOConfig(prompts_per_step=16, group_size=4, epochs=1, lr=3e-4),
         )

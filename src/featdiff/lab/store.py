@@ -12,6 +12,7 @@ A lab folder (``<cache>/lab/<key>``) holds::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -101,16 +102,31 @@ class _Saver:
         return on_checkpoint
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def build(
     config: LabConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    num_threads: int | None = 1,
 ) -> Path:
     """Train the lab's base, SFT and RL checkpoints, or reuse them from the cache; return the lab folder.
 
     The folder is ``<cache_dir>/lab/<config.key()>`` (``cache_dir`` defaults to ``$FEATDIFF_CACHE`` or
     ``~/.cache/featdiff``) and is written atomically. Every step is seeded by ``config.seed``: the same
     config gives the same weights. Read it with ``load``, ``accuracy`` and ``checkpoints``.
+    Training runs on ``num_threads`` torch threads (restored afterwards): one thread is fastest for these
+    tiny models on a shared CPU and keeps the weights independent of the machine's core count; ``None``
+    keeps torch's setting.
 
     Examples
     --------
@@ -129,7 +145,7 @@ def build(
     from featdiff import __version__
 
     timings: dict[str, float] = {}
-    with atomic_dir(path) as tmp:
+    with _torch_threads(num_threads), atomic_dir(path) as tmp:
         saver = _Saver(tmp, config, progress)
         t = time.perf_counter()
         base, pre_hist = pretrain(config, progress=progress)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import featdiff
+
+
+def test_public_namespace_is_pinned():
+    assert sorted(featdiff.__all__) == [
+        "ActivationSet",
+        "Alignment",
+        "CompareConfig",
+        "Comparison",
+        "Crosscoder",
+        "CrosscoderConfig",
+        "FeatdiffError",
+        "MetricContext",
+        "SAETrainConfig",
+        "__version__",
+        "align",
+        "available_metrics",
+        "base_coverage",
+        "check_compatible",
+        "collect_activations",
+        "compare_checkpoints",
+        "compare_dictionaries",
+        "correct_fractions",
+        "default_hook",
+        "drift",
+        "hook_name",
+        "lab",
+        "latent_scaling",
+        "load_model",
+        "load_prompts",
+        "load_sae",
+        "mmcs",
+        "recombination",
+        "register_metric",
+        "reuse",
+        "sae_from_dictionary",
+        "save_model",
+        "save_sae",
+        "synthetic",
+        "train_crosscoder",
+        "train_saes",
+        "unregister_metric",
+    ]
+    for name in featdiff.__all__:
+        assert hasattr(featdiff, name), name
+
+
+def test_import_does_no_heavy_work():
+    code = (
+        "import sys, featdiff; "
+        "heavy = [m for m in ('sae_lens', 'transformer_lens', 'transformers', 'matplotlib') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_errors_are_value_errors():
+    assert issubclass(featdiff.FeatdiffError, ValueError)

@@ -1,0 +1,102 @@
+"""compare_checkpoints end to end on tiny HookedTransformers built from configs."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import featdiff as fd
+from featdiff import FeatdiffError
+
+FAST = {"n_samples": 60_000, "batch_size": 512}
+
+
+def tiny_model(seed=0, d_model=32, d_vocab=50):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=d_model, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=d_vocab,
+        act_fn="gelu", tokenizer_name=None, seed=seed,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def perturbed(model, scale, seed):
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if name.startswith("blocks.") and p.ndim >= 2:
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trio():
+    torch.manual_seed(0)
+    base = tiny_model()
+    return base, perturbed(base, 0.05, 1), perturbed(base, 1.0, 2)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, 50, (192, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_saes_method_end_to_end(trio, tokens, tmp_path):
+    base, rl, sft = trio
+    cmp = fd.compare_checkpoints(base, rl, sft, tokens=tokens, d_sae=64, k=4, train_kwargs=FAST, progress=False)
+    s = cmp.summary
+    assert list(s.index) == ["rl", "sft"]
+    np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
+    assert s["noise_floor_reuse"].between(0, 1).all()
+    # a barely perturbed copy keeps more of the base's features, and the base SAE transfers better to it
+    assert s.loc["rl", "reuse_raw"] > s.loc["sft", "reuse_raw"]
+    assert s.loc["rl", "transfer_fve"] > s.loc["sft", "transfer_fve"]
+    assert cmp.meta["hook"] == "blocks.1.hook_resid_post"
+    assert cmp.meta["n_tokens"] == 192 * 15  # BOS position dropped
+    back = fd.Comparison.load(cmp.to_dir(tmp_path / "cmp"))
+    assert back.summary.equals(cmp.summary)
+
+
+def test_given_saes_are_used_as_is(trio, tokens):
+    base, rl, _ = trio
+    acts = fd.collect_activations({"base": base, "rl": rl}, tokens, hook="blocks.0.hook_resid_post", progress=False)
+    saes = fd.train_saes(acts, d_sae=64, k=4, progress=False, **FAST)
+    cmp = fd.compare_checkpoints(base, rl, tokens=tokens, hook="blocks.0.hook_resid_post", saes=saes, progress=False)
+    assert np.isnan(cmp.summary.loc["rl", "noise_floor_reuse"])
+    assert cmp.summary.loc["rl", "reuse"] == cmp.summary.loc["rl", "reuse_raw"]
+    assert cmp.dictionaries["rl"] is saes["rl"]
+
+
+def test_crosscoder_method_end_to_end(trio, tokens):
+    base, rl, sft = trio
+    cmp = fd.compare_checkpoints(
+        base, rl, sft, tokens=tokens, method="crosscoder", d_sae=96, k=4,
+        train_kwargs={"n_steps": 300, "batch_size": 256}, progress=False,
+    )
+    s, f = cmp.summary, cmp.features
+    assert list(s.index) == ["rl", "sft"]
+    assert {"nrn", "category", "mas_base", "mas_rl", "mas_sft"} <= set(f.columns)
+    np.testing.assert_allclose(f.groupby("checkpoint")[["mas_base", "mas_rl", "mas_sft"]].first().sum(1), 1.0)
+    assert (f["nrn"].dropna().between(0, 1)).all()
+    # the heavily perturbed checkpoint owns more specific features than the barely perturbed one
+    assert s.loc["sft", "specific_fraction"] > s.loc["rl", "specific_fraction"]
+    assert s.loc["sft", "mean_nrn"] > s.loc["rl", "mean_nrn"] - 0.05
+
+
+def test_bad_inputs_raise(trio, tokens):
+    base, rl, _ = trio
+    with pytest.raises(FeatdiffError, match="at least one post-trained"):
+        fd.compare_checkpoints(base, tokens=tokens)
+    with pytest.raises(FeatdiffError, match="tokens="):
+        fd.compare_checkpoints(base, rl)
+    with pytest.raises(FeatdiffError, match="hook"):
+        fd.compare_checkpoints(base, rl, tokens=tokens, hook="blocks.9.hook_resid_post", progress=False)
+    with pytest.raises(FeatdiffError, match="d_model"):
+        fd.compare_checkpoints(base, tiny_model(d_model=48), tokens=tokens, progress=False)
+    with pytest.raises(FeatdiffError, match="method"):
+        fd.compare_checkpoints(base, rl, tokens=tokens, method="pca")
+    with pytest.raises(FeatdiffError):
+        fd.compare_checkpoints(base, rl, tokens=torch.zeros(0, 16, dtype=torch.long), progress=False)
