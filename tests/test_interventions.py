@@ -193,6 +193,19 @@ def test_evaluate_intervention_table(setup):
     edited = table[(table.condition == "edit") & (table.subset == "full")].accuracy
     assert (edited < 1.0).any()  # the planted feature, amplified 50x, breaks the answers
     assert pd.api.types.is_integer_dtype(table.n)
+    # per-task checker and generation length (the lab's tasks check a longer completion)
+    seen = []
+
+    def check(pred, ans):
+        seen.append(pred.shape[1])
+        return torch.ones(len(ans), dtype=torch.bool)
+
+    t2 = evaluate_intervention(
+        model, edit, tasks, checker={"copy": check}, n_new_tokens={"copy": 3}, n_random=0, progress=False
+    )
+    t2 = t2.set_index(["condition", "subset", "task"]).accuracy
+    assert t2[("edit", "full", "copy")] == 1.0 and seen == [3, 3]
+    assert t2[("edit", "full", "other")] < 1.0  # exact match of 2 tokens as before
 
 
 def test_random_control_is_seeded_and_live(setup):

@@ -22,7 +22,25 @@ from featdiff.lab import (
 )
 from featdiff.lab.suite import OPS, SEP
 
-TABLE_COLUMNS = ["checkpoint", "sort", "sort_desc", "copy", "max", "in_domain", "near_domain", "out_of_domain"]
+TABLE_COLUMNS = [
+    "checkpoint",
+    "sort",
+    "sort_desc",
+    "copy",
+    "max",
+    "in_domain",
+    "near_domain",
+    "out_of_domain",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # one torch thread, as build uses: fastest for these tiny models on a shared CPU
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +70,9 @@ def test_checker_accepts_true_answer_and_rejects_wrong_one(op):
 
 def test_task_answers_are_the_operations():
     digits = torch.tensor([[3, 1, 4, 1]])
-    solve = {op: Task.parse(op, 4).solve(digits).tolist() for op in ("sort", "rev", "max", "succ", "sort_desc")}
+    solve = {
+        op: Task.parse(op, 4).solve(digits).tolist() for op in ("sort", "rev", "max", "succ", "sort_desc")
+    }
     assert solve == {
         "sort": [[1, 1, 3, 4]],
         "rev": [[1, 4, 1, 3]],
@@ -170,7 +190,8 @@ def test_accuracy_table(lab_dir):
     assert ((values >= 0) & (values <= 1)).all().all()
     assert table.attrs["groups"]["sort_desc"] == "near_domain"
     torch.testing.assert_close(
-        torch.tensor(table["out_of_domain"].to_numpy()), torch.tensor(table[["copy", "max"]].mean(axis=1).to_numpy())
+        torch.tensor(table["out_of_domain"].to_numpy()),
+        torch.tensor(table[["copy", "max"]].mean(axis=1).to_numpy()),
     )
 
     samples = accuracy(lab_dir, which="samples")

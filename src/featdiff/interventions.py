@@ -508,14 +508,21 @@ def random_features(pool: Sequence[int], n: int, exclude: Sequence[int] = (), se
 
 
 def _correct(
-    model: Any, prompts: Tensor, answers: Tensor, edit: FeatureEdit | None, eval_fn, checker, batch_size: int
+    model: Any,
+    prompts: Tensor,
+    answers: Tensor,
+    edit: FeatureEdit | None,
+    eval_fn,
+    checker,
+    n_new: int,
+    batch_size: int,
 ) -> Tensor:
     if eval_fn is not None:
         ctx = edit_features(model, edit) if edit is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             res = torch.as_tensor(eval_fn(model, prompts, answers)).bool().flatten()
     else:
-        pred = generate_greedy(model, prompts, answers.shape[1], edit=edit, batch_size=batch_size)
+        pred = generate_greedy(model, prompts, n_new, edit=edit, batch_size=batch_size)
         res = torch.as_tensor((checker or exact_match)(pred, answers)).bool().flatten()
     if res.shape[0] != len(prompts):
         raise FeatdiffError(f"The evaluation returned {res.shape[0]} results for {len(prompts)} samples.")
@@ -528,7 +535,8 @@ def evaluate_intervention(
     tasks: Mapping[str, tuple[Int[Tensor, "n pos"], Int[Tensor, "n n_answer"]]],
     critical: Mapping[str, Sequence[int]] | None = None,
     eval_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
-    checker: Callable[[Tensor, Tensor], Tensor] | None = None,
+    checker: Callable[[Tensor, Tensor], Tensor] | Mapping[str, Callable] | None = None,
+    n_new_tokens: int | Mapping[str, int] | None = None,
     n_random: int = 3,
     live: Sequence[int] | None = None,
     seed: int = 0,
@@ -538,8 +546,10 @@ def evaluate_intervention(
     """Task accuracy without the edit, with it, and with equal-size random-feature edits (the control).
 
     ``tasks``: ``{task: (prompts, answers)}``; by default a sample is correct when greedy decoding of
-    ``answers.shape[1]`` tokens reproduces ``answers`` exactly (``checker(pred, answers)`` or
-    ``eval_fn(model, prompts, answers) -> per-sample bool`` replace that). ``critical``: ``{task: sample
+    ``n_new_tokens`` tokens (default ``answers.shape[1]``; an int or ``{task: int}``) reproduces
+    ``answers`` exactly. ``checker(pred, answers) -> per-sample bool`` (or ``{task: checker}``, e.g.
+    ``{name: ts.task.check}`` for the lab) replaces exact match; ``eval_fn(model, prompts, answers) ->
+    per-sample bool`` replaces generation and checking (it runs with the edit active). ``critical``: ``{task: sample
     indices}`` for the critical subset. Random controls draw ``len(edit.features)`` features from the live
     features (``live``, or those that fire on the tasks' prompts) outside the edit, ``n_random`` seeded
     draws whose accuracies are averaged.
@@ -595,9 +605,12 @@ def evaluate_intervention(
         crit = torch.as_tensor(list(critical.get(task, [])), dtype=torch.long)
         if len(crit) and (crit.min() < 0 or crit.max() >= len(prompts)):
             raise FeatdiffError(f"critical samples of task {task!r} must be indices in [0, {len(prompts)}).")
+        n_new = n_new_tokens.get(task) if isinstance(n_new_tokens, Mapping) else n_new_tokens
+        n_new = answers.shape[1] if n_new is None else n_new
+        task_checker = checker.get(task) if isinstance(checker, Mapping) else checker
         acc: dict[str, list[tuple[float, float]]] = {}
         for cond, e in conditions:
-            ok = _correct(model, prompts, answers, e, eval_fn, checker, batch_size).float()
+            ok = _correct(model, prompts, answers, e, eval_fn, task_checker, n_new, batch_size).float()
             crit_acc = float(ok[crit].mean()) if len(crit) else float("nan")
             acc.setdefault(cond, []).append((crit_acc, float(ok.mean())))
             bar.update()

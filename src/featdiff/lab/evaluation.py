@@ -86,7 +86,7 @@ def accuracy_table(per_sample: pd.DataFrame) -> pd.DataFrame:
     """
     order = list(dict.fromkeys(per_sample["checkpoint"]))
     task_order = list(dict.fromkeys(per_sample["task"]))
-    groups = dict(zip(per_sample["task"], per_sample["group"]))
+    groups = dict(zip(per_sample["task"], per_sample["group"], strict=True))
     wide = per_sample.pivot_table(index="checkpoint", columns="task", values="correct", aggfunc="mean")
     wide = wide.reindex(index=order, columns=task_order).astype(float)
     for group in GROUPS:
@@ -113,6 +113,6 @@ def evaluate(
     >>> from featdiff.lab.train import make_model
     >>> t = evaluate({"base": make_model(LabConfig.small())}, tasks(LabConfig.small(), n=3), progress=False)
     >>> list(t.columns)
-    ['checkpoint', 'sort', 'sort_len3', 'copy', 'max', 'in_domain', 'near_domain', 'out_of_domain']
+    ['checkpoint', 'sort', 'sort_desc', 'copy', 'max', 'in_domain', 'near_domain', 'out_of_domain']
     """
     return accuracy_table(correctness(models, tasks, batch_size=batch_size, progress=progress))

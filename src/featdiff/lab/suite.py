@@ -222,7 +222,7 @@ def tasks(config: LabConfig | None = None, split: str = "eval", n: int | None = 
     >>> from featdiff.lab import LabConfig
     >>> ts = tasks(LabConfig.small(), n=4)
     >>> ts["sort"].group, tuple(ts["sort"].prompts.shape), bool(ts["sort"].check(ts["sort"].answers).all())
-    ('in_domain', (4, 7), True)
+    ('in_domain', (4, 6), True)
     """
     from featdiff.errors import check_choice
     from featdiff.lab.config import LabConfig

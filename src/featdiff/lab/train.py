@@ -77,7 +77,7 @@ def answer_loss(
 ) -> Float[Tensor, ""]:
     """Mean next-token cross-entropy on the target tokens that follow each prompt (groups may differ in length)."""
     seqs, masks = [], []
-    for p, t in zip(prompts, targets):
+    for p, t in zip(prompts, targets, strict=True):
         seqs.append(torch.cat([p, t], dim=1))
         mask = torch.zeros(p.shape[0], p.shape[1] + t.shape[1] - 1, dtype=torch.long)
         mask[:, p.shape[1] - 1 :] = 1  # position i predicts token i + 1
@@ -129,7 +129,7 @@ def pretrain(config: LabConfig, progress: bool = True) -> tuple[HookedTransforme
             minlength=len(all_tasks)
         )
         prompts, answers = [], []
-        for task, n in zip(all_tasks, counts.tolist()):
+        for task, n in zip(all_tasks, counts.tolist(), strict=True):
             if n:
                 p, a = task.sample(n, g)
                 prompts.append(p)
@@ -141,10 +141,10 @@ def pretrain(config: LabConfig, progress: bool = True) -> tuple[HookedTransforme
         if step % pc.eval_every == 0 or step == pc.max_steps:
             acc = quick_accuracy(model, dev)
             model.train()
-            history.append({"step": step, "loss": float(loss), **acc})
+            history.append({"step": step, "loss": loss.item(), **acc})
             ind = acc[config.tasks.in_domain]
             ood = min((a for n, a in acc.items() if groups[n] == "out_of_domain"), default=1.0)
-            bar.set_postfix(loss=f"{float(loss):.3f}", in_domain=f"{ind:.2f}", ood_min=f"{ood:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", in_domain=f"{ind:.2f}", ood_min=f"{ood:.2f}")
             if ind >= pc.stop_in_domain and ood >= pc.stop_out_of_domain:
                 break
     bar.close()
@@ -195,9 +195,9 @@ def sft(
             loss.backward()
             opt.step()
             step += 1
-            history.append({"step": step, "loss": float(loss)})
+            history.append({"step": step, "loss": loss.item()})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if on_checkpoint is not None and step in saves:
                 model.eval()
                 on_checkpoint(model, step, saves.index(step) + 1)
@@ -285,7 +285,7 @@ def grpo(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append({"step": step, "reward": float(rewards.mean()), "loss": float(loss), "kl": float(kl)})
+        history.append({"step": step, "reward": float(rewards.mean()), "loss": loss.item(), "kl": float(kl)})
         bar.update(1)
         bar.set_postfix(reward=f"{float(rewards.mean()):.2f}")
         if on_checkpoint is not None and step in saves:
