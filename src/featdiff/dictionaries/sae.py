@@ -83,7 +83,7 @@ class SAETrainConfig:
     lr_warm_up_steps: int = 0
     lr_decay_fraction: float = 0.2
     l1_coefficient: float = 2.0
-    l0_coefficient: float = 0.1
+    l0_coefficient: float = 2.0
     aux_loss_coefficient: float = 1.0
     dead_feature_window: int = 100
     normalize_activations: bool = True
@@ -100,7 +100,9 @@ class SAETrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise FeatdiffError(f"SAETrainConfig.{name} must be a positive integer; got {v!r}.")
         if not isinstance(self.lr_warm_up_steps, int) or self.lr_warm_up_steps < 0:
-            raise FeatdiffError(f"SAETrainConfig.lr_warm_up_steps must be an integer >= 0; got {self.lr_warm_up_steps!r}.")
+            raise FeatdiffError(
+                f"SAETrainConfig.lr_warm_up_steps must be an integer >= 0; got {self.lr_warm_up_steps!r}."
+            )
         for name in ("lr", "k", "n_epochs", "decoder_init_norm"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -112,7 +114,9 @@ class SAETrainConfig:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise FeatdiffError(f"SAETrainConfig.{name} must be a number >= 0; got {v!r}.")
         if not (isinstance(self.lr_decay_fraction, (int, float)) and 0 <= self.lr_decay_fraction < 1):
-            raise FeatdiffError(f"SAETrainConfig.lr_decay_fraction must be in [0, 1); got {self.lr_decay_fraction!r}.")
+            raise FeatdiffError(
+                f"SAETrainConfig.lr_decay_fraction must be in [0, 1); got {self.lr_decay_fraction!r}."
+            )
         if self.architecture == "topk" and self.k is not None and int(self.k) != self.k:
             raise FeatdiffError(f"A topk SAE needs an integer k; got {self.k!r} (batchtopk takes a mean k).")
         if self.n_samples is None and self.n_epochs is None and self.n_steps is None:
@@ -139,7 +143,7 @@ class SAETrainConfig:
         return max(1, math.ceil(self.n_samples / batch))  # type: ignore[operator]
 
 
-def _resolve_config(config, overrides: dict[str, Any]) -> SAETrainConfig:
+def _resolve_config(config, explicit: dict[str, Any], overrides: dict[str, Any]) -> SAETrainConfig:
     if config is None:
         base: dict[str, Any] = {}
     elif isinstance(config, SAETrainConfig):
@@ -154,7 +158,8 @@ def _resolve_config(config, overrides: dict[str, Any]) -> SAETrainConfig:
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise FeatdiffError(f"Unknown train_saes options {unknown}; allowed options are {allowed}.")
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    base.update(overrides)
+    base.update({k: v for k, v in explicit.items() if v is not None})
     return SAETrainConfig(**base)
 
 
@@ -164,22 +169,25 @@ def _init_seed(checkpoint: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63)
 
 
-def _make_training_sae(cfg: SAETrainConfig, d_in: int, d_sae: int, k: float, checkpoint: str, seed: int, hook):
+def _make_training_sae(
+    cfg: SAETrainConfig, d_in: int, d_sae: int, k: float, checkpoint: str, seed: int, hook
+):
     from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import SAEMetadata
 
     sae_cls, cfg_cls = get_sae_training_class(cfg.architecture)
     arch: dict[str, Any] = {}
     if cfg.architecture in ("topk", "batchtopk"):
-        arch = {"k": int(k) if cfg.architecture == "topk" else float(k), "aux_loss_coefficient": cfg.aux_loss_coefficient}
+        arch = {
+            "k": int(k) if cfg.architecture == "topk" else float(k),
+            "aux_loss_coefficient": cfg.aux_loss_coefficient,
+        }
     elif cfg.architecture == "standard":
         arch = {"l1_coefficient": cfg.l1_coefficient}
     elif cfg.architecture == "jumprelu":
         arch = {"l0_coefficient": cfg.l0_coefficient}
     meta = SAEMetadata(model_name=checkpoint, hook_name=hook, featdiff_seed=seed)
-    sae_cfg = cfg_cls(
-        d_in=d_in, d_sae=d_sae, decoder_init_norm=cfg.decoder_init_norm, metadata=meta, **arch
-    )
+    sae_cfg = cfg_cls(d_in=d_in, d_sae=d_sae, decoder_init_norm=cfg.decoder_init_norm, metadata=meta, **arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_init_seed(checkpoint, seed))
         return sae_cls(sae_cfg)
@@ -197,7 +205,9 @@ def _to_inference(training_sae) -> SAE:
     return sae.eval()
 
 
-def _cycle_batches(acts: ActivationSet, names: list[str], batch_size: int, seed: int) -> Iterator[dict[str, Tensor]]:
+def _cycle_batches(
+    acts: ActivationSet, names: list[str], batch_size: int, seed: int
+) -> Iterator[dict[str, Tensor]]:
     """Full batches of paired rows forever, reshuffled every epoch (a short last batch is dropped)."""
     epoch = 0
     while True:
@@ -253,16 +263,25 @@ def train_saes(
             f"train_saes needs an ActivationSet; got {type(acts).__name__}. "
             "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
         )
-    cfg = _resolve_config(config, {"d_sae": d_sae, "architecture": architecture, "k": k, **overrides})
+    cfg = _resolve_config(config, {"d_sae": d_sae, "architecture": architecture, "k": k}, overrides)
     names = acts.names if names is None else list(names)
     for n in names:
         if n not in acts:
-            raise FeatdiffError(f"train_saes: no checkpoint named {n!r} in the activations; they have {acts.names}.")
+            raise FeatdiffError(
+                f"train_saes: no checkpoint named {n!r} in the activations; they have {acts.names}."
+            )
     plan: dict[str, tuple[str, int]] = {n: (n, seed) for n in names}
     for key, spec in (extra or {}).items():
         if key in plan:
-            raise FeatdiffError(f"The extra SAE key {key!r} clashes with a checkpoint name; pick another key.")
-        if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and spec[0] in acts and isinstance(spec[1], int)):
+            raise FeatdiffError(
+                f"The extra SAE key {key!r} clashes with a checkpoint name; pick another key."
+            )
+        if not (
+            isinstance(spec, (tuple, list))
+            and len(spec) == 2
+            and spec[0] in acts
+            and isinstance(spec[1], int)
+        ):
             raise FeatdiffError(
                 f"extra[{key!r}] must be (checkpoint, seed) with a checkpoint among {acts.names} and an int seed; "
                 f"got {spec!r}."
@@ -280,6 +299,7 @@ def train_saes(
     steps = cfg.n_steps_for(acts.n_tokens)
     decay = int(cfg.lr_decay_fraction * steps)
     warm = min(cfg.lr_warm_up_steps, max(0, steps - decay - 1))
+    warm = warm if warm >= 2 else 0  # sae-lens's linear warm-up needs at least 2 steps
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch_size,
         train_batch_size_samples=batch_size,
@@ -376,13 +396,17 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
         )
     cfg_file, weights_file = path / constants.SAE_CFG, path / constants.SAE_WEIGHTS
     if not cfg_file.is_file():
-        raise FeatdiffError(f"{cfg_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae.")
+        raise FeatdiffError(
+            f"{cfg_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
+        )
     try:
         cfg = json.loads(cfg_file.read_text())
         if not isinstance(cfg, dict) or "architecture" not in cfg:
             raise ValueError("no 'architecture' entry")
     except (ValueError, UnicodeDecodeError) as e:
-        raise FeatdiffError(f"{cfg_file} is not a valid sae-lens config ({e}); re-save the SAE with save_sae.") from None
+        raise FeatdiffError(
+            f"{cfg_file} is not a valid sae-lens config ({e}); re-save the SAE with save_sae."
+        ) from None
     if not weights_file.is_file():
         raise FeatdiffError(
             f"{weights_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
@@ -427,7 +451,9 @@ def sae_from_dictionary(
 
     check_choice("architecture", architecture, DICTIONARY_ARCHITECTURES, "sae_from_dictionary")
     if not isinstance(W_dec, Tensor) or W_dec.ndim != 2:
-        raise FeatdiffError(f"W_dec must be a (d_sae, d_in) tensor; got {getattr(W_dec, 'shape', type(W_dec))}.")
+        raise FeatdiffError(
+            f"W_dec must be a (d_sae, d_in) tensor; got {getattr(W_dec, 'shape', type(W_dec))}."
+        )
     W_dec = W_dec.detach().float()
     d_sae, d_in = W_dec.shape
     W_enc = W_dec.T.clone() if W_enc is None else W_enc.detach().float()
@@ -492,7 +518,9 @@ def decoder_directions(sae: SAE) -> Float[Tensor, "d_sae d_in"]:
 
 
 @torch.no_grad()
-def encode(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, "n_tokens d_sae"]:
+def encode(
+    sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096
+) -> Float[Tensor, "n_tokens d_sae"]:
     """Feature activations of ``x`` (float32, CPU), computed in batches on the SAE's device.
 
     Examples
@@ -517,7 +545,9 @@ def _stream(sae, x: Tensor, batch_size: int, where: str) -> Iterator[tuple[Tenso
             yield xb, sae.encode(xb)
 
 
-def firing_frequency(sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
+def firing_frequency(
+    sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096
+) -> Float[Tensor, " d_sae"]:
     """Fraction of the rows of ``x`` on which each feature fires (activation > 0).
 
     Examples
