@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_sae
 
 from featdiff import FeatdiffError
 from featdiff.activations import ActivationSet
 from featdiff.align import align, correlation_matrix, mmcs
-from tests.conftest import make_sae
 
 
 def unit(x):

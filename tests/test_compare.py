@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
-from featdiff.compare import Comparison, CompareConfig, compare_dictionaries, correct_fractions
-from tests.conftest import make_sae, planted_saes
+from featdiff.compare import CompareConfig, Comparison, compare_dictionaries, correct_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,16 @@ def tiny_model(seed=0, d_model=32, d_vocab=50):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=d_model, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=d_vocab,
-        act_fn="gelu", tokenizer_name=None, seed=seed,
+        n_layers=2,
+        d_model=d_model,
+        n_ctx=16,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=d_vocab,
+        act_fn="gelu",
+        tokenizer_name=None,
+        seed=seed,
     )
     return HookedTransformer(cfg).eval()
 
@@ -46,7 +54,9 @@ def tokens():
 
 def test_saes_method_end_to_end(trio, tokens, tmp_path):
     base, rl, sft = trio
-    cmp = fd.compare_checkpoints(base, rl, sft, tokens=tokens, d_sae=64, k=4, train_kwargs=FAST, progress=False)
+    cmp = fd.compare_checkpoints(
+        base, rl, sft, tokens=tokens, d_sae=64, k=4, train_kwargs=FAST, progress=False
+    )
     s = cmp.summary
     assert list(s.index) == ["rl", "sft"]
     np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
@@ -62,9 +72,13 @@ def test_saes_method_end_to_end(trio, tokens, tmp_path):
 
 def test_given_saes_are_used_as_is(trio, tokens):
     base, rl, _ = trio
-    acts = fd.collect_activations({"base": base, "rl": rl}, tokens, hook="blocks.0.hook_resid_post", progress=False)
+    acts = fd.collect_activations(
+        {"base": base, "rl": rl}, tokens, hook="blocks.0.hook_resid_post", progress=False
+    )
     saes = fd.train_saes(acts, d_sae=64, k=4, progress=False, **FAST)
-    cmp = fd.compare_checkpoints(base, rl, tokens=tokens, hook="blocks.0.hook_resid_post", saes=saes, progress=False)
+    cmp = fd.compare_checkpoints(
+        base, rl, tokens=tokens, hook="blocks.0.hook_resid_post", saes=saes, progress=False
+    )
     assert np.isnan(cmp.summary.loc["rl", "noise_floor_reuse"])
     assert cmp.summary.loc["rl", "reuse"] == cmp.summary.loc["rl", "reuse_raw"]
     assert cmp.dictionaries["rl"] is saes["rl"]
@@ -73,8 +87,15 @@ def test_given_saes_are_used_as_is(trio, tokens):
 def test_crosscoder_method_end_to_end(trio, tokens):
     base, rl, sft = trio
     cmp = fd.compare_checkpoints(
-        base, rl, sft, tokens=tokens, method="crosscoder", d_sae=96, k=4,
-        train_kwargs={"n_steps": 300, "batch_size": 256}, progress=False,
+        base,
+        rl,
+        sft,
+        tokens=tokens,
+        method="crosscoder",
+        d_sae=96,
+        k=4,
+        train_kwargs={"n_steps": 300, "batch_size": 256},
+        progress=False,
     )
     s, f = cmp.summary, cmp.features
     assert list(s.index) == ["rl", "sft"]

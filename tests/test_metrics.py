@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
 from featdiff.align import align
@@ -13,7 +14,6 @@ from featdiff.compare import FEATURE_COLUMNS, SUMMARY_COLUMNS, compare_dictionar
 from featdiff.metrics.recombination import omp, recombination
 from featdiff.metrics.registry import available_metrics
 from featdiff.metrics.reuse import base_coverage, drift, reuse
-from tests.conftest import make_sae, planted_saes
 
 
 def unit(x):
@@ -25,7 +25,13 @@ def test_tables_have_pinned_columns(planted):
     al = align(W, W)
     assert list(reuse(al).columns) == ["feature", "match", "similarity", "reused"]
     assert list(drift(al).columns) == ["feature", "match", "drift", "freq_shift"]
-    assert list(recombination(al).columns) == ["feature", "recombined", "n_components", "fit_cosine", "components"]
+    assert list(recombination(al).columns) == [
+        "feature",
+        "recombined",
+        "n_components",
+        "fit_cosine",
+        "components",
+    ]
     cmp = compare_dictionaries(planted_saes(planted), planted.sample(2000), progress=False)
     assert list(cmp.features.columns[: len(FEATURE_COLUMNS)]) == FEATURE_COLUMNS
     assert list(cmp.summary.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS

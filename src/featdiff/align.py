@@ -39,11 +39,16 @@ def encode(dictionary, x: Float[Tensor, "n d_in"], batch_size: int = 8192) -> Fl
     p = next(iter(dictionary.parameters()), None) if hasattr(dictionary, "parameters") else None
     dev, dt = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
     return torch.cat(
-        [dictionary.encode(x[i : i + batch_size].to(dev, dt)).float().cpu() for i in range(0, len(x), batch_size)]
+        [
+            dictionary.encode(x[i : i + batch_size].to(dev, dt)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     )
 
 
-def firing_frequency(dictionary, x: Float[Tensor, "n d_in"], batch_size: int = 8192) -> Float[Tensor, " d_sae"]:
+def firing_frequency(
+    dictionary, x: Float[Tensor, "n d_in"], batch_size: int = 8192
+) -> Float[Tensor, " d_sae"]:
     """Fraction of rows of ``x`` on which each feature fires (code > 0)."""
     counts = None
     for i in range(0, len(x), batch_size):
@@ -187,7 +192,9 @@ def align(
     if activations is not None:
         for n in (reference_name, target_name):
             if n not in activations:
-                raise FeatdiffError(f"align needs activations of {n!r}; the ActivationSet has {activations.names}.")
+                raise FeatdiffError(
+                    f"align needs activations of {n!r}; the ActivationSet has {activations.names}."
+                )
         if activations.d_model != ref_dec.shape[1]:
             raise FeatdiffError(
                 f"Activations have d_model={activations.d_model} but the dictionaries have d_in={ref_dec.shape[1]}."

@@ -88,11 +88,15 @@ class CompareConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = set(d) - allowed
         if unknown:
-            raise FeatdiffError(f"Unknown CompareConfig keys {sorted(unknown)}; allowed are {sorted(allowed)}.")
+            raise FeatdiffError(
+                f"Unknown CompareConfig keys {sorted(unknown)}; allowed are {sorted(allowed)}."
+            )
         return cls(**d)
 
 
-def correct_fractions(reuse_raw: float, recombination_raw: float, noise_floor: float) -> tuple[float, float, float]:
+def correct_fractions(
+    reuse_raw: float, recombination_raw: float, noise_floor: float
+) -> tuple[float, float, float]:
     """Correct raw fractions for imperfect dictionary learning, using the noise floor.
 
     Two reference SAEs trained on the same data with different seeds match only a fraction q (the noise
@@ -152,7 +156,9 @@ def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.
     )
 
 
-def _noise_floor_reuse(reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig) -> float:
+def _noise_floor_reuse(
+    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig
+) -> float:
     """Reuse between two reference dictionaries trained with different seeds on the same data."""
     pair = None
     if acts is not None:
@@ -205,7 +211,9 @@ def compare_dictionaries(
     if acts is not None:
         missing = [n for n in saes if n not in acts]
         if missing:
-            raise FeatdiffError(f"Activations are missing checkpoints {missing}; the ActivationSet has {acts.names}.")
+            raise FeatdiffError(
+                f"Activations are missing checkpoints {missing}; the ActivationSet has {acts.names}."
+            )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else _default_metrics())]
     targets = [n for n in saes if n != reference]
 
@@ -236,7 +244,9 @@ def compare_dictionaries(
         table = _feature_table(al, cfg, freqs[reference], freqs[name])
         live = table["status"] != "dead"
         n_live = int(live.sum())
-        frac = {s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]}
+        frac = {
+            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]
+        }
         r, c, nov = (
             correct_fractions(frac["reused"], frac["recombined"], nf)
             if cfg.correct
@@ -276,7 +286,9 @@ def compare_dictionaries(
             if feats is not None:
                 clash = (set(feats.columns) - {"feature"}) & set(table.columns)
                 if clash:
-                    raise FeatdiffError(f"Metric {metric.name!r} returns columns {sorted(clash)} that already exist.")
+                    raise FeatdiffError(
+                        f"Metric {metric.name!r} returns columns {sorted(clash)} that already exist."
+                    )
                 table = table.merge(feats, on="feature", how="left", validate="one_to_one")
         rows.append(row)
         tables.append(table)
@@ -315,8 +327,12 @@ class Comparison:
     extras: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
-        cols = [c for c in ("reuse", "recombination", "novelty", "drift", "transfer_fve") if c in self.summary]
-        return f"Comparison(reference={self.meta.get('reference')!r})\n{self.summary[cols].round(3).to_string()}"
+        cols = [
+            c for c in ("reuse", "recombination", "novelty", "drift", "transfer_fve") if c in self.summary
+        ]
+        return (
+            f"Comparison(reference={self.meta.get('reference')!r})\n{self.summary[cols].round(3).to_string()}"
+        )
 
     def _repr_html_(self) -> str:
         return self.summary.round(4)._repr_html_()
@@ -359,7 +375,9 @@ class Comparison:
         path = Path(path)
         for name in (constants.SUMMARY, constants.FEATURES, constants.META):
             if not (path / name).is_file():
-                raise FeatdiffError(f"{path} is not a Comparison folder: {name} is missing. Write one with to_dir.")
+                raise FeatdiffError(
+                    f"{path} is not a Comparison folder: {name} is missing. Write one with to_dir."
+                )
         summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
         features = pd.read_parquet(path / constants.FEATURES)
         if "components" in features:
@@ -398,6 +416,7 @@ def compare_checkpoints(
     config: CompareConfig | None = None,
     train_kwargs: dict | None = None,
     batch_size: int = 32,
+    pad_token_id: int | None = None,
     progress: bool = True,
     device: str | None = None,
     **more,
@@ -407,7 +426,7 @@ def compare_checkpoints(
 
     ``base``, ``rl``, ``sft`` and any further keyword checkpoints (``dpo=...``) take whatever ``load_model``
     takes. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
-    prompts. ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
+    prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
     checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring.
@@ -423,6 +442,8 @@ def compare_checkpoints(
     models = {n: load_model(s, device=device) for n, s in specs.items()}
     if tokens is None and texts is None:
         tokens = load_prompts(models["base"])
+        if pad_token_id is None:
+            pad_token_id = (getattr(models["base"], "featdiff_meta", None) or {}).get("pad_token_id")
         if tokens is None:
             raise FeatdiffError(
                 "compare_checkpoints needs data: pass tokens= (token ids, shape (batch, seq)) or texts=; "
@@ -430,7 +451,15 @@ def compare_checkpoints(
             )
     data = tokens if tokens is not None else texts
     hook = hook or default_hook(models["base"])
-    acts = collect_activations(models, data, hook=hook, batch_size=batch_size, progress=progress, device=device)
+    acts = collect_activations(
+        models,
+        data,
+        hook=hook,
+        batch_size=batch_size,
+        progress=progress,
+        device=device,
+        pad_token_id=pad_token_id,
+    )
     train, held_out = acts.split(eval_fraction, seed=seed)
     meta = {
         "method": method,
@@ -444,7 +473,9 @@ def compare_checkpoints(
     if method == "crosscoder":
         from featdiff.dictionaries.crosscoder import train_crosscoder
 
-        cc = train_crosscoder(train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, **(train_kwargs or {}))
+        cc = train_crosscoder(
+            train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, **(train_kwargs or {})
+        )
         return compare_crosscoder(cc, held_out, reference="base", meta=meta, progress=progress)
 
     from featdiff.dictionaries.sae import train_saes
@@ -453,19 +484,37 @@ def compare_checkpoints(
     if saes is None:
         extra = {"__noise_floor__": ("base", seed + 1)} if noise_floor else None
         saes = train_saes(
-            train, d_sae=d_sae, architecture=architecture, k=k, seed=seed, extra=extra, progress=progress,
+            train,
+            d_sae=d_sae,
+            architecture=architecture,
+            k=k,
+            seed=seed,
+            extra=extra,
+            progress=progress,
             **(train_kwargs or {}),
         )
         replica = saes.pop("__noise_floor__", None)
-        meta["sae"] = {"architecture": architecture, "d_sae": d_sae, "k": k, "seed": seed, **(train_kwargs or {})}
+        meta["sae"] = {
+            "architecture": architecture,
+            "d_sae": d_sae,
+            "k": k,
+            "seed": seed,
+            **(train_kwargs or {}),
+        }
     else:
         from featdiff.dictionaries.sae import load_sae
 
         saes = {n: load_sae(s) if isinstance(s, (str, os.PathLike)) else s for n, s in saes.items()}
         replica = saes.pop("__noise_floor__", None)
     cmp = compare_dictionaries(
-        saes, held_out, reference="base", noise_floor=replica, metrics=metrics, config=config,
-        progress=progress, meta=meta,
+        saes,
+        held_out,
+        reference="base",
+        noise_floor=replica,
+        metrics=metrics,
+        config=config,
+        progress=progress,
+        meta=meta,
     )
     cmp.extras["noise_floor_sae"] = replica
     return cmp
@@ -501,7 +550,9 @@ def compare_crosscoder(
 
     cfg = config or CompareConfig()
     if reference not in cc.names:
-        raise FeatdiffError(f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}.")
+        raise FeatdiffError(
+            f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}."
+        )
     lo, hi = nrn_shared
     if not 0 <= lo <= hi <= 1:
         raise FeatdiffError(f"nrn_shared must be (low, high) with 0 <= low <= high <= 1; got {nrn_shared}.")
@@ -544,7 +595,10 @@ def compare_crosscoder(
                 if first[row] >= cfg.min_components:
                     status[j] = "recombined"
                     n_comp[j] = first[row]
-                    comps[j] = [(int(base_feats[idx[row, i]]), float(coefs[row, first[row] - 1, i])) for i in range(first[row])]
+                    comps[j] = [
+                        (int(base_feats[idx[row, i]]), float(coefs[row, first[row] - 1, i]))
+                        for i in range(first[row])
+                    ]
         table = pd.DataFrame(
             {
                 "checkpoint": name,
@@ -577,7 +631,9 @@ def compare_crosscoder(
                 "reuse_raw": frac["reused"],
                 "recombination_raw": frac["recombined"],
                 "novelty_raw": frac["novel"],
-                "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan))) if shared.any() else float("nan"),
+                "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
+                if shared.any()
+                else float("nan"),
                 "freq_shift": float("nan"),
                 "base_coverage": float(shared.sum() / base_live) if base_live else float("nan"),
                 "transfer_fve": float("nan"),

@@ -175,7 +175,7 @@ def plant_checkpoints(
                 idx = rng.choice(kept, size=m, replace=False)
                 coef = rng.uniform(0.7, 1.0, size=m)
                 D[s] = _unit(coef @ base[idx])
-                row["components"] = [(int(i), float(c)) for i, c in zip(idx, coef)]
+                row["components"] = [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]
             else:
                 for _ in range(1000):
                     v = _unit(rng.standard_normal(d_in))
