@@ -11,6 +11,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
+from featdiff.dictionaries.sae import encode
 from featdiff.errors import FeatdiffError, check_choice
 
 METHODS = ("hungarian", "max")
@@ -27,34 +28,6 @@ def unit_decoder(dictionary) -> Float[Tensor, "d_sae d_in"]:
         )
     W = W.detach().float().cpu()
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-@torch.no_grad()
-def encode(dictionary, x: Float[Tensor, "n d_in"], batch_size: int = 8192) -> Float[Tensor, "n d_sae"]:
-    """Codes of ``x`` under ``dictionary`` (an SAE with ``encode``), batched, on the CPU."""
-    if not hasattr(dictionary, "encode"):
-        raise FeatdiffError(
-            f"Matching on activations needs dictionaries with an encode method; got {type(dictionary).__name__}."
-        )
-    p = next(iter(dictionary.parameters()), None) if hasattr(dictionary, "parameters") else None
-    dev, dt = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
-    return torch.cat(
-        [
-            dictionary.encode(x[i : i + batch_size].to(dev, dt)).float().cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-
-
-def firing_frequency(
-    dictionary, x: Float[Tensor, "n d_in"], batch_size: int = 8192
-) -> Float[Tensor, " d_sae"]:
-    """Fraction of rows of ``x`` on which each feature fires (code > 0)."""
-    counts = None
-    for i in range(0, len(x), batch_size):
-        c = (encode(dictionary, x[i : i + batch_size], batch_size) > 0).sum(0)
-        counts = c if counts is None else counts + c
-    return counts.float() / len(x)
 
 
 def cosine_matrix(ref, tgt) -> Float[Tensor, "d_ref d_tgt"]:

@@ -38,6 +38,7 @@ from featdiff.errors import FeatdiffError, check_choice
 EVOLUTION_METHODS = ("decoders", "shared", "none")
 ANSWER_FORMATS = ("base", "teacher")
 CODES = ("joint", "single")
+CONTROLS = ("matched", "live")
 ROLES = ("base", "rl", "sft")
 META_FILE = "crosscoder_view.json"
 FIGURES_DIR = "figures"
@@ -45,7 +46,7 @@ FIGURES_DIR = "figures"
 MAS_COLUMNS = ["feature", "base", "rl", "sft", "dominant", "category", "dead"]
 MAS_CATEGORY_COLUMNS = ["view", "category", "n_features", "fraction"]
 NRN_COLUMNS = ["checkpoint", "feature", "nrn", "dead"]
-EVOLUTION_COLUMNS = ["run", "step", "checkpoint_index", "overlap_prev", "overlap_final"]
+EVOLUTION_COLUMNS = ["run", "step", "checkpoint_index", "overlap_prev", "overlap_final", "noise_floor"]
 GENERALIZATION_FEATURE_COLUMNS = ["feature", "min_score", "mean_score"]
 GENERALIZATION_OVERLAP_COLUMNS = ["task_a", "task_b", "n_a", "n_b", "n_shared", "jaccard"]
 GENERALIZATION_TASK_COLUMNS = [
@@ -110,7 +111,10 @@ class CrosscoderViewConfig:
     answer, as SFT writes it); ``fraction`` of the largest score a feature must reach; ``codes``:
     ``"joint"`` (exact crosscoder codes) or ``"single"``.
 
-    Interventions: ``alpha`` (amplification in base), ``n_random`` random control sets, evaluated on
+    Interventions: ``alpha`` (amplification in base), ``n_random`` random control sets of the edit's size
+    drawn from the live features outside it (``control="matched"``: only those whose firing frequency is
+    within a factor 2 of the edited features' range, so that the control removes as much activity;
+    ``"live"``: any live feature), evaluated on
     ``n_full`` samples per task (the first of the lab's eval split) and on at most ``n_critical`` of its
     critical samples (base wrong, rl right; a seeded draw); ``in_domain`` adds the in-domain task.
 
@@ -150,6 +154,7 @@ class CrosscoderViewConfig:
     codes: str = "joint"
     alpha: float = 3.0
     n_random: int = 2
+    control: str = "matched"
     n_full: int = 64
     n_critical: int = 64
     in_domain: bool = True
@@ -181,6 +186,7 @@ class CrosscoderViewConfig:
         check_choice("evolution", self.evolution, EVOLUTION_METHODS, where)
         check_choice("answer_format", self.answer_format, ANSWER_FORMATS, where)
         check_choice("codes", self.codes, CODES, where)
+        check_choice("control", self.control, CONTROLS, where)
         for name in ("mas_threshold", "fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise FeatdiffError(
@@ -266,7 +272,9 @@ class CrosscoderView:
       sums to 1 per view).
     - ``"nrn"``: checkpoint (rl | sft), feature, nrn (n^T / (n^base + n^T), in [0, 1]; NaN if dead), dead.
     - ``"evolution"``: run (rl | sft), step (training step), checkpoint_index (1..n), overlap_prev,
-      overlap_final (see ``featdiff.evolution``); empty when ``evolution="none"``.
+      overlap_final (see ``featdiff.evolution``), noise_floor (overlap of the final checkpoint's set with
+      that of a crosscoder trained with another seed on the same activations: overlaps at or below it are
+      not evidence of change; NaN for ``evolution="shared"``); empty when ``evolution="none"``.
     - ``"generalization_features"``: feature, min_score, mean_score (best first).
     - ``"generalization_overlaps"``: task_a, task_b, n_a, n_b, n_shared, jaccard (last row: ``all``).
     - ``"generalization_tasks"``: task, group, base_accuracy, rl_accuracy, n_samples, n_critical,
@@ -574,6 +582,7 @@ def _evolution(
 
     series: dict[str, dict[int, Any]] = {}
     index: dict[tuple[str, int], int] = {}
+    noise: dict[str, float] = {}
     for run in ("rl", "sft"):
         paths = checkpoints(lab_path, run)
         models = {f"step_{i}": load_model(p) for i, p in enumerate(paths, start=1)}
@@ -601,6 +610,7 @@ def _evolution(
                 codes = small.encode_acts(pair)
                 live = torch.nonzero((codes != 0).any(0)).flatten().tolist()
                 series[run][s] = CheckpointCrosscoder(small, live)
+            noise[run] = _noise_floor(pair, series[run][max(series[run])], run, cfg, seed)
         else:  # "shared": the 3-model crosscoder scores each checkpoint in the run's slot
             a0 = ck["base"]
             with torch.no_grad():
@@ -610,7 +620,31 @@ def _evolution(
                     series[run][s] = (cc.encode(stack(x, cc.names)) - f0).mean(0)
     table = feature_evolution(series, k=cfg.evolution_top_k, threshold=cfg.evolution_threshold)
     table.insert(2, "checkpoint_index", [index[(r, s)] for r, s in zip(table.run, table.step, strict=True)])
+    table["noise_floor"] = [noise.get(r, math.nan) for r in table.run]
     return table.astype({"checkpoint_index": "int64"})[EVOLUTION_COLUMNS]
+
+
+def _noise_floor(pair: Any, final: Any, run: str, cfg: CrosscoderViewConfig, seed: int) -> float:
+    """Overlap of the final checkpoint's top-k set with that of a crosscoder trained with another seed on
+    the same activations: the overlap that says "same features" for this dictionary size and training."""
+    from featdiff.dictionaries.crosscoder import train_crosscoder
+    from featdiff.evolution import direction_overlap, top_specific_features
+
+    other = train_crosscoder(
+        pair,
+        d_sae=cfg.evolution_d_sae,
+        k=cfg.evolution_k,
+        seed=seed + 1,
+        n_steps=cfg.evolution_n_steps,
+        batch_size=cfg.batch_size,
+        progress=False,
+    )
+    live = torch.nonzero((other.encode_acts(pair) != 0).any(0)).flatten().tolist()
+    a = final.crosscoder.decoder(run)[
+        top_specific_features(final.crosscoder, cfg.evolution_top_k, live=final.live_features)
+    ]
+    b = other.decoder(run)[top_specific_features(other, cfg.evolution_top_k, live=live)]
+    return direction_overlap(a, b, cfg.evolution_threshold)
 
 
 # ------------------------------------------------------------------------------------ generalization
@@ -681,6 +715,7 @@ def _run(
     from featdiff.dictionaries.crosscoder import train_crosscoder
     from featdiff.evolution import plot_feature_evolution
     from featdiff.generalization import generalization_features, sample_codes
+    from featdiff.metrics.crosscoder import firing_frequency
     from featdiff.models import default_hook, load_prompts
 
     notes: list[str] = []
@@ -729,6 +764,7 @@ def _run(
         )
         tables["mas"], tables["mas_categories"], tables["nrn"] = _mas_tables(cc, acts, cfg)
         live = tables["mas"].loc[~tables["mas"]["dead"], "feature"].astype(int).tolist()
+        frequency = firing_frequency(cc, acts).to_numpy()
 
     with bar.stage("evolution"):
         if cfg.evolution == "none":
@@ -807,6 +843,7 @@ def _run(
             groups,
             features,
             live,
+            frequency,
             cfg,
             seed,
             notes,
@@ -837,6 +874,7 @@ def _run(
         "generalization_feature_ids": features,
         "n_generalization_features": len(features),
         "n_live_features": len(live),
+        "generalization_feature_frequency": [float(frequency[k]) for k in features],
         "notes": notes,
         "featdiff_version": __version__,
     }
@@ -853,6 +891,7 @@ def _interventions(
     groups: dict[str, str],
     features: list[int],
     live: list[int],
+    frequency: np.ndarray,
     cfg: CrosscoderViewConfig,
     seed: int,
     notes: list[str],
@@ -880,6 +919,16 @@ def _interventions(
                 f"interventions: task {t!r} has no critical samples; only its full subset is evaluated."
             )
     pool = [k for k in live if k not in set(features)]
+    if cfg.control == "matched":
+        lo, hi = frequency[features].min() / 2, frequency[features].max() * 2
+        matched = [k for k in pool if lo <= frequency[k] <= hi]
+        if len(matched) >= len(features):
+            pool = matched
+        else:
+            notes.append(
+                f"interventions: only {len(matched)} live features fire as often as the edited ones "
+                "(within a factor 2); the random control draws from every live feature."
+            )
     n_random = cfg.n_random
     if n_random and len(pool) < len(features):
         notes.append(
@@ -909,7 +958,7 @@ def _interventions(
                 checker=checker,
                 n_new_tokens=n_new,
                 n_random=n_random,
-                live=live,
+                live=pool,
                 seed=seed,
                 batch_size=256,
                 progress=False,

@@ -518,6 +518,7 @@ def decoder_directions(sae: SAE) -> Float[Tensor, "d_sae d_in"]:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def encode(
     sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096
 ) -> Float[Tensor, "n_tokens d_sae"]:

@@ -11,7 +11,8 @@ import pandas as pd
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
-from featdiff.align import Alignment, encode
+from featdiff.align import Alignment
+from featdiff.dictionaries.sae import encode
 from featdiff.errors import FeatdiffError
 
 

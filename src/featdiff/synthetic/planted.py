@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, check_choice
 
 STATUSES = ("reused", "recombined", "novel")
 DEFAULT_TARGETS = {
@@ -119,14 +119,18 @@ def plant_checkpoints(
     noise: float = 0.05,
     seed: int = 0,
     reference: str = "base",
+    recombine_from: str = "dropped",
 ) -> PlantedCheckpoints:
     """Plant a base dictionary and targets with known fractions of reused, recombined and novel atoms.
 
     ``targets`` maps a checkpoint name to fractions ``{"reused", "recombined", "novel"}`` of its atoms
     (they must sum to 1). ``k`` is the mean number of active atoms per token; ``kept_cosine`` is the
     cosine between a kept atom and its base atom (a small rotation); a recombined atom is a positive
-    combination of 2-3 base atoms that the same target keeps (so it is never matched one-to-one to them);
-    a novel atom is a random direction that no 3 base atoms fit with cosine >= 0.8.
+    combination of 2-3 base atoms with cosine < 0.7 to each of them (so it is not "reused"), drawn from the
+    base atoms the target drops (``recombine_from="dropped"``: features merged into one, which an SAE
+    must learn as a unit) or keeps (``"kept"``: then an SAE may rebuild it from its kept components, a
+    form of feature absorption, and recombination is under-counted); a novel atom is a random direction
+    that no 3 base atoms fit with cosine >= 0.8.
 
     Examples
     --------
@@ -140,6 +144,7 @@ def plant_checkpoints(
         raise FeatdiffError(f"A target may not be named like the reference {reference!r}.")
     if n_atoms < 4 or d_in < 4:
         raise FeatdiffError(f"plant_checkpoints needs d_in >= 4 and n_atoms >= 4; got {d_in}, {n_atoms}.")
+    check_choice("recombine_from", recombine_from, ("dropped", "kept"), "plant_checkpoints")
     if not 0 < k < n_atoms:
         raise FeatdiffError(f"k (active atoms per token) must be in (0, n_atoms); got {k}.")
     rng = np.random.default_rng(seed)
@@ -154,14 +159,17 @@ def plant_checkpoints(
             )
         counts = {s: int(round(fr.get(s, 0.0) * n_atoms)) for s in STATUSES[1:]}
         counts["reused"] = n_atoms - sum(counts.values())
-        if fr.get("recombined", 0) > 0 and counts["reused"] < max(n_components):
-            raise FeatdiffError(f"Target {name!r} recombines atoms but keeps too few to build from.")
         slots = rng.permutation(n_atoms)
         fate = np.empty(n_atoms, dtype=object)
         fate[slots[: counts["reused"]]] = "reused"
         fate[slots[counts["reused"] : counts["reused"] + counts["recombined"]]] = "recombined"
         fate[slots[counts["reused"] + counts["recombined"] :]] = "novel"
-        kept = np.flatnonzero(fate == "reused")
+        pool = np.flatnonzero((fate == "reused") == (recombine_from == "kept"))
+        if counts["recombined"] and len(pool) < max(n_components):
+            raise FeatdiffError(
+                f"Target {name!r} recombines atoms but has only {len(pool)} {recombine_from} base atoms "
+                f"to build them from; lower its 'reused' fraction or use recombine_from='kept'."
+            )
         D = np.empty_like(base)
         for s in range(n_atoms):
             row = {"checkpoint": name, "atom": s, "status": fate[s], "source": -1, "components": []}
@@ -171,10 +179,16 @@ def plant_checkpoints(
                 D[s] = kept_cosine * base[s] + np.sqrt(1 - kept_cosine**2) * u
                 row["source"] = s
             elif fate[s] == "recombined":
-                m = int(rng.choice(n_components))
-                idx = rng.choice(kept, size=m, replace=False)
-                coef = rng.uniform(0.7, 1.0, size=m)
-                D[s] = _unit(coef @ base[idx])
+                for _ in range(1000):
+                    m = int(rng.choice(n_components))
+                    idx = rng.choice(pool, size=m, replace=False)
+                    coef = rng.uniform(0.8, 1.0, size=m)
+                    v = _unit(coef @ base[idx])
+                    if (base[idx] @ v).max() < 0.65:  # not "reused" by any one component
+                        break
+                else:
+                    raise FeatdiffError(f"Could not draw recombined atoms for {name!r}; use a larger d_in.")
+                D[s] = v
                 row["components"] = [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]
             else:
                 for _ in range(1000):
