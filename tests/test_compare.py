@@ -132,7 +132,9 @@ def test_custom_metric_example_runs():
     assert cmp.summary["sharpness"].between(0, 1).all()
     f = cmp.features
     reused = f.loc[f.status == "reused", "code_correlation"]
-    assert reused.notna().all() and reused.mean() > 0.9  # planted slots share their codes
+    novel = f.loc[f.status == "novel", "code_correlation"]
+    # a reused feature fires on the tokens its base feature fired on; a novel one does not
+    assert reused.notna().all() and reused.mean() > 0.5 and reused.mean() > novel.mean() + 0.3
 
 
 def test_register_metric_rejects_duplicates_and_bad_returns(planted):

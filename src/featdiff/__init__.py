@@ -10,10 +10,12 @@ __version__ = "0.1.0"
 from featdiff import lab, synthetic  # noqa: E402
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs  # noqa: E402
+from featdiff.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
 from featdiff.compare import (  # noqa: E402
     CompareConfig,
     Comparison,
     compare_checkpoints,
+    compare_crosscoder,
     compare_dictionaries,
     correct_fractions,
 )
@@ -26,6 +28,14 @@ from featdiff.dictionaries.sae import (  # noqa: E402
     train_saes,
 )
 from featdiff.errors import FeatdiffError  # noqa: E402
+from featdiff.evolution import feature_evolution, plot_feature_evolution  # noqa: E402
+from featdiff.generalization import generalization_features, sample_codes  # noqa: E402
+from featdiff.interventions import (  # noqa: E402
+    FeatureEdit,
+    edit_features,
+    evaluate_intervention,
+    generate_greedy,
+)
 from featdiff.metrics.crosscoder import latent_scaling  # noqa: E402
 from featdiff.metrics.recombination import recombination  # noqa: E402
 from featdiff.metrics.registry import (  # noqa: E402
@@ -51,7 +61,10 @@ __all__ = [
     "Comparison",
     "Crosscoder",
     "CrosscoderConfig",
+    "CrosscoderView",
+    "CrosscoderViewConfig",
     "FeatdiffError",
+    "FeatureEdit",
     "MetricContext",
     "SAETrainConfig",
     "__version__",
@@ -61,10 +74,17 @@ __all__ = [
     "check_compatible",
     "collect_activations",
     "compare_checkpoints",
+    "compare_crosscoder",
     "compare_dictionaries",
     "correct_fractions",
+    "crosscoder_view",
     "default_hook",
     "drift",
+    "edit_features",
+    "evaluate_intervention",
+    "feature_evolution",
+    "generalization_features",
+    "generate_greedy",
     "hook_name",
     "lab",
     "latent_scaling",
@@ -72,10 +92,12 @@ __all__ = [
     "load_prompts",
     "load_sae",
     "mmcs",
+    "plot_feature_evolution",
     "recombination",
     "register_metric",
     "reuse",
     "sae_from_dictionary",
+    "sample_codes",
     "save_model",
     "save_sae",
     "synthetic",

@@ -273,8 +273,10 @@ class CrosscoderView:
     - ``"nrn"``: checkpoint (rl | sft), feature, nrn (n^T / (n^base + n^T), in [0, 1]; NaN if dead), dead.
     - ``"evolution"``: run (rl | sft), step (training step), checkpoint_index (1..n), overlap_prev,
       overlap_final (see ``featdiff.evolution``), noise_floor (overlap of the final checkpoint's set with
-      that of a crosscoder trained with another seed on the same activations: overlaps at or below it are
-      not evidence of change; NaN for ``evolution="shared"``); empty when ``evolution="none"``.
+      that of a crosscoder trained with another seed on the same activations; NaN for
+      ``evolution="shared"``). The per-checkpoint crosscoders share one seed, hence one initialisation, so
+      overlaps between checkpoints are partly inherited from it; the noise floor says how reproducible a
+      top-k set is at all. Empty when ``evolution="none"``.
     - ``"generalization_features"``: feature, min_score, mean_score (best first).
     - ``"generalization_overlaps"``: task_a, task_b, n_a, n_b, n_shared, jaccard (last row: ``all``).
     - ``"generalization_tasks"``: task, group, base_accuracy, rl_accuracy, n_samples, n_critical,

@@ -547,7 +547,7 @@ def compare_crosscoder(
     from tqdm.auto import tqdm
 
     from featdiff.metrics.crosscoder import decoder_cosine, mas, nrn
-    from featdiff.metrics.recombination import omp
+    from featdiff.metrics.recombination import fit_components
 
     cfg = config or CompareConfig()
     if reference not in cc.names:
@@ -557,14 +557,15 @@ def compare_crosscoder(
     lo, hi = nrn_shared
     if not 0 <= lo <= hi <= 1:
         raise FeatdiffError(f"nrn_shared must be (low, high) with 0 <= low <= high <= 1; got {nrn_shared}.")
-    m = mas(cc, mas_threshold, p, acts=acts)
-    dead = m["dead"].to_numpy() if "dead" in m else np.zeros(cc.d_sae, bool)
+    m = mas(cc, mas_threshold, p)
+    dead = np.zeros(cc.d_sae, bool)
     freqs = None
     if acts is not None:
         from featdiff.metrics.crosscoder import firing_frequency
 
-        freqs = firing_frequency(cc, acts)
-        freqs = freqs.to_numpy() if hasattr(freqs, "to_numpy") else np.asarray(freqs)
+        freqs = firing_frequency(cc, acts).to_numpy()
+        dead = freqs == 0
+        m.loc[dead, "category"] = "dead"
     fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
     base_dec = cc.decoder(reference).detach().float()
     base_dec = base_dec / base_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -581,25 +582,17 @@ def compare_crosscoder(
         status[shared] = "reused"
         status[base_only] = "base_only"
         status[dead] = "dead"
-        comps: list[list] = [[] for _ in range(cc.d_sae)]
-        n_comp = np.zeros(cc.d_sae, np.int64)
-        fit = np.full(cc.d_sae, np.nan)
-        spec = np.flatnonzero(specific)
-        if len(spec) and len(base_feats):
-            kmax = min(cfg.max_components, len(base_feats))
-            tgt_dec = cc.decoder(name).detach().float()[spec]
-            idx, coefs, cs = omp(tgt_dec, base_dec[base_feats], kmax)
-            fit[spec] = cs[:, -1]
-            good = cs >= cfg.fit_threshold
-            first = np.where(good.any(1), good.argmax(1) + 1, 0)
-            for row, j in enumerate(spec):
-                if first[row] >= cfg.min_components:
-                    status[j] = "recombined"
-                    n_comp[j] = first[row]
-                    comps[j] = [
-                        (int(base_feats[idx[row, i]]), float(coefs[row, first[row] - 1, i]))
-                        for i in range(first[row])
-                    ]
+        tgt_dec = cc.decoder(name).detach().float()
+        rc = fit_components(
+            tgt_dec / tgt_dec.norm(dim=1, keepdim=True).clamp_min(1e-12),
+            np.flatnonzero(specific),
+            base_dec,
+            base_feats,
+            cfg.fit_threshold,
+            cfg.max_components,
+            cfg.min_components,
+        )
+        status[rc["recombined"].to_numpy()] = "recombined"
         table = pd.DataFrame(
             {
                 "checkpoint": name,
@@ -609,9 +602,9 @@ def compare_crosscoder(
                 "similarity": np.where(shared, cos, np.nan),
                 "drift": np.where(shared, 1 - cos, np.nan),
                 "freq_shift": np.nan,
-                "components": comps,
-                "n_components": n_comp,
-                "fit_cosine": fit,
+                "components": rc["components"],
+                "n_components": rc["n_components"],
+                "fit_cosine": rc["fit_cosine"],
                 "frequency": np.nan if freqs is None else freqs,
                 "nrn": r,
                 "decoder_cosine": cos,

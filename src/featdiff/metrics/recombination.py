@@ -81,25 +81,41 @@ def recombination(
     {'feature': [0, 1], 'recombined': [False, True], 'n_components': [0, 3]}
     """
     reused = reuse(al, reuse_threshold)
+    cand = np.flatnonzero(al.tgt_live & ~reused["reused"].to_numpy())
     live_ref = np.flatnonzero(al.ref_live)
-    n = al.d_tgt
+    return fit_components(
+        al.tgt_decoder, cand, al.ref_decoder, live_ref, fit_threshold, max_components, min_components
+    )
+
+
+def fit_components(
+    tgt_decoder: Float[Tensor, "d_tgt d_in"],
+    candidates: np.ndarray,
+    ref_decoder: Float[Tensor, "d_ref d_in"],
+    ref_features: np.ndarray,
+    fit_threshold: float = FIT_THRESHOLD,
+    max_components: int = 3,
+    min_components: int = 2,
+) -> pd.DataFrame:
+    """The recombination table of the ``candidates`` rows of ``tgt_decoder``, fitted by OMP on the
+    ``ref_features`` rows of ``ref_decoder`` (unit rows); other target rows are not recombined."""
+    n = len(tgt_decoder)
     recombined = np.zeros(n, bool)
     n_comp = np.zeros(n, np.int64)
     fit_cos = np.full(n, np.nan)
     components: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    cand = np.flatnonzero(al.tgt_live & ~reused["reused"].to_numpy())
-    k = min(max_components, len(live_ref))
-    if len(cand) and k:
-        idx, coefs, cos = omp(al.tgt_decoder[cand], al.ref_decoder[live_ref], k)
-        fit_cos[cand] = cos[:, -1]
+    k = min(max_components, len(ref_features))
+    if len(candidates) and k:
+        idx, coefs, cos = omp(tgt_decoder[candidates], ref_decoder[ref_features], k)
+        fit_cos[candidates] = cos[:, -1]
         good = cos >= fit_threshold
         first = np.where(good.any(1), good.argmax(1) + 1, 0)  # atoms needed to reach the threshold
-        for row, j in enumerate(cand):
+        for row, j in enumerate(candidates):
             m = int(first[row])
             if m >= min_components:
                 recombined[j] = True
                 n_comp[j] = m
-                components[j] = [(int(live_ref[idx[row, i]]), float(coefs[row, m - 1, i])) for i in range(m)]
+                components[j] = [(int(ref_features[idx[row, i]]), float(coefs[row, m - 1, i])) for i in range(m)]
     return pd.DataFrame(
         {
             "feature": np.arange(n, dtype=np.int64),

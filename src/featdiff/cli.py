@@ -1,0 +1,295 @@
+"""The ``featdiff`` command: ``featdiff demo`` (the lab, end to end) and ``featdiff compare`` (your checkpoints).
+
+Both write one report folder atomically (``featdiff._io.atomic_dir``): the Comparison (summary.csv,
+features.parquet, meta.json, figures/) plus a self-contained report.html. Bad input (a ``FeatdiffError``)
+prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from featdiff.errors import FeatdiffError
+
+DEFAULT_OUT = "featdiff-report"
+# SAE training steps of the demo's compare_checkpoints (the library default, 1M samples, is sized for real
+# models and takes minutes on the lab): enough for the lab's ~18k tokens, within the demo's time budget.
+DEMO_SAE_STEPS = 150
+SMALL_SAE_STEPS = 10
+# Measured by benchmarks/bench_demo.py on 2 shared CPU cores (see benchmarks/README.md).
+DEMO_TIME_COLD = "about 3-4 minutes"
+DEMO_TIME_WARM = "about 1 minute"
+
+DEMO_DESCRIPTION = f"""\
+Run featdiff end to end on its built-in lab and write a report.
+
+The lab is a tiny transformer pretrained on synthetic list tasks (sort, copy, max, ...), then post-trained
+on one task two ways: SFT (supervised fine-tuning) and RL (GRPO). The demo evaluates base, SFT and RL
+in-domain, near-domain and out-of-domain, trains one sparse autoencoder per checkpoint on their activations,
+aligns the dictionaries to the base's and scores which features were reused, recombined or are novel, then
+(unless --no-crosscoder) runs the crosscoder view (MAS/NRN, feature evolution, generalization features and
+interventions). It prints the key table (accuracy beside reuse, recombination, novelty, drift, transfer_fve
+per checkpoint) and writes:
+
+  OUT/report.html        everything in one self-contained file (open it in a browser)
+  OUT/accuracy.csv       accuracy per task and task group of base, sft, rl (in [0, 1])
+  OUT/summary.csv        one row per post-trained checkpoint (the Comparison summary)
+  OUT/features.parquet   one row per (checkpoint, feature); OUT/meta.json: hook, tokens, seeds, versions
+  OUT/figures/*.png      comparison, accuracy and crosscoder-view figures
+  OUT/crosscoder/*.csv   the crosscoder view's tables
+
+OUT is --out (default ./{DEFAULT_OUT}); it is replaced atomically. The trained lab is cached in
+--cache-dir (default $FEATDIFF_CACHE, else ~/.cache/featdiff) under lab/<config hash>, so later runs skip
+training.
+
+Time on a 2-core CPU: {DEMO_TIME_COLD} the first time (training the lab), {DEMO_TIME_WARM} once the lab is
+cached; --small takes seconds. No network access is needed.
+"""
+
+COMPARE_DESCRIPTION = """\
+Compare your own checkpoints: a base and one or two post-trained checkpoints (anything featdiff.load_model
+takes: a folder written by featdiff.save_model, a local Hugging Face folder, or a hub name where a network
+exists). Collects their activations on the same tokens at --hook (default: the middle layer's residual
+stream), trains one SAE per checkpoint (or one crosscoder, --method crosscoder), aligns them to the base's
+and writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to
+--out. Checkpoints made by featdiff.lab carry their own prompts; others need --tokens.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="featdiff",
+        description="featdiff: what post-training did to a language model's features, feature by feature.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="{demo,compare}")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    d = sub.add_parser(
+        "demo", help="train (or load) the lab's base/SFT/RL checkpoints, compare them, write a report",
+        description=DEMO_DESCRIPTION, formatter_class=fmt,
+    )
+    d.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default: ./{DEFAULT_OUT})")
+    d.add_argument(
+        "--cache-dir", default=None,
+        help="where the trained lab is cached (default: $FEATDIFF_CACHE, else ~/.cache/featdiff)",
+    )
+    d.add_argument("--small", action="store_true", help="the tests' small lab and settings: seconds, not minutes")
+    d.add_argument("--seed", type=int, default=0, help="seed of the lab, the SAEs and the crosscoder (default 0)")
+    d.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder view (faster)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars, no table: print only the report path")
+
+    c = sub.add_parser(
+        "compare", help="compare your own base / RL / SFT checkpoints and write a report",
+        description=COMPARE_DESCRIPTION, formatter_class=fmt,
+    )
+    c.add_argument("base", help="the base checkpoint")
+    c.add_argument("rl", help="a post-trained checkpoint (named rl)")
+    c.add_argument("sft", nargs="?", default=None, help="optional second post-trained checkpoint (named sft)")
+    c.add_argument("--tokens", default=None, help="token ids, shape (batch, seq): a .safetensors or .pt file")
+    c.add_argument("--out", required=True, help="report folder to write (replaced atomically)")
+    c.add_argument("--hook", default=None, help="TransformerLens hook name (default: middle resid_post)")
+    c.add_argument("--method", default="saes", choices=["saes", "crosscoder"], help="default: saes")
+    c.add_argument("--d-sae", type=int, default=None, help="dictionary size (default: 4 * d_model)")
+    c.add_argument("--k", type=int, default=None, help="active latents per token (default: featdiff's)")
+    c.add_argument("--n-steps", type=int, default=None, help="training steps of the dictionaries")
+    c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None, help="torch device (default: cpu)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    return p
+
+
+class _Steps:
+    """Numbered step lines on stderr ("[2/5] compare ... 12.3 s"), silent when quiet."""
+
+    def __init__(self, n: int, quiet: bool):
+        self.n, self.i, self.quiet, self.t = n, 0, quiet, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.i += 1
+        self.t = time.perf_counter()
+        if not self.quiet:
+            print(f"[{self.i}/{self.n}] {text}", file=sys.stderr, flush=True)
+
+    def done(self, text: str = "") -> None:
+        if not self.quiet:
+            print(f"      done in {time.perf_counter() - self.t:.1f} s{text}", file=sys.stderr, flush=True)
+
+
+def _crosscoder_module():
+    try:
+        from featdiff import analysis
+    except ImportError:
+        return None
+    return analysis if hasattr(analysis, "crosscoder_view") else None
+
+
+def _write_report(out: Path, cmp, accuracy=None, view=None, title: str | None = None) -> Path:
+    """The report folder, atomically: Comparison files, accuracy.csv, figures/, crosscoder/, report.html."""
+    import matplotlib.pyplot as plt
+
+    from featdiff._io import atomic_dir, write_json
+    from featdiff.report import figure_png, ordered_accuracy, plot_accuracy, write_html_report
+
+    kwargs = {} if title is None else {"title": title}
+    with atomic_dir(out) as tmp:
+        cmp.to_dir(tmp)  # summary.csv, features.parquet, meta.json, figures/comparison.png
+        figs = {"comparison": (tmp / "figures" / "comparison.png").read_bytes()}
+        if accuracy is not None:
+            ordered_accuracy(accuracy).to_csv(tmp / "accuracy.csv", index=False)
+            fig = plot_accuracy(accuracy)
+            figs["accuracy"] = figure_png(fig)
+            plt.close(fig)
+        if view is not None:
+            (tmp / "crosscoder").mkdir()
+            for name, table in view.tables.items():
+                table.to_csv(tmp / "crosscoder" / f"{name}.csv", index=False)
+            write_json(tmp / "crosscoder" / "crosscoder_view.json", view.meta)
+            for name, fig in view.figures.items():
+                figs[f"crosscoder_{name}"] = figure_png(fig)
+        for name, png in figs.items():
+            (tmp / "figures" / f"{name}.png").write_bytes(png)
+        write_html_report(tmp / "report.html", cmp, accuracy=accuracy, view=view, figures=figs, **kwargs)
+    return out
+
+
+def _print_key_table(cmp, accuracy=None) -> None:
+    import pandas as pd
+
+    from featdiff.report import key_table
+
+    table = key_table(cmp, accuracy)
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    if accuracy is not None:
+        print("accuracy: in [0, 1]; features: fractions of live SAE features vs base (reuse + recombination"
+              " + novelty = 1), drift = 1 - cosine, transfer_fve = variance the base SAE explains.")
+
+
+def demo(args: argparse.Namespace) -> int:
+    import featdiff as fd
+
+    progress = not args.quiet
+    analysis = None if args.no_crosscoder else _crosscoder_module()
+    steps = _Steps(4 + (analysis is not None), args.quiet)
+    config = fd.lab.LabConfig.small() if args.small else fd.lab.LabConfig()
+    config = config.replace(seed=args.seed)
+
+    path = fd.lab.lab_path(config, args.cache_dir)
+    cached = (path / "lab.json").is_file()
+    steps(f"lab: {'loading the cached lab' if cached else 'training base, SFT and RL (first run only)'} "
+          f"at {path}")
+    path = fd.lab.build(config, cache_dir=args.cache_dir, progress=progress)
+    accuracy = fd.lab.accuracy(path)
+    steps.done()
+
+    steps("compare: activations, one SAE per checkpoint (+ a second base SAE for the noise floor), alignment")
+    n_steps = SMALL_SAE_STEPS if args.small else DEMO_SAE_STEPS
+    cmp = fd.compare_checkpoints(
+        *fd.lab.load(path), seed=args.seed, progress=progress, train_kwargs={"n_steps": n_steps}
+    )
+    steps.done()
+
+    view = None
+    if analysis is not None:
+        steps("crosscoder view: MAS/NRN, feature evolution, generalization features, interventions")
+        vcfg = analysis.CrosscoderViewConfig.small() if args.small else None
+        view = analysis.crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
+        steps.done()
+
+    steps(f"report: writing {args.out}")
+    out = _write_report(Path(args.out), cmp, accuracy, view)
+    steps.done()
+    steps("summary")
+    if args.quiet:
+        print(out / "report.html")
+        return 0
+    print()
+    _print_key_table(cmp, accuracy)
+    print(f"\nreport: {out / 'report.html'}   (tables and figures in {out}/; lab cached in {path})")
+    return 0
+
+
+def _load_tokens(spec: str | None):
+    import torch
+
+    if spec is None:
+        return None
+    p = Path(spec)
+    if not p.is_file():
+        raise FeatdiffError(f"The --tokens file {spec!r} does not exist; give a .safetensors or .pt file.")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        d = load_file(str(p))
+        t = d["tokens"] if "tokens" in d else (next(iter(d.values())) if len(d) == 1 else None)
+        if t is None:
+            raise FeatdiffError(
+                f"The --tokens file {spec!r} holds tensors {sorted(d)}; name the token ids 'tokens'."
+            )
+    elif p.suffix in (".pt", ".pth"):
+        try:
+            t = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - report any unreadable file as bad input
+            raise FeatdiffError(f"The --tokens file {spec!r} is not a readable torch file: {e}") from None
+        if isinstance(t, dict):
+            t = t.get("tokens", next(iter(t.values())) if len(t) == 1 else None)
+    else:
+        raise FeatdiffError(f"The --tokens file must end in .safetensors or .pt; got {spec!r}.")
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.is_floating_point():
+        desc = f"a {t.ndim}-d {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise FeatdiffError(
+            f"The --tokens file {spec!r} must hold integer token ids of shape (batch, seq); got {desc}."
+        )
+    return t.long()
+
+
+def compare(args: argparse.Namespace) -> int:
+    import featdiff as fd
+
+    progress = not args.quiet
+    steps = _Steps(3, args.quiet)
+    tokens = _load_tokens(args.tokens)
+    specs = {"base": args.base, "rl": args.rl, "sft": args.sft}
+    steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items() if s)} ({args.method})")
+    train_kwargs = {"n_steps": args.n_steps} if args.n_steps else None
+    cmp = fd.compare_checkpoints(
+        args.base, args.rl, args.sft, tokens=tokens, hook=args.hook, method=args.method, d_sae=args.d_sae,
+        k=args.k, seed=args.seed, train_kwargs=train_kwargs, pad_token_id=args.pad_token_id,
+        progress=progress, device=args.device,
+    )
+    steps.done()
+    steps(f"report: writing {args.out}")
+    out = _write_report(Path(args.out), cmp, title="featdiff report: " + " vs ".join(
+        n for n, s in specs.items() if s))
+    steps.done()
+    steps("summary")
+    if args.quiet:
+        print(out / "report.html")
+        return 0
+    print()
+    _print_key_table(cmp)
+    print(f"\nreport: {out / 'report.html'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``featdiff`` console script; returns the exit status (2 on bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"demo": demo, "compare": compare}[args.command](args)
+    except FeatdiffError as e:
+        msg = " ".join(str(e).split())
+        print(f"featdiff {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featdiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
