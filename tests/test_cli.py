@@ -58,7 +58,9 @@ def test_demo_report_html_is_self_contained(demo_run):
 def test_demo_prints_the_key_table(demo_run, capsys):
     # the module fixture ran before capsys; run the cheapest demo (lab cached, no crosscoder) to see stdout
     _, out, cache, _ = demo_run
-    rc = main(["demo", "--small", "--no-crosscoder", "--out", str(out.parent / "r2"), "--cache-dir", str(cache)])
+    rc = main(
+        ["demo", "--small", "--no-crosscoder", "--out", str(out.parent / "r2"), "--cache-dir", str(cache)]
+    )
     printed = capsys.readouterr()
     assert rc == 0
     lines = printed.out.splitlines()
@@ -93,8 +95,20 @@ def test_demo_help_says_what_how_long_and_where(capsys):
         main(["demo", "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("report.html", "featdiff-report", "FEATDIFF_CACHE", "~/.cache/featdiff", "minute",
-                   "--small", "--no-crosscoder", "--seed", "--quiet", "--cache-dir", "SFT", "RL"):
+    for needle in (
+        "report.html",
+        "featdiff-report",
+        "FEATDIFF_CACHE",
+        "~/.cache/featdiff",
+        "minute",
+        "--small",
+        "--no-crosscoder",
+        "--seed",
+        "--quiet",
+        "--cache-dir",
+        "SFT",
+        "RL",
+    ):
         assert needle in text, needle
 
 
@@ -104,7 +118,9 @@ def checkpoints(tmp_path):
 
     import featdiff as fd
 
-    cfg = dict(n_layers=2, d_model=16, n_ctx=12, d_head=4, n_heads=4, d_mlp=32, d_vocab=20, act_fn="gelu", seed=0)
+    cfg = dict(
+        n_layers=2, d_model=16, n_ctx=12, d_head=4, n_heads=4, d_mlp=32, d_vocab=20, act_fn="gelu", seed=0
+    )
     base = HookedTransformer(cfg)
     rl = HookedTransformer(cfg)
     rl.load_state_dict(base.state_dict())
@@ -119,8 +135,25 @@ def checkpoints(tmp_path):
 def test_compare_writes_the_comparison_folder(checkpoints, tmp_path, capsys):
     (base, rl), tokens = checkpoints
     out = tmp_path / "cmp"
-    rc = main(["compare", str(base), str(rl), "--tokens", str(tokens), "--out", str(out),
-               "--hook", "blocks.1.hook_resid_post", "--d-sae", "32", "--k", "4", "--n-steps", "10"])
+    rc = main(
+        [
+            "compare",
+            str(base),
+            str(rl),
+            "--tokens",
+            str(tokens),
+            "--out",
+            str(out),
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--d-sae",
+            "32",
+            "--k",
+            "4",
+            "--n-steps",
+            "10",
+        ]
+    )
     assert rc == 0
     import featdiff as fd
 
@@ -142,8 +175,12 @@ def test_bad_input_exits_2_with_one_line(checkpoints, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("featdiff compare: error:") and "integer" in err
     assert "Traceback" not in err and not (tmp_path / "x").exists()
 
-    rc = main(["compare", str(tmp_path / "missing"), str(rl), "--tokens", str(bad), "--out", str(tmp_path / "x")])
+    rc = main(
+        ["compare", str(tmp_path / "missing"), str(rl), "--tokens", str(bad), "--out", str(tmp_path / "x")]
+    )
     assert rc == 2
-    rc = main(["compare", str(base), str(rl), "--tokens", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")])
+    rc = main(
+        ["compare", str(base), str(rl), "--tokens", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 2 and "does not exist" in err

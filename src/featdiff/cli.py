@@ -20,8 +20,8 @@ DEFAULT_OUT = "featdiff-report"
 DEMO_SAE_STEPS = 150
 SMALL_SAE_STEPS = 10
 # Measured by benchmarks/bench_demo.py on 2 shared CPU cores (see benchmarks/README.md).
-DEMO_TIME_COLD = "about 3-4 minutes"
-DEMO_TIME_WARM = "about 1 minute"
+DEMO_TIME_COLD = "about 2 minutes (up to 4 on a busy machine)"
+DEMO_TIME_WARM = "about 40 seconds"
 
 DEMO_DESCRIPTION = f"""\
 Run featdiff end to end on its built-in lab and write a report.
@@ -69,22 +69,33 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     d = sub.add_parser(
-        "demo", help="train (or load) the lab's base/SFT/RL checkpoints, compare them, write a report",
-        description=DEMO_DESCRIPTION, formatter_class=fmt,
+        "demo",
+        help="train (or load) the lab's base/SFT/RL checkpoints, compare them, write a report",
+        description=DEMO_DESCRIPTION,
+        formatter_class=fmt,
     )
     d.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default: ./{DEFAULT_OUT})")
     d.add_argument(
-        "--cache-dir", default=None,
+        "--cache-dir",
+        default=None,
         help="where the trained lab is cached (default: $FEATDIFF_CACHE, else ~/.cache/featdiff)",
     )
-    d.add_argument("--small", action="store_true", help="the tests' small lab and settings: seconds, not minutes")
-    d.add_argument("--seed", type=int, default=0, help="seed of the lab, the SAEs and the crosscoder (default 0)")
+    d.add_argument(
+        "--small", action="store_true", help="the tests' small lab and settings: seconds, not minutes"
+    )
+    d.add_argument(
+        "--seed", type=int, default=0, help="seed of the lab, the SAEs and the crosscoder (default 0)"
+    )
     d.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder view (faster)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars, no table: print only the report path")
+    d.add_argument(
+        "--quiet", action="store_true", help="no progress bars, no table: print only the report path"
+    )
 
     c = sub.add_parser(
-        "compare", help="compare your own base / RL / SFT checkpoints and write a report",
-        description=COMPARE_DESCRIPTION, formatter_class=fmt,
+        "compare",
+        help="compare your own base / RL / SFT checkpoints and write a report",
+        description=COMPARE_DESCRIPTION,
+        formatter_class=fmt,
     )
     c.add_argument("base", help="the base checkpoint")
     c.add_argument("rl", help="a post-trained checkpoint (named rl)")
@@ -166,8 +177,10 @@ def _print_key_table(cmp, accuracy=None) -> None:
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if accuracy is not None:
-        print("accuracy: in [0, 1]; features: fractions of live SAE features vs base (reuse + recombination"
-              " + novelty = 1), drift = 1 - cosine, transfer_fve = variance the base SAE explains.")
+        print(
+            "accuracy: in [0, 1]; features: fractions of live SAE features vs base (reuse + recombination"
+            " + novelty = 1), drift = 1 - cosine, transfer_fve = variance the base SAE explains."
+        )
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -181,8 +194,10 @@ def demo(args: argparse.Namespace) -> int:
 
     path = fd.lab.lab_path(config, args.cache_dir)
     cached = (path / "lab.json").is_file()
-    steps(f"lab: {'loading the cached lab' if cached else 'training base, SFT and RL (first run only)'} "
-          f"at {path}")
+    steps(
+        f"lab: {'loading the cached lab' if cached else 'training base, SFT and RL (first run only)'} "
+        f"at {path}"
+    )
     path = fd.lab.build(config, cache_dir=args.cache_dir, progress=progress)
     accuracy = fd.lab.accuracy(path)
     steps.done()
@@ -258,14 +273,25 @@ def compare(args: argparse.Namespace) -> int:
     steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items() if s)} ({args.method})")
     train_kwargs = {"n_steps": args.n_steps} if args.n_steps else None
     cmp = fd.compare_checkpoints(
-        args.base, args.rl, args.sft, tokens=tokens, hook=args.hook, method=args.method, d_sae=args.d_sae,
-        k=args.k, seed=args.seed, train_kwargs=train_kwargs, pad_token_id=args.pad_token_id,
-        progress=progress, device=args.device,
+        args.base,
+        args.rl,
+        args.sft,
+        tokens=tokens,
+        hook=args.hook,
+        method=args.method,
+        d_sae=args.d_sae,
+        k=args.k,
+        seed=args.seed,
+        train_kwargs=train_kwargs,
+        pad_token_id=args.pad_token_id,
+        progress=progress,
+        device=args.device,
     )
     steps.done()
     steps(f"report: writing {args.out}")
-    out = _write_report(Path(args.out), cmp, title="featdiff report: " + " vs ".join(
-        n for n, s in specs.items() if s))
+    out = _write_report(
+        Path(args.out), cmp, title="featdiff report: " + " vs ".join(n for n, s in specs.items() if s)
+    )
     steps.done()
     steps("summary")
     if args.quiet:

@@ -76,7 +76,9 @@ def plot_comparison(cmp):
     for name in s.index:
         d = f.loc[(f["checkpoint"] == name) & f["drift"].notna(), "drift"].to_numpy(dtype=float)
         if len(d):
-            ax1.hist(np.clip(d, 0, 0.3), bins=bins, histtype="step", linewidth=1.5, label=f"{name} (n={len(d)})")
+            ax1.hist(
+                np.clip(d, 0, 0.3), bins=bins, histtype="step", linewidth=1.5, label=f"{name} (n={len(d)})"
+            )
     ax1.set_xlabel("drift = 1 - cosine to matched base feature (reused features)")
     ax1.set_ylabel("features")
     ax1.set_title("drift distribution")

@@ -73,7 +73,7 @@ def register_metric(name: str, higher_is_better: bool | None = None, *, fn: Call
     >>> @register_metric("n_live", higher_is_better=None)
     ... def n_live(ctx):
     ...     return float(ctx.alignment.tgt_live.sum())
-    >>> "n_live" in available_metrics()
+    >>> "n_live" in available_metrics().index
     True
     >>> unregister_metric("n_live")
     """

@@ -1,0 +1,44 @@
+"""Every script in examples/ runs (in small mode, on a temporary cache, in a temporary folder)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+# tests/test_compare.py runs custom_metric.py already; its metrics are unregistered afterwards anyway.
+REGISTERS = {"custom_metric.py": ["sharpness", "code_correlation"]}
+
+
+def test_there_are_examples():
+    assert "lab_walkthrough.py" in {p.name for p in EXAMPLES}
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(script, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import featdiff as fd
+
+    monkeypatch.setenv("FEATDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEATDIFF_EXAMPLE_SMALL", "1")
+    monkeypatch.setenv("FEATDIFF_EXAMPLE_OUT", str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)
+    before = set(fd.available_metrics().index)
+    try:
+        namespace = runpy.run_path(str(script), run_name="__main__")
+    finally:
+        for name in REGISTERS.get(script.name, []):
+            if name in set(fd.available_metrics().index) - before:
+                fd.unregister_metric(name)
+        plt.close("all")
+    assert namespace  # the script ran to its end
+    if script.name == "lab_walkthrough.py":
+        assert (tmp_path / "out" / "report.html").is_file()
+        assert (tmp_path / "cache" / "lab").is_dir()
+        assert list(namespace["accuracy"]["checkpoint"]) == ["base", "rl", "sft"]
