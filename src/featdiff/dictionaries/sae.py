@@ -332,7 +332,7 @@ def train_saes(
             for key, trainer in trainers.items():
                 out = trainer.step(batch[plan[key][0]])
                 trainer.n_training_steps += 1
-                losses[key] = out.loss
+                losses[key] = out.loss.detach()
             if progress and (step % 50 == 0 or step == steps - 1):
                 bar.set_postfix(loss=f"{sum(float(v) for v in losses.values()) / len(losses):.4g}")
             bar.update(1)
