@@ -245,3 +245,22 @@ def test_collect_activations_rejects_bad_input():
         broken.embed.W_E[tokens[3, 2]] = float("nan")
     with pytest.raises(FeatdiffError, match="'broken' gives NaN or infinite activations .* starting at 2"):
         collect_activations({"m": model, "broken": broken}, tokens, HOOK, batch_size=2, progress=False)
+
+
+def test_load_of_a_corrupted_folder_names_the_problem(tmp_path):
+    import json
+
+    import torch
+
+    from featdiff import ActivationSet, FeatdiffError
+
+    acts = ActivationSet.from_tensors({"base": torch.randn(10, 4), "rl": torch.randn(10, 4)})
+    out = acts.save(tmp_path / "acts")
+    meta = json.loads((out / "activations.json").read_text())
+    (out / "activations.json").write_text("{not json")
+    with pytest.raises(FeatdiffError, match="corrupted"):
+        ActivationSet.load(out)
+    meta["names"] = ["base", "sft"]
+    (out / "activations.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatdiffError, match=r"lacks checkpoints \['sft'\]"):
+        ActivationSet.load(out)

@@ -83,3 +83,10 @@ def test_bad_inputs_raise():
         align(torch.eye(3), torch.eye(3), on="activations")
     with pytest.raises(FeatdiffError, match="W_dec"):
         align("not a dictionary", torch.eye(3))
+
+
+def test_nan_decoders_raise_naming_the_rows():
+    W = torch.eye(4)
+    W[2, 1] = float("nan")
+    with pytest.raises(FeatdiffError, match="NaN or infinite values in 1 of 4 rows"):
+        align(torch.eye(4), W)

@@ -153,3 +153,29 @@ def test_register_metric_rejects_duplicates_and_bad_returns(planted):
         fd.unregister_metric("bad_metric")
     with pytest.raises(FeatdiffError, match="Unknown metric"):
         fd.unregister_metric("bad_metric")
+
+
+def test_more_bad_inputs_name_the_problem(planted, tmp_path):
+    import featdiff as fd
+
+    saes = planted_saes(planted)
+    cmp = compare_dictionaries(saes, planted.sample(500), progress=False)
+    out = cmp.to_dir(tmp_path / "cmp", figures=False)
+    (out / "features.parquet").write_bytes(b"not parquet")
+    with pytest.raises(FeatdiffError, match="Cannot read the Comparison folder"):
+        Comparison.load(out)
+    with pytest.raises(FeatdiffError, match="must be a number"):
+        CompareConfig(reuse_threshold="0.7")
+
+    @fd.register_metric("reuse_raw")
+    def clashing(ctx):
+        return 0.5
+
+    try:
+        with pytest.raises(FeatdiffError, match="would overwrite the summary columns"):
+            compare_dictionaries(saes, progress=False)
+    finally:
+        fd.unregister_metric("reuse_raw")
+    wide = {n: make_sae(torch.eye(48), k=4) for n in ("base", "rl")}
+    with pytest.raises(FeatdiffError, match="'base' has d_in=48 but its activations have d_model=32"):
+        compare_dictionaries(wide, planted.sample(200), progress=False)

@@ -358,3 +358,15 @@ def test_planted_data_pairs_shared_codes():
         names=("base", "rl"), d_in=8, n_shared=3, n_specific={"rl": 2}, n_tokens=300, seed=5
     )
     assert torch.equal(again["rl"], acts["rl"])
+
+
+def test_explicit_arguments_override_a_config():
+    from featdiff.activations import ActivationSet
+    from featdiff.dictionaries.crosscoder import CrosscoderConfig, train_crosscoder
+
+    acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
+    cfg = CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=16, k=2, n_steps=3, batch_size=64)
+    cc = train_crosscoder(acts, config=cfg, d_sae=24, k=3, seed=5, progress=False)
+    assert (cc.d_sae, cc.cfg.k, cc.cfg.seed) == (24, 3, 5)
+    with pytest.raises(FeatdiffError, match="at least 2 tokens"):
+        train_crosscoder(acts.subset(slice(0, 1)), progress=False)

@@ -252,3 +252,11 @@ def test_explained_variance_matches_direct_formula(small):
     assert firing_frequency(sae, x, batch_size=300).shape == (64,)
     with pytest.raises(FeatdiffError, match="d_in=16"):
         encode(sae, torch.zeros(3, 5))
+
+
+def test_too_few_tokens_raise():
+    from featdiff.activations import ActivationSet
+
+    acts = ActivationSet.from_tensors({"base": torch.randn(1, 8)})
+    with pytest.raises(FeatdiffError, match="at least 2 tokens"):
+        train_saes(acts, progress=False)

@@ -22,9 +22,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists; pass overwrite=True or pick another folder.")
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old.rmdir()
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
@@ -38,6 +37,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

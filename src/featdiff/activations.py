@@ -191,10 +191,18 @@ class ActivationSet:
                 f"{path} is not an ActivationSet folder (no {constants.ACTS_META}); "
                 "write one with ActivationSet.save or collect_activations(..., out_dir=...)."
             )
-        meta = json.loads(meta_file.read_text())
-        parts: dict[str, list[Tensor]] = {n: [] for n in meta["names"]}
+        try:
+            meta = json.loads(meta_file.read_text())
+            names, n_shards, n_tokens = meta["names"], int(meta["n_shards"]), int(meta["n_tokens"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise FeatdiffError(
+                f"{meta_file} is corrupted ({type(e).__name__}: {e}); re-collect the activations."
+            ) from None
+        if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
+            raise FeatdiffError(f"{path} was written by a newer featdiff; upgrade featdiff to read it.")
+        parts: dict[str, list[Tensor]] = {n: [] for n in names}
         tids: list[Tensor] = []
-        for i in range(meta["n_shards"]):
+        for i in range(n_shards):
             shard = path / constants.ACTS_SHARD.format(index=i)
             try:
                 tensors = load_file(str(shard))
@@ -202,16 +210,19 @@ class ActivationSet:
                 raise FeatdiffError(
                     f"Cannot read activation shard {shard}: {e}. Re-collect the activations."
                 ) from None
+            missing = [n for n in parts if n not in tensors]
+            if missing:
+                raise FeatdiffError(
+                    f"Activation shard {shard} lacks checkpoints {missing}; re-collect the activations."
+                )
             for n in parts:
                 parts[n].append(tensors[n])
             if _TOKEN_IDS in tensors:
                 tids.append(tensors[_TOKEN_IDS])
         acts = {n: torch.cat(p) for n, p in parts.items()}
         out = cls(acts, meta.get("hook"), torch.cat(tids) if tids else None, meta.get("meta") or {})
-        if out.n_tokens != meta["n_tokens"]:
-            raise FeatdiffError(
-                f"{path} holds {out.n_tokens} tokens but its metadata says {meta['n_tokens']}."
-            )
+        if out.n_tokens != n_tokens:
+            raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {n_tokens}.")
         return out
 
 

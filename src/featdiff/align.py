@@ -27,6 +27,12 @@ def unit_decoder(dictionary) -> Float[Tensor, "d_sae d_in"]:
             f"got {type(dictionary).__name__}."
         )
     W = W.detach().float().cpu()
+    bad = ~torch.isfinite(W).all(dim=1)
+    if bad.any():
+        raise FeatdiffError(
+            f"The dictionary's decoder has NaN or infinite values in {int(bad.sum())} of {len(W)} rows "
+            f"(e.g. row {int(bad.nonzero()[0])}); retrain it or drop those features."
+        )
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -174,7 +180,7 @@ def align(
             )
         if codes is not None:
             ref_codes, tgt_codes = codes
-        else:
+        elif on == "activations" or ref_live is None or tgt_live is None:
             ref_codes = encode(reference, activations[reference_name])
             tgt_codes = encode(target, activations[target_name])
         if ref_live is None:

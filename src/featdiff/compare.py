@@ -15,7 +15,6 @@ from featdiff import constants
 from featdiff._io import atomic_dir, write_json
 from featdiff.activations import ActivationSet
 from featdiff.align import Alignment, align
-from featdiff.dictionaries.sae import encode
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.recombination import recombination
 from featdiff.metrics.registry import MetricContext, compute_metric, get_metric
@@ -71,6 +70,14 @@ class CompareConfig:
     def __post_init__(self) -> None:
         check_choice("method", self.method, ("hungarian", "max"), "CompareConfig")
         check_choice("on", self.on, ("decoder", "activations"), "CompareConfig")
+        for name in ("reuse_threshold", "fit_threshold", "eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise FeatdiffError(f"CompareConfig.{name} must be a number; got {v!r}.")
+        for name in ("max_components", "min_components"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise FeatdiffError(f"CompareConfig.{name} must be an integer; got {v!r}.")
         for name in ("reuse_threshold", "fit_threshold"):
             v = getattr(self, name)
             if not -1 <= v <= 1:
@@ -119,16 +126,36 @@ def correct_fractions(
     return r, c, max(0.0, 1.0 - r - c)
 
 
+def _stats_update(stats: dict, x: torch.Tensor, codes: torch.Tensor, recon: torch.Tensor) -> None:
+    """Accumulate firing counts and the sums behind the fraction of variance explained."""
+    x, recon = x.double(), recon.double()
+    stats["n"] += len(x)
+    stats["fired"] += (codes > 0).sum(0).double()
+    stats["err"] += float(((x - recon) ** 2).sum())
+    stats["sum"] += x.sum(0)
+    stats["sumsq"] += float((x * x).sum())
+
+
+def _stats_compute(stats: dict) -> tuple[torch.Tensor, float]:
+    """(firing frequency per feature, fraction of variance explained)."""
+    n = stats["n"]
+    total = stats["sumsq"] - float((stats["sum"] ** 2).sum()) / n
+    return (stats["fired"] / n).float(), (1.0 - stats["err"] / total if total > 0 else float("nan"))
+
+
 @torch.no_grad()
-def _fve(dictionary, x: torch.Tensor, codes: torch.Tensor, batch_size: int = 8192) -> float:
-    """Fraction of variance of x explained by dictionary.decode(codes)."""
+def code_stats(dictionary, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, float]:
+    """Firing frequency of every feature of ``dictionary`` on ``x`` and the fraction of the variance of
+    ``x`` its reconstructions explain, in one streamed pass (codes are never all held in memory)."""
     p = next(iter(dictionary.parameters()))
-    err = 0.0
+    d_sae = dictionary.W_dec.shape[0]
+    stats = {"n": 0, "fired": torch.zeros(d_sae, dtype=torch.float64), "err": 0.0, "sum": 0.0, "sumsq": 0.0}
     for i in range(0, len(x), batch_size):
-        rec = dictionary.decode(codes[i : i + batch_size].to(p.device, p.dtype)).float().cpu()
-        err += float(((x[i : i + batch_size] - rec) ** 2).sum())
-    total = float(((x - x.mean(0)) ** 2).sum())
-    return 1.0 - err / total if total > 0 else float("nan")
+        xb = x[i : i + batch_size]
+        codes = dictionary.encode(xb.to(p.device, p.dtype))
+        recon = dictionary.decode(codes).float().cpu()
+        _stats_update(stats, xb, codes.float().cpu(), recon)
+    return _stats_compute(stats)
 
 
 def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
@@ -158,13 +185,15 @@ def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.
 
 
 def _noise_floor_reuse(
-    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig
+    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig, ref_live=None
 ) -> float:
     """Reuse between two reference dictionaries trained with different seeds on the same data."""
-    pair = None
+    pair, rep_live = None, None
     if acts is not None:
-        pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
-    al = align(reference, replica, cfg.method, cfg.on, pair, ref_name, "__replica__")
+        rep_live = code_stats(replica, acts[ref_name])[0] > 0
+        if cfg.on == "activations":
+            pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
+    al = align(reference, replica, cfg.method, cfg.on, pair, ref_name, "__replica__", ref_live, rep_live)
     live = al.tgt_live
     reused = live & (np.nan_to_num(al.similarity, nan=-np.inf) >= cfg.reuse_threshold)
     return float(reused.sum() / live.sum()) if live.sum() else float("nan")
@@ -218,16 +247,16 @@ def compare_dictionaries(
     chosen = [get_metric(m) for m in (metrics if metrics is not None else _default_metrics())]
     targets = [n for n in saes if n != reference]
 
-    codes = {}
     freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
+    own_fve: dict[str, float] = {n: float("nan") for n in saes}
     if acts is not None:
         for n in tqdm(list(saes), desc="encoding", disable=not progress):
-            codes[n] = encode(saes[n], acts[n])
-            freqs[n] = (codes[n] > 0).float().mean(0)
+            _check_width(saes[n], acts, n)
+            freqs[n], own_fve[n] = code_stats(saes[n], acts[n])
+    live_mask = {n: None if f is None else (f > 0).numpy() for n, f in freqs.items()}
     nf = float("nan")
     if noise_floor is not None:
-        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg)
-    ref_fve = _fve(saes[reference], acts[reference], codes[reference]) if acts is not None else float("nan")
+        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg, live_mask[reference])
 
     rows, tables, alignments = [], [], {}
     for name in tqdm(targets, desc="aligning", disable=not progress):
@@ -236,10 +265,11 @@ def compare_dictionaries(
             saes[name],
             cfg.method,
             cfg.on,
-            acts,
+            acts if cfg.on == "activations" else None,
             reference,
             name,
-            codes=(codes[reference], codes[name]) if acts is not None else None,
+            live_mask[reference],
+            live_mask[name],
         )
         alignments[name] = al
         table = _feature_table(al, cfg, freqs[reference], freqs[name])
@@ -265,7 +295,7 @@ def compare_dictionaries(
             "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
             "base_coverage": base_coverage(al, cfg.reuse_threshold),
             "transfer_fve": float("nan"),
-            "reference_fve": ref_fve,
+            "reference_fve": own_fve[reference],
             "target_fve": float("nan"),
             "noise_floor_reuse": nf,
             "n_features": len(table),
@@ -274,15 +304,16 @@ def compare_dictionaries(
         }
         if acts is not None:
             # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations.
-            transfer_codes = encode(saes[reference], acts[name])
-            row["transfer_fve"] = _fve(saes[reference], acts[name], transfer_codes)
-            row["target_fve"] = _fve(saes[name], acts[name], codes[name])
+            row["transfer_fve"] = code_stats(saes[reference], acts[name])[1]
+            row["target_fve"] = own_fve[name]
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
-        if acts is not None:
-            ctx.__dict__["reference_codes"] = codes[reference]
-            ctx.__dict__["target_codes"] = codes[name]
         for metric in chosen:
             summ, feats = compute_metric(metric, ctx)
+            clash = set(summ) & set(row)
+            if clash:
+                raise FeatdiffError(
+                    f"Metric {metric.name!r} would overwrite the summary columns {sorted(clash)}; rename it."
+                )
             row.update(summ)
             if feats is not None:
                 clash = (set(feats.columns) - {"feature"}) & set(table.columns)
@@ -306,6 +337,15 @@ def compare_dictionaries(
         "hook": None if acts is None else acts.hook,
     }
     return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+
+
+def _check_width(dictionary, acts: ActivationSet, name: str) -> None:
+    d_in = dictionary.W_dec.shape[-1]
+    if d_in != acts.d_model:
+        raise FeatdiffError(
+            f"The dictionary of {name!r} has d_in={d_in} but its activations have d_model={acts.d_model}; "
+            "use dictionaries trained at the same hook as the activations."
+        )
 
 
 def _default_metrics() -> list[str]:
@@ -344,7 +384,10 @@ class Comparison:
 
         fig = plot_comparison(self)
         if path is not None:
-            fig.savefig(path, dpi=120, bbox_inches="tight")
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            tmp.replace(path)
         return fig
 
     def to_dir(self, path: str | os.PathLike, figures: bool = True) -> Path:
@@ -379,11 +422,24 @@ class Comparison:
                 raise FeatdiffError(
                     f"{path} is not a Comparison folder: {name} is missing. Write one with to_dir."
                 )
-        summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
-        features = pd.read_parquet(path / constants.FEATURES)
-        if "components" in features:
-            features["components"] = features["components"].map(lambda s: [tuple(c) for c in json.loads(s)])
-        meta = json.loads((path / constants.META).read_text())
+        try:
+            meta = json.loads((path / constants.META).read_text())
+            if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
+                raise FeatdiffError(
+                    f"{path} was written by a newer featdiff (format {meta['format_version']}); upgrade featdiff."
+                )
+            summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
+            features = pd.read_parquet(path / constants.FEATURES)
+            if "components" in features:
+                features["components"] = features["components"].map(
+                    lambda s: [tuple(c) for c in json.loads(s)]
+                )
+        except FeatdiffError:
+            raise
+        except Exception as e:
+            raise FeatdiffError(
+                f"Cannot read the Comparison folder {path}: {type(e).__name__}: {e}. Write it again with to_dir."
+            ) from None
         return cls(summary, features, meta)
 
 
@@ -430,7 +486,22 @@ def compare_checkpoints(
     prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
     checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
-    tokens is held out for scoring.
+    tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=20,
+    ...                               act_fn="relu", tokenizer_name=None, seed=0, d_mlp=32)
+    >>> base, rl = HookedTransformer(cfg), HookedTransformer(cfg)
+    >>> rl.load_state_dict(base.state_dict())
+    <All keys matched successfully>
+    >>> tokens = torch.randint(0, 20, (64, 8), generator=torch.Generator().manual_seed(0))
+    >>> cmp = compare_checkpoints(base, rl, tokens=tokens, d_sae=32, k=2, train_kwargs={"n_steps": 50},
+    ...                           progress=False)
+    >>> bool(cmp.summary.loc["rl", "transfer_fve"] == cmp.summary.loc["rl", "reference_fve"])  # same weights
+    True
     """
     from featdiff.activations import collect_activations
     from featdiff.models import default_hook, load_model, load_prompts
@@ -474,10 +545,17 @@ def compare_checkpoints(
     if method == "crosscoder":
         from featdiff.dictionaries.crosscoder import train_crosscoder
 
+        for arg, value, why in (
+            ("saes", saes, "a crosscoder is trained over all checkpoints"),
+            ("metrics", metrics, "registered metrics are computed on the SAE route (method='saes')"),
+        ):
+            if value is not None:
+                raise FeatdiffError(f"compare_checkpoints(method='crosscoder') takes no {arg}=: {why}.")
+
         cc = train_crosscoder(
             train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, **(train_kwargs or {})
         )
-        return compare_crosscoder(cc, held_out, reference="base", meta=meta, progress=progress)
+        return compare_crosscoder(cc, held_out, reference="base", config=config, meta=meta, progress=progress)
 
     from featdiff.dictionaries.sae import train_saes
 
@@ -528,7 +606,6 @@ def compare_crosscoder(
     nrn_shared: tuple[float, float] = (0.3, 0.7),
     mas_threshold: float = 0.5,
     p: int = 2,
-    metrics: list | None = None,
     config: CompareConfig | None = None,
     progress: bool = True,
     meta: dict | None = None,

@@ -480,19 +480,20 @@ def _eval_compute(cc: Crosscoder, stats: dict) -> pd.DataFrame:
 def train_crosscoder(
     acts: ActivationSet,
     d_sae: int | None = None,
-    sparsity: str = "batchtopk",
-    k: int = 32,
-    seed: int = 0,
+    sparsity: str | None = None,
+    k: int | None = None,
+    seed: int | None = None,
     config: CrosscoderConfig | None = None,
     progress: bool = True,
     **overrides,
 ) -> Crosscoder:
     """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
 
-    Without ``config`` the settings are ``d_sae`` (default 8 * d_in), ``sparsity``, ``k``, ``seed`` and
-    any CrosscoderConfig field passed as a keyword (``lr=1e-3``, ``n_steps=500``...). With ``config``,
-    the config supplies every setting, keywords still override it, and its ``names`` pick (and order)
-    the checkpoints of ``acts``. The number of steps is ``n_steps`` or ``n_epochs`` (default 1) passes
+    Without ``config`` the settings are ``d_sae`` (default 8 * d_in), ``sparsity`` (default "batchtopk"),
+    ``k`` (default 32), ``seed`` (default 0) and any CrosscoderConfig field passed as a keyword
+    (``lr=1e-3``, ``n_steps=500``...). With ``config``, the config supplies every setting, arguments and
+    keywords that are given still override it, and its ``names`` pick (and order) the checkpoints of
+    ``acts``. The number of steps is ``n_steps`` or ``n_epochs`` (default 1) passes
     over the tokens; small data sets want ``n_steps`` of a few hundred or more. The same seed gives
     identical weights. The result is in eval mode, with ``norm_scale`` and the inference threshold set.
 
@@ -510,20 +511,27 @@ def train_crosscoder(
             f"train_crosscoder needs an ActivationSet; got {type(acts).__name__}. "
             "Wrap tensors with ActivationSet.from_tensors({name: X})."
         )
+    if acts.n_tokens < 2:
+        raise FeatdiffError(
+            f"train_crosscoder needs at least 2 tokens; the ActivationSet has {acts.n_tokens}."
+        )
+    given = {"d_sae": d_sae, "sparsity": sparsity, "k": k, "seed": seed}
+    given = {key: v for key, v in given.items() if v is not None}
     if config is None:
         base = {
             "names": acts.names,
             "d_in": acts.d_model,
-            "d_sae": d_sae or 8 * acts.d_model,
-            "sparsity": sparsity,
-            "k": k,
-            "seed": seed,
+            "d_sae": 8 * acts.d_model,
+            "sparsity": "batchtopk",
+            "k": 32,
+            "seed": 0,
             "hook": acts.hook,
         }
     else:
         if not isinstance(config, CrosscoderConfig):
             raise FeatdiffError(f"config must be a CrosscoderConfig; got {type(config).__name__}.")
         base = config.to_dict()
+    base.update(given)
     base.update(overrides)
     cfg = CrosscoderConfig.from_dict(base)
     acts = _as_acts(acts, cfg.names)

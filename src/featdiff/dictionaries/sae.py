@@ -263,6 +263,8 @@ def train_saes(
             f"train_saes needs an ActivationSet; got {type(acts).__name__}. "
             "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
         )
+    if acts.n_tokens < 2:
+        raise FeatdiffError(f"train_saes needs at least 2 tokens; the ActivationSet has {acts.n_tokens}.")
     cfg = _resolve_config(config, {"d_sae": d_sae, "architecture": architecture, "k": k}, overrides)
     names = acts.names if names is None else list(names)
     for n in names:
@@ -517,7 +519,6 @@ def decoder_directions(sae: SAE) -> Float[Tensor, "d_sae d_in"]:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def encode(
     sae: SAE, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096

@@ -115,7 +115,9 @@ def fit_components(
             if m >= min_components:
                 recombined[j] = True
                 n_comp[j] = m
-                components[j] = [(int(ref_features[idx[row, i]]), float(coefs[row, m - 1, i])) for i in range(m)]
+                components[j] = [
+                    (int(ref_features[idx[row, i]]), float(coefs[row, m - 1, i])) for i in range(m)
+                ]
     return pd.DataFrame(
         {
             "feature": np.arange(n, dtype=np.int64),
