@@ -56,7 +56,18 @@ STATUSES = ["reused", "recombined", "novel", "dead"]
 
 @dataclass
 class CompareConfig:
-    """Thresholds and choices of compare_dictionaries (DESIGN.md's defaults)."""
+    """Thresholds and choices of compare_dictionaries (DESIGN.md's defaults).
+
+    Examples
+    --------
+    >>> CompareConfig(reuse_threshold=0.8).to_dict()["reuse_threshold"]
+    0.8
+    >>> try:
+    ...     CompareConfig.from_dict({"reuse_treshold": 0.8})
+    ... except ValueError as e:
+    ...     print(str(e).split(";")[0])
+    Unknown CompareConfig keys ['reuse_treshold']
+    """
 
     reuse_threshold: float = 0.7
     fit_threshold: float = 0.9
@@ -358,7 +369,22 @@ def _default_metrics() -> list[str]:
 class Comparison:
     """The result of a comparison: ``summary`` (one row per compared checkpoint), ``features`` (one row per
     (checkpoint, feature)), ``meta`` (hook, tokens, seeds, versions). ``to_dir`` / ``load`` round-trip the
-    tables exactly; alignments and dictionaries stay in memory only."""
+    tables exactly; alignments and dictionaries stay in memory only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> from featdiff.synthetic import plant_checkpoints
+    >>> p = plant_checkpoints(d_in=16, n_atoms=32, targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
+    >>> saes = {n: sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
+    >>> cmp = compare_dictionaries(saes, p.sample(1000), progress=False)
+    >>> cmp.summary.loc["rl", ["reuse", "novelty"]].tolist()
+    [0.75, 0.25]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     Comparison.load(cmp.to_dir(d + "/cmp", figures=False)).summary.equals(cmp.summary)
+    True
+    """
 
     summary: pd.DataFrame
     features: pd.DataFrame

@@ -292,7 +292,13 @@ def _is_derived_buffer(key: str) -> bool:
 
 
 def load_prompts(model) -> Tensor | None:
-    """The token prompts a checkpoint carries (lab checkpoints do), or None."""
+    """The token prompts a checkpoint carries (lab checkpoints do), or None.
+
+    Examples
+    --------
+    >>> load_prompts(object()) is None
+    True
+    """
     return getattr(model, "featdiff_prompts", None)
 
 

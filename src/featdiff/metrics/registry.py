@@ -92,7 +92,16 @@ def register_metric(name: str, higher_is_better: bool | None = None, *, fn: Call
 
 
 def unregister_metric(name: str) -> None:
-    """Remove a registered metric."""
+    """Remove a registered metric (unknown names raise, listing the registered ones).
+
+    Examples
+    --------
+    >>> register_metric("tmp_metric", fn=lambda ctx: 1.0)  # doctest: +ELLIPSIS
+    <function <lambda> at ...>
+    >>> unregister_metric("tmp_metric")
+    >>> "tmp_metric" in available_metrics().index
+    False
+    """
     get_metric(name)
     del _REGISTRY[name]
 
@@ -107,7 +116,13 @@ def get_metric(name_or_fn: str | Callable) -> Metric:
 
 
 def available_metrics() -> pd.DataFrame:
-    """The registered metrics: name, higher_is_better, description."""
+    """The registered metrics: index name, columns higher_is_better, description.
+
+    Examples
+    --------
+    >>> bool(available_metrics().loc["mmcs", "higher_is_better"])
+    True
+    """
     return pd.DataFrame(
         [(m.name, m.higher_is_better, m.description) for m in _REGISTRY.values()],
         columns=["name", "higher_is_better", "description"],

@@ -61,7 +61,15 @@ def drift(
 
 
 def base_coverage(al: Alignment, threshold: float = REUSE_THRESHOLD) -> float:
-    """Fraction of the reference's live features that are reused (matched at >= threshold) in the target."""
+    """Fraction of the reference's live features that are reused (matched at >= threshold) in the target.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from featdiff.align import align
+    >>> base_coverage(align(torch.eye(4), torch.eye(4)[:3]))
+    0.75
+    """
     reused = reuse(al, threshold)
     matched_ref = set(reused.loc[reused.reused, "match"].tolist())
     live = np.flatnonzero(al.ref_live)
