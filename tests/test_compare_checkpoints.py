@@ -123,3 +123,41 @@ def test_bad_inputs_raise(trio, tokens):
         fd.compare_checkpoints(base, rl, tokens=torch.zeros(0, 16, dtype=torch.long), progress=False)
     with pytest.raises(FeatdiffError, match="takes no saes="):
         fd.compare_checkpoints(base, rl, tokens=tokens, method="crosscoder", saes={}, progress=False)
+
+
+def test_local_hugging_face_checkpoints_end_to_end(tmp_path):
+    """A post-trained Qwen2-style checkpoint on disk next to its base, compared by path."""
+    import transformers as tf
+
+    cfg = tf.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=60,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    base = tf.Qwen2ForCausalLM(cfg).eval()
+    base.save_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        for p in base.model.layers[1].mlp.parameters():
+            p.add_(0.5 * p.std() * torch.randn_like(p))
+    base.save_pretrained(tmp_path / "sft")
+    tokens = torch.randint(0, 60, (96, 12), generator=torch.Generator().manual_seed(1))
+    cmp = fd.compare_checkpoints(
+        str(tmp_path / "base"),
+        sft=str(tmp_path / "sft"),
+        tokens=tokens,
+        d_sae=64,
+        k=4,
+        train_kwargs=FAST,
+        progress=False,
+    )
+    assert list(cmp.summary.index) == ["sft"]
+    assert cmp.meta["checkpoints"]["sft"] == str(tmp_path / "sft")
+    assert cmp.meta["hook"] == "blocks.1.hook_resid_post"
+    # layer 1's MLP changed, so the base SAE explains the sft activations worse than the base's own
+    s = cmp.summary.loc["sft"]
+    assert s["transfer_fve"] < s["reference_fve"]

@@ -34,12 +34,12 @@ import pandas as pd
 import torch
 
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.report import plot_interventions, plot_mas, plot_nrn
 
 EVOLUTION_METHODS = ("decoders", "shared", "none")
 ANSWER_FORMATS = ("base", "teacher")
 CODES = ("joint", "single")
 CONTROLS = ("matched", "live")
-ROLES = ("base", "rl", "sft")
 META_FILE = "crosscoder_view.json"
 FIGURES_DIR = "figures"
 
@@ -435,134 +435,6 @@ def _mas_tables(
         {"n_features": "int64", "fraction": "float64"}
     )
     return m, cats, pd.concat(nrn_rows, ignore_index=True)[NRN_COLUMNS]
-
-
-_CATEGORY_COLORS = {"base": "#4C72B0", "rl": "#55A868", "sft": "#C44E52", "shared": "#8C8C8C"}
-
-
-def plot_mas(mas_table: pd.DataFrame, categories: pd.DataFrame) -> Any:
-    """Left: each live feature's MAS (base, rl, sft) in a ternary plot, coloured by category. Right: the
-    categories' fractions of live features, one stacked bar per view (3-model MAS, rl vs base, sft vs base).
-
-    Examples
-    --------
-    >>> m = pd.DataFrame({"feature": [0, 1], "base": [0.5, 0.1], "rl": [0.3, 0.1], "sft": [0.2, 0.8],
-    ...                   "dominant": ["base", "sft"], "category": ["shared", "sft"], "dead": [False, False]})
-    >>> c = pd.DataFrame({"view": ["base+rl+sft"] * 2, "category": ["shared", "sft"], "n_features": [1, 1], "fraction": [0.5, 0.5]})
-    >>> len(plot_mas(m, c).axes)
-    2
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    ax0, ax1 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
-    live = mas_table[~mas_table["dead"].astype(bool)]
-    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
-    ax0.plot(*np.vstack([corners, corners[:1]]).T, color="k", linewidth=0.8)
-    for (x, y), name in zip(corners, ROLES, strict=True):
-        ax0.annotate(name, (x, y), textcoords="offset points", xytext=(0, -12 if y == 0 else 5), ha="center")
-    for i in range(3):  # MAS^m = 0.5 lines: beyond each, the corner's checkpoint owns the feature
-        a, b, c = corners[i], corners[(i + 1) % 3], corners[(i + 2) % 3]
-        ax0.plot(*np.array([(a + b) / 2, (a + c) / 2]).T, color="k", linewidth=0.5, linestyle=":")
-    xy = live[list(ROLES)].to_numpy(dtype=float) @ corners
-    for cat, color in _CATEGORY_COLORS.items():
-        sel = (live["category"] == cat).to_numpy()
-        if sel.any():
-            ax0.scatter(
-                xy[sel, 0], xy[sel, 1], s=8, color=color, alpha=0.6, label=f"{cat} ({int(sel.sum())})"
-            )
-    ax0.set_aspect("equal")
-    ax0.set_axis_off()
-    ax0.set_title("MAS of each live feature")
-    if len(live):
-        ax0.legend(fontsize=7, loc="upper right")
-    views = list(dict.fromkeys(categories["view"]))
-    x = np.arange(len(views))
-    bottom = np.zeros(len(views))
-    for cat in ("base", "shared", "rl", "sft"):
-        vals = np.array(
-            [
-                categories.loc[(categories.view == v) & (categories.category == cat), "fraction"].sum()
-                for v in views
-            ],
-            dtype=float,
-        )
-        ax1.bar(x, np.nan_to_num(vals), bottom=bottom, color=_CATEGORY_COLORS[cat], label=cat, width=0.6)
-        bottom += np.nan_to_num(vals)
-    ax1.set_xticks(x, views)
-    ax1.set_ylim(0, 1.05)
-    ax1.set_ylabel("fraction of live features")
-    ax1.set_title("feature categories (MAS > 0.5; NRN shared band)")
-    ax1.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    return fig
-
-
-def plot_nrn(nrn_table: pd.DataFrame) -> Any:
-    """Histograms of NRN (n^T / (n^base + n^T)) of the live features, one panel per checkpoint.
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"checkpoint": ["rl", "sft"], "feature": [0, 0], "nrn": [0.5, 0.9], "dead": [False, False]})
-    >>> len(plot_nrn(t).axes)
-    2
-    """
-    from matplotlib.figure import Figure
-
-    names = list(dict.fromkeys(nrn_table["checkpoint"]))
-    fig = Figure(figsize=(4 * max(1, len(names)), 3.2))
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(names)), sharey=True))
-    bins = np.linspace(0, 1, 26)
-    for ax, name in zip(axes, names, strict=False):
-        v = nrn_table.loc[(nrn_table.checkpoint == name) & ~nrn_table["dead"].astype(bool), "nrn"].dropna()
-        ax.hist(v.to_numpy(dtype=float), bins=bins, color=_CATEGORY_COLORS.get(name, "#4C72B0"))
-        ax.set(title=f"{name} vs base (n={len(v)})", xlabel=f"NRN = n^{name} / (n^base + n^{name})")
-    axes[0].set_ylabel("live features")
-    fig.tight_layout()
-    return fig
-
-
-def plot_interventions(table: pd.DataFrame) -> Any:
-    """Accuracy per task and subset under no edit, the edit, and random controls; one panel per edit.
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"edit": "ablate_in_rl", "condition": ["none", "edit"], "subset": "full",
-    ...                   "task": "a", "accuracy": [0.9, 0.5]})
-    >>> len(plot_interventions(t).axes)
-    1
-    """
-    from matplotlib.figure import Figure
-
-    edits = list(dict.fromkeys(table["edit"]))
-    fig = Figure(figsize=(5.5 * max(1, len(edits)), 3.5))
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(edits)), sharey=True))
-    colors = {"none": "#8C8C8C", "edit": "#C44E52", "random": "#4C72B0"}
-    for ax, e in zip(axes, edits, strict=False):
-        t = table[table["edit"] == e]
-        groups = list(dict.fromkeys(zip(t["task"], t["subset"], strict=True)))
-        x = np.arange(len(groups))
-        for i, cond in enumerate(("none", "edit", "random")):
-            vals = [
-                t.loc[(t.task == g[0]) & (t.subset == g[1]) & (t.condition == cond), "accuracy"].mean()
-                for g in groups
-            ]
-            ax.bar(
-                x + (i - 1) * 0.27,
-                np.nan_to_num(np.asarray(vals, dtype=float)),
-                0.27,
-                color=colors[cond],
-                label=cond,
-            )
-        ax.set_xticks(x, [f"{a}\n{b}" for a, b in groups], fontsize=7)
-        ax.set(title=e, ylim=(0, 1.05))
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("accuracy")
-    fig.tight_layout()
-    return fig
-
-
-# ------------------------------------------------------------------------------------------ evolution
 
 
 def _evolution(
