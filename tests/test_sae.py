@@ -260,3 +260,15 @@ def test_too_few_tokens_raise():
     acts = ActivationSet.from_tensors({"base": torch.randn(1, 8)})
     with pytest.raises(FeatdiffError, match="at least 2 tokens"):
         train_saes(acts, progress=False)
+
+
+def test_device_argument():
+    from featdiff.activations import ActivationSet
+
+    acts = ActivationSet.from_tensors({"base": torch.randn(256, 8)})
+    a = train_saes(acts, k=2, n_steps=5, batch_size=64, progress=False)
+    b = train_saes(acts, k=2, n_steps=5, batch_size=64, progress=False, device="cpu")
+    assert torch.equal(a["base"].W_dec, b["base"].W_dec)
+    assert b["base"].W_dec.device.type == "cpu"
+    with pytest.raises(FeatdiffError, match="bad device 'gpu0'"):
+        train_saes(acts, progress=False, device="gpu0")

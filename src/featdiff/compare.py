@@ -590,6 +590,7 @@ def compare_checkpoints(
         extra = {"__noise_floor__": ("base", seed + 1)} if noise_floor else None
         saes = train_saes(
             train,
+            device=device,
             d_sae=d_sae,
             architecture=architecture,
             k=k,

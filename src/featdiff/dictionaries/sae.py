@@ -199,8 +199,9 @@ def _to_inference(training_sae) -> SAE:
 
     state = {k: v.detach().clone() for k, v in training_sae.state_dict().items()}
     training_sae.process_state_dict_for_saving_inference(state)
-    sae = SAE.from_dict(training_sae.cfg.get_inference_sae_cfg_dict())
-    sae.load_state_dict(state)
+    cfg = {**training_sae.cfg.get_inference_sae_cfg_dict(), "device": "cpu"}
+    sae = SAE.from_dict(cfg)
+    sae.load_state_dict({k: v.cpu() for k, v in state.items()})
     sae.fold_W_dec_norm()
     return sae.eval()
 
@@ -227,6 +228,7 @@ def train_saes(
     extra: Mapping[str, tuple[str, int]] | None = None,
     config: SAETrainConfig | Mapping[str, Any] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> dict[str, SAE]:
     """Train one sae-lens SAE per checkpoint of ``acts``, all in one pass over the data.
@@ -240,8 +242,10 @@ def train_saes(
     seeded by its (checkpoint, seed) and the data order by ``seed``, so the same call gives identical
     weights, and an SAE does not depend on which others are trained beside it.
 
-    Returns ``{key: sae_lens.SAE}`` inference SAEs in eval mode, decoder rows of unit norm (batchtopk
-    SAEs come back as sae-lens "jumprelu" SAEs, as sae-lens saves them).
+    ``device`` (default the CPU) is where the SAEs train, e.g. "cuda"; the activations stay where they are
+    and each batch is moved there. Returns ``{key: sae_lens.SAE}`` inference SAEs on the CPU in eval mode,
+    decoder rows of unit norm (batchtopk SAEs come back as sae-lens "jumprelu" SAEs, as sae-lens saves
+    them).
 
     Examples
     --------
@@ -265,6 +269,10 @@ def train_saes(
         )
     if acts.n_tokens < 2:
         raise FeatdiffError(f"train_saes needs at least 2 tokens; the ActivationSet has {acts.n_tokens}.")
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as e:
+        raise FeatdiffError(f"train_saes: bad device {device!r} ({e}); use e.g. 'cpu' or 'cuda'.") from None
     cfg = _resolve_config(config, {"d_sae": d_sae, "architecture": architecture, "k": k}, overrides)
     names = acts.names if names is None else list(names)
     for n in names:
@@ -312,11 +320,11 @@ def train_saes(
         lr_decay_steps=decay,
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=steps + 1,  # sparsity windows only feed wandb logs
-        device="cpu",
+        device=str(dev),
     )
     trainers = {}
     for key, (ckpt, s) in plan.items():
-        tsae = _make_training_sae(cfg, d_in, d_sae_, k_, ckpt, s, acts.hook)
+        tsae = _make_training_sae(cfg, d_in, d_sae_, k_, ckpt, s, acts.hook).to(dev)
         trainer = SAETrainer(cfg=trainer_cfg, sae=tsae, data_provider=iter(()))
         if cfg.normalize_activations:
             tsae.cfg.normalize_activations = "expected_average_only_in"
@@ -332,7 +340,7 @@ def train_saes(
             batch = next(batches)
             losses = {}
             for key, trainer in trainers.items():
-                out = trainer.step(batch[plan[key][0]])
+                out = trainer.step(batch[plan[key][0]].to(dev))
                 trainer.n_training_steps += 1
                 losses[key] = out.loss.detach()
             if progress and (step % 50 == 0 or step == steps - 1):
