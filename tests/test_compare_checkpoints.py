@@ -161,3 +161,22 @@ def test_local_hugging_face_checkpoints_end_to_end(tmp_path):
     # layer 1's MLP changed, so the base SAE explains the sft activations worse than the base's own
     s = cmp.summary.loc["sft"]
     assert s["transfer_fve"] < s["reference_fve"]
+
+
+def test_crosscoder_comparison_flags_planted_specific_features():
+    from featdiff.synthetic import plant_shared_specific
+
+    acts, truth = plant_shared_specific(d_in=16, n_shared=12, n_specific={"rl": 4, "sft": 4}, n_tokens=6000)
+    cc = fd.train_crosscoder(acts, d_sae=48, k=3, n_steps=400, seed=0, progress=False)
+    cmp = fd.compare_crosscoder(cc, acts, progress=False)
+    f = cmp.features
+    for name in ("rl", "sft"):
+        mine = f[(f.checkpoint == name) & (f.category == name)]
+        # the planted specific atoms come out specific to their checkpoint, and latent scaling finds them genuine
+        assert len(mine) >= 2 and mine["status"].isin(["novel", "recombined"]).all()
+        assert mine["nu_error"].notna().all() and not mine["sparsity_artefact"].any()
+        # the other checkpoint's specific features are not this one's
+        theirs = f[(f.checkpoint == name) & (f.category == ({"rl", "sft"} - {name}).pop())]
+        assert (theirs["status"] == "other").all()
+    shared = f[(f.checkpoint == "rl") & (f.status == "reused")]
+    assert len(shared) >= 10 and shared["drift"].median() < 0.01  # identical shared directions (rotation 0)

@@ -632,6 +632,7 @@ def compare_crosscoder(
     reference: str = "base",
     nrn_shared: tuple[float, float] = (0.3, 0.7),
     mas_threshold: float = 0.5,
+    pair_share: float = 0.5,
     p: int = 2,
     config: CompareConfig | None = None,
     progress: bool = True,
@@ -640,17 +641,22 @@ def compare_crosscoder(
     """Score one shared crosscoder as a Comparison (the ``method="crosscoder"`` view).
 
     Per target checkpoint T and feature k, with NRN_k = n_k^T / (n_k^base + n_k^T) (decoder norms):
+    a feature whose base and T norms make less than ``pair_share`` of its norms over all checkpoints
+    belongs to the others (status "other", left out of T's fractions; only with three or more).
     NRN below ``nrn_shared[0]`` means the feature belongs to the base only (``status`` "base_only", not
     one of T's features); between the bounds it is shared: ``reused``, with ``similarity`` the cosine of
     its base and T decoder rows and ``drift`` = 1 - similarity; above ``nrn_shared[1]`` it is T-specific:
     ``recombined`` when 2-3 base decoder rows of the base's own features fit its T decoder row (OMP,
     cosine >= ``fit_threshold``), else ``novel``. Fractions are over T's live features (shared + specific).
-    The features table also carries ``nrn``, one ``mas_<checkpoint>`` column per checkpoint and the
-    M-model ``category`` (a checkpoint's name when its MAS > ``mas_threshold``, else "shared").
+    The features table also carries ``nrn``, one ``mas_<checkpoint>`` column per checkpoint, the
+    M-model ``category`` (a checkpoint's name when its MAS > ``mas_threshold``, else "shared") and, for
+    T-specific features when activations are given, latent scaling (Minder et al. 2025): ``nu_error``,
+    ``nu_reconstruction`` and ``sparsity_artefact`` (the base does carry the feature; the crosscoder's
+    sparsity penalty made it look specific). The summary counts those as ``n_artefacts``.
     """
     from tqdm.auto import tqdm
 
-    from featdiff.metrics.crosscoder import decoder_cosine, mas, nrn
+    from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn
     from featdiff.metrics.recombination import fit_components
 
     cfg = config or CompareConfig()
@@ -671,6 +677,7 @@ def compare_crosscoder(
         dead = freqs == 0
         m.loc[dead, "category"] = "dead"
     fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
+    norms = cc.decoder_norms(p)
     base_dec = cc.decoder(reference).detach().float()
     base_dec = base_dec / base_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     rows, tables = [], []
@@ -678,13 +685,19 @@ def compare_crosscoder(
     for name in tqdm(targets, desc="scoring", disable=not progress):
         r = nrn(cc, name, reference, p).to_numpy(dtype=float)
         cos = decoder_cosine(cc, reference, name).to_numpy(dtype=float)
-        shared = (r >= lo) & (r <= hi) & ~dead
-        specific = (r > hi) & ~dead
-        base_only = (r < lo) & ~dead
-        base_feats = np.flatnonzero((r <= hi) & ~dead)
+        # with more than two checkpoints, a feature of the others (tiny norms in both the reference and T)
+        # has an ill-defined NRN: it belongs to neither, and is left out of T's fractions
+        pair = (norms[reference] + norms[name]) / norms.sum(axis=1).clip(lower=1e-30)
+        other = (pair.to_numpy() < pair_share) & ~dead
+        live_pair = ~dead & ~other
+        shared = (r >= lo) & (r <= hi) & live_pair
+        specific = (r > hi) & live_pair
+        base_only = (r < lo) & live_pair
+        base_feats = np.flatnonzero((r <= hi) & live_pair)
         status = np.full(cc.d_sae, "novel", dtype=object)
         status[shared] = "reused"
         status[base_only] = "base_only"
+        status[other] = "other"
         status[dead] = "dead"
         tgt_dec = cc.decoder(name).detach().float()
         rc = fit_components(
@@ -697,11 +710,23 @@ def compare_crosscoder(
             cfg.min_components,
         )
         status[rc["recombined"].to_numpy()] = "recombined"
+        scaling = pd.DataFrame(
+            index=np.arange(cc.d_sae), columns=["nu_error", "nu_reconstruction"], dtype=float
+        )
+        artefact = np.zeros(cc.d_sae, bool)
+        if acts is not None and specific.any():
+            # Latent scaling (Minder et al. 2025): is a T-specific feature really absent from the base?
+            ls = latent_scaling(
+                cc, acts, features=np.flatnonzero(specific).tolist(), tuned=name, base=reference
+            )
+            ls = ls.set_index("feature")
+            scaling.loc[ls.index, ["nu_error", "nu_reconstruction"]] = ls[["nu_error", "nu_reconstruction"]]
+            artefact[ls.index.to_numpy()] = ls["sparsity_artefact"].to_numpy(dtype=bool)
         table = pd.DataFrame(
             {
                 "checkpoint": name,
                 "feature": np.arange(cc.d_sae, dtype=np.int64),
-                "status": pd.Categorical(status, categories=[*STATUSES, "base_only"]),
+                "status": pd.Categorical(status, categories=[*STATUSES, "base_only", "other"]),
                 "match": np.where(shared, np.arange(cc.d_sae), -1).astype(np.int64),
                 "similarity": np.where(shared, cos, np.nan),
                 "drift": np.where(shared, 1 - cos, np.nan),
@@ -712,6 +737,9 @@ def compare_crosscoder(
                 "frequency": np.nan if freqs is None else freqs,
                 "nrn": r,
                 "decoder_cosine": cos,
+                "nu_error": scaling["nu_error"].to_numpy(dtype=float),
+                "nu_reconstruction": scaling["nu_reconstruction"].to_numpy(dtype=float),
+                "sparsity_artefact": artefact,
                 "category": m["category"].to_numpy(),
                 **{f"mas_{c}": m[c].to_numpy(dtype=float) for c in cc.names},
             }
@@ -719,7 +747,7 @@ def compare_crosscoder(
         own = shared | specific
         n_own = int(own.sum())
         frac = {s: float((status[own] == s).sum() / n_own) if n_own else float("nan") for s in STATUSES[:3]}
-        base_live = int(((r <= hi) & ~dead).sum())
+        base_live = len(base_feats)
         rows.append(
             {
                 "checkpoint": name,
@@ -743,6 +771,7 @@ def compare_crosscoder(
                 "n_dead": int(dead.sum()),
                 "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
                 "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
+                "n_artefacts": int(artefact.sum()),
             }
         )
         tables.append(table)
