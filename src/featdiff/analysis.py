@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from featdiff._threads import torch_threads
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.report import plot_interventions, plot_mas, plot_nrn
 
@@ -350,17 +351,6 @@ class CrosscoderView:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class _Stages:
     """A tqdm bar over the view's stages that also records how long each took."""
 
@@ -571,7 +561,7 @@ def crosscoder_view(
     bar = _Stages(stages, progress)
     t_start = time.perf_counter()
     try:
-        with _threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             view = _run(Path(lab_path), cfg, seed, bar, progress)
     finally:

@@ -12,7 +12,6 @@ A lab folder (``<cache>/lab/<key>``) holds::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 
 from featdiff._io import atomic_dir, write_json
+from featdiff._threads import torch_threads
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LAB_VERSION, LabConfig
 from featdiff.lab.evaluation import accuracy_table, correctness
@@ -102,17 +102,6 @@ class _Saver:
         return on_checkpoint
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def build(
     config: LabConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -145,7 +134,7 @@ def build(
     from featdiff import __version__
 
     timings: dict[str, float] = {}
-    with _torch_threads(num_threads), atomic_dir(path) as tmp:
+    with torch_threads(num_threads), atomic_dir(path) as tmp:
         saver = _Saver(tmp, config, progress)
         t = time.perf_counter()
         base, pre_hist = pretrain(config, progress=progress)
