@@ -90,3 +90,17 @@ def test_nan_decoders_raise_naming_the_rows():
     W[2, 1] = float("nan")
     with pytest.raises(FeatdiffError, match="NaN or infinite values in 1 of 4 rows"):
         align(torch.eye(4), W)
+
+
+def test_svcca_known_answers():
+    from featdiff.align import svcca
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=g)
+    assert svcca(x, x @ torch.randn(8, 8, generator=g)) == pytest.approx(1.0, abs=1e-6)
+    assert svcca(x, torch.randn(2000, 8, generator=g)) < 0.1
+    # half of the directions shared: mean canonical correlation about 0.5
+    y = torch.cat([x[:, :4], torch.randn(2000, 4, generator=g)], dim=1)
+    assert svcca(x, y) == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(FeatdiffError, match="paired rows"):
+        svcca(x, x[:10])

@@ -51,6 +51,7 @@ def test_public_namespace_is_pinned():
         "sample_codes",
         "save_model",
         "save_sae",
+        "svcca",
         "synthetic",
         "train_crosscoder",
         "train_saes",

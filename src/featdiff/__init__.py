@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from featdiff import lab, synthetic  # noqa: E402
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
-from featdiff.align import Alignment, align, mmcs  # noqa: E402
+from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
 from featdiff.compare import (  # noqa: E402
     CompareConfig,
@@ -100,6 +100,7 @@ __all__ = [
     "sample_codes",
     "save_model",
     "save_sae",
+    "svcca",
     "synthetic",
     "train_crosscoder",
     "train_saes",

@@ -226,3 +226,41 @@ def mmcs(reference, target) -> float:
     1.0
     """
     return float(cosine_matrix(reference, target).max(0).values.mean())
+
+
+@torch.no_grad()
+def svcca(
+    x: Float[Tensor, "n d_x"], y: Float[Tensor, "n d_y"], keep: float = 0.99, max_dims: int | None = None
+) -> float:
+    """SVCCA similarity (Raghu et al. 2017) of two paired sets of vectors: the mean canonical correlation
+    of their top singular directions (those keeping a fraction ``keep`` of the variance).
+
+    Invariant to invertible linear maps of either side: 1.0 for ``y = x @ R``, near 0 for independent
+    data. Used here on two checkpoints' activations at the same tokens.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(500, 6, generator=torch.Generator().manual_seed(0))
+    >>> round(svcca(x, x @ torch.randn(6, 6, generator=torch.Generator().manual_seed(1))), 4)
+    1.0
+    """
+    if len(x) != len(y):
+        raise FeatdiffError(f"svcca needs paired rows; got {len(x)} and {len(y)}.")
+    if not 0 < keep <= 1:
+        raise FeatdiffError(f"svcca's keep must be in (0, 1]; got {keep}.")
+
+    def reduce(a: Tensor) -> Tensor:
+        a = a.double() - a.double().mean(0)
+        u, s, _ = torch.linalg.svd(a, full_matrices=False)
+        var = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-30)
+        k = int((var < keep).sum()) + 1
+        k = min(k, max_dims or k, len(s))
+        return u[:, :k] * s[:k]
+
+    a, b = reduce(x), reduce(y)
+    # CCA of the reduced sets: the singular values of Q_a^T Q_b for orthonormal bases Q_a, Q_b
+    qa, _ = torch.linalg.qr(a)
+    qb, _ = torch.linalg.qr(b)
+    rho = torch.linalg.svdvals(qa.T @ qb).clamp(0, 1)
+    return float(rho.mean())

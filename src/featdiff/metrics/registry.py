@@ -161,3 +161,14 @@ def _mmcs(ctx: MetricContext) -> float:
     al = ctx.alignment
     sim = al.tgt_decoder[al.tgt_live] @ al.ref_decoder[al.ref_live].T
     return float(sim.max(1).values.mean()) if sim.numel() else float("nan")
+
+
+@register_metric("svcca", higher_is_better=True)
+def _svcca(ctx: MetricContext) -> float:
+    """SVCCA of the reference's and the target's activations on the same tokens (dictionary-free)."""
+    from featdiff.align import svcca
+
+    if ctx.activations is None:
+        return float("nan")
+    n = min(ctx.activations.n_tokens, 20_000)  # a subsample keeps the SVDs cheap
+    return svcca(ctx.activations[ctx.reference_name][:n], ctx.activations[ctx.target_name][:n])
