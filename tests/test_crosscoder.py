@@ -370,3 +370,15 @@ def test_explicit_arguments_override_a_config():
     assert (cc.d_sae, cc.cfg.k, cc.cfg.seed) == (24, 3, 5)
     with pytest.raises(FeatdiffError, match="at least 2 tokens"):
         train_crosscoder(acts.subset(slice(0, 1)), progress=False)
+
+
+def test_device_argument():
+    from featdiff.activations import ActivationSet
+    from featdiff.dictionaries.crosscoder import train_crosscoder
+
+    acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
+    a = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, batch_size=64, progress=False)
+    b = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, batch_size=64, progress=False, device="cpu")
+    assert torch.equal(a.W_dec, b.W_dec) and b.W_dec.device.type == "cpu"
+    with pytest.raises(FeatdiffError, match="bad device"):
+        train_crosscoder(acts, progress=False, device="gpu0")

@@ -485,6 +485,7 @@ def train_crosscoder(
     seed: int | None = None,
     config: CrosscoderConfig | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
     **overrides,
 ) -> Crosscoder:
     """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
@@ -495,7 +496,8 @@ def train_crosscoder(
     keywords that are given still override it, and its ``names`` pick (and order) the checkpoints of
     ``acts``. The number of steps is ``n_steps`` or ``n_epochs`` (default 1) passes
     over the tokens; small data sets want ``n_steps`` of a few hundred or more. The same seed gives
-    identical weights. The result is in eval mode, with ``norm_scale`` and the inference threshold set.
+    identical weights. ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved
+    there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
 
     Examples
     --------
@@ -515,6 +517,12 @@ def train_crosscoder(
         raise FeatdiffError(
             f"train_crosscoder needs at least 2 tokens; the ActivationSet has {acts.n_tokens}."
         )
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as e:
+        raise FeatdiffError(
+            f"train_crosscoder: bad device {device!r} ({e}); use e.g. 'cpu' or 'cuda'."
+        ) from None
     given = {"d_sae": d_sae, "sparsity": sparsity, "k": k, "seed": seed}
     given = {key: v for key, v in given.items() if v is not None}
     if config is None:
@@ -545,13 +553,14 @@ def train_crosscoder(
     g = torch.Generator().manual_seed(cfg.seed)
     cc = Crosscoder(cfg, generator=g)
     _init_from_data(cc, acts)
+    cc.to(dev)
 
     n_per_epoch = max(1, acts.n_tokens // cfg.batch_size) if acts.n_tokens >= cfg.batch_size else 1
     n_steps = cfg.n_steps or max(1, math.ceil(cfg.n_epochs * n_per_epoch))
     opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     decay_start = int(n_steps * (1 - cfg.lr_decay_fraction))
     warmup = max(1, int(n_steps * cfg.l1_warmup_fraction))
-    since_fired = torch.zeros(cfg.d_sae)
+    since_fired = torch.zeros(cfg.d_sae, device=dev)
     aux_k = cfg.aux_k or max(1, cfg.d_in // 2)
 
     def batches():
@@ -570,15 +579,14 @@ def train_crosscoder(
         if step >= decay_start and n_steps > decay_start:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (n_steps - step) / (n_steps - decay_start)
-        x = cc._normalise(next(it))
+        x = cc._normalise(next(it).to(dev))
         loss, parts = _loss(cc, x, step, warmup, since_fired, aux_k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress and step % 50 == 0:
             bar.set_postfix(parts)
-    cc.eval()
-    return cc
+    return cc.cpu().eval()
 
 
 @torch.no_grad()
