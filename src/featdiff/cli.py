@@ -21,7 +21,7 @@ DEMO_SAE_STEPS = 150
 SMALL_SAE_STEPS = 10
 # Measured by benchmarks/bench_demo.py on 2 shared CPU cores (see benchmarks/README.md).
 DEMO_TIME_COLD = "about 2 minutes (up to 4 on a busy machine)"
-DEMO_TIME_WARM = "about 40 seconds"
+DEMO_TIME_WARM = "40 to 65 seconds"
 
 DEMO_DESCRIPTION = f"""\
 Run featdiff end to end on its built-in lab and write a report.
