@@ -27,15 +27,6 @@ PLANT = dict(d_in=16, n_shared=12, n_specific={"rl": 4, "sft": 4, "base": 2}, k=
 TRAIN = dict(d_sae=64, k=3, batch_size=128, n_steps=400, lr=0.01, dead_steps_threshold=50)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: one thread is faster, and far faster when other jobs share the cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def planted():
     return plant_shared_specific(seed=0, rotation=0.1, noise=0.02, scales={"rl": 3.0, "sft": 0.5}, **PLANT)

@@ -3,7 +3,6 @@ the planted fractions of reused, recombined and novel features (after the noise-
 
 import numpy as np
 import pytest
-import torch
 
 import featdiff as fd
 from featdiff.synthetic import plant_checkpoints
@@ -27,17 +26,9 @@ CASES = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny SAEs train several times faster on one thread
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_default_pipeline_recovers_planted_fractions_within_01(case, one_thread):
+def test_default_pipeline_recovers_planted_fractions_within_01(case):
     seed, targets = CASES[case]
     planted = plant_checkpoints(d_in=32, targets=targets, seed=seed)
     train = planted.sample(100_000, seed=seed + 1)

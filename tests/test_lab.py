@@ -34,15 +34,6 @@ TABLE_COLUMNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one torch thread, as build uses: fastest for these tiny models on a shared CPU
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def lab_dir(tmp_path_factory):
     return build(LabConfig.small(), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)

@@ -46,15 +46,6 @@ def recovery(atoms, sae, threshold=0.9) -> float:
 FAST = {"n_steps": 60, "batch_size": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls: one thread is faster and, on a busy 2-core machine, far steadier
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small():
     return planted_acts(n_tokens=2000)
