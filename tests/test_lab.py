@@ -20,7 +20,7 @@ from featdiff.lab import (
     load,
     tasks,
 )
-from featdiff.lab.suite import OPS, SEP
+from featdiff.lab.task import OPS, SEP
 
 TABLE_COLUMNS = [
     "checkpoint",
@@ -102,7 +102,7 @@ def test_config_round_trip_and_unknown_keys():
     assert LabConfig.from_dict(cfg.to_dict()) == cfg
     assert LabConfig.from_dict(cfg.to_dict()).key() == cfg.key()
     assert cfg.key() != LabConfig().key()
-    with pytest.raises(FeatdiffError, match="Unknown keys"):
+    with pytest.raises(FeatdiffError, match="Unknown GRPOConfig keys"):
         LabConfig.from_dict({"grpo": {"lr": 1e-4, "clip": 0.2}})
     with pytest.raises(FeatdiffError, match="answer_format"):
         LabConfig.from_dict({"sft": {"answer_format": "chat"}})

@@ -11,17 +11,13 @@ from featdiff.activations import ActivationSet
 from featdiff.dictionaries.sae import (
     ARCHITECTURES,
     SAETrainConfig,
-    decoder_directions,
     default_k,
-    encode,
-    explained_variance,
-    firing_frequency,
-    l0,
     load_sae,
     sae_from_dictionary,
     save_sae,
     train_saes,
 )
+from featdiff.dictionaries.stats import encode, explained_variance, firing_frequency, l0, unit_decoder
 from featdiff.errors import FeatdiffError
 
 
@@ -40,7 +36,7 @@ def planted_acts(d_in=16, n_atoms=64, k=2, n_tokens=4000, seed=0, names=("base",
 
 def recovery(atoms, sae, threshold=0.9) -> float:
     """Fraction of planted atoms whose best-matching decoder row has cosine > threshold."""
-    return float(((atoms @ decoder_directions(sae).T).max(dim=1).values > threshold).float().mean())
+    return float(((atoms @ unit_decoder(sae).T).max(dim=1).values > threshold).float().mean())
 
 
 FAST = {"n_steps": 60, "batch_size": 256}
@@ -221,7 +217,7 @@ def test_sae_from_dictionary_encodes_planted_atoms():
     assert l0(sae, x) == 1.0
     freq = firing_frequency(sae, x)
     assert torch.allclose(freq, torch.bincount(idx, minlength=32).float() / 500)
-    assert torch.allclose(decoder_directions(sae), A, atol=1e-6)
+    assert torch.allclose(unit_decoder(sae), A, atol=1e-6)
     for arch in ("standard", "jumprelu"):
         other = sae_from_dictionary(A, architecture=arch)
         assert other.cfg.architecture() == arch and torch.allclose(other.W_enc, A.T)

@@ -5,9 +5,8 @@
 >>> cmp.summary                                                  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from featdiff import lab, synthetic  # noqa: E402
+from featdiff._version import __version__
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402

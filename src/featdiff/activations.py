@@ -16,7 +16,9 @@ from torch import Tensor
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._version import __version__
 from featdiff.errors import FeatdiffError
+from featdiff.models import check_compatible, default_hook, load_model, stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -232,7 +234,6 @@ class ActivationSet:
 def _meta_json(
     names: list[str], hook: str | None, n_tokens: int, d_model: int, n_shards: int, meta: dict
 ) -> dict:
-    from featdiff import __version__
 
     return {
         "featdiff_version": __version__,
@@ -366,13 +367,6 @@ def _tokenize_texts(texts: list[str], models: dict[str, HookedTransformer]) -> t
     return toks, mask
 
 
-def _stop_at_layer(hook: str) -> int | None:
-    from featdiff.models import hook_layer
-
-    layer = hook_layer(hook)
-    return None if layer is None else layer + 1
-
-
 def _model_rows(
     name: str,
     model: HookedTransformer,
@@ -384,7 +378,7 @@ def _model_rows(
 ) -> Iterator[Float[Tensor, "rows d_in"]]:
     """The kept rows of ``model``'s activations at ``hook``, one batch of sequences at a time (float32, CPU);
     the forward pass stops after the hook's block."""
-    stop, dev, seq_len = _stop_at_layer(hook), model.cfg.device, tokens.shape[1]
+    stop, dev, seq_len = stop_layer(hook), model.cfg.device, tokens.shape[1]
     for start in range(0, tokens.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         with torch.inference_mode():
@@ -471,7 +465,6 @@ def collect_activations(
     """
     from tqdm.auto import tqdm
 
-    from featdiff.models import check_compatible, default_hook, load_model
 
     if not isinstance(models, Mapping) or not models:
         raise FeatdiffError(

@@ -11,29 +11,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
-from featdiff.dictionaries.sae import encode
+from featdiff.dictionaries.stats import encode, unit_decoder
 from featdiff.errors import FeatdiffError, check_choice
 
 METHODS = ("hungarian", "max")
 ON = ("decoder", "activations")
-
-
-def unit_decoder(dictionary) -> Float[Tensor, "d_sae d_in"]:
-    """Unit-normalised decoder rows of an SAE (anything with ``W_dec``) or of a (d_sae, d_in) tensor."""
-    W = dictionary if isinstance(dictionary, Tensor) else getattr(dictionary, "W_dec", None)
-    if not isinstance(W, Tensor) or W.ndim != 2:
-        raise FeatdiffError(
-            "A dictionary must be an SAE with a 2-d W_dec (d_sae, d_in) or such a tensor; "
-            f"got {type(dictionary).__name__}."
-        )
-    W = W.detach().float().cpu()
-    bad = ~torch.isfinite(W).all(dim=1)
-    if bad.any():
-        raise FeatdiffError(
-            f"The dictionary's decoder has NaN or infinite values in {int(bad.sum())} of {len(W)} rows "
-            f"(e.g. row {int(bad.nonzero()[0])}); retrain it or drop those features."
-        )
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def cosine_matrix(ref, tgt) -> Float[Tensor, "d_ref d_tgt"]:

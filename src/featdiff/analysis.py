@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from featdiff._threads import torch_threads
+from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.report import plot_interventions, plot_mas, plot_nrn
 
@@ -321,7 +322,6 @@ class CrosscoderView:
         an existing ``path``); ``atomic=False`` writes into ``path`` (created if needed, other files left
         alone), each file through a temporary name, for a caller that assembles a larger report folder.
         """
-        from featdiff import __version__
         from featdiff._io import atomic_dir, write_json
 
         def write(root: Path) -> None:
@@ -723,7 +723,6 @@ def _run(
         if len(tables["interventions"]):
             figures["interventions"] = plot_interventions(tables["interventions"])
 
-    from featdiff import __version__
 
     meta = {
         "lab_path": str(lab_path),

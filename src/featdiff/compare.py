@@ -13,6 +13,7 @@ import torch
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._version import __version__
 from featdiff.activations import ActivationSet
 from featdiff.align import Alignment, align
 from featdiff.errors import FeatdiffError, check_choice
@@ -418,7 +419,6 @@ class Comparison:
 
     def to_dir(self, path: str | os.PathLike, figures: bool = True) -> Path:
         """Write summary.csv, features.parquet, meta.json and figures/ into ``path`` (atomically)."""
-        from featdiff import __version__
 
         path = Path(path)
         with atomic_dir(path) as tmp:

@@ -33,6 +33,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.models import stop_layer
 
 MODES = ("ablate", "scale")
 CODES = ("joint", "single")
@@ -278,21 +279,12 @@ def _check_model_hook(model: Any, hook: str) -> None:
         )
 
 
-def _stop_at_layer(hook: str) -> int | None:
-    from featdiff.models import hook_layer
-
-    layer = hook_layer(hook)
-    if layer is None:
-        return None
-    return max(layer + 1, 1)
-
-
 def other_activations(
     edit: FeatureEdit, tokens: Int[Tensor, "batch pos"]
 ) -> dict[str, Float[Tensor, "batch pos d_in"]]:
     """The other checkpoints' activations at the edit's hook on ``tokens`` (run up to the hook's layer)."""
     out = {}
-    stop = _stop_at_layer(edit.hook)
+    stop = stop_layer(edit.hook)
     for name, other in (edit.others or {}).items():
         if name == edit.model_name or name not in edit.dictionary.names:
             continue
@@ -470,7 +462,7 @@ def feature_codes(
 ) -> Float[Tensor, "batch pos d_sae"]:
     """Codes of the edit's dictionary on ``model``'s activations at the edit's hook (no edit applied)."""
     _check_model_hook(model, edit.hook)
-    stop = _stop_at_layer(edit.hook)
+    stop = stop_layer(edit.hook)
     chunks = []
     with torch.no_grad():
         for start in range(0, tokens.shape[0], batch_size):

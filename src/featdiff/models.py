@@ -20,6 +20,7 @@ from torch import Tensor
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:
@@ -113,6 +114,18 @@ def hook_layer(hook: str) -> int | None:
     if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
         return -1
     return None
+
+
+def stop_layer(hook: str) -> int | None:
+    """The ``stop_at_layer`` that runs a model just far enough to compute ``hook`` (None: the whole model).
+
+    Examples
+    --------
+    >>> stop_layer("blocks.1.hook_resid_post"), stop_layer("hook_embed"), stop_layer("ln_final.hook_normalized")
+    (2, 0, None)
+    """
+    layer = hook_layer(hook)
+    return None if layer is None else layer + 1
 
 
 def _suggest_hooks(hook: str, valid: list[str], n: int = 6) -> list[str]:
@@ -221,7 +234,6 @@ def save_model(
             save_file({"prompts": prompts.detach().cpu().contiguous()}, str(tmp / constants.PROMPTS))
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        from featdiff import __version__
 
         write_json(
             tmp / constants.MODEL_CONFIG,

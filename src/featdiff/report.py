@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from featdiff._version import __version__
+
 STATUS_COLORS = {"reuse": "#4C72B0", "recombination": "#DD8452", "novelty": "#C44E52"}
 CHECKPOINT_COLORS = {"base": "#7F7F7F", "sft": "#DD8452", "rl": "#4C72B0"}
 ACCURACY_GROUPS = ["in_domain", "near_domain", "out_of_domain"]
@@ -246,7 +248,6 @@ def write_html_report(
             png[f"crosscoder_{name}"] = get(f"crosscoder_{name}", lambda fig=fig: fig)
 
     meta = comparison.meta
-    from featdiff import __version__
 
     parts = [
         "<!DOCTYPE html>",

@@ -34,7 +34,9 @@ from torch import Tensor, nn
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._version import __version__
 from featdiff.activations import ActivationSet
+from featdiff.dictionaries.stats import compute_stats, new_stats, update_stats
 from featdiff.errors import FeatdiffError, check_choice
 
 SPARSITIES = ("batchtopk", "l1")
@@ -311,47 +313,75 @@ class Crosscoder(nn.Module):
         """Per checkpoint: ``fve`` (fraction of variance explained), ``mse`` (per token, raw units), and
         the shared-code ``l0`` (mean active features per token) and ``dead_fraction`` (never fired)."""
         acts = _as_acts(acts, self.names)
-        stats = _eval_init(self)
+        stats = new_stats(self.d_sae, self.d_in, self.n_models)
         for b in acts.batches(batch_size, shuffle=False, names=self.names):
-            _eval_update(self, stats, stack(b, self.names))
-        return _eval_compute(self, stats)
+            x = stack(b, self.names)
+            f = self.encode(x)
+            update_stats(stats, x, f, self.decode(f))
+        out = compute_stats(stats)
+        return pd.DataFrame(
+            {
+                "checkpoint": self.names,
+                "fve": out["fve"].float().numpy(),
+                "mse": (stats["sse"] / stats["n"]).float().numpy(),
+                "l0": out["l0"],
+                "dead_fraction": float((out["frequency"] == 0).float().mean()),
+            }
+        )
 
     def decoder_norms(self, p: int = 2) -> pd.DataFrame:
-        """Per feature, the p-norm of each checkpoint's decoder row (normalised units); see metrics."""
-        from featdiff.metrics.crosscoder import decoder_norms
+        """Per feature (index ``feature``), one float column per checkpoint: ||W_dec^m[k]||_p in normalised
+        units (p = 2, or 1).
 
-        return decoder_norms(self, p=p)
+        Examples
+        --------
+        >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=2, d_sae=1, k=1))
+        >>> with torch.no_grad():
+        ...     cc.W_dec[:] = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])
+        >>> cc.decoder_norms().loc[0].tolist(), cc.decoder_norms(p=1).loc[0].tolist()
+        ([5.0, 1.0], [7.0, 1.0])
+        """
+        check_choice("p", p, (1, 2), "decoder_norms")
+        n = self.W_dec.detach().float().cpu().norm(p=p, dim=-1)
+        return pd.DataFrame(n.T.numpy(), index=pd.RangeIndex(self.d_sae, name="feature"), columns=self.names)
+
+    # Deprecated in 0.2: the attribution metrics live in featdiff.metrics.crosscoder (a dictionary does not
+    # import the metrics above it); these aliases keep old notebooks working for one release.
+    def _deprecated_metric(self, name: str):
+        import warnings
+
+        warnings.warn(
+            f"Crosscoder.{name}() is deprecated; use featdiff.{name}(crosscoder, ...).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        from featdiff.metrics import crosscoder as metrics  # deprecated alias only: an upward import
+
+        return getattr(metrics, name)
 
     def nrn(self, tuned: str, base: str = "base", p: int = 2) -> pd.Series:
-        """Relative decoder norm n^tuned / (n^base + n^tuned) per feature; see metrics.crosscoder.nrn."""
-        from featdiff.metrics.crosscoder import nrn
-
-        return nrn(self, tuned=tuned, base=base, p=p)
+        """Deprecated: ``featdiff.nrn(cc, tuned, base, p)``."""
+        return self._deprecated_metric("nrn")(self, tuned=tuned, base=base, p=p)
 
     def mas(self, threshold: float = 0.5, p: int = 2) -> pd.DataFrame:
-        """Model attribution scores n^m / sum n^m', the dominant checkpoint and the category per feature."""
-        from featdiff.metrics.crosscoder import mas
-
-        return mas(self, threshold=threshold, p=p)
+        """Deprecated: ``featdiff.mas(cc, threshold, p)``."""
+        return self._deprecated_metric("mas")(self, threshold=threshold, p=p)
 
     def decoder_cosine(self, a: str, b: str) -> pd.Series:
-        """Cosine between the decoder rows of checkpoints ``a`` and ``b``, per feature."""
-        from featdiff.metrics.crosscoder import decoder_cosine
-
-        return decoder_cosine(self, a, b)
+        """Deprecated: ``featdiff.decoder_cosine(cc, a, b)``."""
+        return self._deprecated_metric("decoder_cosine")(self, a, b)
 
     def latent_scaling(self, acts, features=None, tuned: str | None = None, base: str = "base", **kwargs):
-        """Latent scaling betas and nu ratios per tuned-specific feature; see metrics.crosscoder."""
-        from featdiff.metrics.crosscoder import latent_scaling
-
-        return latent_scaling(self, acts, features=features, tuned=tuned, base=base, **kwargs)
+        """Deprecated: ``featdiff.latent_scaling(cc, acts, ...)``."""
+        return self._deprecated_metric("latent_scaling")(
+            self, acts, features=features, tuned=tuned, base=base, **kwargs
+        )
 
     # ----------------------------------------------------------------- disk
     def save(self, path: str | os.PathLike) -> Path:
         """Write cfg.json and the weights (safetensors) to the folder ``path``, atomically."""
         from safetensors.torch import save_file
 
-        from featdiff import __version__
 
         path = Path(path)
         cfg = {"featdiff_version": __version__, "format_version": constants.FORMAT_VERSION}
@@ -433,47 +463,6 @@ def _as_acts(acts, names: list[str]) -> ActivationSet:
             f"The activations lack checkpoints {missing}; they have {acts.names}, need {names}."
         )
     return acts
-
-
-# --------------------------------------------------------------------------- streaming evaluation
-def _eval_init(cc: Crosscoder) -> dict:
-    m, d = cc.n_models, cc.d_in
-    z = torch.zeros
-    return {
-        "n": 0,
-        "sse": z(m, dtype=torch.float64),
-        "sum": z(m, d, dtype=torch.float64),
-        "sumsq": z(m, dtype=torch.float64),
-        "nnz": 0,
-        "fired": z(cc.d_sae, dtype=torch.bool),
-    }
-
-
-def _eval_update(cc: Crosscoder, stats: dict, x: Float[Tensor, "batch n_models d_in"]) -> None:
-    f = cc.encode(x)
-    x_hat = cc.decode(f)
-    x64 = x.double()
-    stats["n"] += x.shape[0]
-    stats["sse"] += (x64 - x_hat.double()).pow(2).sum((0, 2))
-    stats["sum"] += x64.sum(0)
-    stats["sumsq"] += x64.pow(2).sum((0, 2))
-    stats["nnz"] += int((f != 0).sum())
-    stats["fired"] |= (f != 0).any(0)
-
-
-def _eval_compute(cc: Crosscoder, stats: dict) -> pd.DataFrame:
-    n = stats["n"]
-    total_var = stats["sumsq"] - stats["sum"].pow(2).sum(-1) / n
-    fve = 1 - stats["sse"] / total_var.clamp(min=1e-12)
-    return pd.DataFrame(
-        {
-            "checkpoint": cc.names,
-            "fve": fve.float().numpy(),
-            "mse": (stats["sse"] / n).float().numpy(),
-            "l0": float(stats["nnz"] / n),
-            "dead_fraction": float((~stats["fired"]).float().mean()),
-        }
-    )
 
 
 # --------------------------------------------------------------------------- training

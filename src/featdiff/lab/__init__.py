@@ -16,7 +16,8 @@ from featdiff.lab.config import (
 )
 from featdiff.lab.evaluation import accuracy_table, correctness, evaluate
 from featdiff.lab.store import accuracy, build, checkpoints, default_cache_dir, lab_path, load
-from featdiff.lab.suite import Task, TaskSet, task_groups, tasks
+from featdiff.lab.suite import task_groups, tasks
+from featdiff.lab.task import Task, TaskSet
 from featdiff.lab.train import grpo, grpo_advantages, make_model, pretrain, sft
 
 __all__ = [

@@ -2,54 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from featdiff._config import Config
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.lab.task import Task
 
 LAB_VERSION = 1  # bump when training code changes what a config produces (it is part of the cache key)
-
-
-class _Config:
-    """to_dict / from_dict for (nested) dataclasses; from_dict rejects unknown keys."""
-
-    def to_dict(self) -> dict:
-        out = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if isinstance(v, _Config):
-                v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        if not isinstance(d, dict):
-            raise FeatdiffError(f"{cls.__name__}.from_dict needs a dict; got {type(d).__name__}.")
-        allowed = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(d) - set(allowed))
-        if unknown:
-            raise FeatdiffError(
-                f"Unknown keys {unknown} for {cls.__name__}; allowed keys are {sorted(allowed)}."
-            )
-        kwargs = {}
-        defaults = cls()
-        for k, v in d.items():
-            current = getattr(defaults, k)
-            if isinstance(current, _Config):
-                v = type(current).from_dict(v)
-            elif isinstance(current, tuple):
-                v = tuple(v)
-            kwargs[k] = v
-        return cls(**kwargs)
-
-    def replace(self, **changes):
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def _positive(obj, *names: str) -> None:
@@ -60,7 +21,7 @@ def _positive(obj, *names: str) -> None:
 
 
 @dataclass
-class TaskConfig(_Config):
+class TaskConfig(Config):
     """Which tasks the lab uses: one in-domain (post-training) task, near-domain and out-of-domain tasks.
 
     Task names are an operation (``sort``, ``copy``, ``rev``, ``max``, ``succ``, ``sort_desc``, ``min``,
@@ -76,8 +37,6 @@ class TaskConfig(_Config):
     n_store: int = 128  # prompts per task stored with every checkpoint (activations are collected on them)
 
     def __post_init__(self):
-        from featdiff.lab.suite import Task
-
         names = [self.in_domain, *self.near_domain, *self.out_of_domain]
         if len(set(names)) != len(names):
             raise FeatdiffError(f"Task names of TaskConfig must be distinct; got {names}.")
@@ -87,7 +46,7 @@ class TaskConfig(_Config):
 
 
 @dataclass
-class ModelConfig(_Config):
+class ModelConfig(Config):
     """The tiny HookedTransformer (d_vocab and n_ctx follow from the tasks)."""
 
     n_layers: int = 3
@@ -103,7 +62,7 @@ class ModelConfig(_Config):
 
 
 @dataclass
-class PretrainConfig(_Config):
+class PretrainConfig(Config):
     """Pretraining on the task mixture, stopped when in-domain is partly and out-of-domain well solved."""
 
     lr: float = 1e-3
@@ -120,7 +79,7 @@ class PretrainConfig(_Config):
 
 
 @dataclass
-class SFTConfig(_Config):
+class SFTConfig(Config):
     """Supervised fine-tuning on the in-domain prompts: teacher-written answers or the base's own format."""
 
     answer_format: str = "teacher"
@@ -134,7 +93,7 @@ class SFTConfig(_Config):
 
 
 @dataclass
-class GRPOConfig(_Config):
+class GRPOConfig(Config):
     """GRPO on the in-domain prompts: sampled groups, 0/1 reward, group-normalised advantages."""
 
     lr: float = 2e-4
@@ -153,7 +112,7 @@ class GRPOConfig(_Config):
 
 
 @dataclass
-class LabConfig(_Config):
+class LabConfig(Config):
     """Everything that determines a lab's checkpoints; its hash is the cache key.
 
     Examples
@@ -164,8 +123,8 @@ class LabConfig(_Config):
     >>> try:
     ...     LabConfig.from_dict({"sede": 1})
     ... except FeatdiffError as e:
-    ...     print(str(e)[:36])
-    Unknown keys ['sede'] for LabConfig;
+    ...     print(str(e)[:31])
+    Unknown LabConfig keys ['sede']
     """
 
     seed: int = 0

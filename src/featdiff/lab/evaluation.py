@@ -9,8 +9,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from featdiff.errors import FeatdiffError
+from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate
-from featdiff.lab.suite import GROUPS, TaskSet
+from featdiff.lab.suite import tasks
+from featdiff.lab.task import GROUPS, TaskSet
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -19,9 +21,6 @@ CORRECTNESS_COLUMNS = ["checkpoint", "task", "group", "sample", "correct"]
 
 
 def _default_tasks(models: Mapping[str, HookedTransformer]) -> dict[str, TaskSet]:
-    from featdiff.lab.config import LabConfig
-    from featdiff.lab.suite import tasks
-
     for m in models.values():
         lab = (getattr(m, "featdiff_meta", None) or {}).get("lab")
         if lab is not None:

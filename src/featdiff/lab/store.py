@@ -23,11 +23,14 @@ import torch
 
 from featdiff._io import atomic_dir, write_json
 from featdiff._threads import torch_threads
+from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LAB_VERSION, LabConfig
 from featdiff.lab.evaluation import accuracy_table, correctness
-from featdiff.lab.suite import PAD, pad_right, task_groups, tasks
+from featdiff.lab.suite import task_groups, tasks
+from featdiff.lab.task import PAD, pad_right
 from featdiff.lab.train import grpo, pretrain, sft
+from featdiff.models import _load_featdiff_dir, save_model
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -84,7 +87,6 @@ class _Saver:
         }
 
     def save(self, model, rel: str, role: str, run: str, step: int, index: int, accuracy: dict) -> None:
-        from featdiff.models import save_model
 
         save_model(
             model, self.root / rel, prompts=self.prompts, meta=self.meta(role, run, step, index, accuracy)
@@ -131,7 +133,6 @@ def build(
     path = lab_path(config, cache_dir)
     if (path / LAB_FILE).is_file():
         return path
-    from featdiff import __version__
 
     timings: dict[str, float] = {}
     with torch_threads(num_threads), atomic_dir(path) as tmp:
@@ -205,7 +206,6 @@ def load(
     ``.featdiff_meta`` (lab config, role, step, accuracy, pad_token_id), so
     ``compare_checkpoints(*featdiff.lab.load(path))`` needs nothing else.
     """
-    from featdiff.models import _load_featdiff_dir
 
     _lab_info(path)
     return tuple(_load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)  # type: ignore[return-value]

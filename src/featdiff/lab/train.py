@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate
-from featdiff.lab.suite import D_VOCAB, PAD, Task, pad_right, task_groups, task_list, tasks
+from featdiff.lab.suite import task_groups, task_list, tasks
+from featdiff.lab.task import D_VOCAB, PAD, Task, pad_right
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

@@ -14,7 +14,6 @@ n_k^m = ||W_dec^m[k]||_p (p = 2 by default, 1 available).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,15 +22,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
-from featdiff.errors import FeatdiffError, check_choice
-
-if TYPE_CHECKING:
-    from featdiff.dictionaries.crosscoder import Crosscoder
+from featdiff.dictionaries.crosscoder import Crosscoder, _as_acts, stack
+from featdiff.dictionaries.stats import new_stats, update_stats
+from featdiff.errors import FeatdiffError
 
 
 def _norms(cc: Crosscoder, p: int) -> Float[Tensor, "n_models d_sae"]:
-    check_choice("p", p, (1, 2), "the decoder-norm metrics")
-    return cc.W_dec.detach().norm(p=p, dim=-1)
+    return torch.from_numpy(cc.decoder_norms(p).to_numpy().T.copy())
 
 
 def _index(cc: Crosscoder) -> pd.Index:
@@ -39,19 +36,8 @@ def _index(cc: Crosscoder) -> pd.Index:
 
 
 def decoder_norms(cc: Crosscoder, p: int = 2) -> pd.DataFrame:
-    """Per feature (index ``feature``), one float column per checkpoint: ||W_dec^m[k]||_p (normalised units).
-
-    Examples
-    --------
-    >>> from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
-    >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=2, d_sae=1, k=1))
-    >>> with torch.no_grad():
-    ...     cc.W_dec[:] = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])
-    >>> decoder_norms(cc).loc[0].tolist(), decoder_norms(cc, p=1).loc[0].tolist()
-    ([5.0, 1.0], [7.0, 1.0])
-    """
-    n = _norms(cc, p)
-    return pd.DataFrame(n.T.numpy(), index=_index(cc), columns=cc.names)
+    """Per feature, one column per checkpoint: ||W_dec^m[k]||_p (normalised units); see ``Crosscoder.decoder_norms``."""
+    return cc.decoder_norms(p)
 
 
 def nrn(
@@ -150,14 +136,12 @@ def firing_frequency(
     cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor], batch_size: int = 4096
 ) -> pd.Series:
     """Fraction of tokens on which each feature fires (Series ``frequency``, index ``feature``)."""
-    from featdiff.dictionaries.crosscoder import _as_acts, stack
-
     acts = _as_acts(acts, cc.names)
-    count = torch.zeros(cc.d_sae, dtype=torch.float64)
+    stats = new_stats(cc.d_sae, cc.d_in, cc.n_models)
     with torch.no_grad():
         for b in acts.batches(batch_size, shuffle=False, names=cc.names):
-            count += (cc.encode(stack(b, cc.names)) != 0).sum(0)
-    return pd.Series((count / acts.n_tokens).numpy(), index=_index(cc), name="frequency")
+            update_stats(stats, stack(b, cc.names), cc.encode(stack(b, cc.names)))
+    return pd.Series((stats["fired"] / acts.n_tokens).numpy(), index=_index(cc), name="frequency")
 
 
 def dead_features(cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor]) -> pd.Series:
@@ -212,8 +196,6 @@ def latent_scaling(
     >>> df[["nu_error", "sparsity_artefact"]].to_dict("records")  # base has the direction: an artefact
     [{'nu_error': 1.0, 'sparsity_artefact': True}]
     """
-    from featdiff.dictionaries.crosscoder import _as_acts, stack
-
     if tuned is None:
         others = [n for n in cc.names if n != base]
         if len(others) != 1:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from featdiff.activations import ActivationSet
 from featdiff.align import Alignment
-from featdiff.dictionaries.sae import encode
+from featdiff.dictionaries.stats import encode
 from featdiff.errors import FeatdiffError
 
 

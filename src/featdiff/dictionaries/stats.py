@@ -1,0 +1,201 @@
+"""What a dictionary (an SAE or a crosscoder) does to activations: unit decoder rows, codes, firing
+frequencies, L0 and the fraction of variance explained.
+
+One streamed implementation serves every dictionary: ``update_stats`` / ``compute_stats`` accumulate, batch
+by batch, the firing counts and the sums behind the fraction of variance explained (torchmetrics'
+update/compute pattern), so codes are never all held in memory and batch and streaming results agree.
+Anything with ``encode``, ``decode`` and ``W_dec`` works: a sae-lens SAE, or a ``Crosscoder`` on stacked
+rows ``(batch, n_models, d_in)`` (its variance explained is then per checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from featdiff.errors import FeatdiffError
+
+
+def unit_decoder(dictionary) -> Float[Tensor, "d_sae d_in"]:
+    """Unit-normalised decoder rows (float32, CPU, detached) of an SAE (anything with a 2-d ``W_dec``) or
+    of a (d_sae, d_in) tensor.
+
+    Examples
+    --------
+    >>> unit_decoder(2 * torch.eye(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    W = dictionary if isinstance(dictionary, Tensor) else getattr(dictionary, "W_dec", None)
+    if not isinstance(W, Tensor) or W.ndim != 2:
+        raise FeatdiffError(
+            "A dictionary must be an SAE with a 2-d W_dec (d_sae, d_in) or such a tensor; "
+            f"got {type(dictionary).__name__}."
+        )
+    W = W.detach().float().cpu()
+    bad = ~torch.isfinite(W).all(dim=1)
+    if bad.any():
+        raise FeatdiffError(
+            f"The dictionary's decoder has NaN or infinite values in {int(bad.sum())} of {len(W)} rows "
+            f"(e.g. row {int(bad.nonzero()[0])}); retrain it or drop those features."
+        )
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# --------------------------------------------------------------------------- streamed statistics
+def new_stats(d_sae: int, d_in: int, n_models: int | None = None) -> dict:
+    """Empty accumulators for ``update_stats``: ``n_models`` None for an SAE, else per checkpoint."""
+    shape = () if n_models is None else (n_models,)
+    z = torch.zeros
+    return {
+        "n": 0,
+        "fired": z(d_sae, dtype=torch.float64),
+        "sse": z(shape, dtype=torch.float64),
+        "sum": z((*shape, d_in), dtype=torch.float64),
+        "sumsq": z(shape, dtype=torch.float64),
+        "reconstructed": False,
+    }
+
+
+def update_stats(
+    stats: dict,
+    x: Float[Tensor, "batch *models d_in"],
+    codes: Float[Tensor, "batch d_sae"],
+    x_hat: Float[Tensor, "batch *models d_in"] | None = None,
+) -> None:
+    """Add one batch: firing counts from ``codes`` and, with ``x_hat``, the variance-explained sums."""
+    stats["n"] += x.shape[0]
+    stats["fired"] += (codes != 0).sum(0).double().cpu()
+    if x_hat is not None:
+        x64, reduce = x.double(), (0, x.ndim - 1)
+        stats["sse"] += (x64 - x_hat.double()).pow(2).sum(reduce).cpu()
+        stats["sum"] += x64.sum(0).cpu()
+        stats["sumsq"] += x64.pow(2).sum(reduce).cpu()
+        stats["reconstructed"] = True
+
+
+def compute_stats(stats: dict) -> dict:
+    """``frequency`` (per feature, float32), ``l0`` (mean active features per row) and ``fve`` (fraction of
+    variance explained, a float for an SAE or a float64 tensor per checkpoint; NaN where the rows have no
+    variance or nothing was reconstructed)."""
+    n = stats["n"]
+    if n == 0:
+        raise FeatdiffError("No rows were streamed through the dictionary: the activations are empty.")
+    total = stats["sumsq"] - stats["sum"].pow(2).sum(-1) / n
+    if stats["reconstructed"]:
+        fve = torch.where(total > 0, 1.0 - stats["sse"] / total.clamp_min(1e-300), torch.nan)
+    else:
+        fve = torch.full_like(total, float("nan"))
+    return {
+        "frequency": (stats["fired"] / n).float(),
+        "l0": float(stats["fired"].sum() / n),
+        "fve": float(fve) if fve.ndim == 0 else fve,
+    }
+
+
+# --------------------------------------------------------------------------- SAEs
+def _device_dtype(dictionary) -> tuple[torch.device, torch.dtype]:
+    p = next(iter(dictionary.parameters()), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def _check_x(sae, x, where: str) -> Tensor:
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise FeatdiffError(f"{where} needs x of shape (n_tokens, d_in); got {getattr(x, 'shape', type(x))}.")
+    d_in = sae.W_dec.shape[1]
+    if x.shape[1] != d_in:
+        raise FeatdiffError(f"{where}: x has {x.shape[1]} columns but the SAE has d_in={d_in}.")
+    if x.shape[0] == 0:
+        raise FeatdiffError(f"{where}: x is empty (0 rows).")
+    return x
+
+
+def _stream(sae, x: Tensor, batch_size: int, where: str) -> Iterator[tuple[Tensor, Tensor]]:
+    x = _check_x(sae, x, where)
+    dev, dt = _device_dtype(sae)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(dev, dt)
+            yield xb, sae.encode(xb)
+
+
+@torch.no_grad()
+def encode(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, "n_tokens d_sae"]:
+    """Feature activations of ``x`` (float32, CPU), computed in batches on the SAE's device.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> encode(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[3.0, 1.0]]))
+    tensor([[3., 0.]])
+    """
+    return torch.cat([f.float().cpu() for _, f in _stream(sae, x, batch_size, "encode")])
+
+
+def sae_stats(
+    sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096, reconstruct: bool = True, where: str = "sae_stats"
+) -> dict:
+    """``compute_stats`` of ``sae`` on ``x`` in one streamed pass (see the module docstring)."""
+    stats = new_stats(sae.W_dec.shape[0], sae.W_dec.shape[1])
+    for xb, f in _stream(sae, x, batch_size, where):
+        update_stats(stats, xb, f, sae.decode(f) if reconstruct else None)
+    return compute_stats(stats)
+
+
+def code_stats(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> tuple[Tensor, float]:
+    """(firing frequency per feature, fraction of variance explained) of ``sae`` on ``x``, in one pass.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> freq, fve = code_stats(sae_from_dictionary(torch.eye(2), k=2), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    >>> freq.tolist(), fve
+    ([0.5, 0.5], 1.0)
+    """
+    s = sae_stats(sae, x, batch_size, where="code_stats")
+    return s["frequency"], s["fve"]
+
+
+def firing_frequency(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
+    """Fraction of the rows of ``x`` on which each feature fires (activation != 0).
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> firing_frequency(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    tensor([1., 0.])
+    """
+    return sae_stats(sae, x, batch_size, reconstruct=False, where="firing_frequency")["frequency"]
+
+
+def l0(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> float:
+    """Mean number of active features per row of ``x``.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> l0(sae_from_dictionary(torch.eye(3), k=2), torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    1.5
+    """
+    return sae_stats(sae, x, batch_size, reconstruct=False, where="l0")["l0"]
+
+
+def explained_variance(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> float:
+    """Fraction of variance explained: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> explained_variance(sae_from_dictionary(torch.eye(2), k=2), x)
+    1.0
+    >>> round(explained_variance(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[1.0, 0.5], [0.0, 0.0]])), 3)
+    0.6
+    """
+    fve = sae_stats(sae, x, batch_size, where="explained_variance")["fve"]
+    if fve != fve:
+        raise FeatdiffError("explained_variance is undefined: x has zero variance (all rows equal).")
+    return fve
