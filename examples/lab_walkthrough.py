@@ -34,7 +34,8 @@ print(
 )
 
 # %% The two side by side (the demo's key table), and the per-feature table
-from featdiff.report import key_table, plot_accuracy, write_html_report  # noqa: E402
+from featdiff.figures import plot_accuracy  # noqa: E402
+from featdiff.report import key_table, write_html_report  # noqa: E402
 
 print(key_table(cmp, accuracy).round(3))
 print(cmp.features.groupby(["checkpoint", "status"], observed=True).size().unstack(fill_value=0))
@@ -45,7 +46,7 @@ fig_acc = plot_accuracy(accuracy)
 
 # %% The crosscoder view (Shi et al.'s analysis: MAS/NRN, evolution, generalization features, interventions)
 try:
-    from featdiff.analysis import CrosscoderViewConfig, crosscoder_view
+    from featdiff.lab.analysis import CrosscoderViewConfig, crosscoder_view
 except ImportError:
     view = None
 else:

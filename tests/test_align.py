@@ -18,7 +18,6 @@ def test_hungarian_recovers_a_permutation():
     al = align(W, W[perm], reference_name="base", target_name="rl")
     assert (al.match == perm.numpy()).all()
     np.testing.assert_allclose(al.similarity, 1.0, atol=1e-6)
-    assert (al.ref_to_tgt()[perm.numpy()] == np.arange(40)).all()
 
 
 def test_hungarian_is_one_to_one_where_max_is_not():

@@ -1,4 +1,4 @@
-"""Tests of featdiff.analysis: the crosscoder view of a (small) lab."""
+"""Tests of featdiff.lab.analysis: the crosscoder view of a (small) lab."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featdiff.analysis import (
+from featdiff.errors import FeatdiffError
+from featdiff.lab.analysis import (
     FIGURE_NAMES,
     META_FILE,
     TABLE_COLUMNS,
@@ -16,7 +17,6 @@ from featdiff.analysis import (
     CrosscoderViewConfig,
     crosscoder_view,
 )
-from featdiff.errors import FeatdiffError
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_config_round_trip_and_rejects_unknown_keys():
     c = CrosscoderViewConfig.small().replace(generalization_tasks=("sort",))
     assert CrosscoderViewConfig.from_dict(c.to_dict()) == c
     assert CrosscoderViewConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
-    with pytest.raises(FeatdiffError, match=r"Unknown keys \['d_sea'\].*allowed keys"):
+    with pytest.raises(FeatdiffError, match=r"Unknown CrosscoderViewConfig keys \['d_sea'\].*allowed keys"):
         CrosscoderViewConfig.from_dict({"d_sea": 8})
 
 

@@ -9,7 +9,8 @@ import torch
 from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
-from featdiff.compare import CompareConfig, Comparison, compare_dictionaries, correct_fractions
+from featdiff.comparison import CompareConfig, Comparison
+from featdiff.score import compare_dictionaries, correct_fractions
 
 ROOT = Path(__file__).resolve().parents[1]
 

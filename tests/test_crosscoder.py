@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import featdiff as fd
 from featdiff import constants
 from featdiff.activations import ActivationSet
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, stack, train_crosscoder
@@ -41,7 +42,7 @@ def trained(planted):
 def _recovery(cc: Crosscoder, truth: pd.DataFrame, min_cos: float = 0.9) -> dict[str, float]:
     """Per planted category, the fraction of atoms whose best-matching decoder row (cosine >= min_cos in
     the atom's own checkpoint) belongs to a feature with the right MAS category."""
-    dirs, cat = truth.attrs["directions"], cc.mas()["category"]
+    dirs, cat = truth.attrs["directions"], fd.mas(cc)["category"]
     hits: dict[str, list[bool]] = {}
     for atom, category in zip(truth["atom"], truth["category"], strict=True):
         name = cc.names[0] if category == "shared" else category
@@ -107,7 +108,7 @@ def test_batchtopk_threshold_inference_is_batch_independent(planted, trained):
 
 def test_trained_specific_features_pass_latent_scaling(planted, trained):
     acts, _ = planted
-    ls = trained.latent_scaling(acts, tuned="rl", base="base")
+    ls = fd.latent_scaling(trained, acts, tuned="rl", base="base")
     active = ls[ls["n_active"] > 0]
     assert len(active) >= 4  # the 4 planted rl atoms
     # Genuinely rl-only atoms: the base neither leaves them in its error nor reconstructs them.
@@ -171,12 +172,12 @@ def test_decoder_norms_nrn_mas_match_hand_values():
     n1 = cc.decoder_norms(p=1)
     np.testing.assert_allclose(n1.to_numpy(), [[7, 0, 0], [1, 1, 1], [0, 2, 2]], rtol=1e-6)
 
-    r = cc.nrn("rl")
+    r = fd.nrn(cc, "rl")
     assert r.name == "nrn" and r.index.name == "feature"
     np.testing.assert_allclose(r.to_numpy(), [0.0, 0.5, 1.0], rtol=1e-6)
     np.testing.assert_allclose(nrn(cc, tuned="sft", base="rl", p=2).to_numpy()[2], 2 / (2 + 2**0.5))
 
-    m2 = cc.mas()
+    m2 = fd.mas(cc)
     assert list(m2.columns) == ["base", "rl", "sft", "dominant", "category"]
     np.testing.assert_allclose(m2[["base", "rl", "sft"]].sum(1), 1.0)
     np.testing.assert_allclose(
@@ -198,7 +199,7 @@ def test_decoder_cosine_and_dead_features():
     cc = _hand_cc(w, names=("base", "rl"))
     cos = decoder_cosine(cc, "base", "rl")
     np.testing.assert_allclose(cos.to_numpy(), [2**-0.5, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(cc.decoder_cosine("rl", "base").to_numpy(), cos.to_numpy())
+    np.testing.assert_allclose(fd.decoder_cosine(cc, "rl", "base").to_numpy(), cos.to_numpy())
     with torch.no_grad():  # feature 0 reads base's first unit, feature 1 reads nothing: dead
         cc.W_enc.zero_()
         cc.W_enc[0, 0, 0] = 1.0
@@ -232,7 +233,7 @@ def test_latent_scaling_flags_artefacts_not_genuine_features():
             cc.W_enc[model, atom, feat] = 1.0
             cc.W_dec[model, feat, atom] = 1.0
     acts = ActivationSet.from_tensors({"base": base, "rl": rl})
-    assert cc.mas()["category"].tolist() == ["rl", "rl", "rl", "base"]
+    assert fd.mas(cc)["category"].tolist() == ["rl", "rl", "rl", "base"]
 
     ls = latent_scaling(cc, acts, tuned="rl", base="base")  # default features: MAS category rl
     assert list(ls.columns) == [
@@ -318,7 +319,7 @@ def test_bad_inputs_raise_featdiff_error():
         train_crosscoder({"base": x, "rl": x}, progress=False)
     cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=4, d_sae=8, k=2))
     with pytest.raises(FeatdiffError, match=r"'tuned'.*\['base', 'rl'\]; got 'sft'"):
-        cc.nrn("sft")
+        fd.nrn(cc, "sft")
     with pytest.raises(FeatdiffError, match="'p'"):
         cc.decoder_norms(p=3)
     with pytest.raises(FeatdiffError, match="shape"):

@@ -10,10 +10,11 @@ from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
 from featdiff.align import align
-from featdiff.compare import FEATURE_COLUMNS, SUMMARY_COLUMNS, compare_dictionaries
+from featdiff.comparison import FEATURE_COLUMNS, SUMMARY_COLUMNS
 from featdiff.metrics.recombination import omp, recombination
 from featdiff.metrics.registry import available_metrics
 from featdiff.metrics.reuse import base_coverage, drift, reuse
+from featdiff.score import compare_dictionaries
 
 
 def unit(x):

@@ -9,15 +9,7 @@ from featdiff import lab, synthetic  # noqa: E402
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
-from featdiff.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
-from featdiff.compare import (  # noqa: E402
-    CompareConfig,
-    Comparison,
-    compare_checkpoints,
-    compare_crosscoder,
-    compare_dictionaries,
-    correct_fractions,
-)
+from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
 from featdiff.dictionaries.sae import (  # noqa: E402
     SAETrainConfig,
@@ -35,7 +27,8 @@ from featdiff.interventions import (  # noqa: E402
     evaluate_intervention,
     generate_greedy,
 )
-from featdiff.metrics.crosscoder import latent_scaling  # noqa: E402
+from featdiff.lab.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
+from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn  # noqa: E402
 from featdiff.metrics.recombination import recombination  # noqa: E402
 from featdiff.metrics.registry import (  # noqa: E402
     MetricContext,
@@ -52,6 +45,8 @@ from featdiff.models import (  # noqa: E402
     load_prompts,
     save_model,
 )
+from featdiff.pipeline import compare_checkpoints  # noqa: E402
+from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
 
 __all__ = [
     "ActivationSet",
@@ -77,6 +72,7 @@ __all__ = [
     "compare_dictionaries",
     "correct_fractions",
     "crosscoder_view",
+    "decoder_cosine",
     "default_hook",
     "drift",
     "edit_features",
@@ -90,7 +86,9 @@ __all__ = [
     "load_model",
     "load_prompts",
     "load_sae",
+    "mas",
     "mmcs",
+    "nrn",
     "plot_feature_evolution",
     "recombination",
     "register_metric",

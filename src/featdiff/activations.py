@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
@@ -182,9 +185,7 @@ class ActivationSet:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationSet:
         """Read a folder written by ``save`` or by ``collect_activations(..., out_dir=...)``."""
-        import json
 
-        from safetensors.torch import load_file
 
         path = Path(path)
         meta_file = path / constants.ACTS_META
@@ -280,7 +281,6 @@ class _ShardWriter:
             self._flush(self.shard_tokens)
 
     def _flush(self, n: int) -> None:
-        from safetensors.torch import save_file
 
         def take(parts: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
             full = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -345,7 +345,9 @@ def _prepare_tokens(
 
 
 def _tokenize_texts(texts: list[str], models: dict[str, HookedTransformer]) -> tuple[Tensor, Tensor]:
-    from transformer_lens.utilities.tokenize_utils import get_attention_mask
+    from transformer_lens.utilities.tokenize_utils import (
+        get_attention_mask,  # deferred: transformer-lens ~12 s to import
+    )
 
     missing = [n for n, m in models.items() if m.tokenizer is None]
     if missing:
@@ -463,7 +465,6 @@ def collect_activations(
     >>> torch.equal(acts.token_ids, tokens[:, 1:].reshape(-1))  # row i of every checkpoint: token_ids[i]
     True
     """
-    from tqdm.auto import tqdm
 
 
     if not isinstance(models, Mapping) or not models:
@@ -567,7 +568,6 @@ def collect_activations(
             return ActivationSet(
                 {n: x[kept] for n, x in raw.items()}, hook=hook, token_ids=token_ids, meta=meta
             )
-        from safetensors.torch import load_file
 
         # Second pass over the raw shards: drop the outliers, write the final shards.
         names = list(loaded)

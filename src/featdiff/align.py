@@ -87,12 +87,6 @@ class Alignment:
             }
         )
 
-    def ref_to_tgt(self) -> np.ndarray:
-        """For each reference feature, the target feature matched to it (-1 if none)."""
-        out = np.full(self.d_ref, -1, dtype=np.int64)
-        ok = self.match >= 0
-        out[self.match[ok]] = np.flatnonzero(ok)
-        return out
 
 
 def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +97,7 @@ def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     if n_t == 0 or n_r == 0:
         return match, score
     if method == "hungarian":
-        from scipy.optimize import linear_sum_assignment
+        from scipy.optimize import linear_sum_assignment  # deferred: scipy ~1 s to import
 
         rows, cols = linear_sum_assignment(sim, maximize=True)
         match[rows] = cols
@@ -117,6 +111,7 @@ def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
 def align(
     reference,
     target,
+    *,
     method: str = "hungarian",
     on: str = "decoder",
     activations: ActivationSet | None = None,

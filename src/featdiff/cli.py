@@ -12,7 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+import featdiff as fd
+from featdiff._io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
+from featdiff.figures import figure_png, ordered_accuracy, plot_accuracy
+from featdiff.lab import analysis
+from featdiff.report import key_table, write_html_report
 
 DEFAULT_OUT = "featdiff-report"
 # SAE training steps of the demo's compare_checkpoints (the library default, 1M samples, is sized for real
@@ -131,20 +140,10 @@ class _Steps:
             print(f"      done in {time.perf_counter() - self.t:.1f} s{text}", file=sys.stderr, flush=True)
 
 
-def _crosscoder_module():
-    try:
-        from featdiff import analysis
-    except ImportError:
-        return None
-    return analysis if hasattr(analysis, "crosscoder_view") else None
-
-
 def _write_report(out: Path, cmp, accuracy=None, view=None, title: str | None = None) -> Path:
     """The report folder, atomically: Comparison files, accuracy.csv, figures/, crosscoder/, report.html."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib ~1.5 s to import
 
-    from featdiff._io import atomic_dir, write_json
-    from featdiff.report import figure_png, ordered_accuracy, plot_accuracy, write_html_report
 
     kwargs = {} if title is None else {"title": title}
     with atomic_dir(out) as tmp:
@@ -169,9 +168,7 @@ def _write_report(out: Path, cmp, accuracy=None, view=None, title: str | None = 
 
 
 def _print_key_table(cmp, accuracy=None) -> None:
-    import pandas as pd
 
-    from featdiff.report import key_table
 
     table = key_table(cmp, accuracy)
     with pd.option_context("display.width", 120, "display.max_columns", 20):
@@ -184,11 +181,10 @@ def _print_key_table(cmp, accuracy=None) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    import featdiff as fd
 
     progress = not args.quiet
-    analysis = None if args.no_crosscoder else _crosscoder_module()
-    steps = _Steps(4 + (analysis is not None), args.quiet)
+    with_view = not args.no_crosscoder
+    steps = _Steps(4 + with_view, args.quiet)
     config = fd.lab.LabConfig.small() if args.small else fd.lab.LabConfig()
     config = config.replace(seed=args.seed)
 
@@ -210,7 +206,7 @@ def demo(args: argparse.Namespace) -> int:
     steps.done()
 
     view = None
-    if analysis is not None:
+    if with_view:
         steps("crosscoder view: MAS/NRN, feature evolution, generalization features, interventions")
         vcfg = analysis.CrosscoderViewConfig.small() if args.small else None
         view = analysis.crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
@@ -230,7 +226,6 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _load_tokens(spec: str | None):
-    import torch
 
     if spec is None:
         return None
@@ -238,7 +233,6 @@ def _load_tokens(spec: str | None):
     if not p.is_file():
         raise FeatdiffError(f"The --tokens file {spec!r} does not exist; give a .safetensors or .pt file.")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         d = load_file(str(p))
         t = d["tokens"] if "tokens" in d else (next(iter(d.values())) if len(d) == 1 else None)
@@ -264,7 +258,6 @@ def _load_tokens(spec: str | None):
 
 
 def compare(args: argparse.Namespace) -> int:
-    import featdiff as fd
 
     progress = not args.quiet
     steps = _Steps(3, args.quiet)

@@ -30,8 +30,12 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from featdiff.activations import ActivationSet, collect_activations
+from featdiff.dictionaries.crosscoder import stack, train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.metrics.crosscoder import nrn
 
 EVOLUTION_COLUMNS = ["run", "step", "overlap_prev", "overlap_final"]
 MATCHES = ("hungarian", "max")
@@ -71,7 +75,6 @@ def top_specific_features(
     >>> top_specific_features(cc, k=2)
     [1, 2]
     """
-    from featdiff.metrics.crosscoder import nrn
 
     tuned = _tuned_name(cc, base)
     scores = nrn(cc, tuned=tuned, base=base).to_numpy().copy()
@@ -111,7 +114,7 @@ def direction_overlap(
     cos = (an @ bn.T).numpy()
     if match == "max":
         return float((cos.max(1) >= threshold).mean())
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # deferred: scipy ~1 s to import
 
     rows, cols = linear_sum_assignment(cos, maximize=True)
     return float((cos[rows, cols] >= threshold).sum() / len(a))
@@ -243,10 +246,7 @@ def train_evolution_crosscoders(
     >>> list(feature_evolution(ccs, k=4).columns)
     ['run', 'step', 'overlap_prev', 'overlap_final']
     """
-    from tqdm.auto import tqdm
 
-    from featdiff.activations import ActivationSet, collect_activations
-    from featdiff.dictionaries.crosscoder import train_crosscoder
 
     if not isinstance(runs, Mapping) or not runs:
         raise FeatdiffError("train_evolution_crosscoders needs a non-empty dict {run: {step: checkpoint}}.")
@@ -300,8 +300,6 @@ def shared_dictionary_scores(
     >>> shared_dictionary_scores(cc, base, steps, tokens, "blocks.0.hook_resid_post")[1].shape
     torch.Size([16])
     """
-    from featdiff.activations import collect_activations
-    from featdiff.dictionaries.crosscoder import stack
 
     tuned = _tuned_name(cc, base_name)
     hook = hook or getattr(cc, "hook", None)
@@ -333,7 +331,7 @@ def plot_feature_evolution(table: pd.DataFrame, ax: Sequence[Any] | None = None)
     if missing:
         raise FeatdiffError(f"The table lacks the columns {missing}; pass the output of feature_evolution.")
     if ax is None:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # deferred: matplotlib ~1.5 s to import
 
         fig = Figure(figsize=(8, 3))
         ax = fig.subplots(1, 2, sharey=True)

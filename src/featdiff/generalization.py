@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.interventions import FeatureEdit, feature_codes
 
 POSITIONS = ("answer", "prompt", "last")
 CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]
@@ -62,7 +63,6 @@ def sample_codes(
     >>> sample_codes(sae, model, prompts, answers, hook="blocks.0.hook_resid_post").shape
     torch.Size([2, 8])
     """
-    from featdiff.interventions import FeatureEdit, feature_codes
 
     check_choice("positions", positions, POSITIONS, where="sample_codes")
     prompts = torch.as_tensor(prompts)

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.models import stop_layer
@@ -562,7 +563,6 @@ def evaluate_intervention(
     >>> list(table.columns), list(table.condition)
     (['condition', 'subset', 'task', 'accuracy', 'n'], ['none', 'edit'])
     """
-    from tqdm.auto import tqdm
 
     if not isinstance(edit, FeatureEdit):
         raise FeatdiffError(f"evaluate_intervention needs a FeatureEdit; got {type(edit).__name__}.")

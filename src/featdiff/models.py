@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from featdiff import constants
@@ -163,7 +164,7 @@ def check_compatible(models: dict[str, HookedTransformer], hook: str) -> None:
     ...
     featdiff.errors.FeatdiffError: Hook 'blocks.5.hook_resid_post' does not exist in checkpoint 'base' ...
     """
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer  # deferred: transformer-lens ~12 s to import
 
     if not isinstance(models, dict) or not models:
         raise FeatdiffError("check_compatible needs a non-empty dict {checkpoint name: HookedTransformer}.")
@@ -224,7 +225,6 @@ def save_model(
     >>> torch.equal(load_model(path)(tokens), model(tokens))
     True
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -256,8 +256,10 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
 
 
 def _load_featdiff_dir(path: Path, device: str | None = None, dtype: torch.dtype | None = None):
-    from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import (  # deferred: transformer-lens ~12 s to import
+        HookedTransformer,
+        HookedTransformerConfig,
+    )
 
     try:
         info = json.loads((path / constants.MODEL_CONFIG).read_text())
@@ -321,7 +323,7 @@ def _local_tokenizer(path: Path):
     """The tokenizer saved in ``path``, or None when the folder has none."""
     if not path.is_dir() or not any((path / f).is_file() for f in _TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers ~2 s to import
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
@@ -395,7 +397,9 @@ def _tl_config(hf_config, arch: str, n_ctx: int | None) -> dict[str, Any]:
             raise FeatdiffError(f"GPT-2 has learned positions for n_ctx={cfg['n_ctx']}; got n_ctx={n_ctx}.")
         return cfg
     if arch == "GPTNeoXForCausalLM":
-        from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
+        from transformer_lens.utilities.hf_utils import (
+            get_rotary_pct_from_config,  # deferred: transformer-lens ~12 s to import
+        )
 
         d_head = c.hidden_size // c.num_attention_heads
         cfg = dict(
@@ -473,8 +477,11 @@ def _from_hf_model(
 ):
     """Convert a transformers causal LM into an unprocessed HookedTransformer (activations and logits
     equal the Hugging Face model's: no LayerNorm folding, no centering)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained import weight_conversions
+    from transformer_lens import (  # deferred: transformer-lens ~12 s to import
+        HookedTransformer,
+        HookedTransformerConfig,
+    )
+    from transformer_lens.pretrained import weight_conversions  # deferred: transformer-lens ~12 s to import
 
     arch = _architecture(hf_model.config)
     cfg_dict = _tl_config(hf_model.config, arch, n_ctx)
@@ -505,7 +512,7 @@ def _from_hf_model(
 
 
 def _load_hf_dir(path: Path, device=None, dtype=None, n_ctx=None, source: str | None = None):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # deferred: transformers ~2 s to import
 
     try:
         hf_config = AutoConfig.from_pretrained(str(path))
@@ -581,7 +588,7 @@ def load_model(
     >>> model.cfg.d_model, model.cfg.d_vocab, model.tokenizer is None
     (8, 13, True)
     """
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer  # deferred: transformer-lens ~12 s to import
 
     dtype = _resolve_dtype(dtype)
     if isinstance(spec, HookedTransformer):
@@ -591,7 +598,7 @@ def load_model(
             spec.to(dtype, print_details=False)
         return spec.eval()
     try:
-        from transformers import PreTrainedModel
+        from transformers import PreTrainedModel  # deferred: transformers ~2 s to import
     except ImportError:  # pragma: no cover - transformers comes with transformer-lens
         PreTrainedModel = ()  # noqa: N806
     if isinstance(spec, PreTrainedModel):

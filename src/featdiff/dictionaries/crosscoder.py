@@ -19,10 +19,10 @@ or ``"l1"`` (ReLU with an L1 penalty weighted by the summed decoder norms, Linds
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +30,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from jaxtyping import Float
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from featdiff import constants
+from featdiff._config import Config, check_int, check_number
 from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet
@@ -47,7 +50,7 @@ def _fail(msg: str) -> None:
 
 
 @dataclass
-class CrosscoderConfig:
+class CrosscoderConfig(Config):
     """Every setting of a crosscoder: its shape, its sparsity and how it was trained.
 
     ``n_steps`` (when set) wins over ``n_epochs``. ``aux_k=None`` means d_in // 2 (as sae-lens TopK).
@@ -99,41 +102,21 @@ class CrosscoderConfig:
         check_choice("sparsity", self.sparsity, SPARSITIES, where)
         check_choice("p", self.p, (1, 2), where)
         for name in ("d_in", "d_sae", "k", "batch_size", "dead_steps_threshold"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                _fail(f"The '{name}' parameter of {where} must be a positive integer; got {v!r}.")
+            check_int(where, name, getattr(self, name))
         if self.sparsity == "batchtopk" and self.k > self.d_sae:
             _fail(f"k ({self.k}) must be at most d_sae ({self.d_sae}); lower k or raise d_sae.")
-        if self.n_steps is not None and (not isinstance(self.n_steps, int) or self.n_steps <= 0):
-            _fail(
-                f"The 'n_steps' parameter of {where} must be a positive integer or None; got {self.n_steps!r}."
-            )
-        if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k <= 0):
-            _fail(f"The 'aux_k' parameter of {where} must be a positive integer or None; got {self.aux_k!r}.")
+        check_int(where, "n_steps", self.n_steps, optional=True)
+        check_int(where, "aux_k", self.aux_k, optional=True)
         for name in ("lr", "n_epochs", "init_decoder_norm"):
-            if not getattr(self, name) > 0:
-                _fail(f"The '{name}' parameter of {where} must be > 0; got {getattr(self, name)!r}.")
+            check_number(where, name, getattr(self, name), 0, strict_low=True)
         for name in ("l1_coefficient", "aux_k_coefficient"):
-            if not getattr(self, name) >= 0:
-                _fail(f"The '{name}' parameter of {where} must be >= 0; got {getattr(self, name)!r}.")
+            check_number(where, name, getattr(self, name), 0)
         for name in ("l1_warmup_fraction", "lr_decay_fraction", "threshold_momentum"):
-            if not 0 <= getattr(self, name) <= 1:
-                _fail(f"The '{name}' parameter of {where} must be in [0, 1]; got {getattr(self, name)!r}.")
+            check_number(where, name, getattr(self, name), 0, 1)
 
     @property
     def n_models(self) -> int:
         return len(self.names)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> CrosscoderConfig:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(allowed))
-        if unknown:
-            raise FeatdiffError(f"Unknown CrosscoderConfig keys {unknown}; allowed keys are {allowed}.")
-        return cls(**dict(d))
 
 
 def stack(
@@ -348,7 +331,6 @@ class Crosscoder(nn.Module):
     # Deprecated in 0.2: the attribution metrics live in featdiff.metrics.crosscoder (a dictionary does not
     # import the metrics above it); these aliases keep old notebooks working for one release.
     def _deprecated_metric(self, name: str):
-        import warnings
 
         warnings.warn(
             f"Crosscoder.{name}() is deprecated; use featdiff.{name}(crosscoder, ...).",
@@ -380,7 +362,6 @@ class Crosscoder(nn.Module):
     # ----------------------------------------------------------------- disk
     def save(self, path: str | os.PathLike) -> Path:
         """Write cfg.json and the weights (safetensors) to the folder ``path``, atomically."""
-        from safetensors.torch import save_file
 
 
         path = Path(path)
@@ -405,7 +386,6 @@ class Crosscoder(nn.Module):
         >>> torch.equal(back.W_dec, cc.W_dec), back.names
         (True, ['base', 'rl'])
         """
-        from safetensors.torch import load_file
 
         path = Path(path)
         cfg_file, w_file = path / constants.CROSSCODER_CFG, path / constants.CROSSCODER_WEIGHTS
@@ -495,7 +475,6 @@ def train_crosscoder(
     >>> cc.names, tuple(cc.W_dec.shape), list(cc.evaluate(acts).columns)
     (['base', 'rl'], (2, 16, 8), ['checkpoint', 'fve', 'mse', 'l0', 'dead_fraction'])
     """
-    from tqdm.auto import tqdm
 
     if not isinstance(acts, ActivationSet):
         raise FeatdiffError(

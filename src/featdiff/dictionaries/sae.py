@@ -15,15 +15,17 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from featdiff import constants
+from featdiff._config import Config, check_int, check_number
 from featdiff._io import atomic_dir
 from featdiff.activations import ActivationSet
 from featdiff.errors import FeatdiffError, check_choice
@@ -50,7 +52,7 @@ def default_k(d_in: int) -> int:
 
 
 @dataclass
-class SAETrainConfig:
+class SAETrainConfig(Config):
     """How ``train_saes`` trains: architecture, size, optimiser, run length and sparsity settings.
 
     Run length: ``n_steps`` if set, else ``n_epochs`` passes over the tokens if set, else ``n_samples``
@@ -91,47 +93,22 @@ class SAETrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("architecture", self.architecture, ARCHITECTURES, "SAETrainConfig")
+        where = "SAETrainConfig"
         for name in ("d_sae", "n_samples", "n_steps"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive integer or None; got {v!r}.")
+            check_int(where, name, getattr(self, name), optional=True)
         for name in ("batch_size", "dead_feature_window"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive integer; got {v!r}.")
-        if not isinstance(self.lr_warm_up_steps, int) or self.lr_warm_up_steps < 0:
-            raise FeatdiffError(
-                f"SAETrainConfig.lr_warm_up_steps must be an integer >= 0; got {self.lr_warm_up_steps!r}."
-            )
-        for name in ("lr", "k", "n_epochs", "decoder_init_norm"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise FeatdiffError(f"SAETrainConfig.{name} must be a positive number or None; got {v!r}.")
-        if self.lr is None:
-            raise FeatdiffError("SAETrainConfig.lr must be a positive number; got None.")
+            check_int(where, name, getattr(self, name))
+        check_int(where, "lr_warm_up_steps", self.lr_warm_up_steps, minimum=0)
+        check_number(where, "lr", self.lr, 0, strict_low=True)
+        for name in ("k", "n_epochs", "decoder_init_norm"):
+            check_number(where, name, getattr(self, name), 0, strict_low=True, optional=True)
         for name in ("l1_coefficient", "l0_coefficient", "aux_loss_coefficient"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise FeatdiffError(f"SAETrainConfig.{name} must be a number >= 0; got {v!r}.")
-        if not (isinstance(self.lr_decay_fraction, (int, float)) and 0 <= self.lr_decay_fraction < 1):
-            raise FeatdiffError(
-                f"SAETrainConfig.lr_decay_fraction must be in [0, 1); got {self.lr_decay_fraction!r}."
-            )
+            check_number(where, name, getattr(self, name), 0)
+        check_number(where, "lr_decay_fraction", self.lr_decay_fraction, 0, 1, strict_high=True)
         if self.architecture == "topk" and self.k is not None and int(self.k) != self.k:
             raise FeatdiffError(f"A topk SAE needs an integer k; got {self.k!r} (batchtopk takes a mean k).")
         if self.n_samples is None and self.n_epochs is None and self.n_steps is None:
             raise FeatdiffError("SAETrainConfig needs a run length: set n_samples, n_epochs or n_steps.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SAETrainConfig:
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(allowed))
-        if unknown:
-            raise FeatdiffError(f"Unknown SAETrainConfig keys {unknown}; allowed keys are {allowed}.")
-        return cls(**d)
 
     def n_steps_for(self, n_tokens: int) -> int:
         """Optimiser steps this config runs on ``n_tokens`` training rows."""
@@ -172,8 +149,8 @@ def _init_seed(checkpoint: str, seed: int) -> int:
 def _make_training_sae(
     cfg: SAETrainConfig, d_in: int, d_sae: int, k: float, checkpoint: str, seed: int, hook
 ):
-    from sae_lens.registry import get_sae_training_class
-    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.registry import get_sae_training_class  # deferred: sae-lens ~10 s to import
+    from sae_lens.saes.sae import SAEMetadata  # deferred: sae-lens ~10 s to import
 
     sae_cls, cfg_cls = get_sae_training_class(cfg.architecture)
     arch: dict[str, Any] = {}
@@ -195,7 +172,7 @@ def _make_training_sae(
 
 def _to_inference(training_sae) -> SAE:
     """The inference SAE sae-lens would save (``save_inference_model``), in memory, with unit decoder rows."""
-    from sae_lens import SAE
+    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
 
     state = {k: v.detach().clone() for k, v in training_sae.state_dict().items()}
     training_sae.process_state_dict_for_saving_inference(state)
@@ -258,9 +235,8 @@ def train_saes(
     >>> saes["rl"].W_dec.norm(dim=1).allclose(torch.ones(32))
     True
     """
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
-    from tqdm.auto import tqdm
+    from sae_lens.config import SAETrainerConfig  # deferred: sae-lens ~10 s to import
+    from sae_lens.training.sae_trainer import SAETrainer  # deferred: sae-lens ~10 s to import
 
     if not isinstance(acts, ActivationSet):
         raise FeatdiffError(
@@ -372,8 +348,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool = True) -> Path:
     >>> sorted(p.name for p in folder.iterdir())
     ['cfg.json', 'sae_weights.safetensors']
     """
-    from sae_lens import SAE
-    from sae_lens.saes.sae import TrainingSAE
+    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
+    from sae_lens.saes.sae import TrainingSAE  # deferred: sae-lens ~10 s to import
 
     if not isinstance(sae, SAE):
         raise FeatdiffError(f"save_sae needs a sae_lens SAE; got {type(sae).__name__}.")
@@ -397,7 +373,7 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
     >>> torch.equal(loaded.W_dec, sae.W_dec), loaded.cfg.k
     (True, 1)
     """
-    from sae_lens import SAE
+    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
 
     path = Path(path)
     if not path.is_dir():
@@ -456,9 +432,15 @@ def sae_from_dictionary(
     >>> sae.decode(codes).detach()
     tensor([[0., 2., 0.]])
     """
-    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.jumprelu_sae import (  # deferred: sae-lens ~10 s to import
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+    )
+    from sae_lens.saes.standard_sae import (  # deferred: sae-lens ~10 s to import
+        StandardSAE,
+        StandardSAEConfig,
+    )
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig  # deferred: sae-lens ~10 s to import
 
     check_choice("architecture", architecture, DICTIONARY_ARCHITECTURES, "sae_from_dictionary")
     if not isinstance(W_dec, Tensor) or W_dec.ndim != 2:

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 def _kv_cache(model: HookedTransformer, batch: int):
     try:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache import (
+            TransformerLensKeyValueCache,  # deferred: transformer-lens ~12 s to import
+        )
     except ImportError:  # older transformer-lens 3.x layout, or none: recompute the whole prefix
         try:
             from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]

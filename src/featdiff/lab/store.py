@@ -87,7 +87,6 @@ class _Saver:
         }
 
     def save(self, model, rel: str, role: str, run: str, step: int, index: int, accuracy: dict) -> None:
-
         save_model(
             model, self.root / rel, prompts=self.prompts, meta=self.meta(role, run, step, index, accuracy)
         )

@@ -37,7 +37,10 @@ def make_model(config: LabConfig) -> HookedTransformer:
     >>> m.cfg.d_vocab, m.cfg.n_layers
     (22, 2)
     """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import (  # deferred: transformer-lens ~12 s to import
+        HookedTransformer,
+        HookedTransformerConfig,
+    )
 
     mc = config.model
     longest = max(t.prompt_len + t.generation_len for t in task_list(config))
@@ -63,7 +66,7 @@ def make_model(config: LabConfig) -> HookedTransformer:
 
 def clone_model(model: HookedTransformer) -> HookedTransformer:
     """An independent copy of a model (same config and weights)."""
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer  # deferred: transformer-lens ~12 s to import
 
     with torch.random.fork_rng(devices=[]):
         copy = HookedTransformer(model.cfg)

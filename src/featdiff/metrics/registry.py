@@ -11,7 +11,7 @@ import pandas as pd
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
-from featdiff.align import Alignment
+from featdiff.align import Alignment, svcca
 from featdiff.dictionaries.stats import encode
 from featdiff.errors import FeatdiffError
 
@@ -166,7 +166,6 @@ def _mmcs(ctx: MetricContext) -> float:
 @register_metric("svcca", higher_is_better=True)
 def _svcca(ctx: MetricContext) -> float:
     """SVCCA of the reference's and the target's activations on the same tokens (dictionary-free)."""
-    from featdiff.align import svcca
 
     if ctx.activations is None:
         return float("nan")

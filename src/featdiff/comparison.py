@@ -1,0 +1,213 @@
+"""The comparison table: ``Comparison`` (summary, features, meta; written to and read from a folder), its
+columns and statuses, and ``CompareConfig``, the thresholds every scoring route shares."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from featdiff import constants
+from featdiff._config import Config, check_int, check_number
+from featdiff._io import atomic_dir, write_json
+from featdiff._version import __version__
+from featdiff.errors import FeatdiffError, check_choice
+from featdiff.figures import headless_pyplot, plot_comparison
+
+SUMMARY_COLUMNS = [
+    "reuse",
+    "recombination",
+    "novelty",
+    "reuse_raw",
+    "recombination_raw",
+    "novelty_raw",
+    "drift",
+    "freq_shift",
+    "base_coverage",
+    "transfer_fve",
+    "reference_fve",
+    "target_fve",
+    "noise_floor_reuse",
+    "n_features",
+    "n_live",
+    "n_dead",
+]
+FEATURE_COLUMNS = [
+    "checkpoint",
+    "feature",
+    "status",
+    "match",
+    "similarity",
+    "drift",
+    "freq_shift",
+    "components",
+    "n_components",
+    "fit_cosine",
+    "frequency",
+]
+STATUSES = ["reused", "recombined", "novel", "dead"]
+
+
+
+@dataclass
+class CompareConfig(Config):
+    """The thresholds and choices of a comparison, whichever method computes it (DESIGN.md's defaults).
+
+    SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
+    ``min_components`` (recombination by OMP), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
+    (firing-frequency smoothing of freq_shift), ``correct`` (apply the noise-floor correction).
+    Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
+    a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
+    norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
+
+    Examples
+    --------
+    >>> CompareConfig(reuse_threshold=0.8).to_dict()["reuse_threshold"]
+    0.8
+    >>> try:
+    ...     CompareConfig.from_dict({"reuse_treshold": 0.8})
+    ... except ValueError as e:
+    ...     print(str(e).split(";")[0])
+    Unknown CompareConfig keys ['reuse_treshold']
+    """
+
+    reuse_threshold: float = 0.7
+    fit_threshold: float = 0.9
+    max_components: int = 3
+    min_components: int = 2
+    method: str = "hungarian"
+    on: str = "decoder"
+    eps: float = 1e-6
+    correct: bool = True
+    nrn_shared: tuple[float, float] = (0.3, 0.7)
+    mas_threshold: float = 0.5
+    pair_share: float = 0.5
+    p: int = 2
+
+    def __post_init__(self) -> None:
+        where = "CompareConfig"
+        check_choice("method", self.method, ("hungarian", "max"), where)
+        check_choice("on", self.on, ("decoder", "activations"), where)
+        check_choice("p", self.p, (1, 2), where)
+        for name in ("reuse_threshold", "fit_threshold"):
+            check_number(where, name, getattr(self, name), -1, 1)
+        check_number(where, "eps", self.eps, 0)
+        for name in ("mas_threshold", "pair_share"):
+            check_number(where, name, getattr(self, name), 0, 1)
+        for name in ("max_components", "min_components"):
+            check_int(where, name, getattr(self, name))
+        if self.min_components > self.max_components:
+            raise FeatdiffError(
+                f"CompareConfig needs 1 <= min_components <= max_components; got {self.min_components}, "
+                f"{self.max_components}."
+            )
+        self.nrn_shared = tuple(self.nrn_shared)  # type: ignore[assignment]
+        lo, hi = self.nrn_shared if len(self.nrn_shared) == 2 else (2.0, 0.0)
+        if not 0 <= lo <= hi <= 1:
+            raise FeatdiffError(
+                f"The 'nrn_shared' parameter of {where} must be (low, high) with 0 <= low <= high <= 1; "
+                f"got {self.nrn_shared}."
+            )
+
+
+@dataclass
+class Comparison:
+    """The result of a comparison: ``summary`` (one row per compared checkpoint), ``features`` (one row per
+    (checkpoint, feature)), ``meta`` (hook, tokens, seeds, versions). ``to_dir`` / ``load`` round-trip the
+    tables exactly; alignments and dictionaries stay in memory only.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> from featdiff.synthetic import plant_checkpoints
+    >>> from featdiff.score import compare_dictionaries
+    >>> p = plant_checkpoints(d_in=16, n_atoms=32, targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
+    >>> saes = {n: sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
+    >>> cmp = compare_dictionaries(saes, p.sample(1000), progress=False)
+    >>> cmp.summary.loc["rl", ["reuse", "novelty"]].tolist()
+    [0.75, 0.25]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     Comparison.load(cmp.to_dir(d + "/cmp", figures=False)).summary.equals(cmp.summary)
+    True
+    """
+
+    summary: pd.DataFrame
+    features: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+    alignments: dict | None = field(default=None, repr=False)
+    dictionaries: dict | None = field(default=None, repr=False)
+    extras: dict = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        cols = [
+            c for c in ("reuse", "recombination", "novelty", "drift", "transfer_fve") if c in self.summary
+        ]
+        return (
+            f"Comparison(reference={self.meta.get('reference')!r})\n{self.summary[cols].round(3).to_string()}"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.summary.round(4)._repr_html_()
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """A figure of the status fractions per checkpoint and the drift distribution; saved if ``path``."""
+        fig = plot_comparison(self)
+        if path is not None:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            tmp.replace(path)
+        return fig
+
+    def to_dir(self, path: str | os.PathLike, figures: bool = True) -> Path:
+        """Write summary.csv, features.parquet, meta.json and figures/ into ``path`` (atomically)."""
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.summary.to_csv(tmp / constants.SUMMARY)
+            feats = self.features.copy()
+            if "components" in feats:
+                feats["components"] = feats["components"].map(json.dumps)
+            feats.to_parquet(tmp / constants.FEATURES, index=False)
+            write_json(
+                tmp / constants.META,
+                {**self.meta, "featdiff_version": __version__, "format_version": constants.FORMAT_VERSION},
+            )
+            if figures:
+                (tmp / constants.FIGURES).mkdir()
+                fig = self.plot(tmp / constants.FIGURES / "comparison.png")
+                headless_pyplot().close(fig)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Comparison:
+        """Read a folder written by ``to_dir``."""
+        path = Path(path)
+        for name in (constants.SUMMARY, constants.FEATURES, constants.META):
+            if not (path / name).is_file():
+                raise FeatdiffError(
+                    f"{path} is not a Comparison folder: {name} is missing. Write one with to_dir."
+                )
+        try:
+            meta = json.loads((path / constants.META).read_text())
+            if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
+                raise FeatdiffError(
+                    f"{path} was written by a newer featdiff (format {meta['format_version']}); upgrade featdiff."
+                )
+            summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
+            features = pd.read_parquet(path / constants.FEATURES)
+            if "components" in features:
+                features["components"] = features["components"].map(
+                    lambda s: [tuple(c) for c in json.loads(s)]
+                )
+        except FeatdiffError:
+            raise
+        except Exception as e:
+            raise FeatdiffError(
+                f"Cannot read the Comparison folder {path}: {type(e).__name__}: {e}. Write it again with to_dir."
+            ) from None
+        return cls(summary, features, meta)

@@ -1,0 +1,189 @@
+"""The one-call pipeline: ``compare_checkpoints`` loads checkpoints, collects paired activations, trains
+(or takes) the dictionaries and scores them; it only calls the public stage functions."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+
+from featdiff.activations import collect_activations
+from featdiff.comparison import CompareConfig, Comparison
+from featdiff.dictionaries.crosscoder import train_crosscoder
+from featdiff.dictionaries.sae import load_sae, train_saes
+from featdiff.errors import FeatdiffError, check_choice
+from featdiff.models import default_hook, load_model, load_prompts
+from featdiff.score import compare_crosscoder, compare_dictionaries
+
+METHODS = ("saes", "crosscoder")
+
+
+def _describe(spec, model) -> str:
+    """Where a checkpoint came from, for meta.json."""
+    if isinstance(spec, (str, os.PathLike)):
+        return str(spec)
+    return str(getattr(model, "featdiff_path", None) or f"<in-memory {type(spec).__name__}>")
+
+
+def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
+    """{name: spec} from a mapping in the first argument or from base / rl / sft (/ **more, deprecated)."""
+    if isinstance(base, Mapping):
+        if rl is not None or sft is not None or more:
+            raise FeatdiffError(
+                "compare_checkpoints takes the checkpoints either as one mapping {name: checkpoint} or as "
+                "base, rl, sft; not both."
+            )
+        specs = dict(base)
+    else:
+        if more:
+            warnings.warn(
+                f"compare_checkpoints(..., {', '.join(f'{k}=' for k in more)}) is deprecated: a checkpoint "
+                "name could collide with an option; pass every checkpoint in one mapping, "
+                "compare_checkpoints({'base': ..., 'rl': ..., " + ", ".join(f"'{k}': ..." for k in more) + "}, ...).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        specs = {"base": base, "rl": rl, "sft": sft, **more}
+    specs = {n: s for n, s in specs.items() if s is not None}
+    if len(specs) < 2:
+        raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
+    return specs
+
+
+def compare_checkpoints(
+    base=None,
+    rl=None,
+    sft=None,
+    *,
+    tokens=None,
+    texts=None,
+    hook: str | None = None,
+    method: str = "saes",
+    saes: dict | None = None,
+    d_sae: int | None = None,
+    architecture: str = "topk",
+    k: int | None = None,
+    seed: int = 0,
+    noise_floor: bool = True,
+    eval_fraction: float = 0.2,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    train_kwargs: dict | None = None,
+    batch_size: int = 32,
+    pad_token_id: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    **more,
+) -> Comparison:
+    """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
+    dictionaries, align them to the base's and score them.
+
+    ``base``, ``rl``, ``sft`` take whatever ``load_model`` takes; any number of checkpoints can instead come
+    as one mapping ``{"base": ..., "dpo": ..., ...}`` in the first argument (the reference is ``"base"``, or
+    the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
+    prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
+    checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
+    ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
+    tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=20,
+    ...                               act_fn="relu", tokenizer_name=None, seed=0, d_mlp=32)
+    >>> base, rl = HookedTransformer(cfg), HookedTransformer(cfg)
+    >>> rl.load_state_dict(base.state_dict())
+    <All keys matched successfully>
+    >>> tokens = torch.randint(0, 20, (64, 8), generator=torch.Generator().manual_seed(0))
+    >>> cmp = compare_checkpoints(base, rl, tokens=tokens, d_sae=32, k=2, train_kwargs={"n_steps": 50},
+    ...                           progress=False)
+    >>> bool(cmp.summary.loc["rl", "transfer_fve"] == cmp.summary.loc["rl", "reference_fve"])  # same weights
+    True
+    """
+    check_choice("method", method, METHODS, "compare_checkpoints")
+    specs = _checkpoint_specs(base, rl, sft, more)
+    reference = "base" if "base" in specs else next(iter(specs))
+    models = {n: load_model(s, device=device) for n, s in specs.items()}
+    if tokens is None and texts is None:
+        tokens = load_prompts(models[reference])
+        if pad_token_id is None:
+            pad_token_id = (getattr(models[reference], "featdiff_meta", None) or {}).get("pad_token_id")
+        if tokens is None:
+            raise FeatdiffError(
+                "compare_checkpoints needs data: pass tokens= (token ids, shape (batch, seq)) or texts=; "
+                "only checkpoints made by featdiff.lab carry their own prompts."
+            )
+    data = tokens if tokens is not None else texts
+    hook = hook or default_hook(models[reference])
+    acts = collect_activations(
+        models,
+        data,
+        hook=hook,
+        batch_size=batch_size,
+        progress=progress,
+        device=device,
+        pad_token_id=pad_token_id,
+    )
+    train, held_out = acts.split(eval_fraction, seed=seed)
+    meta = {
+        "method": method,
+        "hook": hook,
+        "n_tokens": acts.n_tokens,
+        "n_train_tokens": train.n_tokens,
+        "seed": seed,
+        "checkpoints": {n: _describe(specs[n], m) for n, m in models.items()},
+        "activations": acts.meta,
+    }
+    if method == "crosscoder":
+        for arg, value, why in (
+            ("saes", saes, "a crosscoder is trained over all checkpoints"),
+            ("metrics", metrics, "registered metrics are computed on the SAE route (method='saes')"),
+        ):
+            if value is not None:
+                raise FeatdiffError(f"compare_checkpoints(method='crosscoder') takes no {arg}=: {why}.")
+
+        cc = train_crosscoder(
+            train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, device=device, **(train_kwargs or {})
+        )
+        return compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
+
+    replica = None
+    if saes is None:
+        extra = {"__noise_floor__": (reference, seed + 1)} if noise_floor else None
+        saes = train_saes(
+            train,
+            device=device,
+            d_sae=d_sae,
+            architecture=architecture,
+            k=k,
+            seed=seed,
+            extra=extra,
+            progress=progress,
+            **(train_kwargs or {}),
+        )
+        replica = saes.pop("__noise_floor__", None)
+        meta["sae"] = {
+            "architecture": architecture,
+            "d_sae": d_sae,
+            "k": k,
+            "seed": seed,
+            **(train_kwargs or {}),
+        }
+    else:
+        saes = {n: load_sae(s) if isinstance(s, (str, os.PathLike)) else s for n, s in saes.items()}
+        replica = saes.pop("__noise_floor__", None)
+    cmp = compare_dictionaries(
+        saes,
+        held_out,
+        reference=reference,
+        noise_floor=replica,
+        metrics=metrics,
+        config=config,
+        progress=progress,
+        meta=meta,
+    )
+    cmp.extras["noise_floor_sae"] = replica
+    return cmp
+
+

@@ -1,0 +1,414 @@
+"""Scoring: aligned dictionaries -> a ``Comparison``. ``compare_dictionaries`` scores one SAE per checkpoint
+against the reference's (DESIGN.md's definitions); ``compare_crosscoder`` scores one shared crosscoder."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from featdiff.activations import ActivationSet
+from featdiff.align import Alignment, align
+from featdiff.comparison import STATUSES, CompareConfig, Comparison
+from featdiff.dictionaries.stats import code_stats, unit_decoder
+from featdiff.errors import FeatdiffError
+from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
+from featdiff.metrics.recombination import fit_components, recombination
+from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
+from featdiff.metrics.reuse import base_coverage, drift
+
+
+def correct_fractions(
+    reuse_raw: float, recombination_raw: float, noise_floor: float
+) -> tuple[float, float, float]:
+    """Correct raw fractions for imperfect dictionary learning, using the noise floor.
+
+    Two reference SAEs trained on the same data with different seeds match only a fraction q (the noise
+    floor) of their features, although every feature is shared: a feature present in both checkpoints is
+    detected as such with probability about q, and a missed one looks novel. So the detected fractions are
+    divided by q: reuse = min(1, reuse_raw / q), recombination = min(recombination_raw / q, 1 - reuse),
+    novelty = 1 - reuse - recombination. Without a noise floor (NaN) the raw fractions are returned.
+
+    Examples
+    --------
+    >>> [round(x, 4) for x in correct_fractions(0.3, 0.1, 0.6)]
+    [0.5, 0.1667, 0.3333]
+    """
+    if noise_floor is None or not np.isfinite(noise_floor) or noise_floor <= 0:
+        return reuse_raw, recombination_raw, max(0.0, 1.0 - reuse_raw - recombination_raw)
+    q = min(1.0, noise_floor)
+    r = min(1.0, reuse_raw / q)
+    c = min(recombination_raw / q, 1.0 - r)
+    return r, c, max(0.0, 1.0 - r - c)
+
+
+def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
+    d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
+    rc = recombination(al, cfg.fit_threshold, cfg.max_components, cfg.min_components, cfg.reuse_threshold)
+    t = al.table()
+    status = np.where(
+        ~t["live"],
+        "dead",
+        np.where(d["drift"].notna(), "reused", np.where(rc["recombined"], "recombined", "novel")),
+    )
+    return pd.DataFrame(
+        {
+            "checkpoint": al.target,
+            "feature": t["feature"],
+            "status": pd.Categorical(status, categories=STATUSES),
+            "match": t["match"],
+            "similarity": t["similarity"],
+            "drift": d["drift"],
+            "freq_shift": d["freq_shift"],
+            "components": rc["components"],
+            "n_components": rc["n_components"],
+            "fit_cosine": rc["fit_cosine"],
+            "frequency": np.nan if tgt_freq is None else tgt_freq.double().numpy(),
+        }
+    )
+
+
+def _noise_floor_reuse(
+    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig, ref_live=None
+) -> float:
+    """Reuse between two reference dictionaries trained with different seeds on the same data."""
+    pair, rep_live = None, None
+    if acts is not None:
+        rep_live = code_stats(replica, acts[ref_name])[0] > 0
+        if cfg.on == "activations":
+            pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
+    al = align(
+        reference,
+        replica,
+        method=cfg.method,
+        on=cfg.on,
+        activations=pair,
+        reference_name=ref_name,
+        target_name="__replica__",
+        ref_live=ref_live,
+        tgt_live=rep_live,
+    )
+    live = al.tgt_live
+    reused = live & (np.nan_to_num(al.similarity, nan=-np.inf) >= cfg.reuse_threshold)
+    return float(reused.sum() / live.sum()) if live.sum() else float("nan")
+
+
+def compare_dictionaries(
+    saes: dict,
+    acts: ActivationSet | None = None,
+    reference: str = "base",
+    noise_floor=None,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+    **overrides,
+) -> Comparison:
+    """Align every target dictionary to the reference one and score it (DESIGN.md's definitions).
+
+    ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
+    holds every checkpoint's activations on the same evaluation tokens: with them, dead features are
+    found, firing frequencies compared and variance explained. ``noise_floor`` is a second reference SAE
+    trained with another seed: its reuse against the reference is the noise floor used to correct the
+    fractions (see ``correct_fractions``). ``metrics`` lists registered metric names or callables to
+    compute (default: every registered metric). ``overrides`` set CompareConfig fields.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> W = torch.eye(8)
+    >>> saes = {"base": sae_from_dictionary(W, k=2), "rl": sae_from_dictionary(W[[1, 0, 2, 3, 4, 5, 6, 7]], k=2)}
+    >>> cmp = compare_dictionaries(saes, progress=False)
+    >>> cmp.summary.loc["rl", ["reuse", "recombination", "novelty", "drift"]].tolist()
+    [1.0, 0.0, 0.0, 0.0]
+    """
+    cfg = config or CompareConfig()
+    if overrides:
+        cfg = CompareConfig.from_dict({**cfg.to_dict(), **overrides})
+    if not isinstance(saes, dict) or len(saes) < 2:
+        raise FeatdiffError("compare_dictionaries needs a dict of at least two dictionaries {name: SAE}.")
+    if reference not in saes:
+        raise FeatdiffError(f"The reference {reference!r} is not among the dictionaries {list(saes)}.")
+    if acts is not None:
+        missing = [n for n in saes if n not in acts]
+        if missing:
+            raise FeatdiffError(
+                f"Activations are missing checkpoints {missing}; the ActivationSet has {acts.names}."
+            )
+    chosen = [get_metric(m) for m in (metrics if metrics is not None else list(available_metrics().index))]
+    targets = [n for n in saes if n != reference]
+
+    freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
+    own_fve: dict[str, float] = {n: float("nan") for n in saes}
+    if acts is not None:
+        for n in tqdm(list(saes), desc="encoding", disable=not progress):
+            _check_width(saes[n], acts, n)
+            freqs[n], own_fve[n] = code_stats(saes[n], acts[n])
+    live_mask = {n: None if f is None else (f > 0).numpy() for n, f in freqs.items()}
+    nf = float("nan")
+    if noise_floor is not None:
+        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg, live_mask[reference])
+
+    rows, tables, alignments = [], [], {}
+    for name in tqdm(targets, desc="aligning", disable=not progress):
+        al = align(
+            saes[reference],
+            saes[name],
+            method=cfg.method,
+            on=cfg.on,
+            activations=acts if cfg.on == "activations" else None,
+            reference_name=reference,
+            target_name=name,
+            ref_live=live_mask[reference],
+            tgt_live=live_mask[name],
+        )
+        alignments[name] = al
+        table = _feature_table(al, cfg, freqs[reference], freqs[name])
+        live = table["status"] != "dead"
+        n_live = int(live.sum())
+        frac = {
+            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]
+        }
+        r, c, nov = (
+            correct_fractions(frac["reused"], frac["recombined"], nf)
+            if cfg.correct
+            else (frac["reused"], frac["recombined"], frac["novel"])
+        )
+        row = {
+            "checkpoint": name,
+            "reuse": r,
+            "recombination": c,
+            "novelty": nov,
+            "reuse_raw": frac["reused"],
+            "recombination_raw": frac["recombined"],
+            "novelty_raw": frac["novel"],
+            "drift": float(table["drift"].mean()) if table["drift"].notna().any() else float("nan"),
+            "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
+            "base_coverage": base_coverage(al, cfg.reuse_threshold),
+            "transfer_fve": float("nan"),
+            "reference_fve": own_fve[reference],
+            "target_fve": float("nan"),
+            "noise_floor_reuse": nf,
+            "n_features": len(table),
+            "n_live": n_live,
+            "n_dead": int((~live).sum()),
+        }
+        if acts is not None:
+            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations.
+            row["transfer_fve"] = code_stats(saes[reference], acts[name])[1]
+            row["target_fve"] = own_fve[name]
+        ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
+        for metric in chosen:
+            summ, feats = compute_metric(metric, ctx)
+            clash = set(summ) & set(row)
+            if clash:
+                raise FeatdiffError(
+                    f"Metric {metric.name!r} would overwrite the summary columns {sorted(clash)}; rename it."
+                )
+            row.update(summ)
+            if feats is not None:
+                clash = (set(feats.columns) - {"feature"}) & set(table.columns)
+                if clash:
+                    raise FeatdiffError(
+                        f"Metric {metric.name!r} returns columns {sorted(clash)} that already exist."
+                    )
+                table = table.merge(feats, on="feature", how="left", validate="one_to_one")
+        rows.append(row)
+        tables.append(table)
+    summary = pd.DataFrame(rows).set_index("checkpoint")
+    features = pd.concat(tables, ignore_index=True)
+    features["status"] = pd.Categorical(features["status"], categories=STATUSES)
+    meta = {
+        **(meta or {}),
+        "reference": reference,
+        "targets": targets,
+        "config": cfg.to_dict(),
+        "metrics": [m.name for m in chosen],
+        "n_eval_tokens": None if acts is None else acts.n_tokens,
+        "hook": None if acts is None else acts.hook,
+    }
+    return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+
+
+def _check_width(dictionary, acts: ActivationSet, name: str) -> None:
+    d_in = dictionary.W_dec.shape[-1]
+    if d_in != acts.d_model:
+        raise FeatdiffError(
+            f"The dictionary of {name!r} has d_in={d_in} but its activations have d_model={acts.d_model}; "
+            "use dictionaries trained at the same hook as the activations."
+        )
+
+
+def _crosscoder_config(config: CompareConfig | None, deprecated: dict) -> CompareConfig:
+    """The config of compare_crosscoder; its thresholds as keywords are the pre-0.2 spelling."""
+    allowed = {"nrn_shared", "mas_threshold", "pair_share", "p"}
+    unknown = sorted(set(deprecated) - allowed)
+    if unknown:
+        raise FeatdiffError(f"compare_crosscoder got unknown arguments {unknown}; see its docstring.")
+    cfg = config or CompareConfig()
+    if deprecated:
+        warnings.warn(
+            f"compare_crosscoder({', '.join(f'{k}=' for k in sorted(deprecated))}) is deprecated; pass "
+            f"config=CompareConfig({', '.join(f'{k}=...' for k in sorted(deprecated))}).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        cfg = cfg.replace(**deprecated)
+    return cfg
+
+
+def compare_crosscoder(
+    cc,
+    acts: ActivationSet | None = None,
+    reference: str = "base",
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+    **deprecated,
+) -> Comparison:
+    """Score one shared crosscoder as a Comparison (the ``method="crosscoder"`` view).
+
+    Per target checkpoint T and feature k, with NRN_k = n_k^T / (n_k^base + n_k^T) (decoder norms):
+    a feature whose base and T norms make less than ``config.pair_share`` of its norms over all checkpoints
+    belongs to the others (status "other", left out of T's fractions; only with three or more).
+    NRN below ``config.nrn_shared[0]`` means the feature belongs to the base only (``status`` "base_only", not
+    one of T's features); between the bounds it is shared: ``reused``, with ``similarity`` the cosine of
+    its base and T decoder rows and ``drift`` = 1 - similarity; above ``config.nrn_shared[1]`` it is T-specific:
+    ``recombined`` when 2-3 base decoder rows of the base's own features fit its T decoder row (OMP,
+    cosine >= ``config.fit_threshold``), else ``novel``. Fractions are over T's live features (shared + specific).
+    The features table also carries ``nrn``, one ``mas_<checkpoint>`` column per checkpoint, the
+    M-model ``category`` (a checkpoint's name when its MAS > ``config.mas_threshold``, else "shared") and, for
+    T-specific features when activations are given, latent scaling (Minder et al. 2025): ``nu_error``,
+    ``nu_reconstruction`` and ``sparsity_artefact`` (the base does carry the feature; the crosscoder's
+    sparsity penalty made it look specific). The summary counts those as ``n_artefacts``.
+    """
+    cfg = _crosscoder_config(config, deprecated)
+    if reference not in cc.names:
+        raise FeatdiffError(
+            f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}."
+        )
+    lo, hi = cfg.nrn_shared
+    mas_threshold, pair_share, p = cfg.mas_threshold, cfg.pair_share, cfg.p
+    m = mas(cc, mas_threshold, p)
+    dead = np.zeros(cc.d_sae, bool)
+    freqs = None
+    if acts is not None:
+        freqs = firing_frequency(cc, acts).to_numpy()
+        dead = freqs == 0
+        m.loc[dead, "category"] = "dead"
+    fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
+    norms = cc.decoder_norms(p)
+    base_dec = unit_decoder(cc.decoder(reference))
+    rows, tables = [], []
+    targets = [n for n in cc.names if n != reference]
+    for name in tqdm(targets, desc="scoring", disable=not progress):
+        r = nrn(cc, name, reference, p).to_numpy(dtype=float)
+        cos = decoder_cosine(cc, reference, name).to_numpy(dtype=float)
+        # with more than two checkpoints, a feature of the others (tiny norms in both the reference and T)
+        # has an ill-defined NRN: it belongs to neither, and is left out of T's fractions
+        pair = (norms[reference] + norms[name]) / norms.sum(axis=1).clip(lower=1e-30)
+        other = (pair.to_numpy() < pair_share) & ~dead
+        live_pair = ~dead & ~other
+        shared = (r >= lo) & (r <= hi) & live_pair
+        specific = (r > hi) & live_pair
+        base_only = (r < lo) & live_pair
+        base_feats = np.flatnonzero((r <= hi) & live_pair)
+        status = np.full(cc.d_sae, "novel", dtype=object)
+        status[shared] = "reused"
+        status[base_only] = "base_only"
+        status[other] = "other"
+        status[dead] = "dead"
+        rc = fit_components(
+            unit_decoder(cc.decoder(name)),
+            np.flatnonzero(specific),
+            base_dec,
+            base_feats,
+            cfg.fit_threshold,
+            cfg.max_components,
+            cfg.min_components,
+        )
+        status[rc["recombined"].to_numpy()] = "recombined"
+        scaling = pd.DataFrame(
+            index=np.arange(cc.d_sae), columns=["nu_error", "nu_reconstruction"], dtype=float
+        )
+        artefact = np.zeros(cc.d_sae, bool)
+        if acts is not None and specific.any():
+            # Latent scaling (Minder et al. 2025): is a T-specific feature really absent from the base?
+            ls = latent_scaling(
+                cc, acts, features=np.flatnonzero(specific).tolist(), tuned=name, base=reference
+            )
+            ls = ls.set_index("feature")
+            scaling.loc[ls.index, ["nu_error", "nu_reconstruction"]] = ls[["nu_error", "nu_reconstruction"]]
+            artefact[ls.index.to_numpy()] = ls["sparsity_artefact"].to_numpy(dtype=bool)
+        table = pd.DataFrame(
+            {
+                "checkpoint": name,
+                "feature": np.arange(cc.d_sae, dtype=np.int64),
+                "status": pd.Categorical(status, categories=[*STATUSES, "base_only", "other"]),
+                "match": np.where(shared, np.arange(cc.d_sae), -1).astype(np.int64),
+                "similarity": np.where(shared, cos, np.nan),
+                "drift": np.where(shared, 1 - cos, np.nan),
+                "freq_shift": np.nan,
+                "components": rc["components"],
+                "n_components": rc["n_components"],
+                "fit_cosine": rc["fit_cosine"],
+                "frequency": np.nan if freqs is None else freqs,
+                "nrn": r,
+                "decoder_cosine": cos,
+                "nu_error": scaling["nu_error"].to_numpy(dtype=float),
+                "nu_reconstruction": scaling["nu_reconstruction"].to_numpy(dtype=float),
+                "sparsity_artefact": artefact,
+                "category": m["category"].to_numpy(),
+                **{f"mas_{c}": m[c].to_numpy(dtype=float) for c in cc.names},
+            }
+        )
+        own = shared | specific
+        n_own = int(own.sum())
+        frac = {s: float((status[own] == s).sum() / n_own) if n_own else float("nan") for s in STATUSES[:3]}
+        base_live = len(base_feats)
+        rows.append(
+            {
+                "checkpoint": name,
+                "reuse": frac["reused"],
+                "recombination": frac["recombined"],
+                "novelty": frac["novel"],
+                "reuse_raw": frac["reused"],
+                "recombination_raw": frac["recombined"],
+                "novelty_raw": frac["novel"],
+                "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
+                if shared.any()
+                else float("nan"),
+                "freq_shift": float("nan"),
+                "base_coverage": float(shared.sum() / base_live) if base_live else float("nan"),
+                "transfer_fve": float("nan"),
+                "reference_fve": float(fve.loc[reference, "fve"]) if fve is not None else float("nan"),
+                "target_fve": float(fve.loc[name, "fve"]) if fve is not None else float("nan"),
+                "noise_floor_reuse": float("nan"),
+                "n_features": cc.d_sae,
+                "n_live": n_own,
+                "n_dead": int(dead.sum()),
+                "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
+                "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
+                "n_artefacts": int(artefact.sum()),
+            }
+        )
+        tables.append(table)
+    summary = pd.DataFrame(rows).set_index("checkpoint")
+    features = pd.concat(tables, ignore_index=True)
+    meta = {
+        **(meta or {}),
+        "method": "crosscoder",
+        "reference": reference,
+        "targets": targets,
+        "config": cfg.to_dict(),
+        "nrn_shared": list(cfg.nrn_shared),
+        "mas_threshold": mas_threshold,
+        "p": p,
+        "crosscoder": cc.cfg.to_dict(),
+        "n_eval_tokens": None if acts is None else acts.n_tokens,
+    }
+    return Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
