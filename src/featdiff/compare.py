@@ -18,7 +18,7 @@ from featdiff.align import Alignment, align
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.recombination import recombination
 from featdiff.metrics.registry import MetricContext, compute_metric, get_metric
-from featdiff.metrics.reuse import base_coverage, drift
+from featdiff.metrics.reuse import base_coverage, drift, split
 
 SUMMARY_COLUMNS = [
     "reuse",
@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = [
     "reuse_raw",
     "recombination_raw",
     "novelty_raw",
+    "split",
     "drift",
     "freq_shift",
     "base_coverage",
@@ -51,7 +52,8 @@ FEATURE_COLUMNS = [
     "fit_cosine",
     "frequency",
 ]
-STATUSES = ["reused", "recombined", "novel", "dead"]
+# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse
+STATUSES = ["reused", "split", "recombined", "novel", "dead"]
 
 
 @dataclass
@@ -73,6 +75,7 @@ class CompareConfig:
     fit_threshold: float = 0.9
     max_components: int = 3
     min_components: int = 2
+    recombination_margin: float = 0.1
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6
@@ -81,7 +84,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         check_choice("method", self.method, ("hungarian", "max"), "CompareConfig")
         check_choice("on", self.on, ("decoder", "activations"), "CompareConfig")
-        for name in ("reuse_threshold", "fit_threshold", "eps"):
+        for name in ("reuse_threshold", "fit_threshold", "eps", "recombination_margin"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise FeatdiffError(f"CompareConfig.{name} must be a number; got {v!r}.")
@@ -93,6 +96,10 @@ class CompareConfig:
             v = getattr(self, name)
             if not -1 <= v <= 1:
                 raise FeatdiffError(f"CompareConfig.{name} is a cosine threshold in [-1, 1]; got {v}.")
+        if not 0 <= self.recombination_margin <= 1:
+            raise FeatdiffError(
+                f"CompareConfig.recombination_margin is a cosine gain in [0, 1]; got {self.recombination_margin}."
+            )
         if not 1 <= self.min_components <= self.max_components:
             raise FeatdiffError(
                 f"CompareConfig needs 1 <= min_components <= max_components; got {self.min_components}, "
@@ -171,13 +178,31 @@ def code_stats(dictionary, x: torch.Tensor, batch_size: int = 4096) -> tuple[tor
 
 def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
     d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
-    rc = recombination(al, cfg.fit_threshold, cfg.max_components, cfg.min_components, cfg.reuse_threshold)
-    t = al.table()
-    status = np.where(
-        ~t["live"],
-        "dead",
-        np.where(d["drift"].notna(), "reused", np.where(rc["recombined"], "recombined", "novel")),
+    rc = recombination(
+        al,
+        cfg.fit_threshold,
+        cfg.max_components,
+        cfg.min_components,
+        cfg.reuse_threshold,
+        margin=cfg.recombination_margin,
     )
+    sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
+    t = al.table()
+    status = np.select(
+        [~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
+        ["dead", "reused", "recombined", "split"],
+        "novel",
+    )
+    is_split = status == "split"
+    # a split names the reference feature it duplicates, and its cosine and frequency shift are with it
+    t.loc[is_split, "match"] = sp.loc[is_split, "split_of"]
+    t.loc[is_split, "similarity"] = sp.loc[is_split, "split_similarity"]
+    if ref_freq is not None and tgt_freq is not None and is_split.any():
+        rf, tf = ref_freq.double().numpy(), tgt_freq.double().numpy()
+        j = np.flatnonzero(is_split)
+        d.loc[is_split, "freq_shift"] = np.abs(
+            np.log((tf[j] + cfg.eps) / (rf[t["match"].to_numpy()[j]] + cfg.eps))
+        )
     return pd.DataFrame(
         {
             "checkpoint": al.target,
@@ -287,8 +312,9 @@ def compare_dictionaries(
         live = table["status"] != "dead"
         n_live = int(live.sum())
         frac = {
-            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]
+            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:4]
         }
+        frac["reused"] += frac["split"]  # a split is a reuse of a reference feature (a subset of reuse)
         r, c, nov = (
             correct_fractions(frac["reused"], frac["recombined"], nf)
             if cfg.correct
@@ -302,6 +328,7 @@ def compare_dictionaries(
             "reuse_raw": frac["reused"],
             "recombination_raw": frac["recombined"],
             "novelty_raw": frac["novel"],
+            "split": frac["split"],
             "drift": float(table["drift"].mean()) if table["drift"].notna().any() else float("nan"),
             "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
             "base_coverage": base_coverage(al, cfg.reuse_threshold),
@@ -708,6 +735,7 @@ def compare_crosscoder(
             cfg.fit_threshold,
             cfg.max_components,
             cfg.min_components,
+            margin=cfg.recombination_margin,
         )
         status[rc["recombined"].to_numpy()] = "recombined"
         scaling = pd.DataFrame(
@@ -746,7 +774,10 @@ def compare_crosscoder(
         )
         own = shared | specific
         n_own = int(own.sum())
-        frac = {s: float((status[own] == s).sum() / n_own) if n_own else float("nan") for s in STATUSES[:3]}
+        frac = {
+            s: float((status[own] == s).sum() / n_own) if n_own else float("nan")
+            for s in ("reused", "recombined", "novel")
+        }
         base_live = len(base_feats)
         rows.append(
             {
@@ -757,6 +788,7 @@ def compare_crosscoder(
                 "reuse_raw": frac["reused"],
                 "recombination_raw": frac["recombined"],
                 "novelty_raw": frac["novel"],
+                "split": 0.0,  # one shared latent per feature: no matching for a duplicate to lose
                 "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
                 if shared.any()
                 else float("nan"),
