@@ -73,7 +73,8 @@ def subset_fit(
     chunk: int = 512,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best least-squares fit of every target row by m = 1 .. ``max_atoms`` rows of unit ``atoms``,
-    searched exhaustively over the ``n_candidates`` atoms most correlated with the target, batched.
+    searched exhaustively over the ``n_candidates`` atoms most correlated with the target (and never worse
+    than greedy ``omp``), batched.
 
     Greedy OMP misses a combination whose first pick is a wrong atom (in an overcomplete dictionary the
     atom most correlated with a 3-atom combination is often none of the three); every subset of the top
@@ -121,6 +122,13 @@ def subset_fit(
             idx[lo : lo + len(Xc), m - 1, :m] = top.gather(1, chosen.gather(1, order)).numpy()
             coefs[lo : lo + len(Xc), m - 1, :m] = c_best.gather(1, order).numpy()
             cos[lo : lo + len(Xc), m - 1] = cosv[rows, best].clamp_max(1.0).numpy()
+    # greedy pursuit may pick a component outside the top candidates: keep its fit where it is better
+    g_idx, g_coef, g_cos = omp(targets, atoms, min(max_atoms, n_atoms))
+    for m in sizes:
+        better = g_cos[:, m - 1] > cos[:, m - 1] + 1e-9
+        idx[better, m - 1, :m] = g_idx[better, :m]
+        coefs[better, m - 1, :m] = g_coef[better, m - 1, :m]
+        cos[better, m - 1] = g_cos[better, m - 1]
     return idx, coefs, cos
 
 
