@@ -75,7 +75,7 @@ class CompareConfig:
     fit_threshold: float = 0.9
     max_components: int = 3
     min_components: int = 2
-    recombination_margin: float = 0.1
+    recombination_margin: float = 0.15
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6

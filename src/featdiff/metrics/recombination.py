@@ -20,7 +20,7 @@ from featdiff.align import Alignment
 from featdiff.metrics.reuse import REUSE_THRESHOLD, reuse
 
 FIT_THRESHOLD = 0.9
-RECOMBINATION_MARGIN = 0.1
+RECOMBINATION_MARGIN = 0.15
 MIN_COEFFICIENT = 0.2
 N_CANDIDATES = 24
 
