@@ -24,6 +24,7 @@ SUMMARY_COLUMNS = [
     "reuse_raw",
     "recombination_raw",
     "novelty_raw",
+    "split",
     "drift",
     "freq_shift",
     "base_coverage",
@@ -48,7 +49,8 @@ FEATURE_COLUMNS = [
     "fit_cosine",
     "frequency",
 ]
-STATUSES = ["reused", "recombined", "novel", "dead"]
+# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse
+STATUSES = ["reused", "split", "recombined", "novel", "dead"]
 
 
 
@@ -57,7 +59,8 @@ class CompareConfig(Config):
     """The thresholds and choices of a comparison, whichever method computes it (DESIGN.md's defaults).
 
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
-    ``min_components`` (recombination by OMP), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
+    ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
+    than its best single reference row a recombination must fit), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``correct`` (apply the noise-floor correction).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
@@ -78,6 +81,7 @@ class CompareConfig(Config):
     fit_threshold: float = 0.9
     max_components: int = 3
     min_components: int = 2
+    recombination_margin: float = 0.15
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6
@@ -95,6 +99,7 @@ class CompareConfig(Config):
         for name in ("reuse_threshold", "fit_threshold"):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
+        check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
         for name in ("mas_threshold", "pair_share"):
             check_number(where, name, getattr(self, name), 0, 1)
         for name in ("max_components", "min_components"):

@@ -18,7 +18,7 @@ from featdiff.errors import FeatdiffError
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
 from featdiff.metrics.recombination import fit_components, recombination
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
-from featdiff.metrics.reuse import base_coverage, drift
+from featdiff.metrics.reuse import base_coverage, drift, split
 
 
 def correct_fractions(
@@ -47,13 +47,31 @@ def correct_fractions(
 
 def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
     d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
-    rc = recombination(al, cfg.fit_threshold, cfg.max_components, cfg.min_components, cfg.reuse_threshold)
-    t = al.table()
-    status = np.where(
-        ~t["live"],
-        "dead",
-        np.where(d["drift"].notna(), "reused", np.where(rc["recombined"], "recombined", "novel")),
+    rc = recombination(
+        al,
+        cfg.fit_threshold,
+        cfg.max_components,
+        cfg.min_components,
+        cfg.reuse_threshold,
+        margin=cfg.recombination_margin,
     )
+    sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
+    t = al.table()
+    status = np.select(
+        [~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
+        ["dead", "reused", "recombined", "split"],
+        "novel",
+    )
+    is_split = status == "split"
+    # a split names the reference feature it duplicates, and its cosine and frequency shift are with it
+    t.loc[is_split, "match"] = sp.loc[is_split, "split_of"]
+    t.loc[is_split, "similarity"] = sp.loc[is_split, "split_similarity"]
+    if ref_freq is not None and tgt_freq is not None and is_split.any():
+        rf, tf = ref_freq.double().numpy(), tgt_freq.double().numpy()
+        j = np.flatnonzero(is_split)
+        d.loc[is_split, "freq_shift"] = np.abs(
+            np.log((tf[j] + cfg.eps) / (rf[t["match"].to_numpy()[j]] + cfg.eps))
+        )
     return pd.DataFrame(
         {
             "checkpoint": al.target,
@@ -171,8 +189,9 @@ def compare_dictionaries(
         live = table["status"] != "dead"
         n_live = int(live.sum())
         frac = {
-            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]
+            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in ("reused", "split", "recombined", "novel")
         }
+        frac["reused"] += frac["split"]  # a split is a reuse of a reference feature (a subset of reuse)
         r, c, nov = (
             correct_fractions(frac["reused"], frac["recombined"], nf)
             if cfg.correct
@@ -186,6 +205,7 @@ def compare_dictionaries(
             "reuse_raw": frac["reused"],
             "recombination_raw": frac["recombined"],
             "novelty_raw": frac["novel"],
+            "split": frac["split"],
             "drift": float(table["drift"].mean()) if table["drift"].notna().any() else float("nan"),
             "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
             "base_coverage": base_coverage(al, cfg.reuse_threshold),
@@ -330,6 +350,7 @@ def compare_crosscoder(
             cfg.fit_threshold,
             cfg.max_components,
             cfg.min_components,
+            margin=cfg.recombination_margin,
         )
         status[rc["recombined"].to_numpy()] = "recombined"
         scaling = pd.DataFrame(
@@ -368,7 +389,10 @@ def compare_crosscoder(
         )
         own = shared | specific
         n_own = int(own.sum())
-        frac = {s: float((status[own] == s).sum() / n_own) if n_own else float("nan") for s in STATUSES[:3]}
+        frac = {
+            s: float((status[own] == s).sum() / n_own) if n_own else float("nan")
+            for s in ("reused", "recombined", "novel")
+        }
         base_live = len(base_feats)
         rows.append(
             {
@@ -379,6 +403,7 @@ def compare_crosscoder(
                 "reuse_raw": frac["reused"],
                 "recombination_raw": frac["recombined"],
                 "novelty_raw": frac["novel"],
+                "split": 0.0,  # one shared latent per feature: no matching for a duplicate to lose
                 "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
                 if shared.any()
                 else float("nan"),

@@ -1,10 +1,14 @@
-"""Recombined features: target decoder rows fitted by a few reference rows (orthogonal matching pursuit).
+"""Recombined features: target decoder rows fitted by a few reference rows (an exhaustive search over the
+best-correlated reference rows, ``subset_fit``; greedy orthogonal matching pursuit, ``omp``, is kept as the
+fast reference).
 
-Written here because no dependency offers a batched OMP over decoder rows (scikit-learn's
-OrthogonalMatchingPursuit fits one target at a time and is not a dependency).
+Written here because no dependency offers a batched sparse fit over decoder rows (scikit-learn's
+OrthogonalMatchingPursuit fits one target at a time, greedily, and is not a dependency).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -16,6 +20,9 @@ from featdiff.align import Alignment
 from featdiff.metrics.reuse import REUSE_THRESHOLD, reuse
 
 FIT_THRESHOLD = 0.9
+RECOMBINATION_MARGIN = 0.15
+MIN_COEFFICIENT = 0.2
+N_CANDIDATES = 24
 
 
 @torch.no_grad()
@@ -57,19 +64,93 @@ def omp(
     return idx.numpy(), coefs.numpy(), cos.numpy()
 
 
+@torch.no_grad()
+def subset_fit(
+    targets: Float[Tensor, "n d_in"],
+    atoms: Float[Tensor, "n_atoms d_in"],
+    max_atoms: int = 3,
+    n_candidates: int = N_CANDIDATES,
+    chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best least-squares fit of every target row by m = 1 .. ``max_atoms`` rows of unit ``atoms``,
+    searched exhaustively over the ``n_candidates`` atoms most correlated with the target (and never worse
+    than greedy ``omp``), batched.
+
+    Greedy OMP misses a combination whose first pick is a wrong atom (in an overcomplete dictionary the
+    atom most correlated with a 3-atom combination is often none of the three); every subset of the top
+    candidates is scored here instead, through the Gram matrix: the fit cosine of subset S is
+    sqrt(c_S^T G_S^-1 c_S) / ||x|| with c = atoms @ x and G = atoms @ atoms^T.
+
+    Returns (index (n, max_atoms, max_atoms): the atoms of the best m-atom fit in row m-1, -1 padded;
+    coefficients (n, max_atoms, max_atoms) in the same layout; cosine (n, max_atoms): cosine of each target
+    with its best m-atom fit, NaN where there are fewer than m atoms).
+
+    Examples
+    --------
+    >>> import torch
+    >>> atoms = torch.eye(4)
+    >>> idx, coef, cos = subset_fit(torch.tensor([[3.0, 4.0, 0.0, 0.0]]), atoms, max_atoms=2)
+    >>> idx[0, 1].tolist(), coef[0, 1].round(3).tolist(), cos.round(3).tolist()
+    ([1, 0], [4.0, 3.0], [[0.8, 1.0]])
+    """
+    X, A = targets.double(), atoms.double()
+    n, n_atoms = len(X), len(A)
+    L = min(n_candidates, n_atoms)
+    idx = np.full((n, max_atoms, max_atoms), -1, dtype=np.int64)
+    coefs = np.zeros((n, max_atoms, max_atoms))
+    cos = np.full((n, max_atoms), np.nan)
+    sizes = range(1, min(max_atoms, L) + 1)
+    subsets = {m: torch.tensor(list(itertools.combinations(range(L), m)), dtype=torch.long) for m in sizes}
+    for lo in range(0, n, chunk):
+        Xc = X[lo : lo + chunk]
+        xnorm = Xc.norm(dim=1).clamp_min(1e-12)
+        corr = Xc @ A.T
+        top = corr.abs().topk(L, dim=1).indices  # (c, L)
+        C = corr.gather(1, top)
+        G = torch.einsum("cld,ckd->clk", A[top], A[top])
+        rows = torch.arange(len(Xc))
+        for m, S in subsets.items():
+            cS = C[:, S]  # (c, s, m)
+            GS = G[:, S[:, :, None], S[:, None, :]]  # (c, s, m, m)
+            GS = GS + 1e-10 * torch.eye(m, dtype=GS.dtype)
+            coef = torch.linalg.solve(GS, cS.unsqueeze(-1)).squeeze(-1)
+            cosv = (coef * cS).sum(-1).clamp_min(0).sqrt() / xnorm[:, None]
+            best = cosv.argmax(1)
+            chosen = S[best]  # (c, m)
+            c_best = coef[rows, best]  # (c, m)
+            order = c_best.abs().argsort(dim=1, descending=True)  # largest coefficient first
+            idx[lo : lo + len(Xc), m - 1, :m] = top.gather(1, chosen.gather(1, order)).numpy()
+            coefs[lo : lo + len(Xc), m - 1, :m] = c_best.gather(1, order).numpy()
+            cos[lo : lo + len(Xc), m - 1] = cosv[rows, best].clamp_max(1.0).numpy()
+    # greedy pursuit may pick a component outside the top candidates: keep its fit where it is better
+    g_idx, g_coef, g_cos = omp(targets, atoms, min(max_atoms, n_atoms))
+    for m in sizes:
+        better = g_cos[:, m - 1] > cos[:, m - 1] + 1e-9
+        idx[better, m - 1, :m] = g_idx[better, :m]
+        coefs[better, m - 1, :m] = g_coef[better, m - 1, :m]
+        cos[better, m - 1] = g_cos[better, m - 1]
+    return idx, coefs, cos
+
+
 def recombination(
     al: Alignment,
     fit_threshold: float = FIT_THRESHOLD,
     max_components: int = 3,
     min_components: int = 2,
     reuse_threshold: float = REUSE_THRESHOLD,
+    margin: float = RECOMBINATION_MARGIN,
+    min_coefficient: float = MIN_COEFFICIENT,
 ) -> pd.DataFrame:
     """One row per target feature: feature, recombined, n_components, fit_cosine, components.
 
-    A live target feature that is not reused is recombined when at most ``max_components`` live reference
-    rows fit its decoder row (OMP) with cosine >= ``fit_threshold`` and the fit needs at least
-    ``min_components`` of them. ``components`` lists (reference feature, coefficient) pairs of that fit;
-    ``fit_cosine`` is the cosine of the best fit with ``max_components`` rows.
+    A live target feature that is not reused is recombined when a few live reference rows (between
+    ``min_components`` and ``max_components``) fit its decoder row with cosine >= ``fit_threshold``, each
+    with a coefficient of at least ``min_coefficient`` (of the unit target row), and that fit beats the
+    single best reference row by at least ``margin`` in cosine. The components may be reference features that
+    the target also keeps (a kept-component recombination) or ones it dropped. ``components`` lists
+    (reference feature, coefficient) pairs of the fit with the fewest rows that qualifies, largest
+    coefficient first; ``fit_cosine`` is the cosine of the best fit with ``max_components`` rows. Fits are
+    searched exhaustively over the reference rows most correlated with the target (``subset_fit``).
 
     Examples
     --------
@@ -84,7 +165,15 @@ def recombination(
     cand = np.flatnonzero(al.tgt_live & ~reused["reused"].to_numpy())
     live_ref = np.flatnonzero(al.ref_live)
     return fit_components(
-        al.tgt_decoder, cand, al.ref_decoder, live_ref, fit_threshold, max_components, min_components
+        al.tgt_decoder,
+        cand,
+        al.ref_decoder,
+        live_ref,
+        fit_threshold,
+        max_components,
+        min_components,
+        margin=margin,
+        min_coefficient=min_coefficient,
     )
 
 
@@ -96,9 +185,12 @@ def fit_components(
     fit_threshold: float = FIT_THRESHOLD,
     max_components: int = 3,
     min_components: int = 2,
+    margin: float = RECOMBINATION_MARGIN,
+    min_coefficient: float = MIN_COEFFICIENT,
 ) -> pd.DataFrame:
-    """The recombination table of the ``candidates`` rows of ``tgt_decoder``, fitted by OMP on the
-    ``ref_features`` rows of ``ref_decoder`` (unit rows); other target rows are not recombined."""
+    """The recombination table of the ``candidates`` rows of ``tgt_decoder``, fitted on the
+    ``ref_features`` rows of ``ref_decoder`` (unit rows) as ``recombination`` describes; other target rows
+    are not recombined."""
     n = len(tgt_decoder)
     recombined = np.zeros(n, bool)
     n_comp = np.zeros(n, np.int64)
@@ -106,18 +198,23 @@ def fit_components(
     components: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     k = min(max_components, len(ref_features))
     if len(candidates) and k:
-        idx, coefs, cos = omp(tgt_decoder[candidates], ref_decoder[ref_features], k)
+        idx, coefs, cos = subset_fit(tgt_decoder[candidates], ref_decoder[ref_features], k)
         fit_cos[candidates] = cos[:, -1]
-        good = cos >= fit_threshold
-        first = np.where(good.any(1), good.argmax(1) + 1, 0)  # atoms needed to reach the threshold
+        tnorm = tgt_decoder[candidates].double().norm(dim=1).clamp_min(1e-12).numpy()
         for row, j in enumerate(candidates):
-            m = int(first[row])
-            if m >= min_components:
-                recombined[j] = True
-                n_comp[j] = m
-                components[j] = [
-                    (int(ref_features[idx[row, i]]), float(coefs[row, m - 1, i])) for i in range(m)
-                ]
+            for m in range(min_components, k + 1):
+                c = coefs[row, m - 1, :m] / tnorm[row]
+                if (
+                    cos[row, m - 1] >= fit_threshold
+                    and cos[row, m - 1] - cos[row, 0] >= margin
+                    and np.abs(c).min() >= min_coefficient
+                ):
+                    recombined[j] = True
+                    n_comp[j] = m
+                    components[j] = [
+                        (int(ref_features[idx[row, m - 1, i]]), float(coefs[row, m - 1, i])) for i in range(m)
+                    ]
+                    break
     return pd.DataFrame(
         {
             "feature": np.arange(n, dtype=np.int64),

@@ -74,3 +74,52 @@ def base_coverage(al: Alignment, threshold: float = REUSE_THRESHOLD) -> float:
     matched_ref = set(reused.loc[reused.reused, "match"].tolist())
     live = np.flatnonzero(al.ref_live)
     return float(np.isin(live, list(matched_ref)).mean()) if len(live) else float("nan")
+
+
+def split(
+    al: Alignment, threshold: float = REUSE_THRESHOLD, exclude: np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row per target feature: feature, split (bool), split_of (reference feature, -1 if none),
+    split_similarity (decoder cosine with it).
+
+    A live target feature that is not reused (not matched one-to-one at >= ``threshold``) is a split of
+    reference feature i when its decoder row has cosine >= ``threshold`` with i, and i is already matched
+    one-to-one to another target feature that reuses it: the target holds two or more near-duplicates of
+    one reference feature (feature splitting, absorption), of which only one can win the matching. The
+    cosine is always that of decoder rows, whatever the alignment scored. ``exclude`` (bool per target
+    feature) marks features that are never called split (e.g. recombined ones); the best such reference
+    feature is taken.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from featdiff.align import align
+    >>> tgt = torch.tensor([[1.0, 0.0, 0.0], [0.995, 0.0999, 0.0], [0.0, 0.0, 1.0]])
+    >>> split(align(torch.eye(3), tgt)).round(3).to_dict("list")
+    {'feature': [0, 1, 2], 'split': [False, True, False], 'split_of': [-1, 0, -1], 'split_similarity': [nan, 0.995, nan]}
+    """
+    reused = reuse(al, threshold)["reused"].to_numpy()
+    n = al.d_tgt
+    out_of = np.full(n, -1, dtype=np.int64)
+    out_sim = np.full(n, np.nan)
+    cand = al.tgt_live & ~reused
+    if exclude is not None:
+        cand &= ~np.asarray(exclude, dtype=bool)
+    taken = np.zeros(al.d_ref, bool)  # reference features reused one-to-one by another target feature
+    taken[al.match[reused]] = True
+    cand_idx, ref_idx = np.flatnonzero(cand), np.flatnonzero(taken)
+    if len(cand_idx) and len(ref_idx):
+        cos = (al.tgt_decoder[cand_idx].double() @ al.ref_decoder[ref_idx].double().T).numpy()
+        best = cos.argmax(1)
+        sim = cos[np.arange(len(cand_idx)), best]
+        ok = sim >= threshold
+        out_of[cand_idx[ok]] = ref_idx[best[ok]]
+        out_sim[cand_idx[ok]] = sim[ok]
+    return pd.DataFrame(
+        {
+            "feature": np.arange(n, dtype=np.int64),
+            "split": out_of >= 0,
+            "split_of": out_of,
+            "split_similarity": out_sim,
+        }
+    )

@@ -1,0 +1,154 @@
+"""Statuses that match what happened: splits of already-matched reference features, and recombinations
+whether the target kept their components or dropped them."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tests.conftest import make_sae
+
+import featdiff as fd
+from featdiff.align import align
+from featdiff.comparison import CompareConfig
+from featdiff.metrics.recombination import recombination, subset_fit
+from featdiff.metrics.reuse import split
+from featdiff.score import compare_dictionaries
+from featdiff.synthetic import plant_checkpoints
+
+
+def unit(x):
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def near_duplicate(v, cosine, g):
+    """A unit row at exactly ``cosine`` with unit row ``v``."""
+    u = torch.randn(v.shape, generator=g)
+    u = unit(u - (u @ v) * v)
+    return cosine * v + (1 - cosine**2) ** 0.5 * u
+
+
+def split_case(seed=0, n_dup=8):
+    """Base: 64 random unit rows in d_in 32; target: the same rows, 8 of them replaced by near-duplicates
+    (cosine 0.995) of 8 other base rows, which the target keeps."""
+    g = torch.Generator().manual_seed(seed)
+    base = unit(torch.randn(64, 32, generator=g))
+    target = base.clone()
+    slots = torch.randperm(64, generator=g)
+    dup_slots, originals = slots[:n_dup], slots[n_dup : 2 * n_dup]
+    for s, o in zip(dup_slots.tolist(), originals.tolist(), strict=True):
+        target[s] = near_duplicate(base[o], 0.995, g)
+    return base, target, dup_slots.numpy(), originals.numpy()
+
+
+def test_near_duplicates_of_matched_features_are_split_not_novel():
+    base, target, dup_slots, originals = split_case()
+    cmp = compare_dictionaries({"base": make_sae(base), "t": make_sae(target)}, progress=False)
+    f = cmp.features.set_index("feature")
+    splits = np.flatnonzero(f["status"] == "split")
+    assert len(splits) == len(dup_slots)
+    for s, o in zip(dup_slots, originals, strict=True):
+        # of the two copies of base feature o, the matching keeps one and the other is its split
+        (j,) = {s, o} & set(splits)
+        assert f.loc[j, "match"] == o  # match names the duplicated reference feature
+        assert f.loc[j, "similarity"] == pytest.approx(1.0 if j == o else 0.995, abs=1e-5)
+        assert f.loc[({s, o} - {j}).pop(), "status"] == "reused"
+    assert f.loc[splits, "drift"].isna().all()  # drift stays the one-to-one matches' measure
+    row = cmp.summary.loc["t"]
+    assert row["split"] == pytest.approx(8 / 64)
+    assert row["reuse_raw"] == pytest.approx(1.0)  # a split counts toward reuse
+    assert row["novelty_raw"] == 0.0 and row["recombination_raw"] == 0.0
+    assert row["reuse"] + row["recombination"] + row["novelty"] == pytest.approx(1.0)
+
+
+def test_split_needs_the_reference_feature_to_be_reused_by_another_target_feature():
+    base, target, dup_slots, originals = split_case(seed=1)
+    # drop the originals from the target: the near-duplicates then win the matching and are plain reuses
+    keep = np.setdiff1d(np.arange(64), originals)
+    al = align(base, target[keep])
+    sp = split(al)
+    assert not sp["split"].any()
+    assert (al.similarity[np.searchsorted(keep, dup_slots)] > 0.99).all()
+    # below the threshold a near-duplicate is not a split
+    base2, target2, dup2, _ = split_case(seed=2)
+    assert split(align(base2, target2), threshold=0.999)["split"].sum() == 0
+    assert split(align(base2, target2), threshold=0.99)["split"].sum() == len(dup2)
+
+
+def test_a_dictionary_against_itself_has_no_split_or_recombined_features():
+    W = unit(torch.randn(64, 16, generator=torch.Generator().manual_seed(3)))  # 4x overcomplete
+    sae = make_sae(W)
+    cmp = compare_dictionaries({"base": sae, "copy": sae}, progress=False)
+    assert set(cmp.features["status"]) == {"reused"}
+    assert cmp.summary.loc["copy", "split"] == 0.0
+    assert cmp.summary.loc["copy", "recombination_raw"] == 0.0
+
+
+def test_permuting_target_features_changes_only_indices_of_splits():
+    base, target, _, _ = split_case(seed=4)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(5))
+    a = compare_dictionaries({"base": make_sae(base), "t": make_sae(target)}, progress=False)
+    b = compare_dictionaries({"base": make_sae(base), "t": make_sae(target[perm])}, progress=False)
+    pd.testing.assert_frame_equal(a.summary, b.summary, check_exact=False, rtol=1e-6)
+    fa = a.features.set_index("feature")
+    fb = b.features.set_index("feature")
+    fb.index = pd.Index(perm.numpy()[fb.index], name="feature")
+    cols = ["status", "match", "similarity", "n_components"]
+    pd.testing.assert_frame_equal(fa[cols], fb.sort_index()[cols], check_exact=False, rtol=1e-5)
+    assert (fa["status"] == "split").sum() == 8
+
+
+def test_margin_decides_between_recombined_and_split():
+    ref = torch.eye(8)
+    combo = unit(ref[0] + 0.75 * ref[1])  # single best cosine 0.8, two-row fit 1.0: a gain of 0.2
+    tgt = torch.cat([ref[:6], combo[None]])
+    rc = recombination(align(ref, tgt), margin=0.15).set_index("feature")
+    assert rc.loc[6, "recombined"] and rc.loc[6, "n_components"] == 2
+    assert [i for i, _ in rc.loc[6, "components"]] == [0, 1]  # both components are kept by the target
+    saes = {"base": make_sae(ref, k=2), "t": make_sae(tgt, k=2)}
+    f = compare_dictionaries(saes, progress=False).features.set_index("feature")
+    assert f.loc[6, "status"] == "recombined"
+    # a larger margin than the gain: the combination is a near-duplicate of the kept feature 0 instead
+    f = compare_dictionaries(saes, progress=False, recombination_margin=0.25).features.set_index("feature")
+    assert f.loc[6, "status"] == "split" and f.loc[6, "match"] == 0
+    assert f.loc[6, "similarity"] == pytest.approx(0.8, abs=1e-6)
+    # a small second component is not a recombination whatever the margin
+    tgt2 = torch.cat([ref[:6], unit(ref[0] + 0.1 * ref[1])[None]])
+    assert not recombination(align(ref, tgt2), margin=0.0).loc[6, "recombined"]
+    with pytest.raises(fd.FeatdiffError, match="recombination_margin"):
+        CompareConfig(recombination_margin=1.5)
+
+
+def test_subset_fit_finds_combinations_that_greedy_pursuit_misses():
+    """Planted 2-3 atom combinations of a 4x overcomplete base: the exhaustive search over the top
+    candidates fits nearly all of them at >= 0.9; greedy OMP's first pick is often a wrong atom."""
+    from featdiff.metrics.recombination import omp
+
+    p = plant_checkpoints(d_in=32, targets={"t": {"reused": 0.4, "recombined": 0.6}}, seed=0)
+    atoms = p.truth[p.truth.status == "recombined"].atom.to_numpy()
+    X = p.dictionaries["t"][torch.from_numpy(atoms.copy())]
+    _, _, cos = subset_fit(X, p.dictionaries["base"], 3)
+    _, _, cos_omp = omp(X, p.dictionaries["base"], 3)
+    found = (np.nanmax(cos[:, 1:], 1) >= 0.9).mean()
+    found_omp = (cos_omp[:, 1:].max(1) >= 0.9).mean()
+    assert found >= 0.97 and found_omp <= found - 0.03, (found, found_omp)
+    assert (np.nanmax(cos, 1) >= cos_omp.max(1) - 1e-9).all()  # never worse than greedy
+
+
+@pytest.mark.parametrize("source", ["kept", "dropped"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_recombinations_are_found_whether_components_are_kept_or_dropped(source, seed):
+    targets = {"small": {"reused": 0.7, "recombined": 0.1, "novel": 0.2}}
+    targets["large"] = {"reused": 0.5, "recombined": 0.25, "novel": 0.25}
+    p = plant_checkpoints(d_in=32, targets=targets, seed=seed, recombine_from=source)
+    saes = {n: fd.sae_from_dictionary(D, k=8) for n, D in p.dictionaries.items()}
+    cmp = compare_dictionaries(saes, p.sample(5000, seed=seed + 1), progress=False)
+    for name in targets:
+        truth = p.fractions.loc[name, "recombination"]
+        got = cmp.summary.loc[name, "recombination_raw"]
+        assert abs(got - truth) <= truth / 10, (name, got, truth)  # relative to the category's size
+        f = cmp.features[cmp.features.checkpoint == name].set_index("feature")
+        planted = p.truth[p.truth.checkpoint == name].set_index("atom")["status"]
+        called = f["status"].astype(str)
+        assert (called[planted == "recombined"] == "recombined").mean() >= 0.9
+        assert (called[planted != "recombined"] != "recombined").all()  # no false recombinations
+        assert (called == "split").sum() == 0
