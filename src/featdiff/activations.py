@@ -142,7 +142,9 @@ class ActivationSet:
         """The rows ``index`` of every checkpoint (pairing is kept)."""
         tid = None if self.token_ids is None else self.token_ids[index]
         sid = None if self.sequence_ids is None else self.sequence_ids[index]
-        return ActivationSet({n: x[index] for n, x in self.acts.items()}, self.hook, tid, dict(self.meta), sid)
+        return ActivationSet(
+            {n: x[index] for n, x in self.acts.items()}, self.hook, tid, dict(self.meta), sid
+        )
 
     def split(self, fraction: float = 0.2, seed: int = 0) -> tuple[ActivationSet, ActivationSet]:
         """A random (train, held-out) split by sequence, e.g. to evaluate dictionaries on unseen text.

@@ -347,7 +347,14 @@ def compare_dictionaries(
         "n_eval_tokens": None if acts is None else acts.n_tokens,
         "hook": None if acts is None else acts.hook,
     }
-    return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+    from featdiff.diagnostics import emit_warnings
+
+    if live_mask[reference] is not None:  # the reference's own live count, for the diagnostics
+        meta["reference_n_features"] = len(live_mask[reference])
+        meta["reference_n_live"] = int(live_mask[reference].sum())
+    cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    return cmp
 
 
 def _check_width(dictionary, acts: ActivationSet, name: str) -> None:

@@ -358,7 +358,7 @@ def train_saes(
             trainer.activation_scaler.scaling_factor = None
         trainer.set_final_sae_metadata()
         out[key] = _to_inference(tsae)
-        out[key].featdiff_train = history[key].record(trainer, steps, batch_size)
+        out[key].featdiff_train = history[key].record(trainer, steps, batch_size, steps - decay)
     return out
 
 
@@ -392,7 +392,7 @@ class _LossHistory:
             self.ema_mse = mse if first else (1 - self.EMA) * self.ema_mse + self.EMA * mse
             self.ema_aux = aux if first else (1 - self.EMA) * self.ema_aux + self.EMA * aux
 
-    def record(self, trainer, n_steps: int, batch_size: int) -> dict[str, Any]:
+    def record(self, trainer, n_steps: int, batch_size: int, lr_decay_start: int) -> dict[str, Any]:
         """What ``featdiff.diagnostics`` reads from ``sae.featdiff_train``."""
         self.flush()
         dead = getattr(trainer, "dead_neurons", None)
@@ -401,6 +401,7 @@ class _LossHistory:
             "aux_losses": list(self.aux),
             "n_steps": n_steps,
             "batch_size": batch_size,
+            "lr_decay_start": lr_decay_start,
             "n_dead_at_end": None if dead is None else int(dead.sum()),
         }
 
