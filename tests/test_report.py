@@ -64,6 +64,17 @@ def test_findings_say_rl_is_indistinguishable_and_what_sft_measured():
                          "out-of-domain accuracy: base 0.990, sft 0.270, rl 0.970."]  # fmt: skip
 
 
+def test_findings_state_the_references_own_live_and_dead_counts():
+    s = contract_summary()
+    s["reference_fve"] = 0.912
+    lines = findings(cmp_of(s, reference_n_features=256, reference_n_live=229, n_eval_tokens=2863))
+    assert lines[0] == (
+        "base (reference): 229 of its dictionary's 256 latents fired on the 2,863 evaluation tokens (27 dead); "
+        "it explains 0.912 of its own activations' variance."
+    )
+    assert lines[1].startswith("rl: raw reuse")
+
+
 def test_the_sentences_follow_the_data_not_a_template():
     flipped = findings(cmp_of(contract_summary(rl_same=False, sft_same=True)))
     assert "so rl differs from base beyond SAE noise" in flipped[0]  # raw 0.42 vs floor 0.42, but told so

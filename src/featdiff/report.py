@@ -292,6 +292,17 @@ def findings(comparison, accuracy: pd.DataFrame | None = None) -> list[str]:
     level = interval_level(comparison)
     lvl = f"{level:.0%}" if level is not None else None
     out = []
+    n_ref, live_ref = meta.get("reference_n_features"), meta.get("reference_n_live")
+    if n_ref is not None and live_ref is not None:
+        fve = _get(s.iloc[0], "reference_fve") if len(s) else float("nan")
+        tokens = meta.get("n_eval_tokens")
+        out.append(
+            f"{ref} (reference): {int(live_ref):,} of its dictionary's {int(n_ref):,} latents fired"
+            + (f" on the {int(tokens):,} evaluation tokens" if tokens else "")
+            + f" ({int(n_ref) - int(live_ref):,} dead)"
+            + (f"; it explains {fve:.3f} of its own activations' variance" if math.isfinite(fve) else "")
+            + "."
+        )
     for name, row in s.iterrows():
         raw, floor = _get(row, "reuse_raw"), _floor(row, "reuse")
         if not math.isfinite(raw):
