@@ -401,6 +401,11 @@ def _explain(columns) -> str:
     return f"<dl>{''.join(dict.fromkeys(items))}</dl>" if items else ""
 
 
+def _held_out(meta: dict) -> str:
+    n_eval = meta.get("n_eval_tokens")
+    return f" ({n_eval} of them held out for scoring)" if n_eval and "n_tokens" in meta else ""
+
+
 def _warnings_html(meta: dict) -> str:
     """The run's diagnostics (``meta["warnings"]``, written by ``featdiff.diagnostics``), or a line saying
     there were none or that this Comparison predates them."""
@@ -491,7 +496,8 @@ def write_html_report(
         '<p class="note">'
         + html.escape(
             f"reference: {meta.get('reference', 'base')} · hook: {meta.get('hook')} · method: "
-            f"{meta.get('method', 'saes')} · tokens: {meta.get('n_tokens', meta.get('n_eval_tokens'))} · "
+            f"{meta.get('method', 'saes')} · tokens: {meta.get('n_tokens', meta.get('n_eval_tokens'))}"
+            f"{_held_out(meta)} · "
             f"seed: {meta.get('seed')} · featdiff {__version__}"
         )
         + "</p>",
