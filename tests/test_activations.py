@@ -8,7 +8,7 @@ from transformer_lens import HookedTransformer
 
 from featdiff import constants
 from featdiff.activations import ActivationSet, collect_activations
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import save_model
 
 VOCAB = 29
@@ -61,6 +61,7 @@ def test_activation_set_save_load_round_trip(tmp_path):
         {"base": torch.randn(11, 4, generator=g), "rl": torch.randn(11, 4, generator=g)},
         hook=HOOK,
         token_ids=torch.arange(11),
+        sequence_ids=torch.arange(11) // 3,
     )
     acts.meta["note"] = "x"
     path = acts.save(tmp_path / "acts", shard_tokens=4)
@@ -70,8 +71,64 @@ def test_activation_set_save_load_round_trip(tmp_path):
     back = ActivationSet.load(path)
     assert back.names == ["base", "rl"] and back.hook == HOOK and back.meta == {"note": "x"}
     assert torch.equal(back["rl"], acts["rl"]) and torch.equal(back.token_ids, acts.token_ids)
+    assert torch.equal(back.sequence_ids, acts.sequence_ids)
     with pytest.raises(FeatdiffError, match="not an ActivationSet folder"):
         ActivationSet.load(tmp_path)
+
+
+def test_split_never_puts_one_sequence_on_both_sides():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (40,), generator=g)  # 40 sequences of 1-8 tokens
+    seq = torch.repeat_interleave(torch.arange(40) * 7 + 3, lengths)  # ids need not be 0..n-1
+    acts = ActivationSet.from_tensors({"base": torch.randn(len(seq), 3, generator=g)}, sequence_ids=seq)
+    for seed in range(5):
+        train, held = acts.split(0.25, seed=seed)
+        assert train.n_tokens + held.n_tokens == acts.n_tokens
+        tr, he = set(train.sequence_ids.tolist()), set(held.sequence_ids.tolist())
+        assert not tr & he and len(he) == 10 and len(tr) == 30
+        # whole sequences: every held-out sequence has all of its tokens there
+        assert held.n_tokens == int(torch.isin(seq, torch.tensor(sorted(he))).sum())
+    a, b = acts.split(0.25, seed=1), acts.split(0.25, seed=1)
+    assert torch.equal(a[1]["base"], b[1]["base"])  # the same seed gives the same split
+    assert not torch.equal(acts.split(0.25, seed=2)[1].sequence_ids, a[1].sequence_ids)
+
+
+def test_split_without_sequence_ids_splits_tokens_with_a_warning():
+    acts = ActivationSet.from_tensors({"base": torch.randn(20, 3)})
+    with pytest.warns(FeatdiffWarning, match="no sequence ids.*sequence_ids="):
+        train, held = acts.split(0.25, seed=0)
+    assert (train.n_tokens, held.n_tokens) == (15, 5)
+    one = ActivationSet.from_tensors({"base": torch.randn(6, 3)}, sequence_ids=torch.zeros(6, dtype=torch.long))
+    with pytest.warns(FeatdiffWarning, match="single sequence"):
+        assert one.split(0.5)[1].n_tokens == 3
+    with pytest.raises(FeatdiffError, match="one entry per token"):
+        ActivationSet.from_tensors({"base": torch.randn(6, 3)}, sequence_ids=torch.arange(5))
+
+
+def test_collected_sets_split_by_sequence():
+    tokens = make_tokens(10, 6, seed=5)
+    acts = collect_activations({"base": tiny_tl(0)}, tokens, HOOK, outlier_factor=None, progress=False)
+    assert acts.sequence_ids.tolist() == torch.arange(10).repeat_interleave(5).tolist()
+    train, held = acts.split(0.2, seed=0)
+    assert held.n_tokens == 2 * 5 and not set(train.sequence_ids.tolist()) & set(held.sequence_ids.tolist())
+    # each held-out row is the activation of its own sequence's token
+    s = int(held.sequence_ids[0])
+    torch.testing.assert_close(held["base"][:5], full_run(tiny_tl(0), tokens[s : s + 1])[0, 1:])
+
+
+def test_dropped_first_positions_are_not_called_bos_without_a_bos_token(capsys):
+    tokens = make_tokens(4, 6, seed=6)
+    collect_activations({"base": tiny_tl(0)}, tokens, HOOK, outlier_factor=None, progress=True)
+    err = "".join(capsys.readouterr())  # tqdm.write prints to stdout
+    assert "the first position of each of 4 sequences" in err and "whether they hold a BOS token is unknown" in err
+    assert "4 BOS" not in err
+    model = tiny_tl(0)
+    model.featdiff_meta = {"bos_token_id": int(tokens[0, 0])}  # only row 0 starts with "BOS"
+    acts = collect_activations({"base": model}, tokens, HOOK, outlier_factor=None, progress=True)
+    err = "".join(capsys.readouterr())  # tqdm.write prints to stdout
+    n_bos = int((tokens[:, 0] == tokens[0, 0]).sum())
+    assert acts.meta["n_dropped_bos"] == n_bos < 4 and acts.meta["n_dropped_first"] == 4
+    assert f"({n_bos} of them the BOS token {int(tokens[0, 0])}, {4 - n_bos} a real token" in err
 
 
 # ------------------------------------------------------------------------------------- collect_activations
@@ -123,7 +180,7 @@ def test_bos_and_outlier_dropping_counts():
     tokens[1, 3] = tokens[4, 5] = 7
     n_sevens = int((tokens[:, 1:] == 7).sum())
     acts = collect_activations({"base": base, "rl": rl}, tokens, HOOK, progress=False)
-    assert acts.meta["n_dropped_bos"] == 6
+    assert acts.meta["n_dropped_first"] == 6 and acts.meta["n_dropped_bos"] == 0  # no tokenizer: no BOS id
     assert acts.meta["n_dropped_outlier"] == n_sevens >= 2
     assert acts.meta["n_outlier_by_checkpoint"] == {"base": 0, "rl": n_sevens}
     assert acts.n_tokens == 6 * 7 - n_sevens
@@ -133,7 +190,7 @@ def test_bos_and_outlier_dropping_counts():
 
     kept_all = collect_activations({"base": base, "rl": rl}, tokens, HOOK, drop_bos=False, outlier_factor=None,
                                    progress=False)  # fmt: skip
-    assert kept_all.n_tokens == 6 * 8 and kept_all.meta["n_dropped_bos"] == 0
+    assert kept_all.n_tokens == 6 * 8 and kept_all.meta["n_dropped_first"] == 0
     assert kept_all.meta["n_dropped_outlier"] == 0
 
 
@@ -152,7 +209,7 @@ def test_padding_is_dropped_and_does_not_change_real_tokens():
     by_mask = collect_activations({"m": model}, left, HOOK, attention_mask=mask_left, outlier_factor=None,
                                   progress=False)  # fmt: skip
     for acts in (by_id, by_mask):
-        assert acts.meta["n_dropped_pad"] == 3 and acts.meta["n_dropped_bos"] == 2
+        assert acts.meta["n_dropped_pad"] == 3 and acts.meta["n_dropped_first"] == 2
         assert torch.equal(acts.token_ids, torch.cat([a[1:], b[1:]]))
         torch.testing.assert_close(acts["m"], ref, atol=1e-5, rtol=1e-5)
 
@@ -171,6 +228,7 @@ def test_streaming_to_disk_equals_in_memory(tmp_path):
     for name in ("base", "rl"):
         assert torch.equal(streamed[name], in_memory[name])
     assert torch.equal(streamed.token_ids, in_memory.token_ids)
+    assert torch.equal(streamed.sequence_ids, in_memory.sequence_ids)
     n_shards = -(-in_memory.n_tokens // 10)
     assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == [constants.ACTS_META] + [
         constants.ACTS_SHARD.format(index=i) for i in range(n_shards)
@@ -208,7 +266,8 @@ def test_texts_are_tokenized_once_for_all_models(tmp_path):
     acts = collect_activations(specs, ["hello world the cat", "the cat sat"], "blocks.0.hook_resid_post",
                                outlier_factor=None, progress=False)  # fmt: skip
     assert acts.token_ids.tolist() == [3, 4, 5, 6, 5, 6, 7]  # BOS and padding dropped
-    assert acts.meta["n_dropped_pad"] == 1 and acts.meta["n_dropped_bos"] == 2
+    assert acts.meta["n_dropped_pad"] == 1 and acts.meta["n_dropped_first"] == acts.meta["n_dropped_bos"] == 2
+    assert acts.meta["bos_token_id"] == 1 and acts.sequence_ids.tolist() == [0, 0, 0, 0, 1, 1, 1]
     with pytest.raises(FeatdiffError, match=r"Texts need a tokenizer, and checkpoints \['bare'\] have none"):
         bare = HookedTransformer(dict(n_layers=1, d_model=16, n_ctx=16, d_head=8, d_vocab=8, act_fn="gelu"))
         collect_activations({"base": specs["base"], "bare": bare}, ["hello"], "blocks.0.hook_resid_post",

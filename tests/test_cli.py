@@ -61,13 +61,22 @@ def test_demo_prints_the_key_table(demo_run, capsys):
     assert rc == 0
     lines = printed.out.splitlines()
     header = next(line for line in lines if "in_domain" in line)
-    for col in ("near_domain", "out_of_domain", "reuse", "recombination", "novelty", "drift", "transfer_fve"):
-        assert col in header
-    assert [line.split()[0] for line in lines if line.split()[:1] in (["base"], ["sft"], ["rl"])] == [
+    assert "near_domain" in header and "out_of_domain" in header
+    # the feature block: one column per compared checkpoint; raw and floor beside each corrected value
+    feat_header = next(line for line in lines if line.split()[:2] in (["sft", "rl"], ["rl", "sft"]))
+    acc_rows = lines[lines.index(header) : lines.index(feat_header)]
+    assert [line.split()[0] for line in acc_rows if line.split()[:1] in (["base"], ["sft"], ["rl"])] == [
         "base",
         "sft",
         "rl",
     ]
+    body = lines[lines.index(feat_header) :]
+    for row in ("reuse, raw", "reuse, floor (base vs base)", "reuse, corrected", "novelty, raw", "drift", "vs base"):
+        assert any(line.startswith(row) for line in body), row
+    summary = pd.read_csv(out.parent / "r2" / "summary.csv", index_col=0)
+    for name in ("rl", "sft"):  # the sentences carry this run's numbers
+        assert f"- {name}: raw reuse {summary.loc[name, 'reuse_raw']:.3f}" in printed.out
+    assert "typically" not in printed.out and "forgets" not in printed.out
     assert "loading the cached lab" in printed.err
     assert not (out.parent / "r2" / "crosscoder").exists()
 

@@ -95,6 +95,36 @@ def test_one_pass_with_extra_is_seeded_and_independent(small):
     assert not torch.equal(other["base"].W_dec, a["base"].W_dec)
 
 
+def test_loss_history_is_the_reconstruction_loss_training_sees(small, capsys):
+    acts, _ = small
+    steps = 150  # past dead_feature_window=100, so the AuxK loss switches on
+    saes = train_saes(acts, k=2, n_steps=steps, batch_size=256, dead_feature_window=100, progress=True)
+    bar = capsys.readouterr().err
+    for name, sae in saes.items():
+        hist = sae.featdiff_train
+        assert hist["n_steps"] == steps and len(hist["losses"]) == len(hist["aux_losses"]) == steps
+        losses = torch.tensor(hist["losses"])
+        assert losses[-10:].mean() < 0.5 * losses[:10].mean()
+        assert all(a == 0 for a in hist["aux_losses"][:100])  # no latent can be dead before the window
+        # the last recorded reconstruction loss is the final SAE's: sum of squared errors per row, in the
+        # normalised units sae-lens trains in (inputs scaled to mean norm sqrt(d_in))
+        x = acts[name]
+        scale = x.shape[1] ** 0.5 / x.norm(dim=1).mean()
+        with torch.no_grad():
+            err = ((sae.decode(sae.encode(x)) - x) ** 2).sum(dim=1).mean() * scale**2
+        assert float(losses[-10:].mean()) == pytest.approx(float(err), rel=0.25), name
+    # the bar shows the smoothed reconstruction loss (EMA, weight 0.05) averaged over the SAEs, not one raw step
+    ema = []
+    for sae in saes.values():
+        e = sae.featdiff_train["losses"][0]
+        for v in sae.featdiff_train["losses"][1:]:
+            e = 0.95 * e + 0.05 * v
+        ema.append(e)
+    shown = float(bar.rsplit("mse=", 1)[1].split(",")[0].split("]")[0])
+    assert shown == pytest.approx(sum(ema) / len(ema), rel=1e-3)
+    assert "aux=" in bar and "dead=" in bar
+
+
 def test_config_and_overrides(small):
     acts, _ = small
     cfg = SAETrainConfig(d_sae=32, k=3, n_steps=5, batch_size=128, normalize_activations=False)

@@ -46,7 +46,7 @@ LAYERS = [
     ["align"],
     ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry"],
     ["figures"],
-    ["comparison"],
+    ["comparison", "diagnostics"],
     ["score", "interventions", "evolution"],
     ["generalization"],
     ["pipeline"],

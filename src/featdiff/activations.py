@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import check_compatible, default_hook, load_model, stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 _TOKEN_IDS = "__token_ids__"  # key of the token ids in a shard
+_SEQUENCE_IDS = "__sequence_ids__"  # key of the sequence ids (which input row each token came from)
 
 
 def _check_acts(name: str, x: Tensor) -> Tensor:
@@ -66,6 +67,7 @@ class ActivationSet:
     hook: str | None = None
     token_ids: Int[Tensor, " n_tokens"] | None = None
     meta: dict = field(default_factory=dict)
+    sequence_ids: Int[Tensor, " n_tokens"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.acts, Mapping) or len(self.acts) == 0:
@@ -84,6 +86,13 @@ class ActivationSet:
             raise FeatdiffError(
                 f"token_ids has {len(self.token_ids)} entries but the activations have {self.n_tokens} rows."
             )
+        if self.sequence_ids is not None:
+            self.sequence_ids = torch.as_tensor(self.sequence_ids).long()
+            if self.sequence_ids.shape != (self.n_tokens,):
+                raise FeatdiffError(
+                    f"sequence_ids must have one entry per token ({self.n_tokens}); "
+                    f"got shape {tuple(self.sequence_ids.shape)}."
+                )
 
     @classmethod
     def from_tensors(
@@ -91,9 +100,14 @@ class ActivationSet:
         tensors: Mapping[str, Float[Tensor, "n_tokens d_in"]],
         hook: str | None = None,
         token_ids: Int[Tensor, " n_tokens"] | None = None,
+        sequence_ids: Int[Tensor, " n_tokens"] | None = None,
     ) -> ActivationSet:
-        """Wrap activations you already have (row i of every tensor must come from the same token)."""
-        return cls(dict(tensors), hook=hook, token_ids=token_ids)
+        """Wrap activations you already have (row i of every tensor must come from the same token).
+
+        ``sequence_ids[i]`` (optional) says which sequence token i came from, so that ``split`` keeps
+        each sequence on one side; without it every token counts as its own sequence.
+        """
+        return cls(dict(tensors), hook=hook, token_ids=token_ids, sequence_ids=sequence_ids)
 
     @property
     def names(self) -> list[str]:
@@ -125,21 +139,57 @@ class ActivationSet:
 
     def select(self, names: list[str]) -> ActivationSet:
         """The same tokens for a subset (or a reordering) of the checkpoints."""
-        return ActivationSet({n: self[n] for n in names}, self.hook, self.token_ids, dict(self.meta))
+        return ActivationSet(
+            {n: self[n] for n in names}, self.hook, self.token_ids, dict(self.meta), self.sequence_ids
+        )
 
     def subset(self, index: Int[Tensor, " k"] | slice) -> ActivationSet:
         """The rows ``index`` of every checkpoint (pairing is kept)."""
         tid = None if self.token_ids is None else self.token_ids[index]
-        return ActivationSet({n: x[index] for n, x in self.acts.items()}, self.hook, tid, dict(self.meta))
+        sid = None if self.sequence_ids is None else self.sequence_ids[index]
+        return ActivationSet(
+            {n: x[index] for n, x in self.acts.items()}, self.hook, tid, dict(self.meta), sid
+        )
 
     def split(self, fraction: float = 0.2, seed: int = 0) -> tuple[ActivationSet, ActivationSet]:
-        """A random (train, held-out) split of the tokens, e.g. to evaluate dictionaries on unseen rows."""
+        """A random (train, held-out) split by sequence, e.g. to evaluate dictionaries on unseen text.
+
+        With ``sequence_ids`` (``collect_activations`` records them) whole sequences go to one side: about
+        ``fraction`` of the sequences (at least one, never all) are held out, so no sequence has tokens on
+        both sides and held-out numbers are not inflated by neighbouring tokens of a training sequence.
+        Without them (``from_tensors`` without ``sequence_ids``) each token counts as its own sequence, with a
+        ``FeatdiffWarning``; the same happens, with a warning, when there is only one sequence.
+
+        Examples
+        --------
+        >>> import torch
+        >>> acts = ActivationSet.from_tensors({"base": torch.randn(12, 2)}, sequence_ids=torch.arange(12) // 3)
+        >>> train, held = acts.split(0.25, seed=0)
+        >>> set(train.sequence_ids.tolist()) & set(held.sequence_ids.tolist()), held.n_tokens
+        (set(), 3)
+        """
+        import warnings
+
         if not 0 < fraction < 1:
             raise FeatdiffError(f"split fraction must be in (0, 1); got {fraction}.")
         g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(self.n_tokens, generator=g)
-        n_test = max(1, int(round(fraction * self.n_tokens)))
-        return self.subset(perm[n_test:]), self.subset(perm[:n_test])
+        seqs = None if self.sequence_ids is None else torch.unique(self.sequence_ids)
+        if seqs is None or len(seqs) < 2:
+            why = "has no sequence ids" if seqs is None else "holds a single sequence"
+            warnings.warn(
+                f"ActivationSet.split: the set {why}, so tokens are split one by one and a sequence may have "
+                "tokens in both the training and the held-out part (held-out numbers come out optimistic). "
+                "Pass sequence_ids= to ActivationSet.from_tensors, or collect with collect_activations.",
+                FeatdiffWarning,
+                stacklevel=2,
+            )
+            perm = torch.randperm(self.n_tokens, generator=g)
+            n_test = max(1, int(round(fraction * self.n_tokens)))
+            return self.subset(perm[n_test:]), self.subset(perm[:n_test])
+        seqs = seqs[torch.randperm(len(seqs), generator=g)]
+        n_test = min(len(seqs) - 1, max(1, int(round(fraction * len(seqs)))))
+        held = torch.isin(self.sequence_ids, seqs[:n_test])
+        return self.subset(torch.nonzero(~held).squeeze(1)), self.subset(torch.nonzero(held).squeeze(1))
 
     def batches(
         self, batch_size: int, shuffle: bool = True, seed: int = 0, names: list[str] | None = None
@@ -174,7 +224,7 @@ class ActivationSet:
         path = Path(path)
         with atomic_dir(path) as tmp:
             writer = _ShardWriter(tmp, self.names, shard_tokens)
-            writer.add(self.acts, self.token_ids)
+            writer.add(self.acts, self.token_ids, self.sequence_ids)
             n_shards = writer.close()
             write_json(tmp / constants.ACTS_META, self._meta_json(n_shards))
         return path
@@ -205,6 +255,7 @@ class ActivationSet:
             raise FeatdiffError(f"{path} was written by a newer featdiff; upgrade featdiff to read it.")
         parts: dict[str, list[Tensor]] = {n: [] for n in names}
         tids: list[Tensor] = []
+        sids: list[Tensor] = []
         for i in range(n_shards):
             shard = path / constants.ACTS_SHARD.format(index=i)
             try:
@@ -222,8 +273,16 @@ class ActivationSet:
                 parts[n].append(tensors[n])
             if _TOKEN_IDS in tensors:
                 tids.append(tensors[_TOKEN_IDS])
+            if _SEQUENCE_IDS in tensors:
+                sids.append(tensors[_SEQUENCE_IDS])
         acts = {n: torch.cat(p) for n, p in parts.items()}
-        out = cls(acts, meta.get("hook"), torch.cat(tids) if tids else None, meta.get("meta") or {})
+        out = cls(
+            acts,
+            meta.get("hook"),
+            torch.cat(tids) if tids else None,
+            meta.get("meta") or {},
+            torch.cat(sids) if sids else None,
+        )
         if out.n_tokens != n_tokens:
             raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {n_tokens}.")
         return out
@@ -263,12 +322,15 @@ class _ShardWriter:
         )
         self._buf: dict[str, list[Tensor]] = {n: [] for n in self.names}
         self._tids: list[Tensor] = []
+        self._sids: list[Tensor] = []
         self._n_buf = 0
         self.folder.mkdir(parents=True, exist_ok=True)
         self.n_shards = 0
         self.n_tokens = 0
 
-    def add(self, acts: Mapping[str, Tensor], token_ids: Tensor | None = None) -> None:
+    def add(
+        self, acts: Mapping[str, Tensor], token_ids: Tensor | None = None, sequence_ids: Tensor | None = None
+    ) -> None:
         n = next(iter(acts.values())).shape[0]
         if n == 0:
             return
@@ -276,6 +338,8 @@ class _ShardWriter:
             self._buf[name].append(acts[name])
         if token_ids is not None:
             self._tids.append(token_ids)
+        if sequence_ids is not None:
+            self._sids.append(sequence_ids)
         self._n_buf += n
         while self._n_buf >= self.shard_tokens:
             self._flush(self.shard_tokens)
@@ -292,6 +356,8 @@ class _ShardWriter:
             tensors[name], self._buf[name] = take(self._buf[name])
         if self._tids:
             tensors[_TOKEN_IDS], self._tids = take(self._tids)
+        if self._sids:
+            tensors[_SEQUENCE_IDS], self._sids = take(self._sids)
         save_file(tensors, str(self.folder / self.template.format(index=self.n_shards)))
         self.n_shards += 1
         self.n_tokens += n
@@ -425,6 +491,43 @@ def _outliers(
     return outlier, by_checkpoint, medians
 
 
+def _bos_token_id(models: Mapping[str, HookedTransformer]) -> int | None:
+    """The BOS token id of the (first) checkpoint's tokenizer, or its featdiff_meta's; None when unknown."""
+    model = next(iter(models.values()))
+    tokenizer = getattr(model, "tokenizer", None)
+    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    if bos is None:
+        bos = (getattr(model, "featdiff_meta", None) or {}).get("bos_token_id")
+    return None if bos is None else int(bos)
+
+
+def _dropped_message(n_kept: int, meta: dict) -> str:
+    """What collect_activations dropped and why, in words: padding, first positions (and how many of them
+    are the BOS token, when the tokenizer says which id that is), outlier norms."""
+    n_first, n_bos, bos = meta["n_dropped_first"], meta["n_dropped_bos"], meta["bos_token_id"]
+    if not n_first:
+        first = "no first positions (drop_bos=False)"
+    elif bos is None:
+        first = (
+            f"the first position of each of {n_first} sequences (no tokenizer says which id is BOS, so whether "
+            "they hold a BOS token is unknown)"
+        )
+    elif n_bos == n_first:
+        first = f"the first position of each of {n_first} sequences (all of them the BOS token {bos})"
+    else:
+        first = (
+            f"the first position of each of {n_first} sequences ({n_bos} of them the BOS token {bos}, "
+            f"{n_first - n_bos} a real token: the tokenizer does not always prepend BOS; drop_bos=False keeps "
+            "them)"
+        )
+    outl = meta["n_dropped_outlier"]
+    why = "" if not outl else f" (norm above {meta['outlier_factor']:g}x the median in some checkpoint)"
+    return (
+        f"collect_activations: kept {n_kept} tokens; dropped {meta['n_dropped_pad']} padding positions, "
+        f"{first}, and {outl} outlier-norm tokens{why}."
+    )
+
+
 def collect_activations(
     models: Mapping[str, object],
     tokens: Int[Tensor, "batch seq"] | list[str],
@@ -442,10 +545,14 @@ def collect_activations(
     """Run the same tokens through every checkpoint and keep the activations at ``hook``, paired by token.
 
     Row i of every checkpoint comes from the same token (``token_ids[i]``). Padding (``attention_mask``
-    zeros or ``pad_token_id``) and, with ``drop_bos``, the first real position of each sequence are dropped,
+    zeros or ``pad_token_id``) and, with ``drop_bos``, the first real position of each sequence are dropped
+    (whether or not it holds a BOS token: the first position is an attention sink with outlying norms),
     then every token whose activation norm exceeds ``outlier_factor`` times the median norm in *any*
-    checkpoint is dropped from all of them. The counts are in ``meta`` (``n_dropped_pad``,
-    ``n_dropped_bos``, ``n_dropped_outlier``). The forward pass stops after the hook's block.
+    checkpoint is dropped from all of them. The counts are in ``meta``: ``n_dropped_pad``,
+    ``n_dropped_first`` (first positions), ``n_dropped_bos`` (those of them that hold the BOS token id of
+    the checkpoint's tokenizer, ``bos_token_id``; 0 when no tokenizer says which id that is),
+    ``n_dropped_outlier``. ``sequence_ids`` records which row of ``tokens`` each kept token came from, so
+    that ``ActivationSet.split`` keeps sequences whole. The forward pass stops after the hook's block.
 
     ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
     and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
@@ -460,8 +567,10 @@ def collect_activations(
     >>> models = {"base": HookedTransformer(cfg), "rl": HookedTransformer(cfg)}
     >>> tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(0))
     >>> acts = collect_activations(models, tokens, "blocks.0.hook_resid_post", outlier_factor=None, progress=False)
-    >>> acts.names, acts.n_tokens, acts.d_model, acts.meta["n_dropped_bos"]
-    (['base', 'rl'], 15, 8, 3)
+    >>> acts.names, acts.n_tokens, acts.d_model, acts.meta["n_dropped_first"], acts.meta["n_dropped_bos"]
+    (['base', 'rl'], 15, 8, 3, 0)
+    >>> acts.sequence_ids.tolist()[:6]
+    [0, 0, 0, 0, 0, 1]
     >>> torch.equal(acts.token_ids, tokens[:, 1:].reshape(-1))  # row i of every checkpoint: token_ids[i]
     True
     """
@@ -501,17 +610,20 @@ def collect_activations(
 
     keep = mask.clone()
     n_dropped_pad = int((~mask).sum())
-    n_dropped_bos = 0
+    n_dropped_first = n_dropped_bos = 0
+    bos_id = _bos_token_id(loaded)
     if drop_bos:
         has_real = mask.any(dim=1)
         first = mask.int().argmax(dim=1)
         rows = torch.nonzero(has_real).squeeze(1)
         keep[rows, first[rows]] = False
-        n_dropped_bos = int(has_real.sum())
+        n_dropped_first = len(rows)
+        if bos_id is not None:
+            n_dropped_bos = int((tokens[rows, first[rows]] == bos_id).sum())
     if not keep.any():
         raise FeatdiffError(
-            f"No token is left after dropping {n_dropped_pad} padding and {n_dropped_bos} BOS positions; "
-            "pass longer sequences or drop_bos=False."
+            f"No token is left after dropping {n_dropped_pad} padding positions and the first position of "
+            f"each of {n_dropped_first} sequences; pass longer sequences or drop_bos=False."
         )
     keep_flat = keep.reshape(-1)
     n_batches = -(-n_seq // batch_size)
@@ -548,25 +660,30 @@ def collect_activations(
             raise FeatdiffError("Every token was dropped as an outlier; raise outlier_factor or pass None.")
         flat_ids = tokens.reshape(-1)[keep_flat]
         token_ids = flat_ids[kept]
+        flat_seq = torch.arange(n_seq).repeat_interleave(seq_len)[keep_flat]
+        sequence_ids = flat_seq[kept]
         meta = {
             "n_sequences": n_seq,
             "seq_len": seq_len,
             "n_dropped_pad": n_dropped_pad,
+            "n_dropped_first": n_dropped_first,
             "n_dropped_bos": n_dropped_bos,
+            "bos_token_id": bos_id,
             "n_dropped_outlier": n_dropped_outlier,
             "n_outlier_by_checkpoint": n_outlier_by_checkpoint,
             "median_norm": median_norm,
             "outlier_factor": outlier_factor,
             "drop_bos": drop_bos,
         }
-        if progress and (n_dropped_outlier or n_dropped_bos or n_dropped_pad):
-            tqdm.write(
-                f"collect_activations: kept {int(kept.sum())} tokens; dropped {n_dropped_pad} padding, "
-                f"{n_dropped_bos} BOS and {n_dropped_outlier} outlier-norm tokens."
-            )
+        if progress and (n_dropped_outlier or n_dropped_first or n_dropped_pad):
+            tqdm.write(_dropped_message(int(kept.sum()), meta))
         if tmp is None:
             return ActivationSet(
-                {n: x[kept] for n, x in raw.items()}, hook=hook, token_ids=token_ids, meta=meta
+                {n: x[kept] for n, x in raw.items()},
+                hook=hook,
+                token_ids=token_ids,
+                meta=meta,
+                sequence_ids=sequence_ids,
             )
 
         # Second pass over the raw shards: drop the outliers, write the final shards.
@@ -577,7 +694,11 @@ def collect_activations(
             part = {n: load_file(str(tmp / "_raw" / f"m{k}_{i:05d}.st"))[n] for k, n in enumerate(names)}
             n_rows = part[names[0]].shape[0]
             sel = kept[start : start + n_rows]
-            writer.add({n: x[sel] for n, x in part.items()}, flat_ids[start : start + n_rows][sel])
+            writer.add(
+                {n: x[sel] for n, x in part.items()},
+                flat_ids[start : start + n_rows][sel],
+                flat_seq[start : start + n_rows][sel],
+            )
             start += n_rows
         n_shards = writer.close()
         shutil.rmtree(tmp / "_raw")

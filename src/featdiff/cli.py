@@ -21,7 +21,7 @@ from featdiff._io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
 from featdiff.figures import figure_png, ordered_accuracy, plot_accuracy
 from featdiff.lab import analysis
-from featdiff.report import key_table, write_html_report
+from featdiff.report import findings, interval_level, key_table_text, write_html_report
 
 DEFAULT_OUT = "featdiff-report"
 # SAE training steps of the demo's compare_checkpoints (the library default, 1M samples, is sized for real
@@ -40,8 +40,9 @@ on one task two ways: SFT (supervised fine-tuning) and RL (GRPO). The demo evalu
 in-domain, near-domain and out-of-domain, trains one sparse autoencoder per checkpoint on their activations,
 aligns the dictionaries to the base's and scores which features were reused, recombined or are novel, then
 (unless --no-crosscoder) runs the crosscoder view (MAS/NRN, feature evolution, generalization features and
-interventions). It prints the key table (accuracy beside reuse, recombination, novelty, drift, transfer_fve
-per checkpoint) and writes:
+interventions). It prints the key table (accuracy, then reuse, recombination, novelty, drift, transfer_fve
+per checkpoint, each beside its raw value, its base-vs-base floor and its interval), what the run measured
+in words, any warnings, and writes:
 
   OUT/report.html        everything in one self-contained file (open it in a browser)
   OUT/accuracy.csv       accuracy per task and task group of base, sft, rl (in [0, 1])
@@ -168,20 +169,33 @@ def _write_report(out: Path, cmp, accuracy=None, view=None, title: str | None = 
 
 
 def _print_key_table(cmp, accuracy=None) -> None:
+    """The key numbers as measured: accuracy (if any), then each feature number beside its raw value, its
+    base-vs-base floor and its interval, then this run's findings in words and its warnings."""
 
-
-    table = key_table(cmp, accuracy)
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
-    if accuracy is not None:
-        print(
-            "accuracy: in [0, 1]; features: fractions of live SAE features vs base (reuse + recombination"
-            " + novelty = 1), drift = 1 - cosine, transfer_fve = variance the base SAE explains."
-        )
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.max_colwidth", 40):
+        if accuracy is not None:
+            acc = ordered_accuracy(accuracy).set_index("checkpoint")
+            print(acc.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+            print()
+        print(key_table_text(cmp).to_string())
+    level = interval_level(cmp)
+    print(
+        f"features vs {cmp.meta.get('reference', 'base')}: fractions of live SAE features (reuse + recombination"
+        " + novelty = 1); floor = the same number for a second base SAE (another seed); "
+        + (f"[lo, hi] = {level:.0%} interval" if level is not None else "[n/a] = no interval in this run")
+        + "; * = the correction hit a bound. drift = 1 - cosine, transfer_fve = variance the base SAE explains."
+    )
+    print()
+    for line in findings(cmp, accuracy):
+        print(f"- {line}")
+    warns = cmp.meta.get("warnings") or []
+    if warns:
+        print(f"\n{len(warns)} warning(s) about this run (also in report.html):")
+        for w in warns:
+            print(f"! {w}")
 
 
 def demo(args: argparse.Namespace) -> int:
-
     progress = not args.quiet
     with_view = not args.no_crosscoder
     steps = _Steps(4 + with_view, args.quiet)

@@ -22,3 +22,18 @@ def check_choice(param: str, value: object, allowed, where: str = "") -> None:
     if value not in allowed:
         of = f" of {where}" if where else ""
         raise FeatdiffError(f"The '{param}' parameter{of} must be one of {allowed}; got {value!r}.")
+
+
+class FeatdiffWarning(UserWarning):
+    """A reading that may mislead (many dead latents, a low noise floor, few tokens, an unsettled loss):
+    the message says what was seen and what to change.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     warnings.warn("60 % of the base SAE's latents are dead; lower d_sae.", FeatdiffWarning)
+    >>> w[0].category.__name__
+    'FeatdiffWarning'
+    """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from pathlib import Path
 
@@ -28,9 +29,11 @@ KEY_FEATURE_COLUMNS = ["reuse", "recombination", "novelty", "drift", "transfer_f
 EXPLANATIONS = {
     "in_domain": "accuracy (in [0, 1]) on the task post-training used",
     "near_domain": "mean accuracy on tasks close to the post-training task (held out)",
-    "out_of_domain": "mean accuracy on unrelated tasks the base model already solves: forgetting shows here",
+    "out_of_domain": "mean accuracy on unrelated tasks held out from post-training; a drop from the base's is "
+    "forgetting",
     "reuse": "fraction of the checkpoint's live SAE features that match a base feature (cosine >= 0.7), "
-    "corrected by the noise floor",
+    "corrected by the noise floor; reuse_raw is the measured fraction, reuse_floor the same number for a second "
+    "base SAE (another seed)",
     "recombination": "fraction fitted by 2-3 base features (orthogonal matching pursuit, cosine >= 0.9)",
     "novelty": "fraction that is neither reused nor recombined: new features (reuse + recombination + "
     "novelty = 1)",
@@ -39,18 +42,50 @@ EXPLANATIONS = {
     "(SAE transfer; compare with reference_fve, the same on the base's own activations)",
     "freq_shift": "mean |log ratio| of a reused feature's firing frequency to its base feature's",
     "base_coverage": "fraction of the base's live features that are reused in the checkpoint",
-    "noise_floor_reuse": "reuse between two base SAEs trained with different seeds: the most reuse a "
-    "checkpoint identical to the base would show, used to correct the fractions",
+    "noise_floor_reuse": "reuse between two base SAEs trained on the same data with different seeds (q): how "
+    "much SAE noise alone leaves unmatched; the correction divides raw fractions by it, and a raw reuse within "
+    "its interval cannot be told from the base (= reuse_floor)",
     "*_raw": "the fractions before the noise-floor correction",
+    "*_floor": "the same number measured base against base (the reference SAE against its replicas trained "
+    "with other seeds, mean over replicas): what SAE noise alone gives",
+    "*_lo": "lower end of the number's interval (level in the report's notes; from replica SAEs and a "
+    "bootstrap over features and tokens)",
+    "*_hi": "upper end of the number's interval",
+    "indistinguishable_from_reference": "True where the raw reuse lies within the floor's interval: the data "
+    "cannot tell this checkpoint's features from the base's",
+    "saturated": "True where the correction hit 0 or 1 (the corrected value is a bound, not a measurement; "
+    "read the raw value)",
+    "split": "fraction of live features that near-duplicate a base feature already matched to another feature "
+    "(counted in reuse)",
 }
+INTERVAL_COLUMNS = [
+    "reuse",
+    "recombination",
+    "novelty",
+    "base_coverage",
+    "drift",
+    "freq_shift",
+    "transfer_fve",
+]
+"""Summary columns that carry ``<col>_lo`` / ``<col>_hi`` intervals and a ``<col>_floor`` (DESIGN.md)."""
+
+
+def _key_columns(s: pd.DataFrame) -> list[str]:
+    """Each key number with what must stand beside it: raw value, floor, interval (those present)."""
+    cols = []
+    for c in KEY_FEATURE_COLUMNS:
+        cols += [x for x in (f"{c}_raw", f"{c}_floor", c, f"{c}_lo", f"{c}_hi") if x in s]
+    cols += [c for c in ("saturated", "indistinguishable_from_reference") if c in s]
+    return cols
 
 
 def key_table(comparison, accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per checkpoint (base, sft, rl, ...): in / near / out-of-domain accuracy (if ``accuracy``)
-    beside the feature numbers reuse, recombination, novelty, drift, transfer_fve of the comparison (NaN
-    for the reference, which they are measured against)."""
+    beside the feature numbers reuse, recombination, novelty, drift, transfer_fve of the comparison, each
+    with its raw value (``*_raw``), base-vs-base floor (``*_floor``) and interval (``*_lo``, ``*_hi``) where
+    the summary has them (NaN for the reference, which they are measured against)."""
     s = comparison.summary
-    feats = s[[c for c in KEY_FEATURE_COLUMNS if c in s]]
+    feats = s[_key_columns(s)]
     reference = comparison.meta.get("reference", "base")
     names = [reference, *[n for n in s.index if n != reference]]
     if accuracy is not None:
@@ -62,6 +97,187 @@ def key_table(comparison, accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
         names = [n for n in CHECKPOINT_ORDER if n in names] + [n for n in names if n not in CHECKPOINT_ORDER]
     out = acc.reindex(names).join(feats.reindex(names))
     out.index.name = "checkpoint"
+    return out
+
+
+def _f(v, digits: int = 3) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _get(row: pd.Series, col: str) -> float:
+    try:
+        return float(row[col]) if col in row.index else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _floor(row: pd.Series, col: str) -> float:
+    v = _get(row, f"{col}_floor")
+    if not math.isfinite(v) and col == "reuse":  # an older Comparison: only noise_floor_reuse
+        v = _get(row, "noise_floor_reuse")
+    return v
+
+
+def _with_interval(row: pd.Series, col: str) -> str:
+    lo, hi = _get(row, f"{col}_lo"), _get(row, f"{col}_hi")
+    value = _f(row.get(col))
+    if value != "-" and col in ("reuse", "recombination", "novelty") and _flag(row, "saturated"):
+        value += "*"
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{value} [{lo:.2f}, {hi:.2f}]"
+    return f"{value} [n/a]" if value != "-" else value
+
+
+def _flag(row: pd.Series, col: str) -> bool | None:
+    if col not in row.index or pd.isna(row[col]):
+        return None
+    v = row[col]
+    return str(v).strip().lower() in ("true", "1", "1.0") if isinstance(v, str) else bool(v)
+
+
+def interval_level(comparison) -> float | None:
+    """The level of the summary's ``*_lo`` / ``*_hi`` intervals (``meta["interval_level"]``, default 0.9),
+    or None when the summary has no intervals (a Comparison from before they existed)."""
+    s = comparison.summary
+    if not any(f"{c}_lo" in s for c in INTERVAL_COLUMNS):
+        return None
+    return float(comparison.meta.get("interval_level", 0.9))
+
+
+def key_table_text(comparison) -> pd.DataFrame:
+    """The key feature numbers as text, one column per compared checkpoint: every corrected fraction beside
+    its raw value and its base-vs-base floor, every number with its interval (``[lo, hi]``, or ``[n/a]``
+    where this Comparison has none), a ``*`` where a correction hit a bound (``saturated``), and whether the
+    data can tell the checkpoint from the reference."""
+    s = comparison.summary
+    corrected = any(math.isfinite(_floor(row, "reuse")) for _, row in s.iterrows())
+    rows: dict[str, dict[str, str]] = {}
+    for name, row in s.iterrows():
+        col: dict[str, str] = {}
+        for c in ("reuse", "recombination", "novelty"):
+            if c not in s:
+                continue
+            if f"{c}_raw" in s and corrected:
+                col[f"{c}, raw"] = _f(row[f"{c}_raw"])
+                floor = _floor(row, c)
+                if math.isfinite(floor) or c == "reuse":
+                    col[f"{c}, floor (base vs base)"] = _f(floor)
+                col[f"{c}, corrected"] = _with_interval(row, c)
+            else:
+                col[c] = _with_interval(row, c)
+        if "split" in s:
+            col["split (in reuse)"] = _f(row["split"])
+        for c in ("drift", "transfer_fve"):
+            if c in s:
+                col[c] = _with_interval(row, c)
+                if f"{c}_floor" in s:
+                    col[f"{c}, floor (base vs base)"] = _f(row[f"{c}_floor"])
+        verdict = _flag(row, "indistinguishable_from_reference")
+        col[f"vs {comparison.meta.get('reference', 'base')}"] = (
+            "not tested (no floor interval)"
+            if verdict is None
+            else ("indistinguishable" if verdict else "distinguishable")
+        )
+        rows[str(name)] = col
+    out = pd.DataFrame(rows)
+    out.index.name = "quantity"
+    return out
+
+
+def findings(comparison, accuracy: pd.DataFrame | None = None) -> list[str]:
+    """Sentences about this run, each derived from its own numbers (raw, floor, interval): no conclusion
+    that the run did not measure. One or two sentences per compared checkpoint, and the accuracy groups of
+    every checkpoint when ``accuracy`` is given.
+
+    Examples
+    --------
+    >>> import pandas as pd, types
+    >>> s = pd.DataFrame({"reuse": [1.0], "reuse_raw": [0.42], "noise_floor_reuse": [0.42], "recombination": [0.0],
+    ...                   "novelty": [0.0]}, index=pd.Index(["rl"], name="checkpoint"))
+    >>> findings(types.SimpleNamespace(summary=s, meta={"reference": "base"}))[0][:60]
+    'rl: raw reuse 0.420 (interval not available in this Comparis'
+    """
+    s, meta = comparison.summary, comparison.meta
+    ref = meta.get("reference", "base")
+    level = interval_level(comparison)
+    lvl = f"{level:.0%}" if level is not None else None
+    out = []
+    n_ref, live_ref = meta.get("reference_n_features"), meta.get("reference_n_live")
+    if n_ref is not None and live_ref is not None:
+        fve = _get(s.iloc[0], "reference_fve") if len(s) else float("nan")
+        tokens = meta.get("n_eval_tokens")
+        out.append(
+            f"{ref} (reference): {int(live_ref):,} of its dictionary's {int(n_ref):,} latents fired"
+            + (f" on the {int(tokens):,} evaluation tokens" if tokens else "")
+            + f" ({int(n_ref) - int(live_ref):,} dead)"
+            + (f"; it explains {fve:.3f} of its own activations' variance" if math.isfinite(fve) else "")
+            + "."
+        )
+    for name, row in s.iterrows():
+        raw, floor = _get(row, "reuse_raw"), _floor(row, "reuse")
+        if not math.isfinite(raw):
+            raw = _get(row, "reuse")
+        lo, hi = _get(row, "reuse_raw_lo"), _get(row, "reuse_raw_hi")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = _get(row, "reuse_lo"), _get(row, "reuse_hi")
+            iv_of = "corrected reuse"
+        else:
+            iv_of = "raw reuse"
+        iv = (
+            f" ({lvl} interval of the {iv_of} {lo:.2f}-{hi:.2f})"
+            if lvl and math.isfinite(lo) and math.isfinite(hi)
+            else " (interval not available in this Comparison)"
+        )
+        fl = (
+            f"against a base-vs-base floor of {floor:.3f}"
+            if math.isfinite(floor)
+            else "with no floor measured (no replica of the base SAE)"
+        )
+        verdict = _flag(row, "indistinguishable_from_reference")
+        if verdict is True:
+            tail = (
+                f": the data cannot tell {name}'s features from {ref}'s (indistinguishable_from_reference)."
+            )
+        elif verdict is False:
+            side = "below" if math.isfinite(floor) and raw < floor else "above"
+            tail = (
+                f": outside the floor's interval ({side} it), so {name} differs from {ref} beyond SAE noise."
+            )
+        else:
+            tail = f"; whether {name} differs from {ref} beyond SAE noise was not tested (no floor interval)."
+        sentence = f"{name}: raw reuse {raw:.3f}{iv} {fl}{tail}"
+        if math.isfinite(floor):
+            parts = [
+                f"{c} {_f(row[c])}" + (f" (raw {_f(row[c + '_raw'])})" if f"{c}_raw" in s else "")
+                for c in ("reuse", "recombination", "novelty")
+                if c in s
+            ]
+            if parts:
+                sentence += " Corrected by the floor: " + ", ".join(parts) + "."
+                if _flag(row, "saturated"):
+                    sentence += " The correction hit a bound (saturated): read the raw values."
+        else:
+            parts = [f"{c} {_f(row[c])}" for c in ("reuse", "recombination", "novelty") if c in s]
+            if parts:
+                sentence += " Fractions, uncorrected (no floor): " + ", ".join(parts) + "."
+        means = []
+        for c in ("drift", "transfer_fve"):
+            v = _get(row, c)
+            if math.isfinite(v):
+                f_ = _get(row, f"{c}_floor")
+                means.append(f"{c} {v:.3f}" + (f" (floor {f_:.3f})" if math.isfinite(f_) else " (no floor)"))
+        if means:
+            sentence += " Means: " + ", ".join(means) + "."
+        out.append(sentence)
+    if accuracy is not None:
+        acc = ordered_accuracy(accuracy).set_index("checkpoint")
+        for g in [g for g in ACCURACY_GROUPS if g in acc]:
+            vals = ", ".join(f"{n} {_f(v)}" for n, v in acc[g].items())
+            out.append(f"{g.replace('_', '-')} accuracy: {vals}.")
     return out
 
 
@@ -84,11 +300,32 @@ def _table(df: pd.DataFrame, max_rows: int = 40, index: bool = True, note: str =
 def _explain(columns) -> str:
     items = []
     for c in columns:
-        key = "*_raw" if str(c).endswith("_raw") else str(c)
+        suffix = next((x for x in ("_raw", "_floor", "_lo", "_hi") if str(c).endswith(x)), None)
+        key = f"*{suffix}" if suffix and str(c) not in EXPLANATIONS else str(c)
         if key in EXPLANATIONS:
-            label = key if key == "*_raw" else str(c)
+            label = key if key.startswith("*") else str(c)
             items.append(f"<dt>{html.escape(label)}</dt><dd>{html.escape(EXPLANATIONS[key])}</dd>")
     return f"<dl>{''.join(dict.fromkeys(items))}</dl>" if items else ""
+
+
+def _held_out(meta: dict) -> str:
+    n_eval = meta.get("n_eval_tokens")
+    return f" ({n_eval} of them held out for scoring)" if n_eval and "n_tokens" in meta else ""
+
+
+def _warnings_html(meta: dict) -> str:
+    """The run's diagnostics (``meta["warnings"]``, written by ``featdiff.diagnostics``), or a line saying
+    there were none or that this Comparison predates them."""
+    if "warnings" not in meta:
+        return '<p class="note">Diagnostics: not recorded in this Comparison.</p>'
+    items = meta.get("warnings") or []
+    if not items:
+        return '<p class="note">Diagnostics: no warning (dead latents, noise floor, tokens, training).</p>'
+    return (
+        "<h3>Warnings: where these numbers are weak</h3><ul>"
+        + "".join(f"<li>{html.escape(str(w))}</li>" for w in items)
+        + "</ul>"
+    )
 
 
 _CSS = """
@@ -152,7 +389,6 @@ def write_html_report(
             png[f"crosscoder_{name}"] = get(f"crosscoder_{name}", lambda fig=fig: fig)
 
     meta = comparison.meta
-
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -160,18 +396,37 @@ def write_html_report(
         f"<h1>{html.escape(title)}</h1>",
         "<p>Each post-trained checkpoint's sparse features are aligned to the base model's and sorted into "
         "<b>reused</b> (kept, maybe moved a little), <b>recombined</b> (built from a few base features) and "
-        "<b>novel</b>. Read the feature numbers beside the accuracy: RL typically keeps and re-uses the base's "
-        "features and holds its out-of-domain accuracy, SFT adds new features and forgets.</p>",
+        "<b>novel</b>. Every fraction stands beside its raw value and its floor: the same number for a second "
+        "base SAE trained with another seed, which is what SAE noise alone gives.</p>",
         '<p class="note">'
         + html.escape(
             f"reference: {meta.get('reference', 'base')} · hook: {meta.get('hook')} · method: "
-            f"{meta.get('method', 'saes')} · tokens: {meta.get('n_tokens', meta.get('n_eval_tokens'))} · "
+            f"{meta.get('method', 'saes')} · tokens: {meta.get('n_tokens', meta.get('n_eval_tokens'))}"
+            f"{_held_out(meta)} · "
             f"seed: {meta.get('seed')} · featdiff {__version__}"
         )
         + "</p>",
+        "<h2>What this run measured</h2>",
+        "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in findings(comparison, accuracy)) + "</ul>",
+        _warnings_html(meta),
         "<h2>Key table</h2>",
-        _table(key_table(comparison, accuracy)),
-        _explain([*ACCURACY_GROUPS, *KEY_FEATURE_COLUMNS] if accuracy is not None else KEY_FEATURE_COLUMNS),
+        _table(ordered_accuracy(accuracy), index=False) if accuracy is not None else "",
+        _table(key_table_text(comparison)),
+        '<p class="note">'
+        + html.escape(
+            (
+                f"Brackets: {interval_level(comparison):.0%} intervals."
+                if interval_level(comparison) is not None
+                else "[n/a]: this Comparison has no intervals (no replica SAEs, or made by an older featdiff)."
+            )
+            + " *: the correction hit a bound (saturated); read the raw value."
+        )
+        + "</p>",
+        _explain(
+            [*ACCURACY_GROUPS, *KEY_FEATURE_COLUMNS, "noise_floor_reuse"]
+            if accuracy is not None
+            else [*KEY_FEATURE_COLUMNS, "noise_floor_reuse"]
+        ),
     ]
     if accuracy is not None:
         acc = ordered_accuracy(accuracy)
@@ -235,6 +490,3 @@ def write_html_report(
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-# ---- figures of the crosscoder view (featdiff.analysis) ------------------------------------------

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from featdiff.activations import ActivationSet
 from featdiff.align import Alignment, align
 from featdiff.comparison import STATUSES, CompareConfig, Comparison
+from featdiff.diagnostics import emit_warnings
 from featdiff.dictionaries.stats import code_stats, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
@@ -251,7 +252,12 @@ def compare_dictionaries(
         "n_eval_tokens": None if acts is None else acts.n_tokens,
         "hook": None if acts is None else acts.hook,
     }
-    return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+    if live_mask[reference] is not None:  # the reference's own live count, for the diagnostics
+        meta["reference_n_features"] = len(live_mask[reference])
+        meta["reference_n_live"] = int(live_mask[reference].sum())
+    cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    return cmp
 
 
 def _check_width(dictionary, acts: ActivationSet, name: str) -> None:
@@ -436,4 +442,6 @@ def compare_crosscoder(
         "crosscoder": cc.cfg.to_dict(),
         "n_eval_tokens": None if acts is None else acts.n_tokens,
     }
-    return Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
+    cmp = Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
+    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    return cmp

@@ -310,17 +310,20 @@ def train_saes(
 
     ckpts = sorted({c for c, _ in plan.values()})
     batches = _cycle_batches(acts, ckpts, batch_size, seed)
+    history = {key: _LossHistory() for key in trainers}
     bar = tqdm(total=steps, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress)
     with bar:
         for step in range(steps):
             batch = next(batches)
-            losses = {}
             for key, trainer in trainers.items():
                 out = trainer.step(batch[plan[key][0]].to(dev))
                 trainer.n_training_steps += 1
-                losses[key] = out.loss.detach()
-            if progress and (step % 50 == 0 or step == steps - 1):
-                bar.set_postfix(loss=f"{sum(float(v) for v in losses.values()) / len(losses):.4g}")
+                history[key].add(out)
+            if step % 25 == 0 or step == steps - 1:
+                for h in history.values():
+                    h.flush()
+                if progress:
+                    bar.set_postfix(_progress_postfix(history, trainers))
             bar.update(1)
 
     out: dict[str, SAE] = {}
@@ -331,7 +334,67 @@ def train_saes(
             trainer.activation_scaler.scaling_factor = None
         trainer.set_final_sae_metadata()
         out[key] = _to_inference(tsae)
+        out[key].featdiff_train = history[key].record(trainer, steps, batch_size, steps - decay)
     return out
+
+
+class _LossHistory:
+    """Per-step losses of one SAE: the reconstruction loss (sae-lens's "mse_loss", in the normalised units
+    it trains in) and the rest (the AuxK loss that revives dead latents, or the sparsity penalty), plus an
+    exponential moving average of each for the progress bar. Tensors are kept until ``flush`` so that a GPU
+    run does not synchronise on every step."""
+
+    EMA = 0.05  # weight of the newest step: a window of about 20 steps
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Tensor, Tensor]] = []
+        self.mse: list[float] = []
+        self.aux: list[float] = []
+        self.ema_mse = self.ema_aux = float("nan")
+
+    def add(self, out) -> None:
+        mse = out.losses.get("mse_loss", out.loss).detach()
+        self._pending.append((mse, out.loss.detach() - mse))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        vals = torch.stack([torch.stack(p) for p in self._pending]).float().cpu().tolist()
+        self._pending = []
+        for mse, aux in vals:
+            self.mse.append(mse)
+            self.aux.append(aux)
+            first = len(self.mse) == 1
+            self.ema_mse = mse if first else (1 - self.EMA) * self.ema_mse + self.EMA * mse
+            self.ema_aux = aux if first else (1 - self.EMA) * self.ema_aux + self.EMA * aux
+
+    def record(self, trainer, n_steps: int, batch_size: int, lr_decay_start: int) -> dict[str, Any]:
+        """What ``featdiff.diagnostics`` reads from ``sae.featdiff_train``."""
+        self.flush()
+        dead = getattr(trainer, "dead_neurons", None)
+        return {
+            "losses": list(self.mse),
+            "aux_losses": list(self.aux),
+            "n_steps": n_steps,
+            "batch_size": batch_size,
+            "lr_decay_start": lr_decay_start,
+            "n_dead_at_end": None if dead is None else int(dead.sum()),
+        }
+
+
+def _progress_postfix(history: Mapping[str, _LossHistory], trainers: Mapping[str, Any]) -> dict[str, str]:
+    """The progress bar's numbers: the smoothed (EMA) reconstruction loss and auxiliary loss, averaged over
+    the SAEs, and the share of latents sae-lens counts as dead. The raw step loss adds the AuxK loss,
+    which jumps when latents are first declared dead (after ``dead_feature_window`` steps); it is shown
+    apart so a jump there is not read as the SAEs getting worse."""
+    h = list(history.values())
+    mse = sum(x.ema_mse for x in h) / len(h)
+    aux = sum(x.ema_aux for x in h) / len(h)
+    dead = [t.dead_neurons.float().mean() for t in trainers.values() if hasattr(t, "dead_neurons")]
+    post = {"mse": f"{mse:.4g}", "aux": f"{aux:.3g}"}
+    if dead:
+        post["dead"] = f"{float(torch.stack(dead).mean()):.0%}"
+    return post
 
 
 def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool = True) -> Path:

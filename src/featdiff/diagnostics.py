@@ -1,0 +1,223 @@
+"""Diagnostics: where a comparison's reading is weak, say so and say what to change.
+
+``diagnose`` looks at a ``Comparison`` (or only its summary table) and returns one plain sentence per
+problem it finds; ``emit_warnings`` runs it, issues each sentence as a ``FeatdiffWarning`` and stores them
+in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their defaults:
+
+- **dead latents** (``max_dead_fraction=0.5``): a dictionary whose latents did not fire on the evaluation
+  tokens for more than half of them. Its fractions are over the live ones only, and live counts that
+  differ between checkpoints move every fraction. Half is where a 4x-wide SAE has fewer live latents than
+  twice the model width.
+- **low noise floor** (``max_correction=3.0``): two reference SAEs that share a fraction q of their
+  features make the correction divide raw fractions by q; above 3x (q < 0.33) the corrected numbers are
+  mostly SAE noise.
+- **few evaluation tokens** (``min_tokens_per_feature=10``): fewer than 10 evaluation tokens per live
+  feature. A feature that fires on one token in 10 x n_live is then likely to be called dead, and
+  ``freq_shift`` compares frequencies counted on a handful of firings.
+- **unsettled training** (``settle_tolerance=0.05``): the reconstruction loss recorded by ``train_saes``
+  (``sae.featdiff_train["losses"]``) still fell by more than 5 % between the two quarters of the run
+  before its learning-rate decay (``loss_settled``). On the lab the drop is 15 % at 60 steps, 10 % at
+  150, 5.7 % at 400, 3.2 % at 1,000 and 2.2 % at 2,000, with final losses 6.5, 4.9, 4.1, 3.7 and 3.5.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import pandas as pd
+
+from featdiff.errors import FeatdiffError, FeatdiffWarning
+
+MAX_DEAD_FRACTION = 0.5
+MAX_CORRECTION = 3.0
+MIN_TOKENS_PER_FEATURE = 10.0
+SETTLE_TOLERANCE = 0.05
+MIN_STEPS = 20
+
+
+def _num(x) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def _dead_message(name: str, n_features: int, n_dead: int, n_tokens, limit: float) -> str | None:
+    if not n_features or not math.isfinite(n_dead) or n_dead / n_features <= limit:
+        return None
+    on = f" on the {int(n_tokens):,} evaluation tokens" if n_tokens else ""
+    n_live = n_features - int(n_dead)
+    return (
+        f"{name}: {n_dead / n_features:.0%} of its dictionary's {n_features:,} latents ({int(n_dead):,}) never "
+        f"fired{on}; its fractions are over the {n_live:,} live ones, and live counts that differ between "
+        f"checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_live):,}), train longer "
+        f"(more n_samples), or evaluate on more tokens (more than {limit:.0%} dead warns)."
+    )
+
+
+def loss_settled(losses, tolerance: float = SETTLE_TOLERANCE, end: int | None = None) -> tuple[bool, float]:
+    """Whether a per-step loss curve had settled before its learning rate decayed: the relative drop
+    between the mean loss over the two quarters before step ``end`` (default: the last step; ``train_saes``
+    records where its linear lr decay starts), i.e. steps [end/2, 3end/4) against [3end/4, end), and
+    whether it is at most ``tolerance``. The decay phase is left out: annealing lowers the loss there by a
+    few percent however long the run was (measured on the lab: 4-6 % from 60 to 2,000 steps).
+
+    Examples
+    --------
+    >>> loss_settled([10.0 / (1 + i) for i in range(100)])[0]
+    False
+    >>> ok, drop = loss_settled([1.0 + 0.01 * (i % 2) for i in range(100)])
+    >>> ok, abs(round(drop, 3))
+    (True, 0.0)
+    """
+    losses = list(losses)
+    end = len(losses) if end is None else min(int(end), len(losses))
+    w = end // 4
+    if w < 2:
+        return False, float("nan")
+    prev = sum(losses[end - 2 * w : end - w]) / w
+    last = sum(losses[end - w : end]) / w
+    if not (math.isfinite(prev) and math.isfinite(last)) or prev <= 0:
+        return False, float("nan")
+    drop = (prev - last) / prev
+    return drop <= tolerance, drop
+
+
+def _training_message(name: str, record: Mapping, tolerance: float) -> str | None:
+    losses = list(record.get("losses") or [])
+    n_steps = int(record.get("n_steps") or len(losses))
+    if n_steps < MIN_STEPS:
+        return (
+            f"{name}: its dictionary trained for only {n_steps} steps, too few to tell whether the loss settled; "
+            "train longer (n_samples or n_steps)."
+        )
+    ok, drop = loss_settled(losses, tolerance, record.get("lr_decay_start"))
+    if ok:
+        return None
+    if not math.isfinite(drop):
+        return f"{name}: its training loss is not finite at the end of the run; lower lr or check the activations."
+    return (
+        f"{name}: its dictionary's reconstruction loss still fell by {drop:.1%} between the two quarters "
+        f"before the learning-rate decay of its {n_steps}-step run (more than {tolerance:.0%}): the training "
+        "had not settled. Train longer (raise n_samples or n_steps) before reading the fractions."
+    )
+
+
+def diagnose(
+    cmp_or_summary,
+    *,
+    max_dead_fraction: float = MAX_DEAD_FRACTION,
+    max_correction: float = MAX_CORRECTION,
+    min_tokens_per_feature: float = MIN_TOKENS_PER_FEATURE,
+    settle_tolerance: float = SETTLE_TOLERANCE,
+) -> list[str]:
+    """Plain-language warnings about where a comparison's numbers are weak, each saying what to change.
+
+    ``cmp_or_summary`` is a ``Comparison`` (all checks) or its ``summary`` DataFrame (the checks that need
+    only the table: dead latents of the targets, the noise floor, tokens per feature when the summary
+    has ``n_eval_tokens``). From a Comparison it also reads ``meta`` (``n_eval_tokens``,
+    ``reference_n_live`` / ``reference_n_features``) and the training records that ``train_saes`` puts on
+    each dictionary (``featdiff_train``). The thresholds are the module's defaults (see the module
+    docstring); an empty list means no check fired.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"n_features": [256], "n_live": [80], "n_dead": [176], "noise_floor_reuse": [0.2]},
+    ...                  index=pd.Index(["rl"], name="checkpoint"))
+    >>> [m.split(":")[0] for m in diagnose(s)]
+    ['rl', 'noise floor']
+    >>> diagnose(s, max_dead_fraction=0.9, max_correction=10)
+    []
+    """
+    for pname, v in (
+        ("max_dead_fraction", max_dead_fraction),
+        ("max_correction", max_correction),
+        ("min_tokens_per_feature", min_tokens_per_feature),
+        ("settle_tolerance", settle_tolerance),
+    ):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise FeatdiffError(f"The '{pname}' parameter of diagnose must be a number >= 0; got {v!r}.")
+    if isinstance(cmp_or_summary, pd.DataFrame):
+        summary, meta, dictionaries = cmp_or_summary, {}, {}
+    elif hasattr(cmp_or_summary, "summary") and hasattr(cmp_or_summary, "meta"):
+        summary, meta = cmp_or_summary.summary, dict(cmp_or_summary.meta or {})
+        dictionaries = dict(getattr(cmp_or_summary, "dictionaries", None) or {})
+    else:
+        raise FeatdiffError(
+            f"diagnose needs a Comparison or its summary DataFrame; got {type(cmp_or_summary).__name__}."
+        )
+    out: list[str] = []
+    reference = meta.get("reference", "base")
+    n_tokens = meta.get("n_eval_tokens")
+
+    # dead latents: the reference's (from meta), then each target's
+    ref_n, ref_live = meta.get("reference_n_features"), meta.get("reference_n_live")
+    if ref_n is not None and ref_live is not None:
+        msg = _dead_message(
+            f"{reference} (reference)", int(ref_n), int(ref_n) - int(ref_live), n_tokens, max_dead_fraction
+        )
+        if msg:
+            out.append(msg)
+    for name, row in summary.iterrows():
+        n_feat, n_dead = _num(row.get("n_features")), _num(row.get("n_dead"))
+        if math.isfinite(n_feat) and math.isfinite(n_dead):
+            msg = _dead_message(str(name), int(n_feat), int(n_dead), n_tokens, max_dead_fraction)
+            if msg:
+                out.append(msg)
+
+    # the noise floor: one message, the floor is the reference's
+    floor_col = "reuse_floor" if "reuse_floor" in summary else "noise_floor_reuse"
+    if floor_col in summary and len(summary):
+        q = _num(summary[floor_col].iloc[0])
+        if math.isfinite(q) and (q <= 0 or 1.0 / q > max_correction):
+            factor = "is undefined (q = 0)" if q <= 0 else f"multiplies raw fractions by {1 / q:.1f}"
+            out.append(
+                f"noise floor: two {reference} SAEs trained with different seeds share only {q:.1%} of their "
+                f"live features, so the correction {factor} (more than {max_correction:g}x) and the corrected "
+                "fractions are mostly SAE noise. Read the raw fractions beside their floor, and make the SAEs "
+                "agree across seeds: a smaller d_sae, longer training, or more tokens."
+            )
+
+    # evaluation tokens per live feature
+    for name, row in summary.iterrows():
+        tokens = _num(row.get("n_eval_tokens", n_tokens))
+        n_live = _num(row.get("n_live"))
+        if math.isfinite(tokens) and math.isfinite(n_live) and n_live > 0:
+            per = tokens / n_live
+            if per < min_tokens_per_feature:
+                out.append(
+                    f"{name}: {int(tokens):,} evaluation tokens for {int(n_live):,} live features "
+                    f"({per:.1f} per feature, fewer than {min_tokens_per_feature:g}): firing frequencies and "
+                    f"live/dead calls are unreliable. Evaluate on at least "
+                    f"{math.ceil(min_tokens_per_feature * n_live):,} tokens (more data, or a larger "
+                    "eval_fraction), or use a smaller d_sae."
+                )
+
+    # training that had not settled (records written by train_saes)
+    for name, d in dictionaries.items():
+        record = getattr(d, "featdiff_train", None)
+        if isinstance(record, Mapping):
+            msg = _training_message(str(name), record, settle_tolerance)
+            if msg:
+                out.append(msg)
+    for name, d in (getattr(cmp_or_summary, "extras", None) or {}).items():
+        record = getattr(d, "featdiff_train", None)
+        if isinstance(record, Mapping):
+            msg = _training_message(str(name), record, settle_tolerance)
+            if msg:
+                out.append(msg)
+    return out
+
+
+def emit_warnings(cmp, **thresholds) -> list[str]:
+    """Run ``diagnose(cmp, **thresholds)``, issue each message as a ``FeatdiffWarning`` and store the list
+    in ``cmp.meta["warnings"]`` (written to meta.json and shown by the report); returns the list."""
+    messages = diagnose(cmp, **thresholds)
+    for m in messages:
+        warnings.warn(m, FeatdiffWarning, stacklevel=3)
+    cmp.meta["warnings"] = messages
+    return messages
