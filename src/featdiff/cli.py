@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import featdiff as fd
-from featdiff._io import atomic_dir, write_json
+from featdiff._io import atomic_dir, check_replaceable, write_json
 from featdiff.errors import FeatdiffError
 from featdiff.figures import figure_png, ordered_accuracy, plot_accuracy
 from featdiff.lab import analysis
@@ -51,7 +51,8 @@ in words, any warnings, and writes:
   OUT/figures/*.png      comparison, accuracy and crosscoder-view figures
   OUT/crosscoder/*.csv   the crosscoder view's tables
 
-OUT is --out (default ./{DEFAULT_OUT}); it is replaced atomically. The trained lab is cached in
+OUT is --out (default ./{DEFAULT_OUT}); it is replaced atomically when it is empty or an earlier featdiff
+output; a folder holding anything else is left alone (the run stops at once) unless --overwrite. The trained lab is cached in
 --cache-dir (default $FEATDIFF_CACHE, else ~/.cache/featdiff) under lab/<config hash>, so later runs skip
 training.
 
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the lab, the SAEs and the crosscoder (default 0)"
     )
     d.add_argument("--no-crosscoder", action="store_true", help="skip the crosscoder view (faster)")
+    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d.add_argument(
         "--quiet", action="store_true", help="no progress bars, no table: print only the report path"
     )
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("sft", nargs="?", default=None, help="optional second post-trained checkpoint (named sft)")
     c.add_argument("--tokens", default=None, help="token ids, shape (batch, seq): a .safetensors or .pt file")
     c.add_argument("--out", required=True, help="report folder to write (replaced atomically)")
+    c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c.add_argument("--hook", default=None, help="TransformerLens hook name (default: middle resid_post)")
     c.add_argument("--method", default="saes", choices=["saes", "crosscoder"], help="default: saes")
     c.add_argument("--d-sae", type=int, default=None, help="dictionary size (default: 4 * d_model)")
@@ -141,13 +144,18 @@ class _Steps:
             print(f"      done in {time.perf_counter() - self.t:.1f} s{text}", file=sys.stderr, flush=True)
 
 
-def _write_report(out: Path, cmp, accuracy=None, view=None, title: str | None = None) -> Path:
+OVERWRITE_HELP = "replace --out even when it holds files featdiff did not write (default: refuse)"
+
+
+def _write_report(
+    out: Path, cmp, accuracy=None, view=None, title: str | None = None, overwrite: bool = False
+) -> Path:
     """The report folder, atomically: Comparison files, accuracy.csv, figures/, crosscoder/, report.html."""
     import matplotlib.pyplot as plt  # deferred: matplotlib ~1.5 s to import
 
 
     kwargs = {} if title is None else {"title": title}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite or None) as tmp:
         cmp.to_dir(tmp)  # summary.csv, features.parquet, meta.json, figures/comparison.png
         figs = {"comparison": (tmp / "figures" / "comparison.png").read_bytes()}
         if accuracy is not None:
@@ -227,7 +235,7 @@ def demo(args: argparse.Namespace) -> int:
         steps.done()
 
     steps(f"report: writing {args.out}")
-    out = _write_report(Path(args.out), cmp, accuracy, view)
+    out = _write_report(Path(args.out), cmp, accuracy, view, overwrite=args.overwrite)
     steps.done()
     steps("summary")
     if args.quiet:
@@ -297,7 +305,10 @@ def compare(args: argparse.Namespace) -> int:
     steps.done()
     steps(f"report: writing {args.out}")
     out = _write_report(
-        Path(args.out), cmp, title="featdiff report: " + " vs ".join(n for n, s in specs.items() if s)
+        Path(args.out),
+        cmp,
+        title="featdiff report: " + " vs ".join(n for n, s in specs.items() if s),
+        overwrite=args.overwrite,
     )
     steps.done()
     steps("summary")
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``featdiff`` console script; returns the exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
     try:
+        check_replaceable(Path(args.out), args.overwrite or None)  # before minutes of work, not after
         return {"demo": demo, "compare": compare}[args.command](args)
     except FeatdiffError as e:
         msg = " ".join(str(e).split())

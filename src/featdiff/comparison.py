@@ -168,11 +168,14 @@ class Comparison:
             tmp.replace(path)
         return fig
 
-    def to_dir(self, path: str | os.PathLike, figures: bool = True) -> Path:
-        """Write summary.csv, features.parquet, meta.json and figures/ into ``path`` (atomically)."""
+    def to_dir(self, path: str | os.PathLike, figures: bool = True, overwrite: bool | None = None) -> Path:
+        """Write summary.csv, features.parquet, meta.json and figures/ into ``path`` (atomically).
+
+        An existing ``path`` is replaced only when it is empty or featdiff's own output; a folder holding
+        anything else raises (nothing a user wrote is deleted) unless ``overwrite=True``."""
 
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
             self.summary.to_csv(tmp / constants.SUMMARY)
             feats = self.features.copy()
             if "components" in feats:

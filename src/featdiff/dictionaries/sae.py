@@ -397,11 +397,12 @@ def _progress_postfix(history: Mapping[str, _LossHistory], trainers: Mapping[str
     return post
 
 
-def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool = True) -> Path:
+def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool | None = None) -> Path:
     """Write ``sae`` in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``), atomically.
 
     Uses sae-lens's own ``save_model`` (``save_inference_model`` for a training SAE) into a temporary
-    folder that then replaces ``path``. Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
+    folder that then replaces ``path``: only when ``path`` is empty or featdiff's own output (``overwrite=True``
+    replaces any folder, ``False`` none). Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
 
     Examples
     --------
@@ -409,7 +410,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool = True) -> Path:
     >>> sae = sae_from_dictionary(torch.eye(4), k=1)
     >>> folder = save_sae(sae, tempfile.mkdtemp() + "/sae")
     >>> sorted(p.name for p in folder.iterdir())
-    ['cfg.json', 'sae_weights.safetensors']
+    ['.featdiff', 'cfg.json', 'sae_weights.safetensors']
     """
     from sae_lens import SAE  # deferred: sae-lens ~10 s to import
     from sae_lens.saes.sae import TrainingSAE  # deferred: sae-lens ~10 s to import
