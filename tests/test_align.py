@@ -103,3 +103,33 @@ def test_svcca_known_answers():
     assert svcca(x, y) == pytest.approx(0.5, abs=0.06)
     with pytest.raises(FeatdiffError, match="paired rows"):
         svcca(x, x[:10])
+
+
+@pytest.mark.parametrize("n_ref,n_tgt,d_in,noise", [(300, 300, 32, 0.3), (400, 250, 16, 2.0), (250, 400, 64, 0.8)])
+def test_sparse_solver_reaches_the_dense_optimum_and_certifies_it(n_ref, n_tgt, d_in, noise):
+    g = torch.Generator().manual_seed(n_ref + n_tgt)
+    ref = unit(torch.randn(n_ref, d_in, generator=g))
+    base = ref[torch.randint(0, n_ref, (n_tgt,), generator=g)]
+    tgt = unit(base + noise * torch.randn(n_tgt, d_in, generator=g) / d_in**0.5)
+    dense = align(ref, tgt, solver="dense")
+    sparse = align(ref, tgt, solver="sparse")
+    assert sparse.exact
+    total = lambda al: float(np.nansum(al.similarity))  # noqa: E731
+    assert total(sparse) == pytest.approx(total(dense), abs=1e-4)
+    assert (sparse.match >= 0).sum() == (dense.match >= 0).sum() == min(n_ref, n_tgt)
+    ok = sparse.match >= 0  # every matched pair's similarity is the true cosine of that pair
+    cos = (tgt[ok] * ref[sparse.match[ok]]).sum(1).double().numpy()
+    np.testing.assert_allclose(sparse.similarity[ok], cos, atol=1e-5)
+    assert len(set(sparse.match[ok].tolist())) == ok.sum()  # one-to-one
+
+
+def test_streamed_max_matching_equals_the_dense_one():
+    g = torch.Generator().manual_seed(3)
+    ref, tgt = unit(torch.randn(200, 16, generator=g)), unit(torch.randn(150, 16, generator=g))
+    a, b = align(ref, tgt, method="max", solver="dense"), align(ref, tgt, method="max", solver="sparse")
+    assert (a.match == b.match).all() and np.allclose(a.similarity, b.similarity, atol=1e-6)
+
+
+def test_sparse_solver_needs_decoder_cosines():
+    with pytest.raises(FeatdiffError, match="solver='sparse'"):
+        align(torch.eye(3), torch.eye(3), on="activations", solver="sparse")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from featdiff.activations import ActivationSet
 from featdiff.dictionaries.stats import encode, unit_decoder
-from featdiff.errors import FeatdiffError, check_choice
+from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 
 METHODS = ("hungarian", "max")
 ON = ("decoder", "activations")
@@ -54,7 +55,8 @@ class Alignment:
 
     ``match[j]`` is the reference feature matched to target feature j (-1 if none: dead, or more target
     than reference features) and ``similarity[j]`` its score (cosine of decoder rows, or correlation of
-    codes when ``on="activations"``); ``ref_live`` / ``tgt_live`` mark the features that were matched over.
+    codes when ``on="activations"``); ``ref_live`` / ``tgt_live`` mark the features that were matched over;
+    ``exact`` is False only when a sparse solve could not be certified optimal.
     """
 
     reference: str
@@ -67,6 +69,7 @@ class Alignment:
     on: str = "decoder"
     ref_decoder: Tensor | None = None
     tgt_decoder: Tensor | None = None
+    exact: bool = True
 
     @property
     def d_ref(self) -> int:
@@ -108,6 +111,144 @@ def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     return match, score
 
 
+# --------------------------------------------------------------------------- large dictionaries
+# featdiff's own: scipy solves the sparse assignment (LAPJVsp); the candidate graph, the column prices and the
+# dense duality bound that certifies the sparse optimum as the dense one are written here.
+SPARSE_ABOVE = 2048
+"""``solver="auto"`` solves on a sparse candidate graph when both sides have more live features than this."""
+
+
+def _row_blocks(a: Tensor, b: Tensor, chunk: int):
+    """(start, a[start:start+chunk] @ b.T) blocks of the full similarity, never all of it at once."""
+    for i in range(0, len(a), chunk):
+        yield i, a[i : i + chunk] @ b.T
+
+
+def _candidates(a: Tensor, b: Tensor, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` most similar columns (indices, similarities), streamed."""
+    k = min(k, len(b))
+    idx = np.empty((len(a), k), dtype=np.int64)
+    val = np.empty((len(a), k), dtype=np.float32)
+    for i, block in _row_blocks(a, b, chunk):
+        top = block.topk(k, dim=1)
+        idx[i : i + len(block)] = top.indices.numpy()
+        val[i : i + len(block)] = top.values.numpy()
+    return idx, val
+
+
+def _prices(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, match: np.ndarray, n_cols: int) -> np.ndarray:
+    """Column prices v >= 0 with u_i + v_j >= s_ij on every candidate edge and equality on the matching, where
+    u_i = s_{i,match(i)} - v_{match(i)}: the longest-path fixpoint of v_j >= v_match(i) + s_ij - s_i,match(i)
+    (finite when the matching is optimal on the candidate graph: no alternating cycle gains)."""
+    matched_sim = np.full(match.shape, -np.inf)
+    for_rows = match[rows]
+    is_match = cols == for_rows
+    matched_sim[rows[is_match]] = sims[is_match]
+    gain = sims - matched_sim[rows]
+    v = np.zeros(n_cols)
+    for _ in range(len(match) + 1):
+        cand = v[for_rows] + gain
+        new = v.copy()
+        np.maximum.at(new, cols, cand)
+        if np.allclose(new, v, rtol=0, atol=1e-12):
+            return new
+        v = new
+    return v
+
+
+def _dense_bound(a: Tensor, b: Tensor, v: np.ndarray, chunk: int) -> np.ndarray:
+    """u_i = max_j (s_ij - v_j) over *all* columns: with prices v >= 0, sum(u) + sum(v) bounds the optimum."""
+    vt = torch.from_numpy(v).to(a.dtype)
+    u = np.empty(len(a))
+    for i, block in _row_blocks(a, b, chunk):
+        u[i : i + len(block)] = (block - vt).max(dim=1).values.double().numpy()
+    return u
+
+
+def _assign_streamed(tgt: Tensor, ref: Tensor, method: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``_assign`` on decoder cosines without the dense matrix: (match, similarity, certified)."""
+    if method == "max":
+        idx, val = _candidates(tgt, ref, 1, 2048)
+        return idx[:, 0], val[:, 0].astype(np.float64), True
+    if len(tgt) <= len(ref):
+        return sparse_hungarian(tgt, ref)
+    m_ref, s_ref, ok = sparse_hungarian(ref, tgt)  # match the smaller side, then invert
+    match, score = np.full(len(tgt), -1, dtype=np.int64), np.full(len(tgt), np.nan)
+    match[m_ref] = np.arange(len(ref))
+    score[m_ref] = s_ref
+    return match, score, ok
+
+
+def sparse_hungarian(
+    a: Float[Tensor, "n_a d_in"], b: Float[Tensor, "n_b d_in"], k: int = 16, chunk: int = 2048, rounds: int = 4
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The one-to-one matching of the rows of ``a`` to rows of ``b`` (``len(a) <= len(b)``) that maximises
+    the total cosine, solved on each row's ``k`` best candidates instead of the dense matrix.
+
+    The result is certified exact when an LP dual of the *dense* problem matches its value: column prices v
+    (from the candidate graph) give the bound sum_i max_j (s_ij - v_j) + sum_j v_j over every pair, computed
+    in a streamed pass. Rows whose bound exceeds their matched value get their violating columns as extra
+    candidates and the graph is solved again (``rounds`` times). Returns (match, similarity, certified).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> b = torch.nn.functional.normalize(torch.randn(300, 32, generator=g), dim=1)
+    >>> a = torch.nn.functional.normalize(b[:200] + 0.05 * torch.randn(200, 32, generator=g), dim=1)
+    >>> match, sim, certified = sparse_hungarian(a, b, k=4)
+    >>> certified, bool((match == np.arange(200)).mean() > 0.95)
+    (True, True)
+    """
+    import scipy.sparse as sp  # deferred: scipy ~1 s to import
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching  # deferred: as above
+
+    n_a, n_b = len(a), len(b)
+    idx, val = _candidates(a, b, k, chunk)
+    rows = np.repeat(np.arange(n_a), idx.shape[1])
+    cols, sims = idx.ravel(), val.ravel().astype(np.float64)
+    certified, match, value = False, np.full(n_a, -1, dtype=np.int64), np.full(n_a, np.nan)
+    for _ in range(rounds + 1):
+        graph = sp.csr_array((sims + 3.0, (rows, cols)), shape=(n_a, n_b))  # weights must be non-zero
+        graph.sum_duplicates()
+        try:
+            r, c = min_weight_full_bipartite_matching(graph, maximize=True)
+        except ValueError:  # no full matching among the candidates: widen every row
+            idx, val = _candidates(a, b, min(n_b, 2 * idx.shape[1]), chunk)
+            rows = np.repeat(np.arange(n_a), idx.shape[1])
+            cols, sims = idx.ravel(), val.ravel().astype(np.float64)
+            continue
+        match = np.full(n_a, -1, dtype=np.int64)
+        match[r] = c
+        g = graph.tocoo()
+        e_rows, e_cols, e_sims = g.row.astype(np.int64), g.col.astype(np.int64), g.data - 3.0
+        value = np.full(n_a, np.nan)
+        hit = e_cols == match[e_rows]
+        value[e_rows[hit]] = e_sims[hit]
+        v = _prices(e_rows, e_cols, e_sims, match, n_b)
+        u_matched = value - v[match]
+        u = _dense_bound(a, b, v, chunk)  # dense dual: sum(u) + sum(v) >= every matching's total
+        violating = np.flatnonzero(u - u_matched > 1e-5)
+        free = np.ones(n_b, bool)
+        free[match[match >= 0]] = False
+        if len(violating) == 0:
+            certified = float(v[free].sum()) <= 1e-6 * max(1, n_a)  # then the bound equals our total
+            break
+        # add each violating row's columns that break its dual constraint, then solve again
+        vt = torch.from_numpy(v).to(a.dtype)
+        add_r, add_c = [], []
+        for i in range(0, len(violating), chunk):
+            rr = violating[i : i + chunk]
+            block = a[rr] @ b.T - vt
+            bad = block > torch.from_numpy(u_matched[rr] + 1e-5).to(a.dtype)[:, None]
+            ri, ci = bad.nonzero(as_tuple=True)
+            add_r.append(rr[ri.numpy()])
+            add_c.append(ci.numpy())
+        new_r, new_c = np.concatenate(add_r), np.concatenate(add_c)
+        new_s = torch.einsum("nd,nd->n", a[new_r], b[new_c]).double().numpy()
+        rows, cols, sims = np.concatenate([e_rows, new_r]), np.concatenate([e_cols, new_c]), np.concatenate([e_sims, new_s])
+    return match, value, certified
+
+
 def align(
     reference,
     target,
@@ -120,6 +261,7 @@ def align(
     ref_live: Bool[Tensor, " d_ref"] | np.ndarray | None = None,
     tgt_live: Bool[Tensor, " d_tgt"] | np.ndarray | None = None,
     codes: tuple[Tensor, Tensor] | None = None,
+    solver: str = "auto",
 ) -> Alignment:
     """Match target features to reference features (one-to-one by default, maximising the total similarity).
 
@@ -127,6 +269,12 @@ def align(
     correlation of their codes on the same tokens (needs ``activations`` holding ``reference_name`` and
     ``target_name``). When activations are given, features that never fire on them are dead and are left
     out of the matching (``match`` -1).
+
+    ``solver``: ``"dense"`` builds the full similarity matrix; ``"sparse"`` (decoder cosines only) streams it
+    in blocks, keeps each feature's best candidates and certifies the optimum against the dense dual bound
+    (``sparse_hungarian``), so 32k x 32k dictionaries align in bounded memory; ``"auto"`` picks sparse when
+    both sides have more than ``SPARSE_ABOVE`` live features. ``Alignment.exact`` says whether the matching
+    is certified optimal (always for dense).
 
     Examples
     --------
@@ -138,6 +286,9 @@ def align(
     """
     check_choice("method", method, METHODS, "align")
     check_choice("on", on, ON, "align")
+    check_choice("solver", solver, ("auto", "dense", "sparse"), "align")
+    if solver == "sparse" and on != "decoder":
+        raise FeatdiffError("align(solver='sparse') works on decoder cosines; use on='decoder' or solver='dense'.")
     ref_dec, tgt_dec = unit_decoder(reference), unit_decoder(target)
     if ref_dec.shape[1] != tgt_dec.shape[1]:
         raise FeatdiffError(
@@ -169,11 +320,23 @@ def align(
     ref_live = np.ones(len(ref_dec), bool) if ref_live is None else np.asarray(ref_live, dtype=bool)
     tgt_live = np.ones(len(tgt_dec), bool) if tgt_live is None else np.asarray(tgt_live, dtype=bool)
     r_idx, t_idx = np.flatnonzero(ref_live), np.flatnonzero(tgt_live)
-    if on == "decoder":
-        sim = (tgt_dec[t_idx] @ ref_dec[r_idx].T).numpy()
+    sparse = on == "decoder" and (
+        solver == "sparse" or (solver == "auto" and min(len(r_idx), len(t_idx)) > SPARSE_ABOVE)
+    )
+    exact = True
+    if sparse and len(r_idx) and len(t_idx):
+        m, s, exact = _assign_streamed(tgt_dec[t_idx], ref_dec[r_idx], method)
+    elif on == "decoder":
+        m, s = _assign((tgt_dec[t_idx] @ ref_dec[r_idx].T).double().numpy(), method)
     else:
-        sim = correlation_matrix(tgt_codes[:, t_idx], ref_codes[:, r_idx]).numpy()
-    m, s = _assign(sim.astype(np.float64), method)
+        m, s = _assign(correlation_matrix(tgt_codes[:, t_idx], ref_codes[:, r_idx]).double().numpy(), method)
+    if not exact:
+        warnings.warn(
+            f"align({reference_name!r}, {target_name!r}): the sparse matching could not be certified optimal "
+            "against the dense bound; its total is a lower bound. Pass solver='dense' where memory allows.",
+            FeatdiffWarning,
+            stacklevel=2,
+        )
     match = np.full(len(tgt_dec), -1, dtype=np.int64)
     similarity = np.full(len(tgt_dec), np.nan)
     ok = m >= 0
@@ -190,6 +353,7 @@ def align(
         on=on,
         ref_decoder=ref_dec,
         tgt_decoder=tgt_dec,
+        exact=exact,
     )
 
 
