@@ -128,10 +128,13 @@ class CrosscoderViewConfig:
     drawn from the live features outside it (``control="matched"``: each edited feature gets a partner
     among the ``match_width`` features nearest to it in firing frequency, so that a control removes as
     much activity; ``"live"``: any live feature); the edit's empirical p-value is (1 + #controls at least
-    as effective) / (1 + n_random). Evaluated on ``n_full`` samples per task (the first of the lab's eval
-    split that did not select the features) and on at most ``n_critical`` of its held-out critical
-    samples (base wrong, rl right; a seeded draw); ``in_domain`` adds the in-domain task (whose critical
-    samples took no part in the selection).
+    as effective) / (1 + n_random), so 20 controls can give p >= 1/21 = 0.048. Evaluated on at most
+    ``n_critical`` held-out critical samples per task (base wrong, rl right; a seeded draw), with
+    ``n_random`` controls, and on ``n_full`` samples per task (the first of the lab's eval split that did
+    not select the features), with the first ``n_random_full`` of those controls: the full subset shows
+    side effects, the critical one tests the features, and each control costs as much as the edit (about
+    0.5 s per 64 samples on the default lab), hence fewer on the larger full subset. ``in_domain`` adds
+    the in-domain task (whose critical samples took no part in the selection).
 
     ``num_threads``: torch threads while the view runs (restored afterwards; 1 is fastest for the lab's
     tiny models on a shared CPU); None keeps torch's setting.
@@ -171,6 +174,7 @@ class CrosscoderViewConfig:
     min_critical: int = 10
     alpha: float = 3.0
     n_random: int = 20
+    n_random_full: int = 2
     control: str = "matched"
     match_width: int = 10
     n_full: int = 64
@@ -197,10 +201,10 @@ class CrosscoderViewConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise FeatdiffError(f"The '{name}' field of {where} must be a positive int; got {v!r}.")
-        if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
-            raise FeatdiffError(
-                f"The 'n_random' field of {where} must be an int >= 0; got {self.n_random!r}."
-            )
+        for name in ("n_random", "n_random_full"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FeatdiffError(f"The '{name}' field of {where} must be an int >= 0; got {v!r}.")
         if self.k > self.d_sae or self.evolution_k > self.evolution_d_sae:
             raise FeatdiffError(f"{where} needs k <= d_sae and evolution_k <= evolution_d_sae.")
         check_choice("evolution", self.evolution, EVOLUTION_METHODS, where)
@@ -275,6 +279,7 @@ class CrosscoderViewConfig:
             evolution_n_steps=20,
             evolution_top_k=4,
             n_random=3,
+            n_random_full=1,
             n_full=16,
             n_critical=16,
             min_critical=2,
@@ -877,7 +882,7 @@ def _interventions(
                 sets,
                 checker=checker,
                 n_new_tokens=n_new,
-                n_random=n_random,
+                n_random=n_random if subset == "critical" else min(n_random, cfg.n_random_full),
                 live=pool,
                 seed=seed,
                 batch_size=256,
