@@ -296,14 +296,43 @@ def other_activations(
     """The other checkpoints' activations at the edit's hook on ``tokens`` (run up to the hook's layer)."""
     out = {}
     stop = _stop_at_layer(edit.hook)
+    memo = _OTHERS_MEMO.get("active")
     for name, other in (edit.others or {}).items():
         if name == edit.model_name or name not in edit.dictionary.names:
             continue
         _check_model_hook(other, edit.hook)
+        key = None
+        if memo is not None:
+            key = (id(other), edit.hook, tuple(tokens.shape), tokens.detach().cpu().numpy().tobytes())
+            if key in memo:
+                out[name] = memo[key]
+                continue
         with torch.no_grad():
             _, cache = other.run_with_cache(tokens, names_filter=edit.hook, stop_at_layer=stop)
         out[name] = cache[edit.hook]
+        if memo is not None:
+            if len(memo) >= _OTHERS_MEMO_SIZE:
+                memo.clear()
+            memo[key] = out[name]
     return out
+
+
+# The other checkpoints run unedited: within one evaluate_intervention call the edit and its random
+# controls feed them the same token sequences again and again (controls seldom change a generated token),
+# so their activations are remembered by token content for the duration of that call only.
+_OTHERS_MEMO: dict[str, dict] = {}
+_OTHERS_MEMO_SIZE = 512
+
+
+@contextlib.contextmanager
+def _remember_others() -> Iterator[None]:
+    outer = _OTHERS_MEMO.get("active")
+    _OTHERS_MEMO["active"] = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _OTHERS_MEMO.pop("active", None)
 
 
 def _edit_hook_fn(edit: FeatureEdit, state: dict) -> Callable:
@@ -714,8 +743,30 @@ def evaluate_intervention(
             ]
     conditions: list[tuple[str, FeatureEdit | None]] = [("none", None), ("edit", edit)]
     conditions += [("random", edit.with_features(c)) for c in controls]
-    rows = []
     bar = tqdm(total=len(tasks) * len(conditions), disable=not progress, desc="evaluate_intervention")
+    with _remember_others():
+        table = _evaluate_conditions(
+            model,
+            tasks,
+            critical,
+            conditions,
+            controls,
+            alternative,
+            eval_fn,
+            checker,
+            n_new_tokens,
+            batch_size,
+            bar,
+        )
+    bar.close()
+    return table
+
+
+def _evaluate_conditions(
+    model, tasks, critical, conditions, controls, alternative, eval_fn, checker, n_new_tokens, batch_size, bar
+) -> pd.DataFrame:
+    """The rows of ``evaluate_intervention``: each condition on each task, then the p-values."""
+    rows = []
     for task, (prompts, answers) in tasks.items():
         answers = torch.as_tensor(answers)
         if len(prompts) != len(answers):
@@ -742,6 +793,5 @@ def evaluate_intervention(
                 if cond == "edit" and nc:
                     p = empirical_p_value(vals[0][j], [v[j] for v in acc["random"]], alternative)
                 rows.append((cond, subset, task, float(mean[j]), n, nc, p))
-    bar.close()
     table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     return table.astype({"n": "int64", "accuracy": "float64", "n_controls": "int64", "p_value": "float64"})
