@@ -902,11 +902,11 @@ def _interventions(
             frames.append(t)
     table = pd.concat(frames, ignore_index=True)[INTERVENTION_COLUMNS]
     table = table.astype(dtypes)
-    notes.extend(_intervention_sentences(table))
+    notes.extend(_intervention_sentences(table, "matched random" if cfg.control == "matched" else "random"))
     return table
 
 
-def _intervention_sentences(table: pd.DataFrame) -> list[str]:
+def _intervention_sentences(table: pd.DataFrame, controls: str = "random") -> list[str]:
     """One sentence per (edit, task) on the held-out critical samples, derived from the table's numbers."""
     out = []
     crit = table[table.subset == "critical"]
@@ -914,7 +914,7 @@ def _intervention_sentences(table: pd.DataFrame) -> list[str]:
         acc = t.set_index("condition")["accuracy"]
         e = t[t.condition == "edit"].iloc[0]
         ctrl = (
-            f"; {int(e.n_controls)} matched random controls {acc['random']:.2f} on average, p = {e.p_value:.3f}"
+            f"; {int(e.n_controls)} {controls} controls {acc['random']:.2f} on average, p = {e.p_value:.3f}"
             if "random" in acc
             else "; no random control"
         )
