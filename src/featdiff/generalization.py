@@ -15,6 +15,7 @@ intervention on the samples that chose its features rewards the selection's own 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,6 @@ from featdiff.errors import FeatdiffError, check_choice
 POSITIONS = ("answer", "prompt", "last")
 CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]
 ALL_TASKS = "all"
-PARTS = ("selection", "heldout")
 MIN_CRITICAL = 10
 
 
@@ -113,7 +113,9 @@ class GeneralizationFeatures:
     - ``tasks``: task, n_samples, n_critical, n_selection, n_heldout (critical samples that scored the
       features / that were held out), max_score, n_selected, votes (False for a task without critical
       samples in its selection part, which is left out of the intersection).
-    - ``critical``: task, sample, part (``"selection"`` | ``"heldout"``) of every critical sample.
+    - ``critical``: task, sample of every critical sample.
+    - ``heldout_critical``: task, sample of the critical samples held out of the selection (a subset of
+      ``critical``; empty when ``heldout_fraction=0``).
     """
 
     features: pd.DataFrame
@@ -121,6 +123,9 @@ class GeneralizationFeatures:
     overlaps: pd.DataFrame
     tasks: pd.DataFrame
     critical: pd.DataFrame
+    heldout_critical: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame({"task": [], "sample": pd.Series(dtype="int64")})
+    )
 
     @property
     def feature_ids(self) -> list[int]:
@@ -134,13 +139,14 @@ class GeneralizationFeatures:
 
     def heldout(self, task: str) -> list[int]:
         """The critical samples of ``task`` that took no part in the selection (score interventions here)."""
-        c = self.critical
-        return sorted(int(x) for x in c.loc[(c.task == task) & (c.part == "heldout"), "sample"])
+        h = self.heldout_critical
+        return sorted(int(x) for x in h.loc[h.task == task, "sample"])
 
     def selection_samples(self, task: str) -> list[int]:
         """The critical samples of ``task`` that scored the features."""
         c = self.critical
-        return sorted(int(x) for x in c.loc[(c.task == task) & (c.part == "selection"), "sample"])
+        held = set(self.heldout(task))
+        return sorted(int(x) for x in c.loc[c.task == task, "sample"] if int(x) not in held)
 
 
 def split_samples(
@@ -249,7 +255,7 @@ def generalization_features(
             f"{ALL_TASKS!r} is reserved for the intersection row of the overlaps; rename that task."
         )
     wide = _check_correctness(correctness, reference, tuned)
-    score_rows, task_rows, crit_rows = [], [], []
+    score_rows, task_rows, crit_rows, held_rows = [], [], [], []
     selected: dict[str, set[int]] = {}
     d_sae = None
     for t in tasks:
@@ -271,7 +277,8 @@ def generalization_features(
             )
         all_crit = sorted(int(s) for s in w.loc[~w[reference] & w[tuned], "sample"])
         crit, held = split_samples(all_crit, heldout_fraction, seed=seed)
-        crit_rows += [(t, s, "selection") for s in crit] + [(t, s, "heldout") for s in held]
+        crit_rows += [(t, s) for s in all_crit]
+        held_rows += [(t, s) for s in held]
         if heldout_fraction > 0 and all_crit and min(len(crit), len(held)) < min_critical:
             warnings.warn(
                 f"generalization_features: task {t!r} has {len(all_crit)} critical samples, {len(crit)} to "
@@ -346,7 +353,8 @@ def generalization_features(
                 "votes",
             ],
         ),
-        critical=pd.DataFrame(crit_rows, columns=["task", "sample", "part"]).astype({"sample": "int64"}),
+        critical=pd.DataFrame(crit_rows, columns=["task", "sample"]).astype({"sample": "int64"}),
+        heldout_critical=pd.DataFrame(held_rows, columns=["task", "sample"]).astype({"sample": "int64"}),
     )
 
 
