@@ -21,9 +21,15 @@ from featdiff.lab.analysis import (
 
 @pytest.fixture(scope="module")
 def lab_dir(tmp_path_factory):
+    import dataclasses
+
     from featdiff.lab import LabConfig, build
 
-    return build(LabConfig.small(), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    # 160 eval prompts per task (32 in LabConfig.small(); the build's cost is the training, not this) give
+    # the small lab a few critical samples per task, enough to split into selection and held-out parts
+    c = LabConfig.small()
+    c = dataclasses.replace(c, tasks=dataclasses.replace(c.tasks, n_eval=160))
+    return build(c, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +77,12 @@ def test_config_round_trip_and_rejects_unknown_keys():
         {"answer_format": "chat"},
         {"nrn_shared": (0.8, 0.2)},
         {"n_random": -1},
+        {"n_random_full": -1},
         {"generalization_groups": ("far",)},
         {"control": "uniform"},
+        {"heldout_fraction": 1.0},
+        {"min_critical": 0},
+        {"match_width": 0},
     ],
 )
 def test_config_rejects_bad_values(bad):
@@ -108,8 +118,12 @@ def test_tables_have_pinned_columns(view, edited_view):
         "subset",
         "task",
         "group",
+        "n_selection",
         "accuracy",
         "n",
+        "n_controls",
+        "p_value",
+        "few_samples",
     ]
 
 
@@ -171,6 +185,43 @@ def test_interventions_table(edited_view, critical_task):
     assert crit.set_index("model")["accuracy"].to_dict() == {"rl": 1.0, "base": 0.0}
     assert "sort" in set(t["task"])  # the in-domain task is evaluated too
     assert edited_view.tables["evolution"].empty and "evolution" not in edited_view.figures
+
+
+def test_interventions_are_scored_on_samples_that_did_not_select_the_features(edited_view, critical_task):
+    cfg = CrosscoderViewConfig.small()
+    gt = edited_view.tables["generalization_tasks"].set_index("task").loc[critical_task]
+    assert gt.n_selection + gt.n_heldout == gt.n_critical and gt.n_heldout >= 1 and gt.n_selection >= 1
+    assert abs(gt.n_heldout - cfg.heldout_fraction * gt.n_critical) <= 1
+    samples = edited_view.meta["intervention_samples"]
+    assert set(samples) == {critical_task, "sort"}
+    for task, s in samples.items():
+        assert not set(s["selection"]) & set(s["critical"]), task  # the scored sets never meet
+        assert not set(s["selection"]) & set(s["full"]), task
+    assert len(samples[critical_task]["selection"]) == gt.n_selection
+    if critical_task != "sort":
+        assert samples["sort"]["selection"] == []  # the in-domain task did not vote
+    t = edited_view.tables["interventions"]
+    crit = t[(t.subset == "critical") & (t.task == critical_task)]
+    assert (crit["n"] == min(gt.n_heldout, cfg.n_critical)).all()
+    assert (crit["n_selection"] == gt.n_selection).all()
+    assert (t.loc[t.task == "sort", "n_selection"] == len(samples["sort"]["selection"])).all()
+    assert (crit["few_samples"] == (crit["n"] < cfg.min_critical)).all()
+    # one empirical p-value per edit row, from n_random controls: in [1 / (1 + n), 1]
+    edits = t[t.condition == "edit"]
+    assert (t.loc[t.subset == "critical", "n_controls"] == cfg.n_random).all()
+    assert (t.loc[t.subset == "full", "n_controls"] == cfg.n_random_full).all()
+    assert edits["p_value"].between(1 / (1 + edits["n_controls"]) - 1e-12, 1).all()
+    assert t.loc[t.condition != "edit", "p_value"].isna().all()
+    # the notes state the held-out effect with n and p, from the table's numbers
+    e = crit[(crit.edit == "ablate_in_rl") & (crit.condition == "edit")].iloc[0]
+    line = [
+        n
+        for n in edited_view.meta["notes"]
+        if n.startswith(f"interventions: ablate_in_rl ({int(e.n_features)}")
+    ]
+    line = [n for n in line if f" on {critical_task}:" in n]
+    assert len(line) == 1 and f"n = {int(e.n)};" in line[0] and f"p = {e.p_value:.3f}" in line[0]
+    assert f"1.00 -> {e.accuracy:.2f}" in line[0]
 
 
 def test_to_dir_writes_tables_and_figures(view, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -251,3 +252,147 @@ def test_bad_inputs_raise(setup):
         evaluate_intervention(
             model, FeatureEdit(sae, [0], hook=HOOK), {"t": (tokens, tokens[:, :1])}, critical={"u": [0]}
         )
+
+
+# ---- causal tests without selection bias ---------------------------------------------------------
+
+
+def test_empirical_p_value_counts_ties_against_the_effect():
+    from featdiff.interventions import empirical_p_value
+
+    assert empirical_p_value(0.9, [0.1] * 20) == pytest.approx(1 / 21)
+    assert empirical_p_value(0.5, [0.1, 0.5, 0.7, 0.2]) == pytest.approx(3 / 5)  # 0.5 and 0.7 are >= 0.5
+    assert empirical_p_value(0.2, [0.1, 0.3, 0.2, 0.5], alternative="less") == pytest.approx(3 / 5)
+    assert empirical_p_value(0.0, [0.4] * 9, alternative="less") == pytest.approx(0.1)
+    assert np.isnan(empirical_p_value(0.3, []))
+    with pytest.raises(FeatdiffError, match="'alternative'"):
+        empirical_p_value(0.3, [0.1], alternative="two-sided")
+
+
+def test_matched_controls_match_size_and_firing_rate():
+    from featdiff.interventions import matched_controls
+
+    rng = np.random.default_rng(0)
+    freq = 10 ** rng.uniform(-4, -0.5, size=300)  # firing frequencies over 3.5 decades
+    features = [int(k) for k in np.argsort(freq)[[5, 150, 290]]]  # one rare, one middling, one frequent
+    pool = [k for k in range(300) if k % 7]  # the live features
+    sets = matched_controls(features, freq, pool, n_controls=25, width=6, seed=1)
+    assert len(sets) == 25 and all(len(c) == len(features) for c in sets)
+    assert all(len(set(c)) == 3 and not set(c) & set(features) and set(c) <= set(pool) for c in sets)
+    assert sets == matched_controls(features, freq, pool, n_controls=25, width=6, seed=1)
+    assert sets != matched_controls(features, freq, pool, n_controls=25, width=6, seed=2)
+    cand = np.array(sorted(set(pool) - set(features)))
+    logf = np.log(freq)
+    for k in features:  # every set has one partner of k among the 6 (+2 taken by the others) nearest
+        near = set(cand[np.argsort(np.abs(logf[cand] - logf[k]))[:8]].tolist())
+        assert all(set(c) & near for c in sets)
+    # the sets' total activity is close to the edit's: within 10 % on average (uniform draws: a factor ~10)
+    ratio = np.mean([freq[c].sum() / freq[features].sum() for c in sets])
+    assert 0.9 < ratio < 1.1
+    uniform = np.mean([freq[rng.choice(cand, 3, replace=False)].sum() for _ in range(200)])
+    assert abs(uniform / freq[features].sum() - 1) > 0.3
+    with pytest.raises(FeatdiffError, match="matched control"):
+        matched_controls(features, freq, pool=features + [0], n_controls=2)
+
+
+def _projection_task(model, sae):
+    """A constructed task whose answer is 'the activation keeps its component along feature 0's direction'.
+
+    A sample is correct when the projection of the (edited) activation on u = W_dec[0] at the last prompt
+    position keeps at least half its unedited value: ablating feature 0 removes it (a known effect),
+    ablating another feature moves it by a little.
+    """
+    u = sae.W_dec[0].detach()
+    prompts = make_tokens(n=24, pos=5, seed=7)
+
+    def proj(m, p):
+        _, cache = m.run_with_cache(p, names_filter="blocks.1.hook_resid_pre")
+        return cache["blocks.1.hook_resid_pre"][:, -1] @ u
+
+    with torch.no_grad():
+        unedited = proj(model, prompts)
+
+    def eval_fn(m, p, answers):
+        return proj(m, p) > 0.5 * unedited
+
+    return {"proj": (prompts, torch.zeros(len(prompts), 1, dtype=torch.long))}, eval_fn, unedited
+
+
+def test_p_value_small_for_a_known_effect_and_not_for_a_null_feature(setup):
+    model, sae, _ = setup
+    tasks, eval_fn, unedited = _projection_task(model, sae)
+    assert (unedited > 0).all()  # the premise: every sample is 'correct' without an edit
+    kw = dict(eval_fn=eval_fn, n_random=20, progress=False, seed=0)
+    known = evaluate_intervention(model, FeatureEdit(sae, [0], hook=HOOK), tasks, **kw).set_index("condition")
+    assert known.loc["none", "accuracy"] == 1.0 and known.loc["edit", "accuracy"] == 0.0
+    assert known.loc["random", "accuracy"] > 0.8 and (known["n_controls"] == 20).all()
+    assert known.loc["edit", "p_value"] == pytest.approx(1 / 21)  # no control does as much
+    assert known[["p_value"]].drop("edit").isna().all().all()
+    pvals = []
+    for k in (3, 9, 17):  # null features: ablating one of them is what a random control does
+        null = evaluate_intervention(model, FeatureEdit(sae, [k], hook=HOOK), tasks, **kw)
+        pvals.append(float(null.loc[null.condition == "edit", "p_value"].iloc[0]))
+    assert min(pvals) > 0.2, pvals
+    # the direction: amplifying feature 0 does not lower accuracy, so 'less' gives p = 1
+    amp = FeatureEdit(sae, [0], mode="scale", alpha=3.0, hook=HOOK)
+    t = evaluate_intervention(model, amp, tasks, alternative="less", **kw)
+    assert float(t.loc[t.condition == "edit", "p_value"].iloc[0]) == pytest.approx(1.0)
+
+
+def test_evaluate_intervention_matches_controls_to_firing_rate(setup):
+    model, sae, tokens = setup
+    tasks, eval_fn, _ = _projection_task(model, sae)
+    f = feature_codes(model, FeatureEdit(sae, [], hook=HOOK), tokens)
+    freq = (f.reshape(-1, D_SAE) > 0).float().mean(0)
+    live = torch.nonzero(freq > 0).flatten().tolist()
+    edit = FeatureEdit(sae, [0], hook=HOOK)
+    t = evaluate_intervention(
+        model,
+        edit,
+        tasks,
+        eval_fn=eval_fn,
+        n_random=4,
+        live=live,
+        frequency=freq,
+        match_width=1,
+        progress=False,
+    )
+    # with match_width=1 every control is the live feature nearest to feature 0 in frequency: one set, 4 times
+    from featdiff.interventions import matched_controls
+
+    (nearest,) = matched_controls([0], freq, live, n_controls=1, width=1)[0]
+    single = evaluate_intervention(
+        model, edit.with_features([nearest]), tasks, eval_fn=eval_fn, n_random=0, progress=False
+    )
+    acc = t.set_index("condition")["accuracy"]
+    assert acc["random"] == pytest.approx(float(single.loc[single.condition == "edit", "accuracy"].iloc[0]))
+    assert int(t["n_controls"].iloc[0]) == 4
+
+
+def test_generalization_split_keeps_selection_and_heldout_disjoint():
+    from featdiff.generalization import generalization_features, split_samples
+
+    n, d = 40, 6
+    g = torch.Generator().manual_seed(0)
+    ref = {"a": torch.zeros(n, d)}
+    tuned = {"a": torch.rand(n, d, generator=g)}
+    rows = [(c, "a", s, c == "rl" and s < 30) for c in ("base", "rl") for s in range(n)]  # 30 critical
+    corr = pd.DataFrame(rows, columns=["checkpoint", "task", "sample", "correct"])
+    res = generalization_features(ref, tuned, corr, heldout_fraction=0.4, seed=3)
+    sel, held = res.selection_samples("a"), res.heldout("a")
+    assert len(sel) == 18 and len(held) == 12 and not set(sel) & set(held)
+    assert sorted(sel + held) == list(range(30))
+    assert (sel, held) == split_samples(range(30), 0.4, seed=3)
+    task = res.tasks.set_index("task").loc["a"]
+    assert (task.n_critical, task.n_selection, task.n_heldout) == (30, 18, 12)
+    # the scores come from the selection samples only
+    score = res.scores.set_index("feature")["score"].to_numpy()
+    np.testing.assert_allclose(score, tuned["a"][sel].double().mean(0).numpy(), rtol=1e-12)
+    assert not np.allclose(score, tuned["a"][:30].double().mean(0).numpy())
+    # another seed, another split; heldout_fraction=0 is the old in-sample selection
+    assert generalization_features(ref, tuned, corr, heldout_fraction=0.4, seed=4).heldout("a") != held
+    assert generalization_features(ref, tuned, corr).heldout("a") == []
+    with pytest.warns(UserWarning, match="min_critical"):
+        generalization_features(ref, tuned, corr, heldout_fraction=0.1)  # 3 held out < 10
+    with pytest.raises(FeatdiffError, match="heldout_fraction"):
+        generalization_features(ref, tuned, corr, heldout_fraction=1.0)

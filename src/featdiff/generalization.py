@@ -6,11 +6,18 @@ each sample's code being the mean over its answer tokens (see ``sample_codes``).
 features whose score is positive and at least ``fraction`` of the task's largest score; the generalization
 features are the intersection of the tasks' selections (Shi et al. 2026, who use RL vs base on
 out-of-domain tasks).
+
+Selection without bias: with ``heldout_fraction > 0`` each task's critical samples are split by sample (a
+seeded permutation) into a *selection* part, the only one that scores features, and a *held-out* part
+(``GeneralizationFeatures.heldout(task)``), on which interventions are then scored. Scoring an
+intervention on the samples that chose its features rewards the selection's own noise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,7 @@ from featdiff.interventions import FeatureEdit, feature_codes
 POSITIONS = ("answer", "prompt", "last")
 CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]
 ALL_TASKS = "all"
+MIN_CRITICAL = 10
 
 
 def sample_codes(
@@ -102,9 +110,12 @@ class GeneralizationFeatures:
     - ``scores``: one row per (task, feature): score (float), selected (bool).
     - ``overlaps``: one row per task pair: task_a, task_b, n_a, n_b, n_shared, jaccard; then one row with
       task_a = task_b = ``"all"``: n_a = n_b = size of the union, n_shared = size of the intersection.
-    - ``tasks``: task, n_samples, n_critical, max_score, n_selected, votes (False for a task without
-      critical samples, which is left out of the intersection).
+    - ``tasks``: task, n_samples, n_critical, n_selection, n_heldout (critical samples that scored the
+      features / that were held out), max_score, n_selected, votes (False for a task without critical
+      samples in its selection part, which is left out of the intersection).
     - ``critical``: task, sample of every critical sample.
+    - ``heldout_critical``: task, sample of the critical samples held out of the selection (a subset of
+      ``critical``; empty when ``heldout_fraction=0``).
     """
 
     features: pd.DataFrame
@@ -112,6 +123,9 @@ class GeneralizationFeatures:
     overlaps: pd.DataFrame
     tasks: pd.DataFrame
     critical: pd.DataFrame
+    heldout_critical: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame({"task": [], "sample": pd.Series(dtype="int64")})
+    )
 
     @property
     def feature_ids(self) -> list[int]:
@@ -122,6 +136,46 @@ class GeneralizationFeatures:
         """The features ``task`` selects."""
         s = self.scores
         return sorted(int(k) for k in s.loc[(s.task == task) & s.selected, "feature"])
+
+    def heldout(self, task: str) -> list[int]:
+        """The critical samples of ``task`` that took no part in the selection (score interventions here)."""
+        h = self.heldout_critical
+        return sorted(int(x) for x in h.loc[h.task == task, "sample"])
+
+    def selection_samples(self, task: str) -> list[int]:
+        """The critical samples of ``task`` that scored the features."""
+        c = self.critical
+        held = set(self.heldout(task))
+        return sorted(int(x) for x in c.loc[c.task == task, "sample"] if int(x) not in held)
+
+
+def split_samples(
+    samples: Sequence[int], heldout_fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Split ``samples`` into (selection, held-out) by a seeded permutation; both sorted.
+
+    ``round(heldout_fraction * n)`` samples are held out, but each part keeps at least one sample when
+    ``0 < heldout_fraction < 1`` and there are two or more.
+
+    Examples
+    --------
+    >>> split_samples(range(10), 0.5, seed=0) == split_samples(range(10), 0.5, seed=0)
+    True
+    >>> sel, held = split_samples(range(10), 0.3, seed=1)
+    >>> len(sel), len(held), sorted(sel + held) == list(range(10))
+    (7, 3, True)
+    """
+    if not 0 <= heldout_fraction < 1:
+        raise FeatdiffError(f"heldout_fraction must be in [0, 1); got {heldout_fraction!r}.")
+    samples = [int(x) for x in samples]
+    n = len(samples)
+    n_held = round(heldout_fraction * n)
+    if heldout_fraction > 0 and n >= 2:
+        n_held = min(max(n_held, 1), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = sorted(samples[i] for i in perm[:n_held])
+    sel = sorted(samples[i] for i in perm[n_held:])
+    return sel, held
 
 
 def _check_correctness(correctness: pd.DataFrame, reference: str, tuned: str) -> pd.DataFrame:
@@ -154,13 +208,18 @@ def generalization_features(
     tuned: str = "rl",
     fraction: float = 0.2,
     tasks: Sequence[str] | None = None,
+    heldout_fraction: float = 0.0,
+    seed: int = 0,
+    min_critical: int = MIN_CRITICAL,
 ) -> GeneralizationFeatures:
     """Features that carry ``tuned``'s gains over ``reference`` on every task (see the module docstring).
 
     ``codes_ref`` / ``codes_tuned``: ``{task: per-sample feature activations}`` of the two models (e.g. from
     ``sample_codes``), row i = sample i of that task. ``correctness``: the lab's per-sample table, columns
     checkpoint, task, sample (row index into the codes), correct. ``tasks``: which tasks vote (default all
-    in ``codes_ref``).
+    in ``codes_ref``). ``heldout_fraction``: the share of each task's critical samples held out of the
+    selection (split by sample, seeded by ``seed``; 0 keeps the old in-sample selection); a task with
+    fewer than ``min_critical`` samples in either part gets a warning.
 
     Examples
     --------
@@ -175,6 +234,11 @@ def generalization_features(
     if not 0 <= fraction <= 1:
         raise FeatdiffError(
             f"The 'fraction' parameter of generalization_features must be in [0, 1]; got {fraction}."
+        )
+    if not 0 <= heldout_fraction < 1:
+        raise FeatdiffError(
+            "The 'heldout_fraction' parameter of generalization_features must be in [0, 1); "
+            f"got {heldout_fraction!r}."
         )
     if not isinstance(codes_ref, Mapping) or not isinstance(codes_tuned, Mapping) or not codes_ref:
         raise FeatdiffError(
@@ -191,7 +255,7 @@ def generalization_features(
             f"{ALL_TASKS!r} is reserved for the intersection row of the overlaps; rename that task."
         )
     wide = _check_correctness(correctness, reference, tuned)
-    score_rows, task_rows, crit_rows = [], [], []
+    score_rows, task_rows, crit_rows, held_rows = [], [], [], []
     selected: dict[str, set[int]] = {}
     d_sae = None
     for t in tasks:
@@ -211,8 +275,17 @@ def generalization_features(
             raise FeatdiffError(
                 f"correctness of task {t!r} names samples outside [0, {r.shape[0]}) (the codes' rows)."
             )
-        crit = sorted(int(s) for s in w.loc[~w[reference] & w[tuned], "sample"])
-        crit_rows += [(t, s) for s in crit]
+        all_crit = sorted(int(s) for s in w.loc[~w[reference] & w[tuned], "sample"])
+        crit, held = split_samples(all_crit, heldout_fraction, seed=seed)
+        crit_rows += [(t, s) for s in all_crit]
+        held_rows += [(t, s) for s in held]
+        if heldout_fraction > 0 and all_crit and min(len(crit), len(held)) < min_critical:
+            warnings.warn(
+                f"generalization_features: task {t!r} has {len(all_crit)} critical samples, {len(crit)} to "
+                f"select features and {len(held)} held out (fewer than min_critical={min_critical}); its "
+                "selection and any effect scored on it are noisy. Evaluate more samples of this task.",
+                stacklevel=2,
+            )
         if crit:
             score = (u[crit] - r[crit]).mean(0)
         else:
@@ -229,7 +302,9 @@ def generalization_features(
                 {"task": t, "feature": range(d_sae), "score": score.numpy(), "selected": sel.numpy()}
             )
         )
-        task_rows.append((t, len(samples), len(crit), max_score, len(selected[t]), bool(crit)))
+        task_rows.append(
+            (t, len(samples), len(all_crit), len(crit), len(held), max_score, len(selected[t]), bool(crit))
+        )
     voting = [t for t, *_, votes in task_rows if votes]
     inter = set.intersection(*(selected[t] for t in voting)) if voting else set()
     union = set.union(*(selected[t] for t in voting)) if voting else set()
@@ -266,9 +341,20 @@ def generalization_features(
         scores=scores,
         overlaps=pd.DataFrame(overlaps, columns=["task_a", "task_b", "n_a", "n_b", "n_shared", "jaccard"]),
         tasks=pd.DataFrame(
-            task_rows, columns=["task", "n_samples", "n_critical", "max_score", "n_selected", "votes"]
+            task_rows,
+            columns=[
+                "task",
+                "n_samples",
+                "n_critical",
+                "n_selection",
+                "n_heldout",
+                "max_score",
+                "n_selected",
+                "votes",
+            ],
         ),
         critical=pd.DataFrame(crit_rows, columns=["task", "sample"]).astype({"sample": "int64"}),
+        heldout_critical=pd.DataFrame(held_rows, columns=["task", "sample"]).astype({"sample": "int64"}),
     )
 
 

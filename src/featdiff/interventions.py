@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,9 @@ from featdiff.models import stop_layer
 MODES = ("ablate", "scale")
 CODES = ("joint", "single")
 EDIT_SITE = "hook_feature_edit"
-EVAL_COLUMNS = ["condition", "subset", "task", "accuracy", "n"]
+EVAL_COLUMNS = ["condition", "subset", "task", "accuracy", "n", "n_controls", "p_value"]
+ALTERNATIVES = ("less", "greater")
+N_CONTROLS = 20
 
 
 def feature_edit_hook_name(hook: str) -> str:
@@ -286,14 +289,43 @@ def other_activations(
     """The other checkpoints' activations at the edit's hook on ``tokens`` (run up to the hook's layer)."""
     out = {}
     stop = stop_layer(edit.hook)
+    memo = _OTHERS_MEMO.get("active")
     for name, other in (edit.others or {}).items():
         if name == edit.model_name or name not in edit.dictionary.names:
             continue
         _check_model_hook(other, edit.hook)
+        key = None
+        if memo is not None:
+            key = (id(other), edit.hook, tuple(tokens.shape), tokens.detach().cpu().numpy().tobytes())
+            if key in memo:
+                out[name] = memo[key]
+                continue
         with torch.no_grad():
             _, cache = other.run_with_cache(tokens, names_filter=edit.hook, stop_at_layer=stop)
         out[name] = cache[edit.hook]
+        if memo is not None:
+            if len(memo) >= _OTHERS_MEMO_SIZE:
+                memo.clear()
+            memo[key] = out[name]
     return out
+
+
+# The other checkpoints run unedited: within one evaluate_intervention call the edit and its random
+# controls feed them the same token sequences again and again (controls seldom change a generated token),
+# so their activations are remembered by token content for the duration of that call only.
+_OTHERS_MEMO: dict[str, dict] = {}
+_OTHERS_MEMO_SIZE = 512
+
+
+@contextlib.contextmanager
+def _remember_others() -> Iterator[None]:
+    outer = _OTHERS_MEMO.get("active")
+    _OTHERS_MEMO["active"] = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _OTHERS_MEMO.pop("active", None)
 
 
 def _edit_hook_fn(edit: FeatureEdit, state: dict) -> Callable:
@@ -500,6 +532,96 @@ def random_features(pool: Sequence[int], n: int, exclude: Sequence[int] = (), se
     return sorted(cand[i] for i in perm.tolist())
 
 
+def matched_controls(
+    features: Sequence[int],
+    frequency: Sequence[float] | Tensor,
+    pool: Sequence[int],
+    n_controls: int = N_CONTROLS,
+    width: int = 10,
+    seed: int = 0,
+) -> list[list[int]]:
+    """``n_controls`` random feature sets of ``len(features)`` features that fire as often as ``features``.
+
+    Each edited feature k gets, in every control set, a partner drawn uniformly from the ``width`` features
+    of ``pool`` (minus ``features``) whose firing frequency is nearest to k's on a log scale (the next
+    nearest when those are taken by the set's other partners). So a control set removes about as much
+    activity as the edit, feature for feature. ``frequency``: the firing frequency of every feature
+    (indexed by feature id). Seeded; set i is the same for the same inputs and seed.
+
+    Examples
+    --------
+    >>> freq = [0.5, 0.4, 0.01, 0.02, 0.45, 0.011, 0.6, 0.009]
+    >>> sets = matched_controls([0, 2], freq, pool=range(8), n_controls=3, width=2, seed=0)
+    >>> [len(c) for c in sets], all(0 not in c and 2 not in c for c in sets)
+    ([2, 2, 2], True)
+    >>> all(sorted(freq[k] > 0.1 for k in c) == [False, True] for c in sets)  # one frequent, one rare
+    True
+    """
+    import numpy as np
+
+    feats = [int(k) for k in features]
+    if isinstance(frequency, Tensor):
+        freq = frequency.detach().cpu().double().numpy()
+    else:
+        freq = np.asarray(frequency, dtype=float)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise FeatdiffError(f"The 'width' of matched_controls must be a positive int; got {width!r}.")
+    if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 0:
+        raise FeatdiffError(f"n_controls must be an int >= 0; got {n_controls!r}.")
+    bad = [k for k in [*feats, *pool] if not 0 <= int(k) < len(freq)]
+    if bad:
+        raise FeatdiffError(
+            f"Features {bad[:5]} have no firing frequency; 'frequency' has {len(freq)} entries."
+        )
+    cand = np.array(sorted(set(int(k) for k in pool) - set(feats)), dtype=np.int64)
+    if len(cand) < len(feats):
+        raise FeatdiffError(
+            f"Cannot draw {len(feats)} matched control features from {len(cand)} live features outside "
+            "the edit; pass more evaluation prompts or a smaller feature set."
+        )
+    logf = np.log(np.clip(freq, 1e-12, None))
+    order = {k: cand[np.argsort(np.abs(logf[cand] - logf[k]), kind="stable")] for k in feats}
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_controls):
+        taken: set[int] = set()
+        for k in rng.permutation(feats):
+            free = [int(j) for j in order[int(k)] if int(j) not in taken][:width]
+            taken.add(free[int(rng.integers(len(free)))])
+        out.append(sorted(taken))
+    return out
+
+
+def empirical_p_value(observed: float, controls: Sequence[float], alternative: str = "greater") -> float:
+    """Empirical p-value of ``observed`` against control draws: (1 + #as extreme) / (1 + n_controls).
+
+    ``alternative="greater"``: the effect is that ``observed`` is larger than chance (a control is as
+    extreme when it is >= observed); ``"less"``: smaller (control <= observed). Ties count against the
+    effect, so the p-value is conservative; its smallest value is 1 / (1 + n_controls). NaN without
+    controls.
+
+    Examples
+    --------
+    >>> empirical_p_value(0.9, [0.1] * 19)
+    0.05
+    >>> empirical_p_value(0.2, [0.1, 0.3, 0.2, 0.5], alternative="less")
+    0.6
+    """
+    check_choice("alternative", alternative, ALTERNATIVES, where="empirical_p_value")
+    c = [float(x) for x in controls]
+    if not c:
+        return float("nan")
+    obs = float(observed)
+    hits = sum(x >= obs for x in c) if alternative == "greater" else sum(x <= obs for x in c)
+    return (1 + hits) / (1 + len(c))
+
+
+def default_alternative(edit: FeatureEdit) -> str:
+    """The direction an edit of carrier features is expected to move accuracy: ``"less"`` for an
+    ablation or a scale below 1, ``"greater"`` for amplification."""
+    return "less" if edit.mode == "ablate" or float(edit.alpha) < 1 else "greater"
+
+
 def _correct(
     model: Any,
     prompts: Tensor,
@@ -530,25 +652,38 @@ def evaluate_intervention(
     eval_fn: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
     checker: Callable[[Tensor, Tensor], Tensor] | Mapping[str, Callable] | None = None,
     n_new_tokens: int | Mapping[str, int] | None = None,
-    n_random: int = 3,
+    n_random: int = N_CONTROLS,
     live: Sequence[int] | None = None,
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    frequency: Sequence[float] | Tensor | None = None,
+    alternative: str | None = None,
+    match_width: int = 10,
 ) -> pd.DataFrame:
-    """Task accuracy without the edit, with it, and with equal-size random-feature edits (the control).
+    """Task accuracy without the edit, with it, and with equal-size random-feature edits (the controls).
 
     ``tasks``: ``{task: (prompts, answers)}``; by default a sample is correct when greedy decoding of
     ``n_new_tokens`` tokens (default ``answers.shape[1]``; an int or ``{task: int}``) reproduces
     ``answers`` exactly. ``checker(pred, answers) -> per-sample bool`` (or ``{task: checker}``, e.g.
     ``{name: ts.task.check}`` for the lab) replaces exact match; ``eval_fn(model, prompts, answers) ->
     per-sample bool`` replaces generation and checking (it runs with the edit active). ``critical``: ``{task: sample
-    indices}`` for the critical subset. Random controls draw ``len(edit.features)`` features from the live
-    features (``live``, or those that fire on the tasks' prompts) outside the edit, ``n_random`` seeded
-    draws whose accuracies are averaged.
+    indices}`` for the critical subset. Score an edit on samples that took no part in choosing its
+    features (e.g. ``GeneralizationFeatures.heldout(task)``): on the selection samples the effect is
+    biased upward.
+
+    Controls: ``n_random`` seeded sets of ``len(edit.features)`` features from the live features
+    (``live``, or those that fire on the tasks' prompts) outside the edit; with ``frequency`` (every
+    feature's firing frequency) each set is matched to the edit's firing frequencies feature by feature
+    (``matched_controls``, ``match_width``), else drawn uniformly (``random_features``). The edit's
+    empirical p-value per (task, subset) is ``(1 + #controls whose accuracy is at least as extreme) /
+    (1 + n_random)`` (``empirical_p_value``) in the direction ``alternative`` (``"less"``: the edit lowers
+    accuracy; ``"greater"``: it raises it; default: ``"less"`` for an ablation or alpha < 1, else
+    ``"greater"``). With 20 controls the smallest possible p is 1/21 = 0.048.
 
     Returns a DataFrame with columns condition (``none`` | ``edit`` | ``random``), subset (``critical`` |
-    ``full``), task, accuracy (float), n (samples, int).
+    ``full``), task, accuracy (float; ``random``: the mean over the controls), n (samples, int),
+    n_controls (int), p_value (float; on the ``edit`` rows, NaN elsewhere or without controls).
 
     Examples
     --------
@@ -561,7 +696,7 @@ def evaluate_intervention(
     >>> tasks = {"copy": (torch.tensor([[1, 2], [3, 4]]), torch.tensor([[2], [4]]))}
     >>> table = evaluate_intervention(model, edit, tasks, n_random=0, progress=False)
     >>> list(table.columns), list(table.condition)
-    (['condition', 'subset', 'task', 'accuracy', 'n'], ['none', 'edit'])
+    (['condition', 'subset', 'task', 'accuracy', 'n', 'n_controls', 'p_value'], ['none', 'edit'])
     """
 
     if not isinstance(edit, FeatureEdit):
@@ -575,6 +710,12 @@ def evaluate_intervention(
     unknown = sorted(set(critical) - set(tasks))
     if unknown:
         raise FeatdiffError(f"critical names tasks {unknown} that are not in tasks {list(tasks)}.")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise FeatdiffError(
+            f"The 'n_random' parameter of evaluate_intervention must be an int >= 0; got {n_random!r}."
+        )
+    alternative = default_alternative(edit) if alternative is None else alternative
+    check_choice("alternative", alternative, ALTERNATIVES, where="evaluate_intervention")
     controls: list[list[int]] = []
     if n_random > 0 and edit.features:
         if live is None:
@@ -583,13 +724,41 @@ def evaluate_intervention(
                 for _, toks in _as_prompt_groups(prompts):
                     live_set.update(live_features(model, edit, toks))
             live = sorted(live_set)
-        controls = [
-            random_features(live, len(edit.features), edit.features, seed=seed + i) for i in range(n_random)
-        ]
+        if frequency is not None:
+            controls = matched_controls(
+                edit.features, frequency, live, n_random, width=match_width, seed=seed
+            )
+        else:
+            controls = [
+                random_features(live, len(edit.features), edit.features, seed=seed + i)
+                for i in range(n_random)
+            ]
     conditions: list[tuple[str, FeatureEdit | None]] = [("none", None), ("edit", edit)]
     conditions += [("random", edit.with_features(c)) for c in controls]
-    rows = []
     bar = tqdm(total=len(tasks) * len(conditions), disable=not progress, desc="evaluate_intervention")
+    with _remember_others():
+        table = _evaluate_conditions(
+            model,
+            tasks,
+            critical,
+            conditions,
+            controls,
+            alternative,
+            eval_fn,
+            checker,
+            n_new_tokens,
+            batch_size,
+            bar,
+        )
+    bar.close()
+    return table
+
+
+def _evaluate_conditions(
+    model, tasks, critical, conditions, controls, alternative, eval_fn, checker, n_new_tokens, batch_size, bar
+) -> pd.DataFrame:
+    """The rows of ``evaluate_intervention``: each condition on each task, then the p-values."""
+    rows = []
     for task, (prompts, answers) in tasks.items():
         answers = torch.as_tensor(answers)
         if len(prompts) != len(answers):
@@ -606,11 +775,15 @@ def evaluate_intervention(
             crit_acc = float(ok[crit].mean()) if len(crit) else float("nan")
             acc.setdefault(cond, []).append((crit_acc, float(ok.mean())))
             bar.update()
+        nc = len(controls)
         for cond, vals in acc.items():
             mean = torch.tensor(vals).mean(0)
-            if task in critical:
-                rows.append((cond, "critical", task, float(mean[0]), len(crit)))
-            rows.append((cond, "full", task, float(mean[1]), len(prompts)))
-    bar.close()
+            for j, subset, n in ((0, "critical", len(crit)), (1, "full", len(prompts))):
+                if subset == "critical" and task not in critical:
+                    continue
+                p = math.nan
+                if cond == "edit" and nc:
+                    p = empirical_p_value(vals[0][j], [v[j] for v in acc["random"]], alternative)
+                rows.append((cond, subset, task, float(mean[j]), n, nc, p))
     table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
-    return table.astype({"n": "int64", "accuracy": "float64"})
+    return table.astype({"n": "int64", "accuracy": "float64", "n_controls": "int64", "p_value": "float64"})

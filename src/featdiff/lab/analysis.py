@@ -11,8 +11,10 @@ a ``CrosscoderView`` (tables, figures, meta):
    wrong and rl right, on every task outside RL's training task where RL beats the base (by default the
    near-domain tasks), ``featdiff.generalization``;
 5. the intervention table: those features ablated in rl and amplified in base, against equal-size random
-   feature sets, on the critical samples and on a full (unselected) sample of each task, on the
-   generalization tasks and on the in-domain task (``featdiff.interventions``).
+   feature sets of matched firing frequency (an empirical p-value), on held-out critical samples (the
+   features are selected on the other part of each task's critical samples) and on a full sample of each
+   task (the selection samples left out), on the generalization tasks and on the in-domain task
+   (``featdiff.interventions``).
 
 Every step is seeded; the same lab, config and seed give the same numbers.
 """
@@ -23,6 +25,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +82,8 @@ GENERALIZATION_TASK_COLUMNS = [
     "rl_accuracy",
     "n_samples",
     "n_critical",
+    "n_selection",
+    "n_heldout",
     "max_score",
     "n_selected",
     "votes",
@@ -93,8 +98,12 @@ INTERVENTION_COLUMNS = [
     "subset",
     "task",
     "group",
+    "n_selection",
     "accuracy",
     "n",
+    "n_controls",
+    "p_value",
+    "few_samples",
 ]
 CROSSCODER_EVAL_COLUMNS = ["checkpoint", "fve", "mse", "l0", "dead_fraction"]
 TABLE_COLUMNS = {
@@ -132,14 +141,22 @@ class CrosscoderViewConfig(Config):
     accuracy beats the base's); ``answer_format``: the answer teacher-forced after the prompt when codes
     are read (``"base"``: the true answer as base and rl write it; ``"teacher"``: reversed answer, SEP,
     answer, as SFT writes it); ``fraction`` of the largest score a feature must reach; ``codes``:
-    ``"joint"`` (exact crosscoder codes) or ``"single"``.
+    ``"joint"`` (exact crosscoder codes) or ``"single"``; ``heldout_fraction``: the share of each
+    generalization task's critical samples held out of the selection (a seeded split by sample) to score
+    the interventions on; ``min_critical``: fewer held-out (or selection) critical samples than this on a
+    task gives a warning, a note and ``few_samples`` in the intervention table.
 
     Interventions: ``alpha`` (amplification in base), ``n_random`` random control sets of the edit's size
-    drawn from the live features outside it (``control="matched"``: only those whose firing frequency is
-    within a factor 2 of the edited features' range, so that the control removes as much activity;
-    ``"live"``: any live feature), evaluated on
-    ``n_full`` samples per task (the first of the lab's eval split) and on at most ``n_critical`` of its
-    critical samples (base wrong, rl right; a seeded draw); ``in_domain`` adds the in-domain task.
+    drawn from the live features outside it (``control="matched"``: each edited feature gets a partner
+    among the ``match_width`` features nearest to it in firing frequency, so that a control removes as
+    much activity; ``"live"``: any live feature); the edit's empirical p-value is (1 + #controls at least
+    as effective) / (1 + n_random), so 20 controls can give p >= 1/21 = 0.048. Evaluated on at most
+    ``n_critical`` held-out critical samples per task (base wrong, rl right; a seeded draw), with
+    ``n_random`` controls, and on ``n_full`` samples per task (the first of the lab's eval split that did
+    not select the features), with the first ``n_random_full`` of those controls: the full subset shows
+    side effects, the critical one tests the features, and each control costs as much as the edit (about
+    0.5 s per 64 samples on the default lab), hence fewer on the larger full subset. ``in_domain`` adds
+    the in-domain task (whose critical samples took no part in the selection).
 
     ``num_threads``: torch threads while the view runs (restored afterwards; 1 is fastest for the lab's
     tiny models on a shared CPU); None keeps torch's setting.
@@ -175,9 +192,13 @@ class CrosscoderViewConfig(Config):
     answer_format: str = "base"
     fraction: float = 0.2
     codes: str = "joint"
+    heldout_fraction: float = 0.5
+    min_critical: int = 10
     alpha: float = 3.0
-    n_random: int = 2
+    n_random: int = 20
+    n_random_full: int = 2
     control: str = "matched"
+    match_width: int = 10
     n_full: int = 64
     n_critical: int = 64
     in_domain: bool = True
@@ -196,9 +217,12 @@ class CrosscoderViewConfig(Config):
             "evolution_top_k",
             "n_full",
             "n_critical",
+            "min_critical",
+            "match_width",
         ):
             check_int(where, name, getattr(self, name))
-        check_int(where, "n_random", self.n_random, minimum=0)
+        for name in ("n_random", "n_random_full"):
+            check_int(where, name, getattr(self, name), minimum=0)
         check_int(where, "num_threads", self.num_threads, optional=True)
         if self.k > self.d_sae or self.evolution_k > self.evolution_d_sae:
             raise FeatdiffError(f"{where} needs k <= d_sae and evolution_k <= evolution_d_sae.")
@@ -208,6 +232,7 @@ class CrosscoderViewConfig(Config):
         check_choice("control", self.control, CONTROLS, where)
         for name in ("mas_threshold", "fraction"):
             check_number(where, name, getattr(self, name), 0, 1)
+        check_number(where, "heldout_fraction", self.heldout_fraction, 0, 1, strict_high=True)
         check_number(where, "evolution_threshold", self.evolution_threshold, 0, 1, strict_low=True)
         self.nrn_shared = tuple(float(x) for x in self.nrn_shared)  # type: ignore[assignment]
         lo, hi = self.nrn_shared if len(self.nrn_shared) == 2 else (2.0, 0.0)
@@ -238,9 +263,11 @@ class CrosscoderViewConfig(Config):
             evolution_k=2,
             evolution_n_steps=20,
             evolution_top_k=4,
-            n_random=1,
+            n_random=3,
+            n_random_full=1,
             n_full=16,
             n_critical=16,
+            min_critical=2,
         )
 
 
@@ -268,9 +295,15 @@ class CrosscoderView:
     - ``"generalization_features"``: feature, min_score, mean_score (best first).
     - ``"generalization_overlaps"``: task_a, task_b, n_a, n_b, n_shared, jaccard (last row: ``all``).
     - ``"generalization_tasks"``: task, group, base_accuracy, rl_accuracy, n_samples, n_critical,
-      max_score, n_selected, votes.
-    - ``"interventions"``: edit (``ablate_in_rl`` | ``amplify_in_base``), model, mode, alpha, n_features,
-      condition (none | edit | random), subset (critical | full), task, group, accuracy (in [0, 1]), n.
+      n_selection, n_heldout (critical samples that selected the features / held out), max_score,
+      n_selected, votes.
+    - ``"interventions"``: edit (``ablate_in_rl`` | ``amplify_in_base``), model, mode, alpha, n_features
+      (the number of selected features edited), condition (none | edit | random: the mean of the
+      controls), subset (critical: held-out critical samples | full), task, group, n_selection (critical
+      samples of the task that selected the features; never among the scored ones), accuracy (in [0, 1]),
+      n (scored samples), n_controls, p_value (on the edit rows: empirical, one-sided in the expected
+      direction: lower accuracy for ablate, higher for amplify), few_samples (n < ``min_critical`` on a
+      critical subset).
     - ``"crosscoder_eval"``: checkpoint, fve, mse, l0, dead_fraction.
 
     ``figures``: ``"mas"`` (ternary plot of the features' MAS and stacked bars of the categories per
@@ -279,7 +312,10 @@ class CrosscoderView:
     when its table is empty.
 
     ``meta``: hook, token count, seed, config, lab key, timings (seconds per stage), the generalization
-    tasks used and ``notes`` (why a table is empty, e.g. no critical samples).
+    tasks used, ``intervention_samples`` (per task, the eval-split indices of the critical samples that
+    selected the features and of the held-out critical and full samples that scored the edits; the first
+    never meets the other two) and ``notes`` (why a table is empty, e.g. no critical samples; one sentence
+    per edit and task with the held-out effect, n and p).
 
     ``to_dir(path)`` writes ``<key>.csv`` per table, ``figures/<key>.png`` per figure and
     ``crosscoder_view.json`` (meta).
@@ -634,6 +670,9 @@ def _run(
                 "rl",
                 fraction=cfg.fraction,
                 tasks=gen_tasks,
+                heldout_fraction=cfg.heldout_fraction,
+                seed=seed,
+                min_critical=cfg.min_critical,
             )
             tables["generalization_features"] = res.features[GENERALIZATION_FEATURE_COLUMNS]
             tables["generalization_overlaps"] = res.overlaps[GENERALIZATION_OVERLAP_COLUMNS]
@@ -660,6 +699,7 @@ def _run(
         features = res.feature_ids if res is not None else []
 
     with bar.stage("interventions"):
+        samples: dict[str, dict[str, list[int]]] = {}
         tables["interventions"] = _interventions(
             cc,
             models,
@@ -668,12 +708,14 @@ def _run(
             gen_tasks,
             lab_cfg.tasks.in_domain,
             groups,
+            res,
             features,
             live,
             frequency,
             cfg,
             seed,
             notes,
+            samples,
         )
 
     with bar.stage("figures"):
@@ -701,6 +743,7 @@ def _run(
         "n_generalization_features": len(features),
         "n_live_features": len(live),
         "generalization_feature_frequency": [float(frequency[k]) for k in features],
+        "intervention_samples": samples,
         "notes": notes,
         "featdiff_version": __version__,
     }
@@ -715,45 +758,61 @@ def _interventions(
     gen_tasks: list[str],
     in_domain: str,
     groups: dict[str, str],
+    res: Any,
     features: list[int],
     live: list[int],
     frequency: np.ndarray,
     cfg: CrosscoderViewConfig,
     seed: int,
     notes: list[str],
+    record: dict | None = None,
 ) -> pd.DataFrame:
 
-    dtypes = {"alpha": "float64", "n_features": "int64", "accuracy": "float64", "n": "int64"}
+    dtypes = {
+        "alpha": "float64",
+        "n_features": "int64",
+        "n_selection": "int64",
+        "accuracy": "float64",
+        "n": "int64",
+        "n_controls": "int64",
+        "p_value": "float64",
+        "few_samples": bool,
+    }
     if not features:
         notes.append("interventions: skipped, there are no generalization features to edit.")
         return _empty(INTERVENTION_COLUMNS, dtypes)
     task_names = list(dict.fromkeys([*gen_tasks, *([in_domain] if cfg.in_domain else [])]))
-    full, crit = {}, {}
+    full, crit, n_sel = {}, {}, {}
     g = torch.Generator().manual_seed(seed)
     for t in task_names:
         ts = eval_sets[t]
-        n = min(cfg.n_full, len(ts.prompts))
-        full[t] = (ts.prompts[:n], ts.answers[:n])
-        c = _critical(correctness, t)
+        # samples that selected the features are never scored: held-out critical samples, and a full
+        # sample of the task without them (a task that did not vote keeps all its critical samples)
+        voted = res is not None and t in set(res.critical.task)
+        chosen = set(res.selection_samples(t)) if voted else set()
+        n_sel[t] = len(chosen)
+        rest = [i for i in range(len(ts.prompts)) if i not in chosen][: cfg.n_full]
+        full[t] = (ts.prompts[rest], ts.answers[rest])
+        c = res.heldout(t) if voted else _critical(correctness, t)
         if len(c) > cfg.n_critical:
             c = sorted(c[i] for i in torch.randperm(len(c), generator=g)[: cfg.n_critical].tolist())
+        if record is not None:
+            record[t] = {"selection": sorted(chosen), "critical": list(c), "full": rest}
         if c:
             crit[t] = (ts.prompts[c], ts.answers[c])
         else:
             notes.append(
-                f"interventions: task {t!r} has no critical samples; only its full subset is evaluated."
+                f"interventions: task {t!r} has no held-out critical samples; only its full subset is evaluated."
             )
+        if 0 < len(c) < cfg.min_critical:
+            msg = (
+                f"interventions: task {t!r} has only {len(c)} held-out critical samples (min_critical="
+                f"{cfg.min_critical}); its critical effect and p-value are weak evidence. Evaluate more "
+                "samples of this task (a larger eval split)."
+            )
+            notes.append(msg)
+            warnings.warn(msg, stacklevel=3)
     pool = [k for k in live if k not in set(features)]
-    if cfg.control == "matched":
-        lo, hi = frequency[features].min() / 2, frequency[features].max() * 2
-        matched = [k for k in pool if lo <= frequency[k] <= hi]
-        if len(matched) >= len(features):
-            pool = matched
-        else:
-            notes.append(
-                f"interventions: only {len(matched)} live features fire as often as the edited ones "
-                "(within a factor 2); the random control draws from every live feature."
-            )
     n_random = cfg.n_random
     if n_random and len(pool) < len(features):
         notes.append(
@@ -782,11 +841,13 @@ def _interventions(
                 sets,
                 checker=checker,
                 n_new_tokens=n_new,
-                n_random=n_random,
+                n_random=n_random if subset == "critical" else min(n_random, cfg.n_random_full),
                 live=pool,
                 seed=seed,
                 batch_size=256,
                 progress=False,
+                frequency=frequency if cfg.control == "matched" else None,
+                match_width=cfg.match_width,
             )
             t["subset"] = subset  # the sets are already the subset; evaluate_intervention calls them "full"
             t.insert(0, "edit", label)
@@ -795,6 +856,34 @@ def _interventions(
             t.insert(3, "alpha", alpha)
             t.insert(4, "n_features", len(features))
             t["group"] = [groups[x] for x in t.task]
+            t["n_selection"] = [n_sel[x] for x in t.task]
+            t["few_samples"] = (t.subset == "critical") & (t.n < cfg.min_critical)
             frames.append(t)
     table = pd.concat(frames, ignore_index=True)[INTERVENTION_COLUMNS]
-    return table.astype(dtypes)
+    table = table.astype(dtypes)
+    notes.extend(_intervention_sentences(table, "matched random" if cfg.control == "matched" else "random"))
+    return table
+
+
+def _intervention_sentences(table: pd.DataFrame, controls: str = "random") -> list[str]:
+    """One sentence per (edit, task) on the held-out critical samples, derived from the table's numbers."""
+    out = []
+    crit = table[table.subset == "critical"]
+    for (label, task), t in crit.groupby(["edit", "task"], sort=False):
+        acc = t.set_index("condition")["accuracy"]
+        e = t[t.condition == "edit"].iloc[0]
+        ctrl = (
+            f"; {int(e.n_controls)} {controls} controls {acc['random']:.2f} on average, p = {e.p_value:.3f}"
+            if "random" in acc
+            else "; no random control"
+        )
+        sel = (
+            f"features selected on {int(e.n_selection)} other critical samples"
+            if e.n_selection
+            else "no sample of this task selected the features"
+        )
+        out.append(
+            f"interventions: {label} ({int(e.n_features)} features) on {task}: held-out critical accuracy "
+            f"{acc['none']:.2f} -> {acc['edit']:.2f} (n = {int(e.n)}; {sel}){ctrl}."
+        )
+    return out
