@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -19,6 +20,19 @@ from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.recombination import recombination
 from featdiff.metrics.registry import MetricContext, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage, drift
+from featdiff.metrics.uncertainty import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    FRACTION_COLUMNS,
+    INTERVAL_LEVEL,
+    MEAN_COLUMNS,
+    N_BOOTSTRAP,
+    fve_chunks,
+    profile_of,
+    split_provisional,
+    summarize_uncertainty,
+    union_reused,
+)
 
 SUMMARY_COLUMNS = [
     "reuse",
@@ -38,6 +52,16 @@ SUMMARY_COLUMNS = [
     "n_live",
     "n_dead",
 ]
+# the uncertainty of every summary number (featdiff.metrics.uncertainty): an interval and a base-vs-base floor
+UNCERTAINTY_COLUMNS = [
+    "split",
+    "saturated",
+    "indistinguishable_from_reference",
+    *[f"{c}_{s}" for c in (*FRACTION_COLUMNS, *MEAN_COLUMNS) for s in ("lo", "hi", "floor")],
+    "reference_n_live",
+    "reference_n_dead",
+    "n_replicas",
+]
 FEATURE_COLUMNS = [
     "checkpoint",
     "feature",
@@ -51,7 +75,9 @@ FEATURE_COLUMNS = [
     "fit_cosine",
     "frequency",
 ]
-STATUSES = ["reused", "recombined", "novel", "dead"]
+STATUSES = ["reused", "recombined", "novel", "dead", "split"]
+# reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
+DEFAULT_N_REPLICAS = 2
 
 
 @dataclass
@@ -77,10 +103,24 @@ class CompareConfig:
     on: str = "decoder"
     eps: float = 1e-6
     correct: bool = True
+    estimator: str = DEFAULT_ESTIMATOR
+    interval_level: float = INTERVAL_LEVEL
+    n_bootstrap: int = N_BOOTSTRAP
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, ("hungarian", "max"), "CompareConfig")
         check_choice("on", self.on, ("decoder", "activations"), "CompareConfig")
+        check_choice("estimator", self.estimator, ESTIMATORS, "CompareConfig")
+        if not 0 < self.interval_level < 1:
+            raise FeatdiffError(f"CompareConfig.interval_level must be in (0, 1); got {self.interval_level}.")
+        if (
+            isinstance(self.n_bootstrap, bool)
+            or not isinstance(self.n_bootstrap, int)
+            or self.n_bootstrap < 10
+        ):
+            raise FeatdiffError(
+                f"CompareConfig.n_bootstrap must be an integer >= 10; got {self.n_bootstrap!r}."
+            )
         for name in ("reuse_threshold", "fit_threshold", "eps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -195,19 +235,45 @@ def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.
     )
 
 
-def _noise_floor_reuse(
-    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig, ref_live=None
-) -> float:
-    """Reuse between two reference dictionaries trained with different seeds on the same data."""
-    pair, rep_live = None, None
+def _replica_table(
+    reference, replica, acts: ActivationSet | None, name: str, cfg: CompareConfig, ref_live, ref_freq
+) -> tuple[pd.DataFrame, Alignment]:
+    """The feature table of ``replica`` (another SAE of checkpoint ``name``, trained with another seed)
+    aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations."""
+    pair, rep_live, rep_freq = None, None, None
     if acts is not None:
-        rep_live = code_stats(replica, acts[ref_name])[0] > 0
+        rep_freq = code_stats(replica, acts[name])[0]
+        rep_live = (rep_freq > 0).numpy()
         if cfg.on == "activations":
-            pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
-    al = align(reference, replica, cfg.method, cfg.on, pair, ref_name, "__replica__", ref_live, rep_live)
-    live = al.tgt_live
-    reused = live & (np.nan_to_num(al.similarity, nan=-np.inf) >= cfg.reuse_threshold)
-    return float(reused.sum() / live.sum()) if live.sum() else float("nan")
+            pair = ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+    al = align(reference, replica, cfg.method, cfg.on, pair, name, "__replica__", ref_live, rep_live)
+    table = split_provisional(_feature_table(al, cfg, ref_freq, rep_freq), al, cfg.reuse_threshold)
+    return table, al
+
+
+def _as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
+    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) with the deprecated
+    ``noise_floor=`` (one reference replica) folded in."""
+    if noise_floor is not None:
+        warnings.warn(
+            "compare_dictionaries(noise_floor=sae) is deprecated; pass replicas=[sae] (a list of reference "
+            "SAEs trained with other seeds, or {checkpoint: [SAEs]}).",
+            FutureWarning,
+            stacklevel=3,
+        )
+    if replicas is None:
+        out: dict[str, list] = {}
+    elif isinstance(replicas, dict):
+        out = {n: list(v) if isinstance(v, (list, tuple)) else [v] for n, v in replicas.items()}
+    elif isinstance(replicas, (list, tuple)):
+        out = {reference: list(replicas)}
+    else:
+        raise FeatdiffError(
+            f"replicas must be a list of reference SAEs or a dict {{checkpoint: [SAEs]}}; got {type(replicas).__name__}."
+        )
+    if noise_floor is not None:
+        out[reference] = [noise_floor, *out.get(reference, [])]
+    return out
 
 
 def compare_dictionaries(
@@ -219,15 +285,20 @@ def compare_dictionaries(
     config: CompareConfig | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    replicas: list | dict | None = None,
     **overrides,
 ) -> Comparison:
     """Align every target dictionary to the reference one and score it (DESIGN.md's definitions).
 
     ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
     holds every checkpoint's activations on the same evaluation tokens: with them, dead features are
-    found, firing frequencies compared and variance explained. ``noise_floor`` is a second reference SAE
-    trained with another seed: its reuse against the reference is the noise floor used to correct the
-    fractions (see ``correct_fractions``). ``metrics`` lists registered metric names or callables to
+    found, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
+    other seeds on the same data: a list of reference replicas, or ``{checkpoint: [SAEs]}`` (targets may
+    have replicas too). Each reference replica compared with the reference gives the base-vs-base value of
+    every summary column (``<col>_floor``) and the null profile that corrects the fractions
+    (``CompareConfig.estimator``, see featdiff.metrics.uncertainty); replicas and a bootstrap over features
+    and token chunks give each column's interval (``<col>_lo``, ``<col>_hi`` at ``interval_level``).
+    ``noise_floor=sae`` is the deprecated form of ``replicas=[sae]``. ``metrics`` lists registered metric names or callables to
     compute (default: every registered metric). ``overrides`` set CompareConfig fields.
 
     Examples
@@ -257,6 +328,10 @@ def compare_dictionaries(
             )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else _default_metrics())]
     targets = [n for n in saes if n != reference]
+    replicas = _as_replicas(replicas, noise_floor, reference)
+    unknown = set(replicas) - set(saes)
+    if unknown:
+        raise FeatdiffError(f"replicas= names checkpoints {sorted(unknown)} that are not among {list(saes)}.")
 
     freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
     own_fve: dict[str, float] = {n: float("nan") for n in saes}
@@ -265,9 +340,18 @@ def compare_dictionaries(
             _check_width(saes[n], acts, n)
             freqs[n], own_fve[n] = code_stats(saes[n], acts[n])
     live_mask = {n: None if f is None else (f > 0).numpy() for n, f in freqs.items()}
-    nf = float("nan")
-    if noise_floor is not None:
-        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg, live_mask[reference])
+    ref_live = (
+        live_mask[reference] if live_mask[reference] is not None else np.ones(_d_sae(saes[reference]), bool)
+    )
+    null_profiles, union_null = _reference_replica_profiles(
+        saes[reference],
+        replicas.get(reference, []),
+        acts,
+        reference,
+        cfg,
+        live_mask[reference],
+        freqs[reference],
+    )
 
     rows, tables, alignments = [], [], {}
     for name in tqdm(targets, desc="aligning", disable=not progress):
@@ -283,17 +367,15 @@ def compare_dictionaries(
             live_mask[name],
         )
         alignments[name] = al
-        table = _feature_table(al, cfg, freqs[reference], freqs[name])
+        table = split_provisional(
+            _feature_table(al, cfg, freqs[reference], freqs[name]), al, cfg.reuse_threshold
+        )
         live = table["status"] != "dead"
         n_live = int(live.sum())
-        frac = {
-            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES[:3]
-        }
-        r, c, nov = (
-            correct_fractions(frac["reused"], frac["recombined"], nf)
-            if cfg.correct
-            else (frac["reused"], frac["recombined"], frac["novel"])
-        )
+        frac = {s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in STATUSES}
+        frac["reused"] += frac.pop("split")  # a split feature is a near-duplicate of a reused one
+        split_fraction = float((table["status"] == "split").sum() / n_live) if n_live else float("nan")
+        r, c, nov = frac["reused"], frac["recombined"], frac["novel"]
         row = {
             "checkpoint": name,
             "reuse": r,
@@ -308,15 +390,36 @@ def compare_dictionaries(
             "transfer_fve": float("nan"),
             "reference_fve": own_fve[reference],
             "target_fve": float("nan"),
-            "noise_floor_reuse": nf,
+            "noise_floor_reuse": float("nan"),
             "n_features": len(table),
             "n_live": n_live,
             "n_dead": int((~live).sum()),
         }
+        transfer = None
         if acts is not None:
-            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations.
-            row["transfer_fve"] = code_stats(saes[reference], acts[name])[1]
+            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations, per token
+            # chunk (summed, the same number as one pass; resampled, its interval).
+            transfer = fve_chunks(saes[reference], acts[name])
             row["target_fve"] = own_fve[name]
+        row.update(
+            _uncertainty_columns(
+                table,
+                al,
+                name,
+                saes,
+                replicas,
+                null_profiles,
+                union_null,
+                transfer,
+                acts,
+                cfg,
+                ref_live,
+                live_mask,
+                freqs,
+                own_fve[reference],
+            )
+        )
+        row["split"] = split_fraction
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
         for metric in chosen:
             summ, feats = compute_metric(metric, ctx)
@@ -336,10 +439,16 @@ def compare_dictionaries(
         rows.append(row)
         tables.append(table)
     summary = pd.DataFrame(rows).set_index("checkpoint")
+    summary["indistinguishable_from_reference"] = summary["indistinguishable_from_reference"].astype(
+        "boolean"
+    )
     features = pd.concat(tables, ignore_index=True)
     features["status"] = pd.Categorical(features["status"], categories=STATUSES)
     meta = {
         **(meta or {}),
+        "interval_level": cfg.interval_level,
+        "estimator": cfg.estimator if cfg.correct else None,
+        "n_replicas": {n: len(v) for n, v in replicas.items()},
         "reference": reference,
         "targets": targets,
         "config": cfg.to_dict(),
@@ -348,6 +457,90 @@ def compare_dictionaries(
         "hook": None if acts is None else acts.hook,
     }
     return Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+
+
+def _d_sae(dictionary) -> int:
+    return int(dictionary.W_dec.shape[0])
+
+
+def _reference_replica_profiles(reference_sae, reps: list, acts, reference: str, cfg, ref_live, ref_freq):
+    """Profiles of the reference's replicas against the reference (the base-vs-base comparisons), and each
+    replica's union reuse against the reference and the other replicas (the ``union`` estimator's null)."""
+    profiles, tables = [], []
+    for rep in reps:
+        if acts is not None:
+            _check_width(rep, acts, f"{reference} (replica)")
+        table, al = _replica_table(reference_sae, rep, acts, reference, cfg, ref_live, ref_freq)
+        rl = ref_live if ref_live is not None else np.ones(_d_sae(reference_sae), bool)
+        profiles.append(profile_of(table, rl))
+        tables.append((table, al))
+    union_null = []
+    for i, (_, al) in enumerate(tables):
+        others = [reference_sae.W_dec[torch.as_tensor(np.flatnonzero(al.ref_live))]]
+        others += [
+            t_al.tgt_decoder[torch.as_tensor(np.flatnonzero(t_al.tgt_live))]
+            for j, (_, t_al) in enumerate(tables)
+            if j != i
+        ]
+        union_null.append(float(union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold).mean()))
+    return profiles, union_null
+
+
+def _uncertainty_columns(
+    table,
+    al,
+    name,
+    saes,
+    replicas,
+    null_profiles,
+    union_null,
+    transfer,
+    acts,
+    cfg,
+    ref_live,
+    live_mask,
+    freqs,
+    reference_fve,
+) -> dict:
+    """The interval, floor and corrected columns of target ``name`` (featdiff.metrics.uncertainty)."""
+    reference = al.reference
+    target = profile_of(table, ref_live)
+    ref_reps = replicas.get(reference, [])
+    ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))]]
+    for rep in ref_reps:
+        live = (
+            np.ones(_d_sae(rep), bool) if acts is None else (code_stats(rep, acts[reference])[0] > 0).numpy()
+        )
+        ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
+    target.union_reused = union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold)
+    tgt_profiles, q_target = [], []
+    for rep in replicas.get(name, []):
+        if acts is not None:
+            _check_width(rep, acts, f"{name} (replica)")
+        t_rep, _ = _replica_table(
+            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference]
+        )
+        tgt_profiles.append(profile_of(t_rep, ref_live))
+        t_tt, _ = _replica_table(saes[name], rep, acts, name, cfg, live_mask[name], freqs[name])
+        q_target.append(profile_of(t_tt, al.tgt_live).fractions()[0])
+    out = summarize_uncertainty(
+        target,
+        null_profiles,
+        tgt_profiles,
+        q_target or None,
+        union_null or None,
+        transfer,
+        reference_fve,
+        cfg.estimator,
+        cfg.interval_level,
+        cfg.n_bootstrap,
+        cfg.correct,
+    )
+    out["noise_floor_reuse"] = out["reuse_floor"]
+    out["reference_n_live"] = int(ref_live.sum())
+    out["reference_n_dead"] = int((~ref_live).sum())
+    out["n_replicas"] = len(ref_reps)
+    return out
 
 
 def _check_width(dictionary, acts: ActivationSet, name: str) -> None:
@@ -455,6 +648,10 @@ class Comparison:
                     f"{path} was written by a newer featdiff (format {meta['format_version']}); upgrade featdiff."
                 )
             summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
+            if "indistinguishable_from_reference" in summary:  # True / False / empty (no replicas)
+                summary["indistinguishable_from_reference"] = summary[
+                    "indistinguishable_from_reference"
+                ].astype("boolean")
             features = pd.read_parquet(path / constants.FEATURES)
             if "components" in features:
                 features["components"] = features["components"].map(
@@ -493,7 +690,8 @@ def compare_checkpoints(
     architecture: str = "topk",
     k: int | None = None,
     seed: int = 0,
-    noise_floor: bool = True,
+    noise_floor: bool | None = None,
+    n_replicas: int = DEFAULT_N_REPLICAS,
     eval_fraction: float = 0.2,
     metrics: list | None = None,
     config: CompareConfig | None = None,
@@ -510,7 +708,10 @@ def compare_checkpoints(
     ``base``, ``rl``, ``sft`` and any further keyword checkpoints (``dpo=...``) take whatever ``load_model``
     takes. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
     prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
-    checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
+    checkpoint (plus ``n_replicas`` base SAEs with seeds seed + 1, ... for the floors, intervals and the
+    correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (a key
+    ``"__replicas__"`` may then hold the reference replicas, a list, or ``{checkpoint: [SAEs]}``);
+    ``noise_floor=True/False`` is the deprecated form of ``n_replicas=1/0``;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
 
@@ -585,9 +786,29 @@ def compare_checkpoints(
 
     from featdiff.dictionaries.sae import train_saes
 
-    replica = None
+    if noise_floor is not None:
+        warnings.warn(
+            "compare_checkpoints(noise_floor=...) is deprecated; pass n_replicas= (reference replica SAEs to "
+            "train; noise_floor=True means n_replicas=1, False means 0).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        n_replicas = int(bool(noise_floor))
+    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
+        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    replicas: dict[str, list] = {}
     if saes is None:
-        extra = {"__noise_floor__": ("base", seed + 1)} if noise_floor else None
+        per_target = (config.estimator if config else DEFAULT_ESTIMATOR) == "symmetric"
+        extra = {f"__replica_base_{i}__": ("base", seed + 1 + i) for i in range(n_replicas)}
+        if per_target:
+            extra.update(
+                {
+                    f"__replica_{n}_{i}__": (n, seed + 1 + i)
+                    for n in models
+                    if n != "base"
+                    for i in range(n_replicas)
+                }
+            )
         saes = train_saes(
             train,
             device=device,
@@ -595,11 +816,12 @@ def compare_checkpoints(
             architecture=architecture,
             k=k,
             seed=seed,
-            extra=extra,
+            extra=extra or None,
             progress=progress,
             **(train_kwargs or {}),
         )
-        replica = saes.pop("__noise_floor__", None)
+        for key, (n, _) in extra.items():
+            replicas.setdefault(n, []).append(saes.pop(key))
         meta["sae"] = {
             "architecture": architecture,
             "d_sae": d_sae,
@@ -610,19 +832,27 @@ def compare_checkpoints(
     else:
         from featdiff.dictionaries.sae import load_sae
 
-        saes = {n: load_sae(s) if isinstance(s, (str, os.PathLike)) else s for n, s in saes.items()}
-        replica = saes.pop("__noise_floor__", None)
+        saes = dict(saes)
+        given = saes.pop("__replicas__", None) or []
+        old = saes.pop("__noise_floor__", None)
+        given = dict(given) if isinstance(given, dict) else {"base": list(given)}
+        if old is not None:
+            given["base"] = [old, *given.get("base", [])]
+        load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
+        saes = {n: load(s) for n, s in saes.items()}
+        replicas = {n: [load(s) for s in v] for n, v in given.items()}
     cmp = compare_dictionaries(
         saes,
         held_out,
         reference="base",
-        noise_floor=replica,
+        replicas=replicas,
         metrics=metrics,
         config=config,
         progress=progress,
         meta=meta,
     )
-    cmp.extras["noise_floor_sae"] = replica
+    cmp.extras["noise_floor_sae"] = (replicas.get("base") or [None])[0]
+    cmp.extras["replica_saes"] = replicas
     return cmp
 
 
