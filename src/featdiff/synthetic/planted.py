@@ -293,3 +293,45 @@ def plant_checkpoints(
             "split_cosine": split_cosine,
         },
     )
+
+
+def known_answer_table(summary: pd.DataFrame, planted: PlantedCheckpoints) -> pd.DataFrame:
+    """Score a Comparison summary against the planted truth: one row per (checkpoint, category) with
+    truth, estimate, lo, hi, error, tolerance, within (|error| <= tolerance) and covered (lo <= truth <= hi).
+    Categories: reuse, recombination, novelty. The tolerance is relative to the category's size:
+    min(0.1, truth / 3) where truth >= 0.15; 2/3 of the truth where 0 < truth < 0.15 (a category of 0.1
+    must be found at >= 0.034: 0.0 does not pass); 0.1 where the truth is 0.
+
+    Examples
+    --------
+    >>> p = plant_checkpoints(d_in=16, n_atoms=40, targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
+    >>> s = pd.DataFrame({"reuse": [.5], "recombination": [0.0], "novelty": [.5]}, index=["rl"])
+    >>> known_answer_table(s, p)[["category", "truth", "within"]].to_dict("list")
+    {'category': ['reuse', 'recombination', 'novelty'], 'truth': [0.5, 0.25, 0.25], 'within': [True, False, False]}
+    """
+    truth = planted.fractions
+    rows = []
+    for name in summary.index:
+        if name not in truth.index:
+            continue
+        for col in truth.columns:
+            t, e = float(truth.loc[name, col]), float(summary.loc[name, col])
+            lo = float(summary.loc[name, f"{col}_lo"]) if f"{col}_lo" in summary else float("nan")
+            hi = float(summary.loc[name, f"{col}_hi"]) if f"{col}_hi" in summary else float("nan")
+            err = e - t
+            tol = 0.1 if t == 0 else (min(0.1, t / 3) if t >= 0.15 else 2 * t / 3)
+            rows.append(
+                {
+                    "checkpoint": name,
+                    "category": col,
+                    "truth": t,
+                    "estimate": e,
+                    "lo": lo,
+                    "hi": hi,
+                    "error": err,
+                    "tolerance": tol,
+                    "within": bool(abs(err) <= tol + 1e-9),
+                    "covered": bool(lo - 1e-9 <= t <= hi + 1e-9),
+                }
+            )
+    return pd.DataFrame(rows)
