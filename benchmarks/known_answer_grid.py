@@ -104,6 +104,43 @@ def compare_estimators(results: pd.DataFrame) -> pd.DataFrame:
     ).sort_values("worst_abs_error")
 
 
+def replica_sweep(seed: int = 0, max_replicas: int = 4, cell: str = "width_2x") -> pd.DataFrame:
+    """Cost and interval width against the number of reference replicas: one training pass of the base,
+    the targets and ``max_replicas`` replicas (timed with and without the replicas), then the comparison
+    with the first 1, 2, ... of them."""
+    plant_kw, sae_kw = CELLS[cell]
+    planted = plant_checkpoints(d_in=D_IN, n_atoms=N_ATOMS, k=K_PLANTED, seed=seed, targets=MIXED, **plant_kw)
+    train, held_out = planted.sample(100_000, seed=seed + 1), planted.sample(10_000, seed=seed + 2)
+    t0 = time.perf_counter()
+    saes = fd.train_saes(train, seed=seed, progress=False, **sae_kw)
+    t_plain = time.perf_counter() - t0
+    extra = {f"rep{i}": ("base", seed + 1 + i) for i in range(max_replicas)}
+    t0 = time.perf_counter()
+    saes = fd.train_saes(train, seed=seed, extra=extra, progress=False, **sae_kw)
+    t_all = time.perf_counter() - t0
+    reps = [saes.pop(f"rep{i}") for i in range(max_replicas)]
+    rows = []
+    for m in range(1, max_replicas + 1):
+        t0 = time.perf_counter()
+        cmp = fd.compare_dictionaries(saes, held_out, replicas=reps[:m], metrics=[], progress=False)
+        t_cmp = time.perf_counter() - t0
+        s = cmp.summary
+        t = known_answer_table(s, planted)
+        rows.append(
+            {
+                "n_replicas": m,
+                "train_s": t_plain + (t_all - t_plain) * m / max_replicas,
+                "compare_s": t_cmp,
+                "reuse_width": float((s.reuse_hi - s.reuse_lo).mean()),
+                "novelty_width": float((s.novelty_hi - s.novelty_lo).mean()),
+                "reuse_floor": float(s.reuse_floor.iloc[0]),
+                "mean_abs_error": float(t.error.abs().mean()),
+                "coverage": float(t.covered.mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
     """A markdown table (3 decimals), without the optional tabulate dependency."""
     if index:
@@ -123,8 +160,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-replicas", type=int, default=2)
     ap.add_argument("--csv", default=None, help="write every row to this CSV")
+    ap.add_argument("--replica-sweep", action="store_true", help="cost and interval width per n_replicas")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.replica_sweep:
+        print(markdown(replica_sweep(seed=args.seed)))
+        return
     parts = []
     for cell in args.cells:
         t0 = time.perf_counter()
