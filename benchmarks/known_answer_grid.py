@@ -171,9 +171,9 @@ def main() -> None:
         t0 = time.perf_counter()
         parts.append(run_cell(cell, seed=args.seed, n_replicas=args.n_replicas))
         print(f"# {cell}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.csv:  # after every cell, so a long run leaves what it has
+            pd.concat(parts, ignore_index=True).to_csv(args.csv, index=False)
     results = pd.concat(parts, ignore_index=True)
-    if args.csv:
-        results.to_csv(args.csv, index=False)
     cols = [
         "cell",
         "checkpoint",

@@ -29,6 +29,7 @@ from featdiff.metrics.uncertainty import (
     N_BOOTSTRAP,
     fve_chunks,
     profile_of,
+    recombination_detection,
     split_provisional,
     summarize_uncertainty,
     union_reused,
@@ -474,6 +475,17 @@ def _reference_replica_profiles(reference_sae, reps: list, acts, reference: str,
         rl = ref_live if ref_live is not None else np.ones(_d_sae(reference_sae), bool)
         profiles.append(profile_of(table, rl))
         tables.append((table, al))
+        profiles[-1].recombination_detection = recombination_detection(
+            rep.W_dec,
+            al.tgt_live,
+            reference_sae.W_dec,
+            rl,
+            cfg.fit_threshold,
+            cfg.reuse_threshold,
+            cfg.max_components,
+            cfg.min_components,
+            seed=len(profiles),
+        )
     union_null = []
     for i, (_, al) in enumerate(tables):
         others = [reference_sae.W_dec[torch.as_tensor(np.flatnonzero(al.ref_live))]]

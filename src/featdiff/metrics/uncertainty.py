@@ -17,6 +17,10 @@ Estimators of the true fractions (docs/metrics.md compares them on the known-ans
   recombined or novel with the base-vs-base probabilities (q_r, q_c, q_n) of a replica; a really
   recombined one is found with probability q_r, else it looks novel; a really novel one looks novel. So
   reuse = reuse_raw / q_r and recombination = (recombination_raw - reuse * q_c) / q_r.
+- ``calibrated``: the mixture, but a really recombined feature is found with the rate measured by
+  injection (``recombination_detection``): combinations of 2-3 features of a reference replica, built as
+  the planted ones are, fitted on the reference's features; recombination = (recombination_raw - reuse *
+  q_c) / q_det.
 
 A corrected value is clipped to [0, 1] (recombination to [0, 1 - reuse]) and the column ``saturated``
 says when that happened: the data then say "at least/at most this", not the clipped number.
@@ -35,7 +39,7 @@ from featdiff.errors import FeatdiffError, check_choice
 INTERVAL_LEVEL = 0.9
 N_BOOTSTRAP = 400
 N_TOKEN_CHUNKS = 20
-ESTIMATORS = ("ratio", "symmetric", "union", "mixture")
+ESTIMATORS = ("ratio", "symmetric", "union", "mixture", "calibrated")
 DEFAULT_ESTIMATOR = "mixture"
 FRACTION_COLUMNS = ("reuse", "recombination", "novelty", "base_coverage")
 MEAN_COLUMNS = ("drift", "freq_shift", "transfer_fve")
@@ -50,7 +54,8 @@ class Profile:
     ``status``: 0 reused (or split), 1 recombined, 2 novel per live target feature; ``covered``: per live
     reference feature, whether a target feature reuses it; ``drift`` / ``freq_shift``: values of the
     reused features; ``union_reused``: per live target feature, matched at >= threshold to any feature of
-    the reference or its replicas (None unless computed).
+    the reference or its replicas (None unless computed); ``recombination_detection``: for a reference
+    replica, the rate at which injected recombinations of its features are found (``calibrated``).
     """
 
     status: np.ndarray
@@ -58,6 +63,7 @@ class Profile:
     drift: np.ndarray
     freq_shift: np.ndarray
     union_reused: np.ndarray | None = None
+    recombination_detection: float | None = None
 
     def fractions(self) -> tuple[float, float, float]:
         n = len(self.status)
@@ -116,6 +122,7 @@ def correct(
     estimator: str = DEFAULT_ESTIMATOR,
     q_target: np.ndarray | float | None = None,
     union: tuple | None = None,
+    q_detect: np.ndarray | float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Corrected (reuse, recombination, novelty, saturated) from raw fractions ``raw[..., 3]`` and the
     base-vs-base profile ``null[..., 3]`` (reuse, recombination, novelty of a reference replica).
@@ -144,8 +151,9 @@ def correct(
         c = raw[..., 1] / q
         if estimator == "union" and union is not None:
             r = np.asarray(union[0], float) / np.asarray(union[1], float)
-        if estimator == "mixture":
-            c = (raw[..., 1] - r * null[..., 1]) / q
+        if estimator in ("mixture", "calibrated"):
+            qc = q if estimator == "mixture" or q_detect is None else np.asarray(q_detect, float)
+            c = (raw[..., 1] - r * null[..., 1]) / qc
     bad = ~np.isfinite(r) | ~np.isfinite(c)
     r = np.where(bad, raw[..., 0], r)
     c = np.where(bad, raw[..., 1], c)
@@ -222,6 +230,7 @@ def summarize_uncertainty(
     n_bootstrap: int = N_BOOTSTRAP,
     correct_fractions: bool = True,
     seed: int = 0,
+    recombination_detection: list[float] | None = None,
 ) -> dict:
     """The summary columns of one target: corrected reuse / recombination / novelty, ``saturated``,
     ``indistinguishable_from_reference``, and ``<col>_lo``, ``<col>_hi``, ``<col>_floor`` for every
@@ -305,18 +314,26 @@ def summarize_uncertainty(
                 boot_union_null[sel] = union_null[i]
     q_t = float(np.mean(q_target)) if q_target else None
     boot_qt = rng.choice(np.asarray(q_target, float), size=B) if q_target else None
+    if recombination_detection is None:
+        found = [p.recombination_detection for p in replicas if p.recombination_detection is not None]
+        recombination_detection = [x for x in found if np.isfinite(x)] or None
+    q_det = float(np.mean(recombination_detection)) if recombination_detection else None
+    boot_qd = (
+        rng.choice(np.asarray(recombination_detection, float), size=B) if recombination_detection else None
+    )
     union_point = None
     if target.union_reused is not None and union_null:
         union_point = (float(target.union_reused.mean()), float(np.mean(union_null)))
 
     if replicas and correct_fractions:
-        r, c, n, sat = correct(raw, null.mean(0), estimator, q_t, union_point)
+        r, c, n, sat = correct(raw, null.mean(0), estimator, q_t, union_point, q_det)
         br, bc, bn, _ = correct(
             boot_raw,
             boot_null,
             estimator,
             boot_qt,
             (boot_union, boot_union_null) if union_point is not None else None,
+            boot_qd,
         )
     else:
         (r, c, n), sat = raw, False
@@ -390,3 +407,56 @@ def split_provisional(table: pd.DataFrame, al, reuse_threshold: float) -> pd.Dat
     cats = list(table["status"].cat.categories) if hasattr(table["status"], "cat") else []
     out["status"] = pd.Categorical(status, categories=list(dict.fromkeys([*cats, "split"])))
     return out
+
+
+def recombination_detection(
+    replica_decoder: torch.Tensor,
+    replica_live: np.ndarray,
+    reference_decoder: torch.Tensor,
+    reference_live: np.ndarray,
+    fit_threshold: float,
+    reuse_threshold: float,
+    max_components: int = 3,
+    min_components: int = 2,
+    n: int = 400,
+    seed: int = 0,
+) -> float:
+    """The rate at which a recombination is found: ``n`` positive combinations of 2-3 live replica
+    features (coefficients in [0.8, 1], no single component at cosine >= 0.65, as the planted ones), each
+    called recombined when it is not reused by a reference feature (best cosine < ``reuse_threshold``)
+    and OMP on the live reference features fits it with 2..``max_components`` of them at
+    ``fit_threshold``. A replica and the reference learn the same features imperfectly: this is the
+    share of true recombinations of shared features that survives that imperfection.
+
+    Examples
+    --------
+    >>> D = torch.nn.functional.normalize(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    >>> live = np.ones(64, bool)
+    >>> recombination_detection(D, live, D, live, 0.9, 0.7) > 0.9  # identical dictionaries find them all
+    True
+    """
+    from featdiff.metrics.recombination import fit_components
+
+    rng = np.random.default_rng(seed)
+    R = _unit(replica_decoder)[torch.from_numpy(np.flatnonzero(replica_live))]
+    A = _unit(reference_decoder)[torch.from_numpy(np.flatnonzero(reference_live))]
+    if len(R) < 3 or len(A) < 2:
+        return float("nan")
+    combos = []
+    for _ in range(20 * n):
+        m = int(rng.choice([2, 3]))
+        idx = rng.choice(len(R), size=m, replace=False)
+        v = torch.from_numpy(rng.uniform(0.8, 1.0, size=m)) @ R[idx]
+        v = v / v.norm()
+        if float((R[idx] @ v).max()) < 0.65:
+            combos.append(v)
+        if len(combos) == n:
+            break
+    if not combos:
+        return float("nan")
+    V = torch.stack(combos)
+    reused = (V @ A.T).max(1).values >= reuse_threshold
+    rc = fit_components(
+        V, np.arange(len(V)), A, np.arange(len(A)), fit_threshold, max_components, min_components
+    )
+    return float((rc["recombined"].to_numpy() & ~reused.numpy()).mean())
