@@ -56,7 +56,7 @@ def test_noise_floor_enters_the_summary(planted):
     D = planted.dictionaries["base"].clone()
     half = len(D) // 2
     D[half:] = torch.nn.functional.normalize(torch.randn(len(D) - half, D.shape[1]), dim=1)
-    cmp = compare_dictionaries(saes, acts, noise_floor=make_sae(D, k=8), progress=False)
+    cmp = compare_dictionaries(saes, acts, replicas=[make_sae(D, k=8)], progress=False)
     nf = cmp.summary["noise_floor_reuse"]
     assert (nf > 0.45).all() and (nf < 0.6).all()
     s = cmp.summary
