@@ -40,7 +40,7 @@ INTERVAL_LEVEL = 0.9
 N_BOOTSTRAP = 400
 N_TOKEN_CHUNKS = 20
 ESTIMATORS = ("ratio", "symmetric", "union", "mixture", "calibrated")
-DEFAULT_ESTIMATOR = "calibrated"
+DEFAULT_ESTIMATOR = "union"
 FRACTION_COLUMNS = ("reuse", "recombination", "novelty", "base_coverage")
 MEAN_COLUMNS = ("drift", "freq_shift", "transfer_fve")
 # status codes of live features in a Profile
