@@ -53,18 +53,14 @@ def main() -> None:
 
     _, t_max = timed(lambda: align(ref, tgt, method="max"))
     al, t_hung = timed(lambda: align(ref, tgt, method="hungarian"))
-    print(
-        f"hungarian          {t_hung:8.2f} s   ({t_hung / t_max:.1f}x the greedy max matching, {t_max:.2f} s)"
-    )
+    print(f"hungarian          {t_hung:8.2f} s   ({t_hung / t_max:.1f}x the greedy max matching, {t_max:.2f} s)")
 
     rows = tgt[: args.d_sae // 2]
     _, t_omp = timed(lambda: omp(rows, ref, 3))
     sample = rows[:200].double().numpy()
     _, t_loop = timed(lambda: omp_loop(sample, ref.double().numpy()))
     t_loop *= len(rows) / len(sample)
-    print(
-        f"batched omp        {t_omp:8.2f} s   ({t_loop / t_omp:.1f}x faster than a per-row loop, ~{t_loop:.1f} s)"
-    )
+    print(f"batched omp        {t_omp:8.2f} s   ({t_loop / t_omp:.1f}x faster than a per-row loop, ~{t_loop:.1f} s)")
 
     saes = {"base": fd.sae_from_dictionary(ref, k=32), "rl": fd.sae_from_dictionary(tgt, k=32)}
     x = torch.relu(torch.randn(args.n_tokens, args.d_sae, generator=g) - 2.5) @ ref
