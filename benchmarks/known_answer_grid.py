@@ -2,7 +2,7 @@
 (train_saes + compare_dictionaries with reference replicas, as compare_checkpoints does), every estimator of
 the true fractions scored against the planted truth.
 
-    OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~10 min on 1 core)
+    OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~17 min on 1 core)
     python benchmarks/known_answer_grid.py --cells width_1x split --csv grid.csv
 
 Prints one markdown table per estimator (a row per cell x target x category: truth, estimate, interval,
