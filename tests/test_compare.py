@@ -57,7 +57,7 @@ def test_noise_floor_enters_the_summary(planted):
     D = planted.dictionaries["base"].clone()
     half = len(D) // 2
     D[half:] = torch.nn.functional.normalize(torch.randn(len(D) - half, D.shape[1]), dim=1)
-    cmp = compare_dictionaries(saes, acts, noise_floor=make_sae(D, k=8), progress=False)
+    cmp = compare_dictionaries(saes, acts, replicas=[make_sae(D, k=8)], progress=False)
     nf = cmp.summary["noise_floor_reuse"]
     assert (nf > 0.45).all() and (nf < 0.6).all()
     s = cmp.summary
@@ -180,3 +180,37 @@ def test_more_bad_inputs_name_the_problem(planted, tmp_path):
     wide = {n: make_sae(torch.eye(48), k=4) for n in ("base", "rl")}
     with pytest.raises(FeatdiffError, match="'base' has d_in=48 but its activations have d_model=32"):
         compare_dictionaries(wide, planted.sample(200), progress=False)
+
+
+def test_replicas_give_intervals_floors_and_the_reference_counts(planted):
+    from featdiff.comparison import UNCERTAINTY_COLUMNS
+
+    saes = planted_saes(planted)
+    acts = planted.sample(3000)
+    # two replicas of the base that each share all but a quarter of its atoms exactly
+    reps = []
+    for seed in (1, 2):
+        D = planted.dictionaries["base"].clone()
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(D), generator=g)[: len(D) // 4]
+        D[idx] = torch.nn.functional.normalize(torch.randn(len(idx), D.shape[1], generator=g), dim=1)
+        reps.append(make_sae(D, k=8))
+    cmp = compare_dictionaries(saes, acts, replicas=reps, progress=False)
+    s = cmp.summary
+    assert set(UNCERTAINTY_COLUMNS) <= set(s.columns)
+    assert cmp.meta["interval_level"] == 0.9 and cmp.meta["n_replicas"] == {"base": 2}
+    np.testing.assert_allclose(s["reuse_floor"], s["noise_floor_reuse"])
+    assert s["reuse_floor"].between(0.7, 0.8).all()  # 3/4 of the atoms shared, a few more by chance
+    for col in ("reuse", "recombination", "novelty", "base_coverage", "drift", "transfer_fve"):
+        assert (s[f"{col}_lo"] <= s[col] + 1e-9).all() and (s[col] <= s[f"{col}_hi"] + 1e-9).all(), col
+    assert (s["reuse_hi"] - s["reuse_lo"]).between(0.01, 0.4).all()
+    np.testing.assert_allclose(s["transfer_fve_floor"], s["reference_fve"])
+    assert (s["reference_n_live"] + s["reference_n_dead"] == planted.n_atoms).all()
+    np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
+    # the same with the deprecated noise_floor= (one replica), which says what to use instead
+    with pytest.warns(FutureWarning, match="replicas="):
+        old = compare_dictionaries(saes, acts, noise_floor=reps[0], progress=False)
+    new = compare_dictionaries(saes, acts, replicas=[reps[0]], progress=False)
+    pd.testing.assert_frame_equal(old.summary, new.summary)
+    with pytest.raises(FeatdiffError, match="replicas"):
+        compare_dictionaries(saes, acts, replicas={"dpo": reps}, progress=False)

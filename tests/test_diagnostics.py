@@ -117,7 +117,7 @@ def test_compare_dictionaries_emits_and_stores_the_warnings():
     Q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
     replica = sae_from_dictionary(Q, k=2)
     with pytest.warns(FeatdiffWarning) as rec:
-        cmp = fd.compare_dictionaries(saes, acts, noise_floor=replica, progress=False)
+        cmp = fd.compare_dictionaries(saes, acts, replicas=[replica], progress=False)
     msgs = cmp.meta["warnings"]
     assert [str(w.message) for w in rec if w.category is FeatdiffWarning] == msgs
     assert (cmp.meta["reference_n_features"], cmp.meta["reference_n_live"]) == (8, 3)

@@ -1,11 +1,16 @@
 """Known answers: SAEs trained with the library's defaults on activations from planted dictionaries recover
-the planted fractions of reused, recombined and novel features (after the noise-floor correction)."""
+the planted fractions of reused, recombined and novel features (after the noise-floor correction), with
+intervals that cover them; the estimators and intervals of featdiff.metrics.uncertainty on known inputs."""
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 import featdiff as fd
+from featdiff.metrics.uncertainty import Profile, correct, summarize_uncertainty
 from featdiff.synthetic import plant_checkpoints
+from featdiff.synthetic.planted import known_answer_table
 
 CASES = {
     "rl_vs_sft": (
@@ -35,7 +40,7 @@ def test_default_pipeline_recovers_planted_fractions_within_01(case):
     held_out = planted.sample(10_000, seed=seed + 2)
     saes = fd.train_saes(train, seed=seed, extra={"base_seed1": ("base", seed + 1)}, progress=False)
     replica = saes.pop("base_seed1")
-    cmp = fd.compare_dictionaries(saes, held_out, noise_floor=replica, progress=False)
+    cmp = fd.compare_dictionaries(saes, held_out, replicas=[replica], progress=False)
     cols = ["reuse", "recombination", "novelty"]
     truth = planted.fractions.loc[list(targets)].to_numpy()
     corrected = cmp.summary.loc[list(targets), cols].to_numpy()
@@ -79,3 +84,134 @@ def test_planted_generator_rejects_bad_fractions():
         plant_checkpoints(targets={"rl": {"reused": 0.5, "novel": 0.3}})
     with pytest.raises(fd.FeatdiffError, match="recombine_from"):
         plant_checkpoints(recombine_from="nowhere")
+
+
+def test_planted_categories_are_exact():
+    targets = {
+        "split": {"reused": 0.6, "split": 0.2, "recombined": 0.1, "novel": 0.1},
+        "same": "identical",
+        "disjoint": {"novel": 1.0},
+    }
+    p = plant_checkpoints(d_in=32, n_atoms=60, targets=targets, frequencies="power_law", seed=0)
+    c = p.categories
+    np.testing.assert_allclose(c.loc["split"], [0.6, 0.2, 0.1, 0.1])
+    np.testing.assert_allclose(p.fractions.loc["split"], [0.8, 0.1, 0.1])  # split counts toward reuse
+    assert torch.equal(p.dictionaries["same"], p.dictionaries["base"])
+    np.testing.assert_allclose(p.fractions.loc["disjoint"], [0.0, 0.0, 1.0])
+    B, S = p.dictionaries["base"], p.dictionaries["split"]
+    t = p.truth[p.truth.checkpoint == "split"]
+    for atom, src in zip(t[t.status == "split"].atom, t[t.status == "split"].source, strict=True):
+        assert float(S[atom] @ B[src]) == pytest.approx(0.99, abs=1e-6)  # a near-duplicate of a base atom...
+        assert t.set_index("atom").loc[src, "status"] == "reused"  # ...that the target keeps
+    assert (B[list(t[t.status == "novel"].atom)] @ p.dictionaries["disjoint"].T).abs().max() < 1.0
+    # power-law frequencies keep the mean activity and spread over more than an order of magnitude
+    f = p.frequencies
+    assert float(f.sum()) == pytest.approx(4.0, rel=1e-5) and float(f.max() / f.min()) > 20
+    codes = p.codes(20_000)
+    assert float((codes > 0).sum(1).float().mean()) == pytest.approx(4.0, rel=0.05)
+
+
+def test_estimators_by_hand():
+    raw, null = np.array([0.3, 0.1, 0.6]), np.array([0.6, 0.1, 0.3])
+    np.testing.assert_allclose(correct(raw, null, "ratio")[:3], [0.5, 1 / 6, 1 / 3])
+    # mixture: a shared feature looks recombined with the null's probability 0.1: 0.5 * 0.1 of it is not
+    np.testing.assert_allclose(
+        correct(raw, null, "mixture")[:3], [0.5, (0.1 - 0.05) / 0.6, 1 - 0.5 - 0.05 / 0.6]
+    )
+    np.testing.assert_allclose(correct(raw, null, "symmetric", q_target=0.9)[0], 0.3 / np.sqrt(0.54))
+    np.testing.assert_allclose(correct(raw, null, "union", union=(0.4, 0.8))[0], 0.5)
+    r, c, n, sat = correct(np.array([0.7, 0.1, 0.2]), null, "ratio")
+    assert (r, c, n) == pytest.approx((1.0, 0.0, 0.0)) and sat  # clipped, and it says so
+    assert not correct(raw, null, "mixture")[3]
+
+
+def _profile(rng, n, p, p_cov, d_mean):
+    return Profile(
+        status=rng.choice(3, n, p=p).astype(np.int8),
+        covered=rng.random(n) < p_cov,
+        drift=rng.normal(d_mean, 0.05, int(n * p[0])),
+        freq_shift=np.abs(rng.normal(0.3, 0.2, int(n * p[0]))),
+    )
+
+
+def test_intervals_cover_the_truth_of_simulated_draws():
+    """Draws from known feature-level probabilities: the 90 % intervals cover the true (corrected) values
+    in about 90 % of 60 draws (>= 80 %), and are narrower with more features."""
+    rng = np.random.default_rng(0)
+    q = np.array([0.8, 0.05, 0.15])  # base-vs-base profile
+    truth = np.array([0.6, 0.2, 0.2])  # true fractions of the target
+    # what the target shows: shared features with the null profile, recombined found with prob. q[0]
+    seen = truth[0] * q + truth[1] * np.array([0, q[0], 1 - q[0]]) + truth[2] * np.array([0, 0, 1])
+    hits = {c: 0 for c in ("reuse", "recombination", "novelty", "drift")}
+    widths = {}
+    for n in (300, 3000):
+        for _ in range(60 if n == 300 else 5):
+            tgt = _profile(rng, n, seen, 0.5, 0.1)
+            reps = [_profile(rng, n, q, 0.8, 0.05) for _ in range(2)]
+            s = summarize_uncertainty(tgt, reps, seed=int(rng.integers(1 << 30)), estimator="mixture")
+            if n == 300:
+                for c, t in zip(("reuse", "recombination", "novelty", "drift"), (*truth, 0.1), strict=True):
+                    hits[c] += s[f"{c}_lo"] <= t <= s[f"{c}_hi"]
+            widths.setdefault(n, []).append(s["reuse_hi"] - s["reuse_lo"])
+    assert all(h / 60 >= 0.8 for h in hits.values()), hits
+    assert np.mean(widths[3000]) < 0.5 * np.mean(widths[300])
+
+
+def _grid_cell(targets, seed, **plant):
+    """One known-answer cell through the default pipeline (train_saes + compare_dictionaries with two
+    reference replicas, as compare_checkpoints does), shortened: 300k samples instead of 1M."""
+    p = plant_checkpoints(d_in=32, n_atoms=128, targets=targets, k=4, seed=seed, **plant)
+    train, held_out = p.sample(60_000, seed=seed + 1), p.sample(10_000, seed=seed + 2)
+    extra = {f"rep{i}": ("base", seed + 1 + i) for i in range(2)}
+    saes = fd.train_saes(train, d_sae=128, k=4, seed=seed, extra=extra, n_samples=300_000, progress=False)
+    reps = [saes.pop("rep0"), saes.pop("rep1")]
+    cmp = fd.compare_dictionaries(saes, held_out, replicas=reps, metrics=[], progress=False)
+    return cmp, known_answer_table(cmp.summary, p)
+
+
+GRID = {
+    # uniform frequencies; a mixed target, one identical to the base, one sharing nothing with it
+    "mixed_identical_disjoint": (
+        {
+            "mixed": {"reused": 0.6, "recombined": 0.2, "novel": 0.2},
+            "same": "identical",
+            "disjoint": {"novel": 1.0},
+        },
+        {},
+    ),
+    # feature splitting: near-duplicates (cosine 0.99) of kept atoms count toward reuse, not novelty
+    "split": ({"split": {"reused": 0.55, "split": 0.15, "recombined": 0.15, "novel": 0.15}}, {}),
+}
+
+
+@pytest.mark.slow
+def test_grid_cell_mixed_identical_disjoint_within_tolerance_and_covered():
+    cmp, t = _grid_cell(*GRID["mixed_identical_disjoint"][:1], seed=0)
+    assert t["within"].all(), t
+    assert t["covered"].mean() >= 0.8, t
+    s = cmp.summary
+    assert (s["reuse_floor"] == s["noise_floor_reuse"]).all() and s["reuse_floor"].between(0.5, 1).all()
+    assert s.loc["same", "indistinguishable_from_reference"]
+    assert not s.loc["disjoint", "indistinguishable_from_reference"]
+    assert not s.loc["mixed", "indistinguishable_from_reference"]
+    assert s.loc["disjoint", "reuse_hi"] < 0.1 and s.loc["disjoint", "base_coverage_hi"] < 0.1
+
+
+@pytest.mark.slow
+def test_grid_cell_split_counts_near_duplicates_as_reuse():
+    # Known failure, not asserted here (docs/metrics.md, the grid): in this cell recombination is found
+    # at about a third of its planted 0.15 and the rest reads as novel.
+    cmp, t = _grid_cell(*GRID["split"][:1], seed=0)
+    t = t.set_index("category")
+    assert t.loc["reuse", "within"] and t.loc["reuse", "covered"], t
+    assert cmp.summary.loc["split", "split"] > 0.03  # near-duplicates are split, not novel
+
+
+def test_tolerance_is_relative_to_category_size():
+    p = plant_checkpoints(
+        d_in=16, n_atoms=40, targets={"rl": {"reused": 0.8, "recombined": 0.1, "novel": 0.1}}
+    )
+    s = pd.DataFrame({"reuse": [0.9], "recombination": [0.0], "novelty": [0.1]}, index=["rl"])
+    t = known_answer_table(s, p).set_index("category")
+    assert not t.loc["recombination", "within"]  # a category of 0.1 is not recovered at 0.0
+    assert t.loc["reuse", "within"] and t.loc["novelty", "within"]

@@ -16,6 +16,14 @@ from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.figures import headless_pyplot, plot_comparison
+from featdiff.metrics.uncertainty import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    FRACTION_COLUMNS,
+    INTERVAL_LEVEL,
+    MEAN_COLUMNS,
+    N_BOOTSTRAP,
+)
 
 SUMMARY_COLUMNS = [
     "reuse",
@@ -35,6 +43,15 @@ SUMMARY_COLUMNS = [
     "n_features",
     "n_live",
     "n_dead",
+]
+# the uncertainty of every summary number (featdiff.metrics.uncertainty): an interval and a base-vs-base floor
+UNCERTAINTY_COLUMNS = [
+    "saturated",
+    "indistinguishable_from_reference",
+    *[f"{c}_{s}" for c in (*FRACTION_COLUMNS, *MEAN_COLUMNS) for s in ("lo", "hi", "floor")],
+    "reference_n_live",
+    "reference_n_dead",
+    "n_replicas",
 ]
 FEATURE_COLUMNS = [
     "checkpoint",
@@ -65,6 +82,9 @@ class CompareConfig(Config):
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
     norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
+    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; see
+    featdiff.metrics.uncertainty and docs/metrics.md), ``interval_level`` and ``n_bootstrap`` (the
+    ``<col>_lo`` / ``<col>_hi`` intervals).
 
     Examples
     --------
@@ -90,12 +110,18 @@ class CompareConfig(Config):
     mas_threshold: float = 0.5
     pair_share: float = 0.5
     p: int = 2
+    estimator: str = DEFAULT_ESTIMATOR
+    interval_level: float = INTERVAL_LEVEL
+    n_bootstrap: int = N_BOOTSTRAP
 
     def __post_init__(self) -> None:
         where = "CompareConfig"
         check_choice("method", self.method, ("hungarian", "max"), where)
         check_choice("on", self.on, ("decoder", "activations"), where)
         check_choice("p", self.p, (1, 2), where)
+        check_choice("estimator", self.estimator, ESTIMATORS, where)
+        check_number(where, "interval_level", self.interval_level, 0, 1, strict_low=True, strict_high=True)
+        check_int(where, "n_bootstrap", self.n_bootstrap, minimum=10)
         for name in ("reuse_threshold", "fit_threshold"):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
@@ -207,6 +233,10 @@ class Comparison:
                     f"{path} was written by a newer featdiff (format {meta['format_version']}); upgrade featdiff."
                 )
             summary = pd.read_csv(path / constants.SUMMARY, index_col=0, float_precision="round_trip")
+            if "indistinguishable_from_reference" in summary:  # True / False / empty (no replicas)
+                summary["indistinguishable_from_reference"] = summary[
+                    "indistinguishable_from_reference"
+                ].astype("boolean")
             features = pd.read_parquet(path / constants.FEATURES)
             if "components" in features:
                 features["components"] = features["components"].map(

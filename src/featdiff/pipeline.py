@@ -7,14 +7,18 @@ import os
 import warnings
 from collections.abc import Mapping
 
+from featdiff._replicas import as_replicas
 from featdiff.activations import collect_activations
 from featdiff.comparison import CompareConfig, Comparison
 from featdiff.dictionaries.crosscoder import train_crosscoder
 from featdiff.dictionaries.sae import load_sae, train_saes
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
 from featdiff.models import default_hook, load_model, load_prompts
 from featdiff.score import compare_crosscoder, compare_dictionaries
 
+# reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
+DEFAULT_N_REPLICAS = 2
 METHODS = ("saes", "crosscoder")
 
 
@@ -64,7 +68,9 @@ def compare_checkpoints(
     architecture: str = "topk",
     k: int | None = None,
     seed: int = 0,
-    noise_floor: bool = True,
+    n_replicas: int = DEFAULT_N_REPLICAS,
+    replicas: list | dict | None = None,
+    noise_floor: bool | None = None,
     eval_fraction: float = 0.2,
     metrics: list | None = None,
     config: CompareConfig | None = None,
@@ -82,7 +88,10 @@ def compare_checkpoints(
     as one mapping ``{"base": ..., "dpo": ..., ...}`` in the first argument (the reference is ``"base"``, or
     the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
     prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
-    checkpoint (plus a second base SAE with seed + 1 for the noise floor) unless ``saes`` gives them;
+    checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
+    correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (then
+    ``replicas=`` may give the replicas: a list of reference SAEs, or ``{checkpoint: [SAEs]}``);
+    ``noise_floor=True/False`` is the deprecated form of ``n_replicas=1/0``;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
 
@@ -148,42 +157,72 @@ def compare_checkpoints(
         )
         return compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
 
-    replica = None
+    if noise_floor is not None:
+        warnings.warn(
+            "compare_checkpoints(noise_floor=...) is deprecated; pass n_replicas= (reference replica SAEs to "
+            "train; noise_floor=True means n_replicas=1, False means 0).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        n_replicas = int(bool(noise_floor))
+    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
+        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
     if saes is None:
-        extra = {"__noise_floor__": (reference, seed + 1)} if noise_floor else None
-        saes = train_saes(
+        if replicas is not None:
+            raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
+        # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
+        # targets' too where the estimator needs them (featdiff.metrics.uncertainty)
+        per_target = (config.estimator if config else DEFAULT_ESTIMATOR) == "symmetric"
+        owners = [reference, *([n for n in models if n != reference] if per_target else [])]
+        jobs = {(n, i): (n, seed + 1 + i) for n in owners for i in range(n_replicas)}
+        extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
+        trained = train_saes(
             train,
             device=device,
             d_sae=d_sae,
             architecture=architecture,
             k=k,
             seed=seed,
-            extra=extra,
+            extra=extra or None,
             progress=progress,
             **(train_kwargs or {}),
         )
-        replica = saes.pop("__noise_floor__", None)
+        saes = {n: trained[n] for n in models}
+        replicas = {}
+        for key, (n, _) in extra.items():
+            replicas.setdefault(n, []).append(trained[key])
         meta["sae"] = {
             "architecture": architecture,
             "d_sae": d_sae,
             "k": k,
             "seed": seed,
+            "n_replicas": n_replicas,
             **(train_kwargs or {}),
         }
     else:
-        saes = {n: load_sae(s) if isinstance(s, (str, os.PathLike)) else s for n, s in saes.items()}
-        replica = saes.pop("__noise_floor__", None)
+        saes = dict(saes)
+        old = saes.pop("__noise_floor__", None)
+        if old is not None:
+            warnings.warn(
+                "compare_checkpoints(saes={..., '__noise_floor__': sae}) is deprecated; pass replicas=[sae].",
+                FutureWarning,
+                stacklevel=2,
+            )
+        given = as_replicas(replicas, old, reference)
+        load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
+        saes = {n: load(s) for n, s in saes.items()}
+        replicas = {n: [load(s) for s in v] for n, v in given.items()}
     cmp = compare_dictionaries(
         saes,
         held_out,
         reference=reference,
-        noise_floor=replica,
+        replicas=replicas,
         metrics=metrics,
         config=config,
         progress=progress,
         meta=meta,
     )
-    cmp.extras["noise_floor_sae"] = replica
+    cmp.extras["replica_saes"] = replicas
     return cmp
 
 

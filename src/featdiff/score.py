@@ -10,16 +10,25 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from featdiff._replicas import (
+    as_replicas,
+    check_width,
+    d_sae,
+    reference_replica_profiles,
+    uncertainty_columns,
+)
 from featdiff.activations import ActivationSet
-from featdiff.align import Alignment, align
+from featdiff.align import align
 from featdiff.comparison import STATUSES, CompareConfig, Comparison
 from featdiff.diagnostics import emit_warnings
 from featdiff.dictionaries.stats import code_stats, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
-from featdiff.metrics.recombination import fit_components, recombination
+from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
-from featdiff.metrics.reuse import base_coverage, drift, split
+from featdiff.metrics.reuse import base_coverage
+from featdiff.metrics.uncertainty import fve_chunks
+from featdiff.statuses import feature_table
 
 
 def correct_fractions(
@@ -46,75 +55,6 @@ def correct_fractions(
     return r, c, max(0.0, 1.0 - r - c)
 
 
-def _feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
-    d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
-    rc = recombination(
-        al,
-        cfg.fit_threshold,
-        cfg.max_components,
-        cfg.min_components,
-        cfg.reuse_threshold,
-        margin=cfg.recombination_margin,
-    )
-    sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
-    t = al.table()
-    status = np.select(
-        [~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
-        ["dead", "reused", "recombined", "split"],
-        "novel",
-    )
-    is_split = status == "split"
-    # a split names the reference feature it duplicates, and its cosine and frequency shift are with it
-    t.loc[is_split, "match"] = sp.loc[is_split, "split_of"]
-    t.loc[is_split, "similarity"] = sp.loc[is_split, "split_similarity"]
-    if ref_freq is not None and tgt_freq is not None and is_split.any():
-        rf, tf = ref_freq.double().numpy(), tgt_freq.double().numpy()
-        j = np.flatnonzero(is_split)
-        d.loc[is_split, "freq_shift"] = np.abs(
-            np.log((tf[j] + cfg.eps) / (rf[t["match"].to_numpy()[j]] + cfg.eps))
-        )
-    return pd.DataFrame(
-        {
-            "checkpoint": al.target,
-            "feature": t["feature"],
-            "status": pd.Categorical(status, categories=STATUSES),
-            "match": t["match"],
-            "similarity": t["similarity"],
-            "drift": d["drift"],
-            "freq_shift": d["freq_shift"],
-            "components": rc["components"],
-            "n_components": rc["n_components"],
-            "fit_cosine": rc["fit_cosine"],
-            "frequency": np.nan if tgt_freq is None else tgt_freq.double().numpy(),
-        }
-    )
-
-
-def _noise_floor_reuse(
-    reference, replica, acts: ActivationSet | None, ref_name: str, cfg: CompareConfig, ref_live=None
-) -> float:
-    """Reuse between two reference dictionaries trained with different seeds on the same data."""
-    pair, rep_live = None, None
-    if acts is not None:
-        rep_live = code_stats(replica, acts[ref_name])[0] > 0
-        if cfg.on == "activations":
-            pair = ActivationSet({ref_name: acts[ref_name], "__replica__": acts[ref_name]}, acts.hook)
-    al = align(
-        reference,
-        replica,
-        method=cfg.method,
-        on=cfg.on,
-        activations=pair,
-        reference_name=ref_name,
-        target_name="__replica__",
-        ref_live=ref_live,
-        tgt_live=rep_live,
-    )
-    live = al.tgt_live
-    reused = live & (np.nan_to_num(al.similarity, nan=-np.inf) >= cfg.reuse_threshold)
-    return float(reused.sum() / live.sum()) if live.sum() else float("nan")
-
-
 def compare_dictionaries(
     saes: dict,
     acts: ActivationSet | None = None,
@@ -124,16 +64,21 @@ def compare_dictionaries(
     config: CompareConfig | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    replicas: list | dict | None = None,
     **overrides,
 ) -> Comparison:
     """Align every target dictionary to the reference one and score it (DESIGN.md's definitions).
 
     ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
     holds every checkpoint's activations on the same evaluation tokens: with them, dead features are
-    found, firing frequencies compared and variance explained. ``noise_floor`` is a second reference SAE
-    trained with another seed: its reuse against the reference is the noise floor used to correct the
-    fractions (see ``correct_fractions``). ``metrics`` lists registered metric names or callables to
-    compute (default: every registered metric). ``overrides`` set CompareConfig fields.
+    found, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
+    other seeds on the same data: a list of reference replicas, or ``{checkpoint: [SAEs]}`` (targets may
+    have replicas too). Each reference replica compared with the reference gives the base-vs-base value of
+    every summary column (``<col>_floor``) and the null profile that corrects the fractions
+    (``CompareConfig.estimator``, see featdiff.metrics.uncertainty); replicas and a bootstrap over features
+    and token chunks give each column's interval (``<col>_lo``, ``<col>_hi`` at ``interval_level``).
+    ``noise_floor=sae`` is the deprecated form of ``replicas=[sae]``. ``metrics`` lists registered metric
+    names or callables to compute (default: every registered metric). ``overrides`` set CompareConfig fields.
 
     Examples
     --------
@@ -160,17 +105,22 @@ def compare_dictionaries(
             )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else list(available_metrics().index))]
     targets = [n for n in saes if n != reference]
+    replicas = as_replicas(replicas, noise_floor, reference)
+    unknown = set(replicas) - set(saes)
+    if unknown:
+        raise FeatdiffError(f"replicas= names checkpoints {sorted(unknown)} that are not among {list(saes)}.")
 
     freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
     own_fve: dict[str, float] = {n: float("nan") for n in saes}
     if acts is not None:
         for n in tqdm(list(saes), desc="encoding", disable=not progress):
-            _check_width(saes[n], acts, n)
+            check_width(saes[n], acts, n)
             freqs[n], own_fve[n] = code_stats(saes[n], acts[n])
     live_mask = {n: None if f is None else (f > 0).numpy() for n, f in freqs.items()}
-    nf = float("nan")
-    if noise_floor is not None:
-        nf = _noise_floor_reuse(saes[reference], noise_floor, acts, reference, cfg, live_mask[reference])
+    ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
+    null_profiles, union_null = reference_replica_profiles(
+        saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]
+    )
 
     rows, tables, alignments = [], [], {}
     for name in tqdm(targets, desc="aligning", disable=not progress):
@@ -186,23 +136,19 @@ def compare_dictionaries(
             tgt_live=live_mask[name],
         )
         alignments[name] = al
-        table = _feature_table(al, cfg, freqs[reference], freqs[name])
+        table = feature_table(al, cfg, freqs[reference], freqs[name])
         live = table["status"] != "dead"
         n_live = int(live.sum())
         frac = {
-            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan") for s in ("reused", "split", "recombined", "novel")
+            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan")
+            for s in ("reused", "split", "recombined", "novel")
         }
         frac["reused"] += frac["split"]  # a split is a reuse of a reference feature (a subset of reuse)
-        r, c, nov = (
-            correct_fractions(frac["reused"], frac["recombined"], nf)
-            if cfg.correct
-            else (frac["reused"], frac["recombined"], frac["novel"])
-        )
         row = {
             "checkpoint": name,
-            "reuse": r,
-            "recombination": c,
-            "novelty": nov,
+            "reuse": frac["reused"],
+            "recombination": frac["recombined"],
+            "novelty": frac["novel"],
             "reuse_raw": frac["reused"],
             "recombination_raw": frac["recombined"],
             "novelty_raw": frac["novel"],
@@ -213,15 +159,23 @@ def compare_dictionaries(
             "transfer_fve": float("nan"),
             "reference_fve": own_fve[reference],
             "target_fve": float("nan"),
-            "noise_floor_reuse": nf,
+            "noise_floor_reuse": float("nan"),
             "n_features": len(table),
             "n_live": n_live,
             "n_dead": int((~live).sum()),
         }
+        transfer = None
         if acts is not None:
-            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations.
-            row["transfer_fve"] = code_stats(saes[reference], acts[name])[1]
+            # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations, per token
+            # chunk (summed, the same number as one pass; resampled, its interval).
+            transfer = fve_chunks(saes[reference], acts[name])
             row["target_fve"] = own_fve[name]
+        row.update(
+            uncertainty_columns(
+                table, al, name, saes, replicas, null_profiles, union_null, transfer, acts, cfg, ref_live,
+                live_mask, freqs, own_fve[reference],
+            )
+        )
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
         for metric in chosen:
             summ, feats = compute_metric(metric, ctx)
@@ -241,10 +195,14 @@ def compare_dictionaries(
         rows.append(row)
         tables.append(table)
     summary = pd.DataFrame(rows).set_index("checkpoint")
+    summary["indistinguishable_from_reference"] = summary["indistinguishable_from_reference"].astype("boolean")
     features = pd.concat(tables, ignore_index=True)
     features["status"] = pd.Categorical(features["status"], categories=STATUSES)
     meta = {
         **(meta or {}),
+        "interval_level": cfg.interval_level,
+        "estimator": cfg.estimator if cfg.correct else None,
+        "n_replicas": {n: len(v) for n, v in replicas.items()},
         "reference": reference,
         "targets": targets,
         "config": cfg.to_dict(),
@@ -258,15 +216,6 @@ def compare_dictionaries(
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp
-
-
-def _check_width(dictionary, acts: ActivationSet, name: str) -> None:
-    d_in = dictionary.W_dec.shape[-1]
-    if d_in != acts.d_model:
-        raise FeatdiffError(
-            f"The dictionary of {name!r} has d_in={d_in} but its activations have d_model={acts.d_model}; "
-            "use dictionaries trained at the same hook as the activations."
-        )
 
 
 def _crosscoder_config(config: CompareConfig | None, deprecated: dict) -> CompareConfig:

@@ -113,7 +113,8 @@ def _check_x(sae, x, where: str) -> Tensor:
     return x
 
 
-def _stream(sae, x: Tensor, batch_size: int, where: str) -> Iterator[tuple[Tensor, Tensor]]:
+def stream_codes(sae, x: Tensor, batch_size: int = 4096, where: str = "stream_codes") -> Iterator[tuple[Tensor, Tensor]]:
+    """(rows on the dictionary's device and dtype, their codes), one batch of ``x`` at a time, no grad."""
     x = _check_x(sae, x, where)
     dev, dt = _device_dtype(sae)
     with torch.no_grad():
@@ -132,7 +133,7 @@ def encode(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Fl
     >>> encode(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[3.0, 1.0]]))
     tensor([[3., 0.]])
     """
-    return torch.cat([f.float().cpu() for _, f in _stream(sae, x, batch_size, "encode")])
+    return torch.cat([f.float().cpu() for _, f in stream_codes(sae, x, batch_size, "encode")])
 
 
 def sae_stats(
@@ -140,7 +141,7 @@ def sae_stats(
 ) -> dict:
     """``compute_stats`` of ``sae`` on ``x`` in one streamed pass (see the module docstring)."""
     stats = new_stats(sae.W_dec.shape[0], sae.W_dec.shape[1])
-    for xb, f in _stream(sae, x, batch_size, where):
+    for xb, f in stream_codes(sae, x, batch_size, where):
         update_stats(stats, xb, f, sae.decode(f) if reconstruct else None)
     return compute_stats(stats)
 

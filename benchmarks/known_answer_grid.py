@@ -1,0 +1,197 @@
+"""The known-answer grid: planted base/target dictionaries, SAEs trained with the library's default pipeline
+(train_saes + compare_dictionaries with reference replicas, as compare_checkpoints does), every estimator of
+the true fractions scored against the planted truth.
+
+    OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~17 min on 1 core)
+    python benchmarks/known_answer_grid.py --cells width_1x split --csv grid.csv
+
+Prints one markdown table per estimator (a row per cell x target x category: truth, estimate, interval,
+whether it is within tolerance and covered) and a comparison of the estimators (worst and mean absolute
+error, share within tolerance, interval coverage). Tolerances: featdiff.synthetic.planted.known_answer_table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+import featdiff as fd
+from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
+from featdiff.synthetic.planted import known_answer_table, plant_checkpoints
+
+D_IN, N_ATOMS, K_PLANTED = 32, 64, 4
+MIXED = {
+    "mixed": {"reused": 0.7, "recombined": 0.15, "novel": 0.15},
+    "sft_like": {"reused": 0.45, "recombined": 0.2, "novel": 0.35},
+}
+# cell -> (plant_checkpoints keywords, train_saes keywords)
+CELLS = {
+    "width_0.5x": ({}, {"d_sae": N_ATOMS // 2, "k": K_PLANTED}),
+    "width_1x": ({}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
+    "width_2x": ({}, {"d_sae": 2 * N_ATOMS, "k": K_PLANTED}),
+    "k_below": ({}, {"d_sae": N_ATOMS, "k": K_PLANTED // 2}),
+    "k_above": ({}, {"d_sae": N_ATOMS, "k": 2 * K_PLANTED}),
+    "power_law": ({"frequencies": "power_law"}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
+    "recombine_kept": ({"recombine_from": "kept"}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
+    "split": (
+        {"targets": {"split": {"reused": 0.6, "split": 0.15, "recombined": 0.1, "novel": 0.15}}},
+        {"d_sae": N_ATOMS, "k": K_PLANTED},
+    ),
+    "identical_disjoint": (
+        {"targets": {"identical": "identical", "disjoint": {"novel": 1.0}}},
+        {"d_sae": N_ATOMS, "k": K_PLANTED},
+    ),
+}
+
+
+def run_cell(
+    cell: str,
+    seed: int = 0,
+    n_replicas: int = 2,
+    n_train: int = 100_000,
+    n_eval: int = 10_000,
+    estimators=ESTIMATORS,
+    train_kwargs: dict | None = None,
+) -> pd.DataFrame:
+    """Plant, train (base, targets, ``n_replicas`` base replicas and, for ``symmetric``, one replica per
+    target) and score every estimator; one row per (estimator, checkpoint, category)."""
+    plant_kw, sae_kw = CELLS[cell]
+    plant_kw = {"targets": MIXED, **plant_kw}
+    planted = plant_checkpoints(d_in=D_IN, n_atoms=N_ATOMS, k=K_PLANTED, seed=seed, **plant_kw)
+    train = planted.sample(n_train, seed=seed + 1)
+    held_out = planted.sample(n_eval, seed=seed + 2)
+    targets = [n for n in planted.names if n != "base"]
+    extra = {f"rep_base_{i}": ("base", seed + 1 + i) for i in range(n_replicas)}
+    if "symmetric" in estimators:
+        extra.update({f"rep_{t}": (t, seed + 1) for t in targets})
+    saes = fd.train_saes(train, seed=seed, extra=extra, progress=False, **sae_kw, **(train_kwargs or {}))
+    base_reps = [saes.pop(f"rep_base_{i}") for i in range(n_replicas)]
+    tgt_reps = {t: [saes.pop(f"rep_{t}")] for t in targets if f"rep_{t}" in saes}
+    out = []
+    for est in estimators:
+        replicas = {"base": base_reps, **(tgt_reps if est == "symmetric" else {})}
+        cmp = fd.compare_dictionaries(
+            saes, held_out, replicas=replicas, estimator=est, metrics=[], progress=False
+        )
+        t = known_answer_table(cmp.summary, planted)
+        t.insert(0, "estimator", est)
+        t.insert(1, "cell", cell)
+        t["raw"] = [
+            float(cmp.summary.loc[c, f"{k}_raw"]) for c, k in zip(t.checkpoint, t.category, strict=True)
+        ]
+        t["floor"] = [
+            float(cmp.summary.loc[c, f"{k}_floor"]) for c, k in zip(t.checkpoint, t.category, strict=True)
+        ]
+        t["saturated"] = [bool(cmp.summary.loc[c, "saturated"]) for c in t.checkpoint]
+        out.append(t)
+    return pd.concat(out, ignore_index=True)
+
+
+def compare_estimators(results: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator: worst and mean absolute error, share of categories within tolerance, coverage."""
+    g = results.assign(abs_error=results.error.abs()).groupby("estimator")
+    return pd.DataFrame(
+        {
+            "worst_abs_error": g.abs_error.max(),
+            "mean_abs_error": g.abs_error.mean(),
+            "within_tolerance": g.within.mean(),
+            "interval_coverage": g.covered.mean(),
+            "n": g.size(),
+        }
+    ).sort_values("worst_abs_error")
+
+
+def replica_sweep(seed: int = 0, max_replicas: int = 4, cell: str = "width_2x") -> pd.DataFrame:
+    """Cost and interval width against the number of reference replicas: one training pass of the base,
+    the targets and ``max_replicas`` replicas (timed with and without the replicas), then the comparison
+    with the first 1, 2, ... of them."""
+    plant_kw, sae_kw = CELLS[cell]
+    planted = plant_checkpoints(d_in=D_IN, n_atoms=N_ATOMS, k=K_PLANTED, seed=seed, targets=MIXED, **plant_kw)
+    train, held_out = planted.sample(100_000, seed=seed + 1), planted.sample(10_000, seed=seed + 2)
+    t0 = time.perf_counter()
+    saes = fd.train_saes(train, seed=seed, progress=False, **sae_kw)
+    t_plain = time.perf_counter() - t0
+    extra = {f"rep{i}": ("base", seed + 1 + i) for i in range(max_replicas)}
+    t0 = time.perf_counter()
+    saes = fd.train_saes(train, seed=seed, extra=extra, progress=False, **sae_kw)
+    t_all = time.perf_counter() - t0
+    reps = [saes.pop(f"rep{i}") for i in range(max_replicas)]
+    rows = []
+    for m in range(1, max_replicas + 1):
+        t0 = time.perf_counter()
+        cmp = fd.compare_dictionaries(saes, held_out, replicas=reps[:m], metrics=[], progress=False)
+        t_cmp = time.perf_counter() - t0
+        s = cmp.summary
+        t = known_answer_table(s, planted)
+        rows.append(
+            {
+                "n_replicas": m,
+                "train_s": t_plain + (t_all - t_plain) * m / max_replicas,
+                "compare_s": t_cmp,
+                "reuse_width": float((s.reuse_hi - s.reuse_lo).mean()),
+                "novelty_width": float((s.novelty_hi - s.novelty_lo).mean()),
+                "reuse_floor": float(s.reuse_floor.iloc[0]),
+                "mean_abs_error": float(t.error.abs().mean()),
+                "coverage": float(t.covered.mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame, index: bool = False) -> str:
+    """A markdown table (3 decimals), without the optional tabulate dependency."""
+    if index:
+        df = df.reset_index()
+
+    def fmt(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-replicas", type=int, default=2)
+    ap.add_argument("--csv", default=None, help="write every row to this CSV")
+    ap.add_argument("--replica-sweep", action="store_true", help="cost and interval width per n_replicas")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.replica_sweep:
+        print(markdown(replica_sweep(seed=args.seed)))
+        return
+    parts = []
+    for cell in args.cells:
+        t0 = time.perf_counter()
+        parts.append(run_cell(cell, seed=args.seed, n_replicas=args.n_replicas))
+        print(f"# {cell}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.csv:  # after every cell, so a long run leaves what it has
+            pd.concat(parts, ignore_index=True).to_csv(args.csv, index=False)
+    results = pd.concat(parts, ignore_index=True)
+    cols = [
+        "cell",
+        "checkpoint",
+        "category",
+        "truth",
+        "raw",
+        "floor",
+        "estimate",
+        "lo",
+        "hi",
+        "within",
+        "covered",
+    ]
+    print(f"\n## The default estimator ({DEFAULT_ESTIMATOR})\n")
+    print(markdown(results[results.estimator == DEFAULT_ESTIMATOR][cols]))
+    print("\n## The estimators compared\n")
+    print(markdown(compare_estimators(results), index=True))
+
+
+if __name__ == "__main__":
+    main()

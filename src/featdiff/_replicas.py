@@ -1,0 +1,177 @@
+"""Replicas plumbing of compare_dictionaries (what the floors and intervals are measured on): reference (and target) replica SAEs compared with the
+reference, turned into the interval, floor and corrected columns of featdiff.metrics.uncertainty."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from featdiff.activations import ActivationSet
+from featdiff.align import Alignment, align
+from featdiff.dictionaries.stats import code_stats
+from featdiff.errors import FeatdiffError
+from featdiff.metrics.uncertainty import (
+    profile_of,
+    recombination_detection,
+    summarize_uncertainty,
+    union_reused,
+)
+from featdiff.statuses import feature_table
+
+
+def check_width(dictionary, acts: ActivationSet, name: str) -> None:
+    d_in = dictionary.W_dec.shape[-1]
+    if d_in != acts.d_model:
+        raise FeatdiffError(
+            f"The dictionary of {name!r} has d_in={d_in} but its activations have d_model={acts.d_model}; "
+            "use dictionaries trained at the same hook as the activations."
+        )
+
+
+def _replica_table(
+    reference, replica, acts: ActivationSet | None, name: str, cfg, ref_live, ref_freq
+) -> tuple[pd.DataFrame, Alignment]:
+    """The feature table of ``replica`` (another SAE of checkpoint ``name``, trained with another seed)
+    aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations."""
+    pair, rep_live, rep_freq = None, None, None
+    if acts is not None:
+        rep_freq = code_stats(replica, acts[name])[0]
+        rep_live = (rep_freq > 0).numpy()
+        if cfg.on == "activations":
+            pair = ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+    al = align(
+        reference,
+        replica,
+        method=cfg.method,
+        on=cfg.on,
+        activations=pair,
+        reference_name=name,
+        target_name="__replica__",
+        ref_live=ref_live,
+        tgt_live=rep_live,
+    )
+    table = feature_table(al, cfg, ref_freq, rep_freq)
+    return table, al
+
+
+def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
+    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) with the deprecated
+    ``noise_floor=`` (one reference replica) folded in."""
+    if noise_floor is not None:
+        warnings.warn(
+            "compare_dictionaries(noise_floor=sae) is deprecated; pass replicas=[sae] (a list of reference "
+            "SAEs trained with other seeds, or {checkpoint: [SAEs]}).",
+            FutureWarning,
+            stacklevel=3,
+        )
+    if replicas is None:
+        out: dict[str, list] = {}
+    elif isinstance(replicas, dict):
+        out = {n: list(v) if isinstance(v, (list, tuple)) else [v] for n, v in replicas.items()}
+    elif isinstance(replicas, (list, tuple)):
+        out = {reference: list(replicas)}
+    else:
+        raise FeatdiffError(
+            f"replicas must be a list of reference SAEs or a dict {{checkpoint: [SAEs]}}; got {type(replicas).__name__}."
+        )
+    if noise_floor is not None:
+        out[reference] = [noise_floor, *out.get(reference, [])]
+    return out
+
+
+def d_sae(dictionary) -> int:
+    return int(dictionary.W_dec.shape[0])
+
+
+def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, cfg, ref_live, ref_freq):
+    """Profiles of the reference's replicas against the reference (the base-vs-base comparisons), and each
+    replica's union reuse against the reference and the other replicas (the ``union`` estimator's null)."""
+    profiles, tables = [], []
+    for rep in reps:
+        if acts is not None:
+            check_width(rep, acts, f"{reference} (replica)")
+        table, al = _replica_table(reference_sae, rep, acts, reference, cfg, ref_live, ref_freq)
+        rl = ref_live if ref_live is not None else np.ones(d_sae(reference_sae), bool)
+        profiles.append(profile_of(table, rl))
+        tables.append((table, al))
+        profiles[-1].recombination_detection = recombination_detection(
+            rep.W_dec,
+            al.tgt_live,
+            reference_sae.W_dec,
+            rl,
+            cfg.fit_threshold,
+            cfg.reuse_threshold,
+            cfg.max_components,
+            cfg.min_components,
+            seed=len(profiles),
+        )
+    union_null = []
+    for i, (_, al) in enumerate(tables):
+        others = [reference_sae.W_dec[torch.as_tensor(np.flatnonzero(al.ref_live))]]
+        others += [
+            t_al.tgt_decoder[torch.as_tensor(np.flatnonzero(t_al.tgt_live))]
+            for j, (_, t_al) in enumerate(tables)
+            if j != i
+        ]
+        union_null.append(float(union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold).mean()))
+    return profiles, union_null
+
+
+def uncertainty_columns(
+    table,
+    al,
+    name,
+    saes,
+    replicas,
+    null_profiles,
+    union_null,
+    transfer,
+    acts,
+    cfg,
+    ref_live,
+    live_mask,
+    freqs,
+    reference_fve,
+) -> dict:
+    """The interval, floor and corrected columns of target ``name`` (featdiff.metrics.uncertainty)."""
+    reference = al.reference
+    target = profile_of(table, ref_live)
+    ref_reps = replicas.get(reference, [])
+    ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))]]
+    for rep in ref_reps:
+        live = (
+            np.ones(d_sae(rep), bool) if acts is None else (code_stats(rep, acts[reference])[0] > 0).numpy()
+        )
+        ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
+    target.union_reused = union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold)
+    tgt_profiles, q_target = [], []
+    for rep in replicas.get(name, []):
+        if acts is not None:
+            check_width(rep, acts, f"{name} (replica)")
+        t_rep, _ = _replica_table(
+            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference]
+        )
+        tgt_profiles.append(profile_of(t_rep, ref_live))
+        t_tt, _ = _replica_table(saes[name], rep, acts, name, cfg, live_mask[name], freqs[name])
+        q_target.append(profile_of(t_tt, al.tgt_live).fractions()[0])
+    out = summarize_uncertainty(
+        target,
+        null_profiles,
+        tgt_profiles,
+        q_target or None,
+        union_null or None,
+        transfer,
+        reference_fve,
+        cfg.estimator,
+        cfg.interval_level,
+        cfg.n_bootstrap,
+        cfg.correct,
+    )
+    out["noise_floor_reuse"] = out["reuse_floor"]
+    out["reference_n_live"] = int(ref_live.sum())
+    out["reference_n_dead"] = int((~ref_live).sum())
+    out["n_replicas"] = len(ref_reps)
+    return out
