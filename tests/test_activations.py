@@ -7,6 +7,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff import constants
+from featdiff._io import MARKER
 from featdiff.activations import ActivationSet, collect_activations
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import save_model
@@ -65,7 +66,7 @@ def test_activation_set_save_load_round_trip(tmp_path):
     )
     acts.meta["note"] = "x"
     path = acts.save(tmp_path / "acts", shard_tokens=4)
-    assert sorted(p.name for p in path.iterdir()) == [constants.ACTS_META] + [
+    assert sorted(p.name for p in path.iterdir()) == [MARKER, constants.ACTS_META] + [
         constants.ACTS_SHARD.format(index=i) for i in range(3)
     ]
     back = ActivationSet.load(path)
@@ -230,7 +231,7 @@ def test_streaming_to_disk_equals_in_memory(tmp_path):
     assert torch.equal(streamed.token_ids, in_memory.token_ids)
     assert torch.equal(streamed.sequence_ids, in_memory.sequence_ids)
     n_shards = -(-in_memory.n_tokens // 10)
-    assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == [constants.ACTS_META] + [
+    assert sorted(p.name for p in (tmp_path / "acts").iterdir()) == [MARKER, constants.ACTS_META] + [
         constants.ACTS_SHARD.format(index=i) for i in range(n_shards)
     ]
     assert torch.equal(ActivationSet.load(tmp_path / "acts")["rl"], in_memory["rl"])

@@ -193,7 +193,7 @@ def test_save_load_round_trip(small, tmp_path, architecture):
     acts, _ = small
     sae = train_saes(acts, architecture=architecture, names=["rl"], progress=False, **FAST)["rl"]
     path = save_sae(sae, tmp_path / "rl")
-    assert sorted(p.name for p in path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [".featdiff", "cfg.json", "sae_weights.safetensors"]
     loaded = load_sae(path)
     s0, s1 = sae.state_dict(), loaded.state_dict()
     assert s0.keys() == s1.keys() and all(torch.equal(s0[k], s1[k]) for k in s0)
