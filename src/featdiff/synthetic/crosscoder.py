@@ -97,3 +97,29 @@ def plant_shared_specific(
     )
     truth.attrs["directions"] = directions
     return ActivationSet.from_tensors(tensors, hook="synthetic.hook_planted"), truth
+
+
+def planted_recovery(cc, truth: pd.DataFrame, min_cos: float = 0.9) -> dict[str, float]:
+    """Per planted category, the fraction of atoms a crosscoder recovered.
+
+    An atom is recovered when the crosscoder feature whose decoder row (in the atom's own checkpoint; the
+    first checkpoint for shared atoms) is most similar to it has cosine >= ``min_cos`` and the atom's MAS
+    category (``cc.mas()``: "shared" or the checkpoint's name).
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.crosscoder import train_crosscoder
+    >>> acts, truth = plant_shared_specific(d_in=8, n_shared=4, n_specific={"rl": 2}, n_tokens=512)
+    >>> cc = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, progress=False)
+    >>> sorted(planted_recovery(cc, truth))
+    ['rl', 'shared']
+    """
+    dirs, cat = truth.attrs["directions"], cc.mas()["category"]
+    hits: dict[str, list[bool]] = {}
+    for atom, category in zip(truth["atom"], truth["category"], strict=True):
+        name = cc.names[0] if category == "shared" else category
+        w = cc.decoder(name)
+        cos = (w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12)) @ dirs[name][atom]
+        j = int(cos.argmax())
+        hits.setdefault(category, []).append(bool(cos[j] >= min_cos and cat[j] == category))
+    return {c: sum(v) / len(v) for c, v in hits.items()}
