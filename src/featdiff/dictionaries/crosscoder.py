@@ -40,7 +40,7 @@ from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 
 SPARSITIES = ("batchtopk", "l1")
 
-N_SAMPLES = 1_000_000
+N_SAMPLES = 500_000
 """Default run length of ``train_crosscoder`` in training rows (as ``SAETrainConfig.n_samples``)."""
 
 
@@ -74,8 +74,8 @@ class CrosscoderConfig:
     ``p`` is the norm of the per-checkpoint decoder rows used in training (batchtopk ranking, L1 penalty).
 
     Diagnostics: ``train_crosscoder`` warns (``FeatdiffWarning``) when the reconstruction loss of the last
-    ``settle_window`` of the steps still fell by more than ``settle_tolerance`` (relative: mean of the
-    window's first half against its second half), or when more than ``max_dead_fraction`` of the latents
+    ``settle_window`` of the steps before the lr decay still fell by more than ``settle_tolerance``
+    (relative: mean of the window's first half against its second half), or when more than ``max_dead_fraction`` of the latents
     never fire on the training tokens.
 
     Examples
@@ -96,7 +96,7 @@ class CrosscoderConfig:
     k: int | None = None
     l1_coefficient: float = 1.0
     l1_warmup_fraction: float = 0.05
-    lr: float = 3e-3
+    lr: float = 1e-2
     lr_decay_fraction: float = 0.2
     batch_size: int = 256
     n_steps: int | None = None
@@ -559,7 +559,7 @@ def train_crosscoder(
     field passed as a keyword (``lr=1e-3``, ``n_samples=200_000``...). With ``config``, the config supplies
     every setting, arguments and keywords that are given still override it, and its ``names`` pick (and
     order) the checkpoints of ``acts``. The run length is ``n_steps`` if set, else ``n_epochs`` passes over
-    the tokens if set, else ``n_samples`` rows (default 1,000,000; the data is cycled), as in
+    the tokens if set, else ``n_samples`` rows (default 500,000; the data is cycled), as in
     ``train_saes``. The same seed gives identical weights.
 
     ``cc.diagnostics`` says how the run went: ``n_steps``, ``n_samples``, ``final_loss``,
@@ -664,10 +664,11 @@ def train_crosscoder(
     return cc
 
 
-def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1) -> float:
-    """Relative fall of a training loss over the last ``window`` of its steps: (a - b) / a, with a and b
-    the mean loss of the window's first and second halves (at least 10 steps in all; NaN when the run
-    is shorter). A settled run gives about 0 (minibatch noise); a run still learning gives > 0.
+def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1, end: int | None = None) -> float:
+    """Relative fall of a training loss over its last ``window`` fraction of steps before step ``end``
+    (default: the last step): (a - b) / a, with a and b the mean loss of the window's first and second
+    halves (at least 10 steps in all; NaN when there are fewer). A settled run gives about 0 (minibatch
+    noise); a run still learning gives > 0.
 
     Examples
     --------
@@ -676,9 +677,10 @@ def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1) -> flo
     >>> loss_settling(torch.ones(100)), math.isnan(loss_settling(torch.ones(5)))
     (0.0, True)
     """
+    losses = losses[: len(losses) if end is None else end]
     n = len(losses)
     w = max(10, int(round(window * n)))
-    if n < w or w < 10:
+    if n < w:
         return float("nan")
     tail = losses[n - w :].double()
     a, b = tail[: w // 2].mean(), tail[w // 2 :].mean()
@@ -687,11 +689,14 @@ def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1) -> flo
 
 @torch.no_grad()
 def _diagnose(cc: Crosscoder, acts: ActivationSet, losses: Tensor, max_tokens: int = 1 << 18) -> dict:
-    """n_steps, final_loss (mean of the last 10 % of steps), loss_settling, loss_settled, dead_fraction
-    (latents that never fire on the first ``max_tokens`` training tokens, inference rule)."""
+    """n_steps, final_loss (mean of the last 10 % of steps), loss_settling (over the last settle_window of
+    the steps before the lr decay), loss_settled, dead_fraction (latents that never fire on the first
+    ``max_tokens`` training tokens, inference rule)."""
     cfg = cc.cfg
     n = len(losses)
-    drop = loss_settling(losses, cfg.settle_window)
+    # Judge the constant-lr phase: during the final decay the loss falls because the lr anneals.
+    decay_start = int(n * (1 - cfg.lr_decay_fraction))
+    drop = loss_settling(losses, cfg.settle_window, end=decay_start if decay_start >= 10 else None)
     sub = acts if acts.n_tokens <= max_tokens else acts.subset(slice(0, max_tokens))
     fired = torch.zeros(cc.d_sae, dtype=torch.bool)
     for b in sub.batches(4096, shuffle=False, names=cc.names):
@@ -715,8 +720,8 @@ def _warn_diagnostics(diag: dict, cfg: CrosscoderConfig) -> None:
         else:
             how = (
                 f"had not settled: its reconstruction loss still fell by {100 * diag['loss_settling']:.1f} % "
-                f"over the last {100 * cfg.settle_window:.0f} % of its {diag['n_steps']} steps "
-                f"(tolerance {100 * cfg.settle_tolerance:.1f} %)"
+                f"over the last {100 * cfg.settle_window:.0f} % of its steps before the lr decay "
+                f"({diag['n_steps']} steps in all; tolerance {100 * cfg.settle_tolerance:.1f} %)"
             )
         warnings.warn(
             f"train_crosscoder {how}. Train longer (raise n_samples, now {diag['n_samples']} rows, "
