@@ -39,7 +39,7 @@ def describe(label: str, cc, acts) -> None:
         f"settled {dg['loss_settled']}"
     )
     print("MAS categories (live):", cat.value_counts().to_dict())
-    for tuned in ("rl", "sft"):
+    for tuned in [n for n in cc.names if n != "base"]:
         r = nrn(cc, tuned=tuned, base="base")[live]
         cos = decoder_cosine(cc, "base", tuned)[live]
         shared = (r >= 0.3) & (r <= 0.7)
@@ -56,7 +56,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lab", default=None, help="lab folder (default: build or reuse the default lab)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-view", action="store_true", help="skip the crosscoder view's settings")
     ap.add_argument("--skip-defaults", action="store_true")
+    ap.add_argument("--d-sae", type=int, default=256, help="width of the defaults run (default 256)")
+    ap.add_argument("--pair", action="store_true", help="also a 2-model (base, sft) crosscoder, defaults")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = args.lab or lab.build(progress=False)
@@ -71,17 +74,20 @@ def main() -> None:
     for name in ("rl", "sft"):
         rel = float(((acts[name] - xb).pow(2).sum(1) / xb.pow(2).sum(1).clamp(min=1e-12)).median())
         print(f"{name}: median over tokens of ||x_{name} - x_base||^2 / ||x_base||^2 = {rel:.3f}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        view = train_crosscoder(
-            acts, d_sae=256, k=8, n_steps=600, batch_size=256, lr=3e-3, seed=args.seed, progress=False
-        )
-    describe("crosscoder view settings (d_sae 256, k 8, 600 steps, lr 3e-3)", view, acts)
-    if not args.skip_defaults:
+    if not args.skip_view:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            view = train_crosscoder(
+                acts, d_sae=256, k=8, n_steps=600, batch_size=256, lr=3e-3, seed=args.seed, progress=False
+            )
+        describe("crosscoder view settings (d_sae 256, k 8, 600 steps, lr 3e-3)", view, acts)
+    runs = [] if args.skip_defaults else [("base", "rl", "sft")]
+    runs += [("base", "sft")] if args.pair else []
+    for names in runs:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cc = train_crosscoder(acts, d_sae=256, seed=args.seed, progress=False)
-        describe("train_crosscoder defaults at d_sae 256", cc, acts)
+            cc = train_crosscoder(acts.select(list(names)), d_sae=args.d_sae, seed=args.seed, progress=False)
+        describe(f"train_crosscoder defaults on {names} at d_sae {args.d_sae}", cc, acts.select(list(names)))
         for w in caught:
             print("warning:", w.message)
 

@@ -45,23 +45,21 @@ N_SAMPLES = 500_000
 
 
 def default_crosscoder_k(d_in: int, d_sae: int) -> int:
-    """The default BatchTopK ``k`` of a crosscoder: ``d_in // 8``, at least 4, at most ``d_sae // 4``.
+    """The default BatchTopK ``k`` of a crosscoder: ``d_in // 8`` (as ``train_saes``), at least 3, at
+    most ``d_sae // 4``.
 
-    Measured on planted shared / specific atoms (docs/crosscoder.md): a k near the data's true activity
-    recovers them; k = 32 whatever d_in merged atoms at d_in <= 64, and k below about 3 lost them at small d_in.
+    Measured on planted shared / specific atoms (docs/crosscoder.md): a k at the data's true activity
+    recovers them; k = 32 whatever d_in merged atoms at d_in <= 64, and at d_in 16 (3 atoms per token)
+    k = 2 lost specific atoms and k = 4 merged shared ones.
 
     Examples
     --------
     >>> default_crosscoder_k(16, 128), default_crosscoder_k(64, 512), default_crosscoder_k(512, 4096)
-    (4, 8, 64)
+    (3, 8, 64)
     >>> default_crosscoder_k(8, 8)
     2
     """
-    return max(1, min(max(4, d_in // 8), d_sae // 4))
-
-
-def _fail(msg: str) -> None:
-    raise FeatdiffError(msg)
+    return max(1, min(max(3, d_in // 8), d_sae // 4))
 
 
 @dataclass
