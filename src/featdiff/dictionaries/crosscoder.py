@@ -62,6 +62,10 @@ def default_crosscoder_k(d_in: int, d_sae: int) -> int:
     return max(1, min(max(3, d_in // 8), d_sae // 4))
 
 
+def _fail(msg: str) -> None:
+    raise FeatdiffError(msg)
+
+
 @dataclass
 class CrosscoderConfig:
     """Every setting of a crosscoder: its shape, its sparsity and how it was trained.
@@ -563,8 +567,9 @@ def train_crosscoder(
     ``cc.diagnostics`` says how the run went: ``n_steps``, ``n_samples``, ``final_loss``,
     ``loss_settling`` (see ``loss_settling``), ``loss_settled``, ``dead_fraction``, ``n_dead``,
     ``n_eval_tokens``. A ``FeatdiffWarning`` says when the loss had not settled or more than
-    ``max_dead_fraction`` of the latents are dead. ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved
-    there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
+    ``max_dead_fraction`` of the latents are dead.
+
+    ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
 
     Examples
     --------
