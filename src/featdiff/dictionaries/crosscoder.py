@@ -77,8 +77,8 @@ class CrosscoderConfig:
 
     Diagnostics: ``train_crosscoder`` warns (``FeatdiffWarning``) when the reconstruction loss of the last
     ``settle_window`` of the steps before the lr decay still fell by more than ``settle_tolerance``
-    (relative: mean of the window's first half against its second half), or when more than ``max_dead_fraction`` of the latents
-    never fire on the training tokens.
+    (relative: mean of the window's first half against its second half), or when more than
+    ``max_dead_fraction`` of the latents never fire on the training tokens.
 
     Examples
     --------
