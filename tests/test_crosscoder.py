@@ -15,6 +15,7 @@ from featdiff.dictionaries.crosscoder import (
     Crosscoder,
     CrosscoderConfig,
     default_crosscoder_k,
+    default_crosscoder_lr,
     loss_settling,
     stack,
     train_crosscoder,
@@ -387,6 +388,8 @@ def test_default_k_and_run_length_in_samples():
     assert default_crosscoder_k(8, 8) == 2  # never more than a quarter of the latents
     cfg = CrosscoderConfig(names=["base", "rl"], d_in=64, d_sae=256)
     assert cfg.k == 8 and CrosscoderConfig.from_dict(cfg.to_dict()) == cfg
+    assert [default_crosscoder_lr(d) for d in (16, 40, 64, 128)] == [1e-2, 1e-2, 0.00625, 0.003125]
+    assert cfg.lr == 0.00625 and CrosscoderConfig(names=["a", "b"], d_in=64, d_sae=256, lr=1e-3).lr == 1e-3
     # run length: n_steps wins, then n_epochs (the old parameter), then n_samples (default 500k rows)
     assert cfg.n_steps_for(100_000) == 1954  # ceil(500_000 / 256)
     assert CrosscoderConfig(names=["a", "b"], d_in=8, d_sae=16, n_samples=1000).n_steps_for(10_000) == 4
