@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--skip-view", action="store_true", help="skip the crosscoder view's settings")
     ap.add_argument("--skip-defaults", action="store_true")
     ap.add_argument("--d-sae", type=int, default=256, help="width of the defaults run (default 256)")
+    ap.add_argument("--lr", type=float, default=None, help="lr of the defaults run (default: the lr rule)")
     ap.add_argument("--pair", action="store_true", help="also a 2-model (base, sft) crosscoder, defaults")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -86,7 +87,9 @@ def main() -> None:
     for names in runs:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cc = train_crosscoder(acts.select(list(names)), d_sae=args.d_sae, seed=args.seed, progress=False)
+            cc = train_crosscoder(
+                acts.select(list(names)), d_sae=args.d_sae, lr=args.lr, seed=args.seed, progress=False
+            )
         describe(f"train_crosscoder defaults on {names} at d_sae {args.d_sae}", cc, acts.select(list(names)))
         for w in caught:
             print("warning:", w.message)
