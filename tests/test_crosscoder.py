@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import featdiff as fd
 from featdiff import constants
 from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, stack, train_crosscoder
-from featdiff.errors import FeatdiffError
+from featdiff.dictionaries.crosscoder import (
+    Crosscoder,
+    CrosscoderConfig,
+    default_crosscoder_k,
+    default_crosscoder_lr,
+    loss_settling,
+    stack,
+    train_crosscoder,
+)
+from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.metrics.crosscoder import (
     decoder_cosine,
     decoder_norms,
@@ -22,7 +30,7 @@ from featdiff.metrics.crosscoder import (
     mas,
     nrn,
 )
-from featdiff.synthetic.crosscoder import plant_shared_specific
+from featdiff.synthetic.crosscoder import plant_shared_specific, planted_recovery
 
 PLANT = dict(d_in=16, n_shared=12, n_specific={"rl": 4, "sft": 4, "base": 2}, k=3, n_tokens=4096)
 TRAIN = dict(d_sae=64, k=3, batch_size=128, n_steps=400, lr=0.01, dead_steps_threshold=50)
@@ -39,18 +47,7 @@ def trained(planted):
     return train_crosscoder(acts, seed=0, progress=False, **TRAIN)
 
 
-def _recovery(cc: Crosscoder, truth: pd.DataFrame, min_cos: float = 0.9) -> dict[str, float]:
-    """Per planted category, the fraction of atoms whose best-matching decoder row (cosine >= min_cos in
-    the atom's own checkpoint) belongs to a feature with the right MAS category."""
-    dirs, cat = truth.attrs["directions"], fd.mas(cc)["category"]
-    hits: dict[str, list[bool]] = {}
-    for atom, category in zip(truth["atom"], truth["category"], strict=True):
-        name = cc.names[0] if category == "shared" else category
-        w = cc.decoder(name)
-        cos = (w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12)) @ dirs[name][atom]
-        j = int(cos.argmax())
-        hits.setdefault(category, []).append(bool(cos[j] >= min_cos and cat[j] == category))
-    return {c: float(np.mean(v)) for c, v in hits.items()}
+_recovery = planted_recovery  # per category: best decoder row at cosine >= 0.9 with the right MAS category
 
 
 def _hand_cc(w_dec: torch.Tensor, names=("base", "rl", "sft")) -> Crosscoder:
@@ -374,3 +371,101 @@ def test_device_argument():
     assert torch.equal(a.W_dec, b.W_dec) and b.W_dec.device.type == "cpu"
     with pytest.raises(FeatdiffError, match="bad device"):
         train_crosscoder(acts, progress=False, device="gpu0")
+
+
+# --------------------------------------------------------------------------- defaults and diagnostics
+SMALL = dict(d_in=8, n_shared=8, n_specific={"base": 2, "rl": 2, "sft": 2}, k=2, n_tokens=4096, noise=0.02)
+
+
+def _train_recording(acts, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cc = train_crosscoder(acts, progress=False, **kw)
+    return cc, [w for w in caught if issubclass(w.category, FeatdiffWarning)]
+
+
+def test_default_k_and_run_length_in_samples():
+    assert [default_crosscoder_k(d, 8 * d) for d in (8, 16, 32, 64, 128, 512)] == [3, 3, 4, 8, 16, 64]
+    assert default_crosscoder_k(8, 8) == 2  # never more than a quarter of the latents
+    cfg = CrosscoderConfig(names=["base", "rl"], d_in=64, d_sae=256)
+    assert cfg.k == 8 and CrosscoderConfig.from_dict(cfg.to_dict()) == cfg
+    assert [default_crosscoder_lr(d) for d in (16, 40, 64, 128)] == [1e-2, 1e-2, 0.00625, 0.003125]
+    assert cfg.lr == 0.00625 and CrosscoderConfig(names=["a", "b"], d_in=64, d_sae=256, lr=1e-3).lr == 1e-3
+    # run length: n_steps wins, then n_epochs (the old parameter), then n_samples (default 500k rows)
+    assert cfg.n_steps_for(100_000) == 1954  # ceil(500_000 / 256)
+    assert CrosscoderConfig(names=["a", "b"], d_in=8, d_sae=16, n_samples=1000).n_steps_for(10_000) == 4
+    assert CrosscoderConfig(names=["a", "b"], d_in=8, d_sae=16, n_epochs=2.0).n_steps_for(1000) == 6
+    assert (
+        CrosscoderConfig(names=["a", "b"], d_in=8, d_sae=16, n_epochs=2.0, n_steps=7).n_steps_for(1000) == 7
+    )
+    with pytest.raises(FeatdiffError, match="run length"):
+        CrosscoderConfig(names=["a", "b"], d_in=8, d_sae=16, n_samples=None)
+    acts = ActivationSet.from_tensors({"base": torch.randn(600, 8), "rl": torch.randn(600, 8)})
+    cc, _ = _train_recording(acts, d_sae=16, n_epochs=1.0, batch_size=128)
+    assert cc.diagnostics["n_steps"] == 4 and cc.cfg.k == 3  # 600 // 128 full batches; k from the rule
+    cc, _ = _train_recording(acts, d_sae=16, n_samples=640, batch_size=128)
+    assert cc.diagnostics["n_steps"] == 5 and cc.diagnostics["n_samples"] == 640
+
+
+def test_loss_settling_measures_the_tail():
+    assert loss_settling(torch.ones(200)) == 0.0
+    falling = torch.linspace(2.0, 1.0, 200)  # tail window 20 steps: means 1.0754 vs 1.0251
+    assert loss_settling(falling) == pytest.approx((1.0754 - 1.0251) / 1.0754, abs=2e-3)
+    a, b = falling[90:95].mean(), falling[95:100].mean()  # end=100: a 10-step window before step 100
+    assert loss_settling(falling, end=100) == pytest.approx(float((a - b) / a), rel=1e-4)
+    assert np.isnan(loss_settling(torch.ones(9)))
+
+
+def test_diagnostics_warn_on_a_short_wide_run():
+    acts, _ = plant_shared_specific(seed=0, **SMALL)
+    cc, caught = _train_recording(acts, d_sae=512, n_steps=40, batch_size=128, seed=0)
+    dg = cc.diagnostics
+    assert set(dg) == {
+        "n_steps",
+        "n_samples",
+        "final_loss",
+        "loss_settling",
+        "loss_settled",
+        "dead_fraction",
+        "n_dead",
+        "n_eval_tokens",
+    }
+    assert dg["n_steps"] == 40 and not dg["loss_settled"] and dg["loss_settling"] > 0.05
+    assert dg["dead_fraction"] > 0.5 and dg["n_dead"] == round(dg["dead_fraction"] * 512)
+    assert dg["dead_fraction"] == pytest.approx(float(cc.evaluate(acts)["dead_fraction"][0]))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "had not settled" in messages[0] and "n_samples" in messages[0]
+    assert "dead" in messages[1] and "Lower d_sae" in messages[1]
+
+
+def test_diagnostics_silent_on_a_good_run():
+    acts, truth = plant_shared_specific(seed=0, **SMALL)  # 14 atoms
+    cc, caught = _train_recording(acts, d_sae=24, k=2, n_steps=1500, batch_size=128, seed=0)
+    assert caught == [], [str(w.message) for w in caught]
+    dg = cc.diagnostics
+    assert dg["loss_settled"] and abs(dg["loss_settling"]) <= 0.02 and dg["dead_fraction"] <= 0.5
+    assert min(planted_recovery(cc, truth).values()) >= 0.75
+
+
+@pytest.mark.slow
+def test_defaults_recover_planted_atoms():
+    """train_crosscoder with nothing but its defaults (d_sae 8 * d_in, k from the rule, 500k samples, lr
+    1e-2) on benchmarks/bench_crosscoder_defaults.py's planted data at d_in 16 (16 shared atoms, 2 per
+    checkpoint, 3 active per token). Measured: every category 1.00 (docs/crosscoder.md)."""
+    acts, truth = plant_shared_specific(
+        d_in=16,
+        n_shared=16,
+        n_specific={"base": 2, "rl": 2, "sft": 2},
+        k=3.0,
+        n_tokens=16384,
+        rotation=0.1,
+        noise=0.02,
+        seed=0,
+    )
+    cc, _ = _train_recording(acts, seed=0)
+    assert (cc.cfg.k, cc.d_sae, cc.diagnostics["n_steps"]) == (3, 128, 1954)
+    rec = planted_recovery(cc, truth)
+    assert set(rec) == {"shared", "base", "rl", "sft"}
+    assert min(rec.values()) >= 0.9, rec
+    assert cc.diagnostics["loss_settled"]

@@ -122,3 +122,28 @@ def check_number(
         raise FeatdiffError(
             f"The '{name}' parameter of {where} must be {what}{' or None' if optional else ''}; got {value!r}."
         )
+
+
+def run_steps(
+    n_steps: int | None,
+    n_epochs: float | None,
+    n_samples: int | None,
+    batch_size: int,
+    n_tokens: int,
+    full_batches: bool = False,
+) -> int:
+    """Optimiser steps of a run: ``n_steps`` if set, else ``n_epochs`` passes over ``n_tokens`` rows (whole
+    batches only when ``full_batches``), else ``n_samples`` rows; batches hold at most ``n_tokens`` rows.
+
+    Examples
+    --------
+    >>> run_steps(None, None, 10_000, 1024, 1000), run_steps(None, 2.5, None, 256, 1000, full_batches=True)
+    (10, 8)
+    """
+    batch = min(batch_size, n_tokens)
+    if n_steps is not None:
+        return n_steps
+    if n_epochs is not None:
+        per_epoch = n_tokens // batch if full_batches else n_tokens / batch
+        return max(1, math.ceil(n_epochs * per_epoch))
+    return max(1, math.ceil(n_samples / batch))  # type: ignore[operator]

@@ -153,7 +153,7 @@ def compare_checkpoints(
                 raise FeatdiffError(f"compare_checkpoints(method='crosscoder') takes no {arg}=: {why}.")
 
         cc = train_crosscoder(
-            train, d_sae=d_sae, k=k or 32, seed=seed, progress=progress, device=device, **(train_kwargs or {})
+            train, d_sae=d_sae, k=k, seed=seed, progress=progress, device=device, **(train_kwargs or {})
         )
         return compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
 

@@ -35,14 +35,51 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from featdiff import constants
-from featdiff._config import Config, check_int, check_number
+from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet
 from featdiff.dictionaries.stats import compute_stats, new_stats, update_stats
-from featdiff.errors import FeatdiffError, check_choice
+from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 
 SPARSITIES = ("batchtopk", "l1")
+
+N_SAMPLES = 500_000
+"""Default run length of ``train_crosscoder`` in training rows (as ``SAETrainConfig.n_samples``)."""
+
+
+def default_crosscoder_k(d_in: int, d_sae: int) -> int:
+    """The default BatchTopK ``k`` of a crosscoder: ``d_in // 8`` (as ``train_saes``), at least 3, at
+    most ``d_sae // 4``.
+
+    Measured on planted shared / specific atoms (docs/crosscoder.md): a k at the data's true activity
+    recovers them; k = 32 whatever d_in merged atoms at d_in <= 64, and at d_in 16 (3 atoms per token)
+    k = 2 lost specific atoms and k = 4 merged shared ones.
+
+    Examples
+    --------
+    >>> default_crosscoder_k(16, 128), default_crosscoder_k(64, 512), default_crosscoder_k(512, 4096)
+    (3, 8, 64)
+    >>> default_crosscoder_k(8, 8)
+    2
+    """
+    return max(1, min(max(3, d_in // 8), d_sae // 4))
+
+
+def default_crosscoder_lr(d_in: int) -> float:
+    """The default Adam learning rate of a crosscoder: ``min(1e-2, 0.4 / d_in)`` (inputs normalised to
+    E||x||^2 = d_in).
+
+    Measured on planted atoms (docs/crosscoder.md): 1e-2 recovers every atom at d_in 16-64 (at d_in 8,
+    3e-3 had not settled after 1,500 steps); at d_in 128, 1e-2 left mixed atoms (final loss 7.8-10.8)
+    where 3e-3 recovered them all (final loss 2.3).
+
+    Examples
+    --------
+    >>> default_crosscoder_lr(32), default_crosscoder_lr(64), default_crosscoder_lr(128)
+    (0.01, 0.00625, 0.003125)
+    """
+    return min(1e-2, 0.4 / d_in)
 
 
 def _fail(msg: str) -> None:
@@ -53,8 +90,16 @@ def _fail(msg: str) -> None:
 class CrosscoderConfig(Config):
     """Every setting of a crosscoder: its shape, its sparsity and how it was trained.
 
-    ``n_steps`` (when set) wins over ``n_epochs``. ``aux_k=None`` means d_in // 2 (as sae-lens TopK).
+    Run length, as ``SAETrainConfig``: ``n_steps`` if set, else ``n_epochs`` passes over the tokens if set,
+    else ``n_samples`` training rows (the data is cycled, reshuffled each epoch). ``k=None`` means
+    ``default_crosscoder_k(d_in, d_sae)``; ``lr=None`` means ``default_crosscoder_lr(d_in)``.
+    ``aux_k=None`` means d_in // 2 (as sae-lens TopK).
     ``p`` is the norm of the per-checkpoint decoder rows used in training (batchtopk ranking, L1 penalty).
+
+    Diagnostics: ``train_crosscoder`` warns (``FeatdiffWarning``) when the reconstruction loss of the last
+    ``settle_window`` of the steps before the lr decay still fell by more than ``settle_tolerance``
+    (relative: mean of the window's first half against its second half), or when more than
+    ``max_dead_fraction`` of the latents never fire on the training tokens.
 
     Examples
     --------
@@ -71,14 +116,15 @@ class CrosscoderConfig(Config):
     d_in: int
     d_sae: int
     sparsity: str = "batchtopk"
-    k: int = 32
+    k: int | None = None
     l1_coefficient: float = 1.0
     l1_warmup_fraction: float = 0.05
-    lr: float = 3e-3
+    lr: float | None = None
     lr_decay_fraction: float = 0.2
     batch_size: int = 256
     n_steps: int | None = None
-    n_epochs: float = 1.0
+    n_epochs: float | None = None
+    n_samples: int | None = N_SAMPLES
     aux_k: int | None = None
     aux_k_coefficient: float = 1.0 / 32
     dead_steps_threshold: int = 200
@@ -88,9 +134,16 @@ class CrosscoderConfig(Config):
     init_decoder_norm: float = 0.1
     seed: int = 0
     hook: str | None = None
+    settle_window: float = 0.1
+    settle_tolerance: float = 0.02
+    max_dead_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         where = "CrosscoderConfig"
+        if self.k is None and isinstance(self.d_in, int) and isinstance(self.d_sae, int):
+            self.k = default_crosscoder_k(self.d_in, self.d_sae)
+        if self.lr is None and isinstance(self.d_in, int) and self.d_in > 0:
+            self.lr = default_crosscoder_lr(self.d_in)
         self.names = list(self.names) if not isinstance(self.names, str) else [self.names]
         if len(self.names) < 2:
             _fail(
@@ -106,17 +159,38 @@ class CrosscoderConfig(Config):
         if self.sparsity == "batchtopk" and self.k > self.d_sae:
             _fail(f"k ({self.k}) must be at most d_sae ({self.d_sae}); lower k or raise d_sae.")
         check_int(where, "n_steps", self.n_steps, optional=True)
+        check_int(where, "n_samples", self.n_samples, optional=True)
+        if self.n_steps is None and self.n_epochs is None and self.n_samples is None:
+            _fail(f"{where} needs a run length: set n_samples, n_epochs or n_steps.")
         check_int(where, "aux_k", self.aux_k, optional=True)
-        for name in ("lr", "n_epochs", "init_decoder_norm"):
+        check_number(where, "n_epochs", self.n_epochs, 0, strict_low=True, optional=True)
+        for name in ("lr", "init_decoder_norm", "settle_tolerance"):
             check_number(where, name, getattr(self, name), 0, strict_low=True)
         for name in ("l1_coefficient", "aux_k_coefficient"):
             check_number(where, name, getattr(self, name), 0)
-        for name in ("l1_warmup_fraction", "lr_decay_fraction", "threshold_momentum"):
+        for name in (
+            "l1_warmup_fraction",
+            "lr_decay_fraction",
+            "threshold_momentum",
+            "settle_window",
+            "max_dead_fraction",
+        ):
             check_number(where, name, getattr(self, name), 0, 1)
 
     @property
     def n_models(self) -> int:
         return len(self.names)
+
+    def n_steps_for(self, n_tokens: int) -> int:
+        """Optimiser steps this config runs on ``n_tokens`` training rows (full batches per epoch).
+
+        Examples
+        --------
+        >>> cfg = CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, n_samples=10_000)
+        >>> cfg.n_steps_for(100_000), cfg.n_steps_for(100)  # 10_000 / 256 batches; batches of 100 rows
+        (40, 100)
+        """
+        return run_steps(self.n_steps, self.n_epochs, self.n_samples, self.batch_size, n_tokens, full_batches=True)
 
 
 def stack(
@@ -176,6 +250,7 @@ class Crosscoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(m, d))
         self.register_buffer("norm_scale", torch.ones(m))
         self.register_buffer("threshold", torch.tensor(-1.0))
+        self.diagnostics: dict = {}  # how training went (train_crosscoder fills it; not saved)
 
     # ----------------------------------------------------------------- shape and units
     @property
@@ -460,13 +535,20 @@ def train_crosscoder(
     """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
 
     Without ``config`` the settings are ``d_sae`` (default 8 * d_in), ``sparsity`` (default "batchtopk"),
-    ``k`` (default 32), ``seed`` (default 0) and any CrosscoderConfig field passed as a keyword
-    (``lr=1e-3``, ``n_steps=500``...). With ``config``, the config supplies every setting, arguments and
-    keywords that are given still override it, and its ``names`` pick (and order) the checkpoints of
-    ``acts``. The number of steps is ``n_steps`` or ``n_epochs`` (default 1) passes
-    over the tokens; small data sets want ``n_steps`` of a few hundred or more. The same seed gives
-    identical weights. ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved
-    there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
+    ``k`` (default ``default_crosscoder_k(d_in, d_sae)``), ``lr`` (default ``default_crosscoder_lr(d_in)``),
+    ``seed`` (default 0) and any CrosscoderConfig
+    field passed as a keyword (``lr=1e-3``, ``n_samples=200_000``...). With ``config``, the config supplies
+    every setting, arguments and keywords that are given still override it, and its ``names`` pick (and
+    order) the checkpoints of ``acts``. The run length is ``n_steps`` if set, else ``n_epochs`` passes over
+    the tokens if set, else ``n_samples`` rows (default 500,000; the data is cycled), as in
+    ``train_saes``. The same seed gives identical weights.
+
+    ``cc.diagnostics`` says how the run went: ``n_steps``, ``n_samples``, ``final_loss``,
+    ``loss_settling`` (see ``loss_settling``), ``loss_settled``, ``dead_fraction``, ``n_dead``,
+    ``n_eval_tokens``. A ``FeatdiffWarning`` says when the loss had not settled or more than
+    ``max_dead_fraction`` of the latents are dead.
+
+    ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
 
     Examples
     --------
@@ -499,7 +581,6 @@ def train_crosscoder(
             "d_in": acts.d_model,
             "d_sae": 8 * acts.d_model,
             "sparsity": "batchtopk",
-            "k": 32,
             "seed": 0,
             "hook": acts.hook,
         }
@@ -523,8 +604,7 @@ def train_crosscoder(
     _init_from_data(cc, acts)
     cc.to(dev)
 
-    n_per_epoch = max(1, acts.n_tokens // cfg.batch_size) if acts.n_tokens >= cfg.batch_size else 1
-    n_steps = cfg.n_steps or max(1, math.ceil(cfg.n_epochs * n_per_epoch))
+    n_steps = cfg.n_steps_for(acts.n_tokens)
     opt = torch.optim.Adam(cc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     decay_start = int(n_steps * (1 - cfg.lr_decay_fraction))
     warmup = max(1, int(n_steps * cfg.l1_warmup_fraction))
@@ -542,6 +622,8 @@ def train_crosscoder(
             epoch += 1
 
     it = batches()
+    losses = torch.zeros(n_steps)
+    smoothed = None
     bar = tqdm(range(n_steps), desc="crosscoder", disable=not progress, leave=False)
     for step in bar:
         if step >= decay_start and n_steps > decay_start:
@@ -552,9 +634,92 @@ def train_crosscoder(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress and step % 50 == 0:
-            bar.set_postfix(parts)
-    return cc.cpu().eval()
+        losses[step] = parts["mse"]
+        # the bar shows an exponential moving average of the reconstruction loss it trains on
+        smoothed = parts["mse"] if smoothed is None else 0.95 * smoothed + 0.05 * parts["mse"]
+        if progress and (step % 50 == 0 or step == n_steps - 1):
+            bar.set_postfix(mse=f"{smoothed:.4g}")
+    cc = cc.cpu().eval()
+    cc.diagnostics = _diagnose(cc, acts, losses)
+    _warn_diagnostics(cc.diagnostics, cfg)
+    return cc
+
+
+def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1, end: int | None = None) -> float:
+    """Relative fall of a training loss over its last ``window`` fraction of steps before step ``end``
+    (default: the last step): (a - b) / a, with a and b the mean loss of the window's first and second
+    halves (at least 10 steps in all; NaN when there are fewer). A settled run gives about 0 (minibatch
+    noise); a run still learning gives > 0.
+
+    Examples
+    --------
+    >>> round(loss_settling(torch.linspace(2.0, 1.0, 100)), 3)  # still falling: last 10 steps drop 5 %
+    0.047
+    >>> loss_settling(torch.ones(100)), math.isnan(loss_settling(torch.ones(5)))
+    (0.0, True)
+    """
+    losses = losses[: len(losses) if end is None else end]
+    n = len(losses)
+    w = max(10, int(round(window * n)))
+    if n < w:
+        return float("nan")
+    tail = losses[n - w :].double()
+    a, b = tail[: w // 2].mean(), tail[w // 2 :].mean()
+    return float((a - b) / a.clamp(min=1e-12))
+
+
+@torch.no_grad()
+def _diagnose(cc: Crosscoder, acts: ActivationSet, losses: Tensor, max_tokens: int = 1 << 18) -> dict:
+    """n_steps, final_loss (mean of the last 10 % of steps), loss_settling (over the last settle_window of
+    the steps before the lr decay), loss_settled, dead_fraction (latents that never fire on the first
+    ``max_tokens`` training tokens, inference rule)."""
+    cfg = cc.cfg
+    n = len(losses)
+    # Judge the constant-lr phase: during the final decay the loss falls because the lr anneals.
+    decay_start = int(n * (1 - cfg.lr_decay_fraction))
+    drop = loss_settling(losses, cfg.settle_window, end=decay_start if decay_start >= 10 else None)
+    sub = acts if acts.n_tokens <= max_tokens else acts.subset(slice(0, max_tokens))
+    fired = torch.zeros(cc.d_sae, dtype=torch.bool)
+    for b in sub.batches(4096, shuffle=False, names=cc.names):
+        fired |= (cc.encode(stack(b, cc.names)) != 0).any(0)
+    return {
+        "n_steps": n,
+        "n_samples": n * min(cfg.batch_size, acts.n_tokens),
+        "final_loss": float(losses[n - max(1, n // 10) :].mean()),
+        "loss_settling": drop,
+        "loss_settled": bool(drop <= cfg.settle_tolerance),  # NaN (too short to tell) is not settled
+        "dead_fraction": float((~fired).float().mean()),
+        "n_dead": int((~fired).sum()),
+        "n_eval_tokens": sub.n_tokens,
+    }
+
+
+def _warn_diagnostics(diag: dict, cfg: CrosscoderConfig) -> None:
+    if not diag["loss_settled"]:
+        if math.isnan(diag["loss_settling"]):
+            how = f"ran only {diag['n_steps']} steps, too few to tell whether its loss settled"
+        else:
+            how = (
+                f"had not settled: its reconstruction loss still fell by {100 * diag['loss_settling']:.1f} % "
+                f"over the last {100 * cfg.settle_window:.0f} % of its steps before the lr decay "
+                f"({diag['n_steps']} steps in all; tolerance {100 * cfg.settle_tolerance:.1f} %)"
+            )
+        warnings.warn(
+            f"train_crosscoder {how}. Train longer (raise n_samples, now {diag['n_samples']} rows, "
+            "or n_steps) before reading its features.",
+            FeatdiffWarning,
+            stacklevel=3,
+        )
+    if diag["dead_fraction"] > cfg.max_dead_fraction:
+        warnings.warn(
+            f"train_crosscoder left {diag['n_dead']} of {cfg.d_sae} latents "
+            f"({100 * diag['dead_fraction']:.0f} %) dead on {diag['n_eval_tokens']} training tokens "
+            f"(more than max_dead_fraction={cfg.max_dead_fraction}). Lower d_sae (the data may hold fewer "
+            "features), train longer, or lower dead_steps_threshold so the auxiliary loss revives them "
+            "sooner; dead latents are counted, not scored.",
+            FeatdiffWarning,
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -25,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featdiff import constants
-from featdiff._config import Config, check_int, check_number
+from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir
 from featdiff.activations import ActivationSet
 from featdiff.errors import FeatdiffError, check_choice
@@ -112,12 +111,7 @@ class SAETrainConfig(Config):
 
     def n_steps_for(self, n_tokens: int) -> int:
         """Optimiser steps this config runs on ``n_tokens`` training rows."""
-        batch = min(self.batch_size, n_tokens)
-        if self.n_steps is not None:
-            return self.n_steps
-        if self.n_epochs is not None:
-            return max(1, math.ceil(self.n_epochs * n_tokens / batch))
-        return max(1, math.ceil(self.n_samples / batch))  # type: ignore[operator]
+        return run_steps(self.n_steps, self.n_epochs, self.n_samples, self.batch_size, n_tokens)
 
 
 def _resolve_config(config, explicit: dict[str, Any], overrides: dict[str, Any]) -> SAETrainConfig:

@@ -14,7 +14,9 @@ import pandas as pd
 import torch
 
 from featdiff.activations import ActivationSet
+from featdiff.dictionaries.stats import unit_decoder
 from featdiff.errors import FeatdiffError
+from featdiff.metrics.crosscoder import mas
 
 
 def plant_shared_specific(
@@ -97,3 +99,28 @@ def plant_shared_specific(
     )
     truth.attrs["directions"] = directions
     return ActivationSet.from_tensors(tensors, hook="synthetic.hook_planted"), truth
+
+
+def planted_recovery(cc, truth: pd.DataFrame, min_cos: float = 0.9) -> dict[str, float]:
+    """Per planted category, the fraction of atoms a crosscoder recovered.
+
+    An atom is recovered when the crosscoder feature whose decoder row (in the atom's own checkpoint; the
+    first checkpoint for shared atoms) is most similar to it has cosine >= ``min_cos`` and the atom's MAS
+    category (MAS of its decoder norms: "shared" or the checkpoint's name).
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.crosscoder import train_crosscoder
+    >>> acts, truth = plant_shared_specific(d_in=8, n_shared=4, n_specific={"rl": 2}, n_tokens=512)
+    >>> cc = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, progress=False)
+    >>> sorted(planted_recovery(cc, truth))
+    ['rl', 'shared']
+    """
+    dirs, cat = truth.attrs["directions"], mas(cc)["category"]
+    hits: dict[str, list[bool]] = {}
+    for atom, category in zip(truth["atom"], truth["category"], strict=True):
+        name = cc.names[0] if category == "shared" else category
+        cos = unit_decoder(cc.decoder(name)) @ dirs[name][atom].float()
+        j = int(cos.argmax())
+        hits.setdefault(category, []).append(bool(cos[j] >= min_cos and cat[j] == category))
+    return {c: sum(v) / len(v) for c, v in hits.items()}
