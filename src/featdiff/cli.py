@@ -8,8 +8,10 @@ prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 
 import featdiff as fd
 from featdiff._io import atomic_dir, check_replaceable, write_json
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.figures import figure_png, ordered_accuracy, plot_accuracy
 from featdiff.lab import analysis
 from featdiff.report import findings, interval_level, key_table_text, write_html_report
@@ -29,8 +31,8 @@ DEFAULT_OUT = "featdiff-report"
 DEMO_SAE_STEPS = 150
 SMALL_SAE_STEPS = 10
 # Measured by benchmarks/bench_demo.py on 2 shared CPU cores (see benchmarks/README.md).
-DEMO_TIME_COLD = "about 2 minutes (up to 4 on a busy machine)"
-DEMO_TIME_WARM = "40 to 65 seconds"
+DEMO_TIME_COLD = "about 2.5 minutes (up to 4 on a busy machine)"
+DEMO_TIME_WARM = "about 65 seconds"
 
 DEMO_DESCRIPTION = f"""\
 Run featdiff end to end on its built-in lab and write a report.
@@ -203,6 +205,21 @@ def _print_key_table(cmp, accuracy=None) -> None:
             print(f"! {w}")
 
 
+@contextlib.contextmanager
+def _collected_warnings():
+    """Collect featdiff's warnings (their messages, once each) instead of printing them as they come."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FeatdiffWarning)
+        messages: list[str] = []
+        yield messages
+    for w in caught:
+        if issubclass(w.category, FeatdiffWarning):
+            if str(w.message) not in messages:
+                messages.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def demo(args: argparse.Namespace) -> int:
     progress = not args.quiet
     with_view = not args.no_crosscoder
@@ -220,18 +237,21 @@ def demo(args: argparse.Namespace) -> int:
     accuracy = fd.lab.accuracy(path)
     steps.done()
 
-    steps("compare: activations, one SAE per checkpoint (+ a second base SAE for the noise floor), alignment")
+    steps("compare: activations, one SAE per checkpoint (+ base replicas for the floors), alignment")
     n_steps = SMALL_SAE_STEPS if args.small else DEMO_SAE_STEPS
-    cmp = fd.compare_checkpoints(
-        *fd.lab.load(path), seed=args.seed, progress=progress, train_kwargs={"n_steps": n_steps}
-    )
+    with _collected_warnings():  # kept in cmp.meta["warnings"] and printed once, with the summary
+        cmp = fd.compare_checkpoints(
+            *fd.lab.load(path), seed=args.seed, progress=progress, train_kwargs={"n_steps": n_steps}
+        )
     steps.done()
 
     view = None
     if with_view:
         steps("crosscoder view: MAS/NRN, feature evolution, generalization features, interventions")
         vcfg = analysis.CrosscoderViewConfig.small() if args.small else None
-        view = analysis.crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
+        with _collected_warnings() as caught:
+            view = analysis.crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
+        cmp.meta["warnings"] = [*cmp.meta.get("warnings", []), *(f"crosscoder view: {w}" for w in caught)]
         steps.done()
 
     steps(f"report: writing {args.out}")
@@ -287,21 +307,22 @@ def compare(args: argparse.Namespace) -> int:
     specs = {"base": args.base, "rl": args.rl, "sft": args.sft}
     steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items() if s)} ({args.method})")
     train_kwargs = {"n_steps": args.n_steps} if args.n_steps else None
-    cmp = fd.compare_checkpoints(
-        args.base,
-        args.rl,
-        args.sft,
-        tokens=tokens,
-        hook=args.hook,
-        method=args.method,
-        d_sae=args.d_sae,
-        k=args.k,
-        seed=args.seed,
-        train_kwargs=train_kwargs,
-        pad_token_id=args.pad_token_id,
-        progress=progress,
-        device=args.device,
-    )
+    with _collected_warnings():  # kept in cmp.meta["warnings"] and printed once, with the summary
+        cmp = fd.compare_checkpoints(
+            args.base,
+            args.rl,
+            args.sft,
+            tokens=tokens,
+            hook=args.hook,
+            method=args.method,
+            d_sae=args.d_sae,
+            k=args.k,
+            seed=args.seed,
+            train_kwargs=train_kwargs,
+            pad_token_id=args.pad_token_id,
+            progress=progress,
+            device=args.device,
+        )
     steps.done()
     steps(f"report: writing {args.out}")
     out = _write_report(
