@@ -49,6 +49,7 @@ UNCERTAINTY_COLUMNS = [
     "saturated",
     "indistinguishable_from_reference",
     *[f"{c}_{s}" for c in (*FRACTION_COLUMNS, *MEAN_COLUMNS) for s in ("lo", "hi", "floor")],
+    *[f"{c}_raw_{s}" for c in ("reuse", "recombination", "novelty") for s in ("lo", "hi")],
     "reference_n_live",
     "reference_n_dead",
     "n_replicas",

@@ -162,7 +162,8 @@ def key_table_text(comparison) -> pd.DataFrame:
             if c not in s:
                 continue
             if f"{c}_raw" in s and corrected:
-                col[f"{c}, raw"] = _f(row[f"{c}_raw"])
+                raw = f"{c}_raw"
+                col[f"{c}, raw"] = _with_interval(row, raw) if f"{raw}_lo" in s else _f(row[raw])
                 floor = _floor(row, c)
                 if math.isfinite(floor) or c == "reuse":
                     col[f"{c}, floor (base vs base)"] = _f(floor)

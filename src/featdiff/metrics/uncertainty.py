@@ -224,7 +224,8 @@ def summarize_uncertainty(
 ) -> dict:
     """The summary columns of one target: corrected reuse / recombination / novelty, ``saturated``,
     ``indistinguishable_from_reference``, and ``<col>_lo``, ``<col>_hi``, ``<col>_floor`` for every
-    fraction and mean column (``FRACTION_COLUMNS``, ``MEAN_COLUMNS``).
+    fraction and mean column (``FRACTION_COLUMNS``, ``MEAN_COLUMNS``), and ``<col>_raw_lo`` / ``_hi`` for
+    the three uncorrected fractions.
 
     ``target`` is the target's Profile against the reference; ``replicas`` the Profiles of the reference's
     replicas against the reference (the base-vs-base comparisons: their columns, averaged, are the
@@ -339,6 +340,10 @@ def summarize_uncertainty(
         "drift": boot_drift,
         "freq_shift": boot_shift,
         "transfer_fve": boot_fve,
+        # the measured fractions' own intervals: where a correction saturates, these still say how sure
+        "reuse_raw": boot_raw[:, 0],
+        "recombination_raw": boot_raw[:, 1],
+        "novelty_raw": boot_raw[:, 2],
     }
     for col, b in boots.items():
         ok = b[np.isfinite(b)]
