@@ -203,7 +203,10 @@ def sparse_hungarian(
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching  # deferred: as above
 
     n_a, n_b = len(a), len(b)
-    idx, val = _candidates(a, b, k, chunk)
+    idx, val = _candidates(a, b, k + 1, chunk)
+    # the best excluded similarity of each row: every column outside the candidates is at most this
+    kth = val[:, -1].astype(np.float64) if idx.shape[1] > k else np.full(n_a, -np.inf)
+    idx, val = idx[:, :k], val[:, :k]
     rows = np.repeat(np.arange(n_a), idx.shape[1])
     cols, sims = idx.ravel(), val.ravel().astype(np.float64)
     certified, match, value = False, np.full(n_a, -1, dtype=np.int64), np.full(n_a, np.nan)
@@ -213,7 +216,10 @@ def sparse_hungarian(
         try:
             r, c = min_weight_full_bipartite_matching(graph, maximize=True)
         except ValueError:  # no full matching among the candidates: widen every row
-            idx, val = _candidates(a, b, min(n_b, 2 * idx.shape[1]), chunk)
+            k = min(n_b, 2 * idx.shape[1])
+            idx, val = _candidates(a, b, k + 1, chunk)
+            kth = val[:, -1].astype(np.float64) if idx.shape[1] > k else np.full(n_a, -np.inf)
+            idx, val = idx[:, :k], val[:, :k]
             rows = np.repeat(np.arange(n_a), idx.shape[1])
             cols, sims = idx.ravel(), val.ravel().astype(np.float64)
             continue
@@ -226,7 +232,15 @@ def sparse_hungarian(
         value[e_rows[hit]] = e_sims[hit]
         v = _prices(e_rows, e_cols, e_sims, match, n_b)
         u_matched = value - v[match]
-        u = _dense_bound(a, b, v, chunk)  # dense dual: sum(u) + sum(v) >= every matching's total
+        # the dense dual u_i = max_j (s_ij - v_j) over every column: over the candidates from the graph, and
+        # outside them at most the row's best excluded similarity (v >= 0); rows where that bound is not
+        # already met get the exact value from their full row of similarities
+        u = np.full(n_a, -np.inf)
+        np.maximum.at(u, e_rows, e_sims - v[e_cols])
+        u = np.maximum(u, kth)
+        unsure = np.flatnonzero(u - u_matched > 1e-5)
+        if len(unsure):
+            u[unsure] = _dense_bound(a[unsure], b, v, chunk)
         violating = np.flatnonzero(u - u_matched > 1e-5)
         free = np.ones(n_b, bool)
         free[match[match >= 0]] = False
@@ -245,6 +259,7 @@ def sparse_hungarian(
             add_c.append(ci.numpy())
         new_r, new_c = np.concatenate(add_r), np.concatenate(add_c)
         new_s = torch.einsum("nd,nd->n", a[new_r], b[new_c]).double().numpy()
+        kth[violating] = np.inf  # their candidates are no longer a top-k: check them in full next time
         rows, cols, sims = np.concatenate([e_rows, new_r]), np.concatenate([e_cols, new_c]), np.concatenate([e_sims, new_s])
     return match, value, certified
 
