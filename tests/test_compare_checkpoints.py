@@ -182,3 +182,34 @@ def test_crosscoder_comparison_flags_planted_specific_features():
         assert (theirs["status"] == "other").all()
     shared = f[(f.checkpoint == "rl") & (f.status == "reused")]
     assert len(shared) >= 10 and shared["drift"].median() < 0.01  # identical shared directions (rotation 0)
+
+
+def test_checkpoints_as_one_mapping_cannot_collide_with_options(trio, tokens):
+    base, rl, _ = trio
+    acts = fd.collect_activations(
+        {"base": base, "seed": rl}, tokens, hook="blocks.0.hook_resid_post", progress=False
+    )
+    saes = fd.train_saes(acts, d_sae=32, k=4, progress=False, **FAST)
+    # a checkpoint named like an option ("seed") is just a key of the mapping
+    cmp = fd.compare_checkpoints(
+        {"base": base, "seed": rl},
+        tokens=tokens,
+        hook="blocks.0.hook_resid_post",
+        saes=saes,
+        seed=3,
+        progress=False,
+    )
+    assert list(cmp.summary.index) == ["seed"] and cmp.meta["seed"] == 3
+    with pytest.warns(DeprecationWarning, match=r"one mapping"):
+        old = fd.compare_checkpoints(
+            base,
+            tokens=tokens,
+            hook="blocks.0.hook_resid_post",
+            saes={"base": saes["base"], "dpo": saes["seed"]},
+            seed=3,
+            progress=False,
+            dpo=rl,
+        )
+    assert old.summary.loc["dpo", "reuse_raw"] == cmp.summary.loc["seed", "reuse_raw"]
+    with pytest.raises(fd.FeatdiffError, match="either as one mapping"):
+        fd.compare_checkpoints({"base": base}, rl, tokens=tokens, progress=False)
