@@ -215,3 +215,26 @@ def test_tolerance_is_relative_to_category_size():
     t = known_answer_table(s, p).set_index("category")
     assert not t.loc["recombination", "within"]  # a category of 0.1 is not recovered at 0.0
     assert t.loc["reuse", "within"] and t.loc["novelty", "within"]
+
+
+@pytest.mark.slow
+def test_wide_sae_unused_latents_are_not_scored_as_novel():
+    # The grid's width-2x cell (benchmarks/known_answer_grid.py): 128 latents for 64 planted atoms. The
+    # latents that sit on no atom fire rarely and carry ~0.1 % of the decoded energy together; scored,
+    # they read as novel (novelty ~0.44 against 0.16 planted). CompareConfig.min_contribution leaves them out.
+    targets = {"mixed": {"reused": 0.7, "recombined": 0.15, "novel": 0.15}}
+    p = plant_checkpoints(d_in=32, n_atoms=64, targets=targets, k=4, seed=0)
+    train, held_out = p.sample(100_000, seed=1), p.sample(10_000, seed=2)
+    extra = {f"rep{i}": ("base", 1 + i) for i in range(2)}
+    saes = fd.train_saes(train, d_sae=128, k=4, seed=0, extra=extra, progress=False)
+    reps = [saes.pop("rep0"), saes.pop("rep1")]
+    cmp = fd.compare_dictionaries(saes, held_out, replicas=reps, metrics=[], progress=False)
+    t = known_answer_table(cmp.summary, p)
+    assert t["within"].all(), t
+    assert t["covered"].mean() >= 0.8, t
+    assert cmp.summary.loc["mixed", "n_dead"] > 20  # the unused latents: counted, not scored
+    every = fd.compare_dictionaries(
+        saes, held_out, replicas=reps, metrics=[], progress=False, min_contribution=0
+    )
+    t0 = known_answer_table(every.summary, p).set_index("category")
+    assert not t0.loc["novelty", "within"], t0  # what scoring every latent that fires gives
