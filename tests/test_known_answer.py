@@ -199,12 +199,15 @@ def test_grid_cell_mixed_identical_disjoint_within_tolerance_and_covered():
 
 @pytest.mark.slow
 def test_grid_cell_split_counts_near_duplicates_as_reuse():
-    # Known failure, not asserted here (docs/metrics.md, the grid): in this cell recombination is found
-    # at about a third of its planted 0.15 and the rest reads as novel.
+    # Every category within tolerance since unused latents are not scored (CompareConfig.min_contribution;
+    # before, novelty read 0.30 against 0.15). Not asserted: coverage (recombination is found at about
+    # half its planted 0.15 and its interval misses it; docs/metrics.md, the grid).
     cmp, t = _grid_cell(*GRID["split"][:1], seed=0)
+    assert t["within"].all(), t
     t = t.set_index("category")
-    assert t.loc["reuse", "within"] and t.loc["reuse", "covered"], t
-    assert cmp.summary.loc["split", "split"] > 0.03  # near-duplicates are split, not novel
+    assert t.loc["reuse", "covered"], t
+    # the SAE learns few near-duplicates apart (9 weak duplicate latents, 7 of them below min_contribution)
+    assert cmp.summary.loc["split", "split"] > 0
 
 
 def test_tolerance_is_relative_to_category_size():
