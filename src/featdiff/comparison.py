@@ -108,7 +108,7 @@ class CompareConfig(Config):
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6
-    min_contribution: float = 0.05
+    min_contribution: float = 0.01
     correct: bool = True
     nrn_shared: tuple[float, float] = (0.3, 0.7)
     mas_threshold: float = 0.5
