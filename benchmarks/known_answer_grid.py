@@ -2,8 +2,9 @@
 (train_saes + compare_dictionaries with reference replicas, as compare_checkpoints does), every estimator of
 the true fractions scored against the planted truth.
 
-    OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~17 min on 1 core)
+    OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~9 min on 1 core)
     python benchmarks/known_answer_grid.py --cells width_1x split --csv grid.csv
+    python benchmarks/known_answer_grid.py --min-contribution 0 0.01   # the same SAEs, every latent scored vs the default
 
 Prints one markdown table per estimator (a row per cell x target x category: truth, estimate, interval,
 whether it is within tolerance and covered) and a comparison of the estimators (worst and mean absolute
@@ -13,12 +14,14 @@ error, share within tolerance, interval coverage). Tolerances: featdiff.syntheti
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import pandas as pd
 import torch
 
 import featdiff as fd
+from featdiff.comparison import CompareConfig
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
 from featdiff.synthetic.planted import known_answer_table, plant_checkpoints
 
@@ -55,9 +58,12 @@ def run_cell(
     n_eval: int = 10_000,
     estimators=ESTIMATORS,
     train_kwargs: dict | None = None,
+    min_contributions: tuple = (None,),
 ) -> pd.DataFrame:
     """Plant, train (base, targets, ``n_replicas`` base replicas and, for ``symmetric``, one replica per
-    target) and score every estimator; one row per (estimator, checkpoint, category)."""
+    target) and score every estimator; one row per (min_contribution, estimator, checkpoint, category).
+    ``min_contributions``: CompareConfig.min_contribution values to score the same SAEs with (None: the
+    library's default)."""
     plant_kw, sae_kw = CELLS[cell]
     plant_kw = {"targets": MIXED, **plant_kw}
     planted = plant_checkpoints(d_in=D_IN, n_atoms=N_ATOMS, k=K_PLANTED, seed=seed, **plant_kw)
@@ -71,14 +77,16 @@ def run_cell(
     base_reps = [saes.pop(f"rep_base_{i}") for i in range(n_replicas)]
     tgt_reps = {t: [saes.pop(f"rep_{t}")] for t in targets if f"rep_{t}" in saes}
     out = []
-    for est in estimators:
+    for mc, est in itertools.product(min_contributions, estimators):
         replicas = {"base": base_reps, **(tgt_reps if est == "symmetric" else {})}
+        kw = {} if mc is None else {"min_contribution": mc}
         cmp = fd.compare_dictionaries(
-            saes, held_out, replicas=replicas, estimator=est, metrics=[], progress=False
+            saes, held_out, replicas=replicas, estimator=est, metrics=[], progress=False, **kw
         )
         t = known_answer_table(cmp.summary, planted)
         t.insert(0, "estimator", est)
         t.insert(1, "cell", cell)
+        t.insert(2, "min_contribution", CompareConfig().min_contribution if mc is None else mc)
         t["raw"] = [
             float(cmp.summary.loc[c, f"{k}_raw"]) for c, k in zip(t.checkpoint, t.category, strict=True)
         ]
@@ -159,6 +167,13 @@ def main() -> None:
     ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-replicas", type=int, default=2)
+    ap.add_argument(
+        "--min-contribution",
+        type=float,
+        nargs="*",
+        default=None,
+        help="score the same SAEs with each CompareConfig.min_contribution (default: the library's)",
+    )
     ap.add_argument("--csv", default=None, help="write every row to this CSV")
     ap.add_argument("--replica-sweep", action="store_true", help="cost and interval width per n_replicas")
     args = ap.parse_args()
@@ -169,7 +184,8 @@ def main() -> None:
     parts = []
     for cell in args.cells:
         t0 = time.perf_counter()
-        parts.append(run_cell(cell, seed=args.seed, n_replicas=args.n_replicas))
+        mcs = tuple(args.min_contribution) if args.min_contribution else (None,)
+        parts.append(run_cell(cell, seed=args.seed, n_replicas=args.n_replicas, min_contributions=mcs))
         print(f"# {cell}: {time.perf_counter() - t0:.0f} s", flush=True)
         if args.csv:  # after every cell, so a long run leaves what it has
             pd.concat(parts, ignore_index=True).to_csv(args.csv, index=False)
@@ -187,10 +203,12 @@ def main() -> None:
         "within",
         "covered",
     ]
-    print(f"\n## The default estimator ({DEFAULT_ESTIMATOR})\n")
-    print(markdown(results[results.estimator == DEFAULT_ESTIMATOR][cols]))
-    print("\n## The estimators compared\n")
-    print(markdown(compare_estimators(results), index=True))
+    for mc, res in results.groupby("min_contribution", dropna=False):
+        print(f"\n# min_contribution = {mc}")
+        print(f"\n## The default estimator ({DEFAULT_ESTIMATOR})\n")
+        print(markdown(res[res.estimator == DEFAULT_ESTIMATOR][cols]))
+        print("\n## The estimators compared\n")
+        print(markdown(compare_estimators(res), index=True))
 
 
 if __name__ == "__main__":

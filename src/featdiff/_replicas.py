@@ -11,7 +11,7 @@ import torch
 
 from featdiff.activations import ActivationSet
 from featdiff.align import Alignment, align
-from featdiff.dictionaries.stats import code_stats
+from featdiff.dictionaries.stats import scored_features
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
     profile_of,
@@ -38,8 +38,8 @@ def _replica_table(
     aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations."""
     pair, rep_live, rep_freq = None, None, None
     if acts is not None:
-        rep_freq = code_stats(replica, acts[name])[0]
-        rep_live = (rep_freq > 0).numpy()
+        rep_freq, _, rep_live = scored_features(replica, acts[name], cfg.min_contribution)
+        rep_live = rep_live.numpy()
         if cfg.on == "activations":
             pair = ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
     al = align(
@@ -143,7 +143,9 @@ def uncertainty_columns(
     ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))]]
     for rep in ref_reps:
         live = (
-            np.ones(d_sae(rep), bool) if acts is None else (code_stats(rep, acts[reference])[0] > 0).numpy()
+            np.ones(d_sae(rep), bool)
+            if acts is None
+            else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
         )
         ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
     target.union_reused = union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold)

@@ -52,7 +52,7 @@ def _dead_message(name: str, n_features: int, n_dead: int, n_tokens, limit: floa
     n_live = n_features - int(n_dead)
     return (
         f"{name}: {n_dead / n_features:.0%} of its dictionary's {n_features:,} latents ({int(n_dead):,}) never "
-        f"fired{on}; its fractions are over the {n_live:,} live ones, and live counts that differ between "
+        f"fired{on} or carried less than min_contribution of the decoded energy; its fractions are over the {n_live:,} live ones, and live counts that differ between "
         f"checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_live):,}), train longer "
         f"(more n_samples), or evaluate on more tokens (more than {limit:.0%} dead warns)."
     )

@@ -21,7 +21,7 @@ from featdiff.activations import ActivationSet
 from featdiff.align import align
 from featdiff.comparison import STATUSES, CompareConfig, Comparison
 from featdiff.diagnostics import emit_warnings
-from featdiff.dictionaries.stats import code_stats, unit_decoder
+from featdiff.dictionaries.stats import scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
 from featdiff.metrics.recombination import fit_components
@@ -112,11 +112,12 @@ def compare_dictionaries(
 
     freqs: dict[str, torch.Tensor | None] = {n: None for n in saes}
     own_fve: dict[str, float] = {n: float("nan") for n in saes}
+    live_mask: dict[str, np.ndarray | None] = {n: None for n in saes}
     if acts is not None:
         for n in tqdm(list(saes), desc="encoding", disable=not progress):
             check_width(saes[n], acts, n)
-            freqs[n], own_fve[n] = code_stats(saes[n], acts[n])
-    live_mask = {n: None if f is None else (f > 0).numpy() for n, f in freqs.items()}
+            freqs[n], own_fve[n], live = scored_features(saes[n], acts[n], cfg.min_contribution)
+            live_mask[n] = live.numpy()
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
     null_profiles, union_null = reference_replica_profiles(
         saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]

@@ -53,6 +53,7 @@ def new_stats(d_sae: int, d_in: int, n_models: int | None = None) -> dict:
     return {
         "n": 0,
         "fired": z(d_sae, dtype=torch.float64),
+        "energy": z(d_sae, dtype=torch.float64),
         "sse": z(shape, dtype=torch.float64),
         "sum": z((*shape, d_in), dtype=torch.float64),
         "sumsq": z(shape, dtype=torch.float64),
@@ -69,6 +70,7 @@ def update_stats(
     """Add one batch: firing counts from ``codes`` and, with ``x_hat``, the variance-explained sums."""
     stats["n"] += x.shape[0]
     stats["fired"] += (codes != 0).sum(0).double().cpu()
+    stats["energy"] += codes.double().pow(2).sum(0).cpu()
     if x_hat is not None:
         x64, reduce = x.double(), (0, x.ndim - 1)
         stats["sse"] += (x64 - x_hat.double()).pow(2).sum(reduce).cpu()
@@ -78,9 +80,9 @@ def update_stats(
 
 
 def compute_stats(stats: dict) -> dict:
-    """``frequency`` (per feature, float32), ``l0`` (mean active features per row) and ``fve`` (fraction of
+    """``frequency`` (per feature, float32), ``l0`` (mean active features per row), ``fve`` (fraction of
     variance explained, a float for an SAE or a float64 tensor per checkpoint; NaN where the rows have no
-    variance or nothing was reconstructed)."""
+    variance or nothing was reconstructed) and ``energy`` (per feature, the sum of its squared codes)."""
     n = stats["n"]
     if n == 0:
         raise FeatdiffError("No rows were streamed through the dictionary: the activations are empty.")
@@ -93,6 +95,7 @@ def compute_stats(stats: dict) -> dict:
         "frequency": (stats["fired"] / n).float(),
         "l0": float(stats["fired"].sum() / n),
         "fve": float(fve) if fve.ndim == 0 else fve,
+        "energy": stats["energy"].clone(),
     }
 
 
@@ -158,6 +161,34 @@ def code_stats(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -
     """
     s = sae_stats(sae, x, batch_size, where="code_stats")
     return s["frequency"], s["fve"]
+
+
+def scored_features(
+    sae, x: Float[Tensor, "n_tokens d_in"], min_contribution: float = 0.0, batch_size: int = 4096
+) -> tuple[Tensor, float, Tensor]:
+    """(firing frequency per feature, fraction of variance explained, live mask) of ``sae`` on ``x``, in one
+    pass. A feature is live when it fires at least once and its share of the decoded energy (the sum over
+    tokens of (code * ||decoder row||)^2, over that of all features) is at least ``min_contribution`` times
+    the mean share of the features that fire (1 / their number): a feature that fires a handful of times,
+    or often but negligibly, is an unused latent, not a feature of the activations, and is not scored.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.01]])
+    >>> freq, fve, live = scored_features(sae_from_dictionary(torch.eye(3), k=1), x, min_contribution=0.05)
+    >>> freq.tolist(), live.tolist()
+    ([0.3333333432674408, 0.3333333432674408, 0.3333333432674408], [True, True, False])
+    """
+    s = sae_stats(sae, x, batch_size, where="scored_features")
+    freq = s["frequency"]
+    fired = freq > 0
+    live = fired.clone()
+    if min_contribution > 0 and fired.any():
+        contribution = s["energy"] * sae.W_dec.detach().double().cpu().pow(2).sum(1)
+        share = contribution / contribution.sum().clamp_min(1e-300)
+        live &= share >= min_contribution / int(fired.sum())
+    return freq, s["fve"], live
 
 
 def firing_frequency(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
