@@ -34,7 +34,7 @@ EXPLANATIONS = {
     "reuse": "fraction of the checkpoint's live SAE features that match a base feature (cosine >= 0.7), "
     "corrected by the noise floor; reuse_raw is the measured fraction, reuse_floor the same number for a second "
     "base SAE (another seed)",
-    "recombination": "fraction fitted by 2-3 base features (orthogonal matching pursuit, cosine >= 0.9)",
+    "recombination": "fraction fitted by 2-3 base features (cosine >= 0.9, at least 0.15 better than the best single one)",
     "novelty": "fraction that is neither reused nor recombined: new features (reuse + recombination + "
     "novelty = 1)",
     "drift": "mean 1 - cosine between a reused feature and its matched base feature (lower: less moved)",
