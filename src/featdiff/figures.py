@@ -37,8 +37,8 @@ def headless_pyplot():
 
 
 def plot_comparison(cmp):
-    """Left: reuse / recombination / novelty per checkpoint (bars: corrected, dots: raw). Right: drift of
-    reused features per checkpoint (histograms)."""
+    """Left: reuse / recombination / novelty per checkpoint (bars: corrected, hatched where the correction
+    hit a bound; dots: raw; black dash: the reuse floor). Right: drift of reused features per checkpoint."""
     plt = headless_pyplot()
     s = cmp.summary
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -51,11 +51,25 @@ def plot_comparison(cmp):
             raw = s[f"{col}_raw"].to_numpy(dtype=float)
             ax0.scatter(x + 0.38, raw, color=color, marker="o", s=14, edgecolor="k", linewidth=0.4, zorder=3)
         bottom += np.nan_to_num(vals)
+    if "reuse_floor" in s:  # what the reference gives against its own replicas: read raw reuse against it
+        ax0.hlines(
+            s["reuse_floor"].to_numpy(dtype=float),
+            x + 0.3,
+            x + 0.46,
+            color="k",
+            linewidth=1.5,
+            label="reuse floor (base vs base)",
+            zorder=4,
+        )
+    if "saturated" in s:  # a corrected value at a bound is not a measurement: hatch it
+        for xi, sat in zip(x, s["saturated"].fillna(False).astype(bool), strict=True):
+            if sat:
+                ax0.bar(xi, 1.0, width=0.6, fill=False, hatch="//", edgecolor="w", linewidth=0)
     ax0.set_xticks(x, list(s.index))
     ax0.set_ylim(0, 1.05)
     ax0.set_ylabel("fraction of live features")
-    ax0.set_title(f"features vs {cmp.meta.get('reference', 'reference')} (dots: uncorrected)")
-    ax0.legend(fontsize=8, loc="upper right")
+    ax0.set_title(f"features vs {cmp.meta.get('reference', 'reference')} (dots: raw; hatched: at a bound)")
+    ax0.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the bars
     f = cmp.features
     bins = np.linspace(0, 0.3, 31)
     for name in s.index:
@@ -106,11 +120,12 @@ def plot_accuracy(accuracy: pd.DataFrame):
                 label=str(name),
                 color=CHECKPOINT_COLORS.get(str(name)),
             )
-        ax.set_xticks(x, [c.replace("_", " ") for c in cols], rotation=0 if len(cols) <= 4 else 30)
+        # group names wrap onto two lines so neighbours never run together ("near\ndomain")
+        ax.set_xticks(x, [c.replace("_", "\n", 1) for c in cols], rotation=0 if len(cols) <= 4 else 30)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy")
         ax.set_title(f"accuracy {title}")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: covers no bar
     fig.tight_layout()
     return fig
 

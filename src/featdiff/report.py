@@ -293,6 +293,7 @@ def _table(df: pd.DataFrame, max_rows: int = 40, index: bool = True, note: str =
     body = shown.to_html(
         index=index, float_format=lambda v: f"{v:.3f}", na_rep="—", border=0, classes="t", escape=True
     )
+    body = f'<div class="scroll">{body}</div>'  # wide tables scroll inside the page instead of overflowing it
     if n > max_rows:
         body += f'<p class="note">First {max_rows} of {n} rows{note}.</p>'
     return body
@@ -338,6 +339,7 @@ table.t{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.t th,table.t td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
 table.t th{background:#f6f6f6}
 img{max-width:100%;margin:.5em 0}
+.scroll{overflow-x:auto;max-width:100%}
 dl{font-size:.85em;color:#444}dt{font-weight:600;float:left;clear:left;width:11em}dd{margin-left:12em}
 .note{font-size:.8em;color:#666}code{background:#f3f3f3;padding:0 .2em}
 """
