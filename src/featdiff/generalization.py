@@ -35,6 +35,11 @@ CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]
 ALL_TASKS = "all"
 MIN_CRITICAL = 10
 
+TASK_COLUMNS = ["task", "n_samples", "n_critical", "n_selection", "n_heldout", "max_score", "n_selected", "votes"]
+"""Columns of ``GeneralizationFeatures.tasks``."""
+OVERLAP_COLUMNS = ["task_a", "task_b", "n_a", "n_b", "n_shared", "jaccard"]
+"""Columns of ``GeneralizationFeatures.overlaps``."""
+
 
 def sample_codes(
     dictionary: Any,
@@ -339,19 +344,10 @@ def generalization_features(
     return GeneralizationFeatures(
         features=feats,
         scores=scores,
-        overlaps=pd.DataFrame(overlaps, columns=["task_a", "task_b", "n_a", "n_b", "n_shared", "jaccard"]),
+        overlaps=pd.DataFrame(overlaps, columns=OVERLAP_COLUMNS),
         tasks=pd.DataFrame(
             task_rows,
-            columns=[
-                "task",
-                "n_samples",
-                "n_critical",
-                "n_selection",
-                "n_heldout",
-                "max_score",
-                "n_selected",
-                "votes",
-            ],
+            columns=TASK_COLUMNS,
         ),
         critical=pd.DataFrame(crit_rows, columns=["task", "sample"]).astype({"sample": "int64"}),
         heldout_critical=pd.DataFrame(held_rows, columns=["task", "sample"]).astype({"sample": "int64"}),

@@ -55,6 +55,12 @@ def correct_fractions(
     return r, c, max(0.0, 1.0 - r - c)
 
 
+def _fractions(frac: dict, split: float) -> dict:
+    """The summary's fraction columns from measured status fractions (the corrected ones start raw)."""
+    raw = {"reuse": frac["reused"], "recombination": frac["recombined"], "novelty": frac["novel"]}
+    return {**raw, **{f"{k}_raw": v for k, v in raw.items()}, "split": split}
+
+
 def compare_dictionaries(
     saes: dict,
     acts: ActivationSet | None = None,
@@ -147,13 +153,7 @@ def compare_dictionaries(
         frac["reused"] += frac["split"]  # a split is a reuse of a reference feature (a subset of reuse)
         row = {
             "checkpoint": name,
-            "reuse": frac["reused"],
-            "recombination": frac["recombined"],
-            "novelty": frac["novel"],
-            "reuse_raw": frac["reused"],
-            "recombination_raw": frac["recombined"],
-            "novelty_raw": frac["novel"],
-            "split": frac["split"],
+            **_fractions(frac, frac["split"]),
             "drift": float(table["drift"].mean()) if table["drift"].notna().any() else float("nan"),
             "freq_shift": float(table.loc[table.status == "reused", "freq_shift"].mean()),
             "base_coverage": base_coverage(al, cfg.reuse_threshold),
@@ -353,13 +353,7 @@ def compare_crosscoder(
         rows.append(
             {
                 "checkpoint": name,
-                "reuse": frac["reused"],
-                "recombination": frac["recombined"],
-                "novelty": frac["novel"],
-                "reuse_raw": frac["reused"],
-                "recombination_raw": frac["recombined"],
-                "novelty_raw": frac["novel"],
-                "split": 0.0,  # one shared latent per feature: no matching for a duplicate to lose
+                **_fractions(frac, 0.0),  # split 0: one shared latent per feature, no matching to lose
                 "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
                 if shared.any()
                 else float("nan"),

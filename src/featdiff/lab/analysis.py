@@ -52,7 +52,7 @@ from featdiff.evolution import (
     top_specific_features,
 )
 from featdiff.figures import plot_interventions, plot_mas, plot_nrn
-from featdiff.generalization import generalization_features, sample_codes
+from featdiff.generalization import OVERLAP_COLUMNS, TASK_COLUMNS, generalization_features, sample_codes
 from featdiff.interventions import FeatureEdit, evaluate_intervention
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, checkpoints, load
@@ -74,20 +74,9 @@ MAS_CATEGORY_COLUMNS = ["view", "category", "n_features", "fraction"]
 NRN_COLUMNS = ["checkpoint", "feature", "nrn", "dead"]
 EVOLUTION_COLUMNS = ["run", "step", "checkpoint_index", "overlap_prev", "overlap_final", "noise_floor"]
 GENERALIZATION_FEATURE_COLUMNS = ["feature", "min_score", "mean_score"]
-GENERALIZATION_OVERLAP_COLUMNS = ["task_a", "task_b", "n_a", "n_b", "n_shared", "jaccard"]
-GENERALIZATION_TASK_COLUMNS = [
-    "task",
-    "group",
-    "base_accuracy",
-    "rl_accuracy",
-    "n_samples",
-    "n_critical",
-    "n_selection",
-    "n_heldout",
-    "max_score",
-    "n_selected",
-    "votes",
-]
+GENERALIZATION_OVERLAP_COLUMNS = OVERLAP_COLUMNS
+# the generalization module's task table with the two checkpoints' accuracies after the task's name
+GENERALIZATION_TASK_COLUMNS = [TASK_COLUMNS[0], "group", "base_accuracy", "rl_accuracy", *TASK_COLUMNS[1:]]
 INTERVENTION_COLUMNS = [
     "edit",
     "model",
