@@ -206,6 +206,27 @@ def test_compare_permuting_target_features_changes_nothing_but_indices(p, with_a
 
 
 @PROPS
+@given(pairs(), st.booleans(), st.randoms(use_true_random=False))
+def test_compare_permuting_reference_features_relabels_matches_only(p, with_acts, rnd):
+    perm = np.array(rnd.sample(range(len(p.ref)), len(p.ref)))  # new reference feature i = old perm[i]
+    x = p.x if with_acts else None
+    a = _compare(p.ref, p.tgt, p.k, x, W_enc=(p.ref.T, p.tgt.T))
+    b = _compare(p.ref[perm], p.tgt, p.k, x, W_enc=(p.ref[perm].T, p.tgt.T))
+    _assert_same_summary(a.summary.loc["rl"], b.summary.loc["rl"])
+    fa, fb = a.features, b.features
+    assert fa["status"].tolist() == fb["status"].tolist()
+    ok = fb["match"].to_numpy() >= 0
+    assert np.array_equal(ok, fa["match"].to_numpy() >= 0)
+    assert np.array_equal(perm[fb["match"].to_numpy()[ok]], fa["match"].to_numpy()[ok])
+    for ca, cb in zip(fa["components"], fb["components"], strict=True):  # (reference feature, weight) pairs
+        ca, cb = sorted(ca), sorted((int(perm[i]), w) for i, w in cb)
+        assert [i for i, _ in ca] == [i for i, _ in cb]
+        np.testing.assert_allclose([w for _, w in ca], [w for _, w in cb], atol=1e-5)
+    for col in ("similarity", "drift", "freq_shift", "fit_cosine", "frequency"):
+        np.testing.assert_allclose(fa[col].to_numpy(float), fb[col].to_numpy(float), atol=1e-5, err_msg=col)
+
+
+@PROPS
 @given(pairs(), st.booleans())
 def test_compare_a_dictionary_against_itself_is_fully_reused_with_zero_drift(p, with_acts):
     x = p.x if with_acts else None
