@@ -148,6 +148,29 @@ def test_align_permuting_features_permutes_the_matching(p, method, rnd):
 
 
 @PROPS
+@given(pairs(), st.randoms(use_true_random=False))
+def test_align_on_activations_is_blind_to_feature_order(p, rnd):
+    perm = np.array(rnd.sample(range(len(p.tgt)), len(p.tgt)))
+    acts = fd.ActivationSet({"base": p.x, "rl": p.x})
+    ref = sae_from_dictionary(p.ref, k=p.k)
+
+    def run(tgt):
+        return fd.align(ref, sae_from_dictionary(tgt, k=p.k), on="activations", activations=acts,
+                        target_name="rl")
+
+    al, al_t = run(p.tgt), run(p.tgt[perm])
+    assert np.array_equal(al_t.tgt_live, al.tgt_live[perm])
+    np.testing.assert_allclose(al_t.similarity, al.similarity[perm], atol=1e-5)
+    assert np.array_equal(al_t.match, al.match[perm])
+    live = al.tgt_live & (al.match >= 0)
+    assert np.isfinite(al.similarity[live]).all() and (np.abs(al.similarity[live]) <= 1).all()
+    self_al = fd.align(ref, ref, on="activations", activations=fd.ActivationSet({"base": p.x, "target": p.x}))
+    fired = self_al.tgt_live
+    assert np.array_equal(self_al.match[fired], np.flatnonzero(fired))
+    np.testing.assert_allclose(self_al.similarity[fired], 1.0, atol=1e-5)
+
+
+@PROPS
 @given(pairs())
 def test_align_sparse_solver_reaches_the_dense_optimum(p):
     dense = fd.align(p.ref, p.tgt, solver="dense")
