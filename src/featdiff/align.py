@@ -356,7 +356,7 @@ def align(
     similarity = np.full(len(tgt_dec), np.nan)
     ok = m >= 0
     match[t_idx[ok]] = r_idx[m[ok]]
-    similarity[t_idx[ok]] = s[ok]
+    similarity[t_idx[ok]] = np.clip(s[ok], -1.0, 1.0)  # cosines / correlations: no float32 1 + 1e-7
     return Alignment(
         reference=reference_name,
         target=target_name,

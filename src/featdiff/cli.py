@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import featdiff as fd
@@ -72,8 +73,35 @@ and writes the Comparison folder (summary.csv, features.parquet, meta.json, figu
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (``featdiff compare: error: ...``) and status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
+def _device(spec: str) -> str:
+    """--device: a torch device string, checked at once (one line, not a traceback, when it is not one)."""
+    try:
+        torch.device(spec)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (try cpu, cuda, cuda:1, mps)") from None
+    return spec
+
+
+def _positive_int(text: str) -> int:
+    """--k, --d-sae, --n-steps: a positive integer, checked before minutes of work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="featdiff",
         description="featdiff: what post-training did to a language model's features, feature by feature.",
     )
@@ -119,13 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c.add_argument("--hook", default=None, help="TransformerLens hook name (default: middle resid_post)")
     c.add_argument("--method", default="saes", choices=["saes", "crosscoder"], help="default: saes")
-    c.add_argument("--d-sae", type=int, default=None, help="dictionary size (default: 4 * d_model)")
-    c.add_argument("--k", type=int, default=None, help="active latents per token (default: featdiff's)")
-    c.add_argument("--n-steps", type=int, default=None, help="training steps of the dictionaries")
+    c.add_argument("--d-sae", type=_positive_int, default=None, help="dictionary size (default: 4 * d_model)")
+    c.add_argument("--k", type=_positive_int, default=None, help="active latents per token (default: featdiff's)")
+    c.add_argument("--n-steps", type=_positive_int, default=None, help="training steps of the dictionaries")
     c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None, help="torch device (default: cpu)")
+    c.add_argument("--device", default=None, type=_device, help="torch device (default: cpu)")
     c.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    p.commands = {"demo": d, "compare": c}  # to name the command in an error about its arguments
     return p
 
 
@@ -226,6 +255,9 @@ def demo(args: argparse.Namespace) -> int:
     steps = _Steps(4 + with_view, args.quiet)
     config = fd.lab.LabConfig.small() if args.small else fd.lab.LabConfig()
     config = config.replace(seed=args.seed)
+    if args.cache_dir is not None and Path(args.cache_dir).expanduser().exists():
+        if not Path(args.cache_dir).expanduser().is_dir():
+            raise FeatdiffError(f"--cache-dir {args.cache_dir!r} is a file; give a folder (created if missing).")
 
     path = fd.lab.lab_path(config, args.cache_dir)
     cached = (path / "lab.json").is_file()
@@ -275,8 +307,10 @@ def _load_tokens(spec: str | None):
     if not p.is_file():
         raise FeatdiffError(f"The --tokens file {spec!r} does not exist; give a .safetensors or .pt file.")
     if p.suffix == ".safetensors":
-
-        d = load_file(str(p))
+        try:
+            d = load_file(str(p))
+        except SafetensorError as e:  # an empty, truncated or corrupted file
+            raise FeatdiffError(f"The --tokens file {spec!r} is not a readable safetensors file: {e}") from None
         t = d["tokens"] if "tokens" in d else (next(iter(d.values())) if len(d) == 1 else None)
         if t is None:
             raise FeatdiffError(
@@ -344,7 +378,10 @@ def compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``featdiff`` console script; returns the exit status (2 on bad input)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         check_replaceable(Path(args.out), args.overwrite or None)  # before minutes of work, not after
         return {"demo": demo, "compare": compare}[args.command](args)
