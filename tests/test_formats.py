@@ -141,3 +141,38 @@ def test_export_features_json(tmp_path):
     assert doc["features"][1]["reuse"] is None
     with pytest.raises(FeatdiffError, match="Comparison"):
         fd.export_features(object(), tmp_path / "g.json")
+
+
+_HUB_SCRIPT = """
+import sys, torch
+from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+import featdiff as fd
+get_pretrained_saes_directory()["featdiff-test-release"] = PretrainedSAELookup(
+    release="featdiff-test-release", repo_id="featdiff-org/tiny-saes", model="tiny", conversion_func=None,
+    saes_map={"blocks.0.hook_resid_post": "layer_0"}, expected_var_explained={}, expected_l0={},
+    neuronpedia_id={}, norm_scaling_factor={}, config_overrides=None)
+sae = fd.load_sae("featdiff-test-release/blocks.0.hook_resid_post")
+torch.save({"W_dec": sae.W_dec.detach(), "W_enc": sae.W_enc.detach(), "b_dec": sae.b_dec.detach()}, sys.argv[1])
+"""
+
+
+def test_pretrained_release_from_an_offline_hub_cache(tmp_path):
+    """sae-lens's own registry and loader, the files found in a hub cache laid out as huggingface_hub writes it."""
+    import os
+    import subprocess
+    import sys
+
+    sae = fd.sae_from_dictionary(torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(7)), k=2)
+    repo = tmp_path / "hf" / "hub" / "models--featdiff-org--tiny-saes"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    fd.save_sae(sae, repo / "snapshots" / rev / "layer_0")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = tmp_path / "loaded.pt"
+    res = subprocess.run([sys.executable, "-c", _HUB_SCRIPT, str(out)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = torch.load(out)
+    torch.testing.assert_close(got["W_dec"], sae.W_dec.detach())
+    torch.testing.assert_close(got["W_enc"], sae.W_enc.detach())
