@@ -41,6 +41,7 @@ def test_public_namespace_is_pinned():
         "hook_name",
         "lab",
         "latent_scaling",
+        "load_crosscoder",
         "load_model",
         "load_prompts",
         "load_sae",

@@ -176,3 +176,20 @@ def test_pretrained_release_from_an_offline_hub_cache(tmp_path):
     got = torch.load(out)
     torch.testing.assert_close(got["W_dec"], sae.W_dec.detach())
     torch.testing.assert_close(got["W_enc"], sae.W_enc.detach())
+
+
+def test_dictionary_learning_crosscoder(tmp_path):
+    g = torch.Generator().manual_seed(8)
+    W_enc, b_enc = torch.randn(2, D_IN, D_SAE, generator=g), torch.randn(D_SAE, generator=g) * 0.1
+    W_dec, b_dec = torch.randn(2, D_SAE, D_IN, generator=g), torch.randn(2, D_IN, generator=g)
+    torch.save({"encoder.weight": W_enc, "encoder.bias": b_enc, "decoder.weight": W_dec, "decoder.bias": b_dec},
+               tmp_path / "ae.pt")
+    x = torch.randn(32, 2, D_IN, generator=g)
+    codes = torch.relu(torch.einsum("bld,lds->bs", x, W_enc) + b_enc)  # CrossCoder.encode
+    recon = torch.einsum("bs,lsd->bld", codes, W_dec) + b_dec  # CrossCoder.decode
+    cc = fd.load_crosscoder(tmp_path, names=["base", "sft"])
+    assert cc.names == ["base", "sft"]
+    torch.testing.assert_close(cc.encode(x).detach(), codes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cc.decode(codes).detach(), recon, atol=1e-5, rtol=1e-5)
+    with pytest.raises(FeatdiffError, match="2 models"):
+        fd.load_crosscoder(tmp_path, names=["base"])

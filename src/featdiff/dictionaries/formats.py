@@ -205,3 +205,42 @@ def load_sae(
         if fmt == "sparsify":
             return load_sparsify(p).to(device)
     return sae_module.load_sae(path, device=device)
+
+
+def load_crosscoder(path: str | os.PathLike, names: Sequence[str] | None = None):
+    """Read a crosscoder: a featdiff crosscoder folder (``Crosscoder.load``) or a dictionary_learning
+    ``CrossCoder`` checkpoint (``ae.pt`` with ``encoder.weight`` (n_models, d_in, d_sae), ``encoder.bias``,
+    ``decoder.weight`` (n_models, d_sae, d_in), ``decoder.bias`` (n_models, d_in)), whose ReLU encoding
+    becomes a featdiff l1 Crosscoder with unit ``norm_scale``. ``names``: the checkpoints in the order of
+    the checkpoint's models (default "model_0", "model_1", ...). featdiff writes this converter itself.
+    """
+    from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+
+    path = Path(path)
+    if not (path / DICTIONARY_LEARNING_WEIGHTS).is_file():
+        return Crosscoder.load(path)
+    try:
+        sd = torch.load(path / DICTIONARY_LEARNING_WEIGHTS, map_location="cpu", weights_only=True)
+        W_enc, b_enc = sd["encoder.weight"].float(), sd["encoder.bias"].float()
+        W_dec, b_dec = sd["decoder.weight"].float(), sd["decoder.bias"].float()
+    except Exception as e:
+        raise FeatdiffError(
+            f"{path / DICTIONARY_LEARNING_WEIGHTS} is not a dictionary_learning CrossCoder state dict "
+            f"({type(e).__name__}: {e})."
+        ) from None
+    if W_enc.ndim != 3 or W_dec.ndim != 3:
+        raise FeatdiffError(
+            f"{path / DICTIONARY_LEARNING_WEIGHTS}: encoder.weight must be (n_models, d_in, d_sae); got "
+            f"{tuple(W_enc.shape)} (an SAE checkpoint? read it with fd.load_sae)."
+        )
+    m, d_in, d_sae = W_enc.shape
+    names = [f"model_{i}" for i in range(m)] if names is None else list(names)
+    if len(names) != m:
+        raise FeatdiffError(f"The checkpoint holds {m} models; got {len(names)} names {names}.")
+    cc = Crosscoder(CrosscoderConfig(names=names, d_in=d_in, d_sae=d_sae, sparsity="l1", n_steps=1))
+    with torch.no_grad():
+        cc.W_enc.copy_(W_enc)
+        cc.b_enc.copy_(b_enc)
+        cc.W_dec.copy_(W_dec)
+        cc.b_dec.copy_(b_dec)
+    return cc.eval()
