@@ -70,6 +70,20 @@ def test_dictionary_learning_batch_topk(tmp_path):
     assert int((encode(sae, x) > 0).sum(-1).max()) <= k
 
 
+def test_dictionary_learning_batch_topk_with_learned_threshold(tmp_path):
+    w = _weights(9)
+    sd = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "decoder.weight": w["W_dec"],
+          "b_dec": w["b_dec"], "k": torch.tensor(3), "threshold": torch.tensor(0.8)}
+    torch.save(sd, tmp_path / "ae.pt")
+    x = _x(10)
+    post = torch.relu((x - w["b_dec"]) @ w["W_enc"].T + w["b_enc"])
+    codes = post * (post > 0.8)  # BatchTopKSAE.encode(x, use_threshold=True)
+    sae = fd.load_sae(tmp_path)
+    assert type(sae).__name__ == "JumpReLUSAE"
+    _check(sae, codes, codes @ w["W_dec"].T + w["b_dec"], x)
+    assert ((post > 0) & (post <= 0.8)).any()  # the threshold removes codes here
+
+
 def test_sparsify_folder(tmp_path):
     from safetensors.torch import save_file
 

@@ -56,8 +56,8 @@ def load_dictionary_learning(path: str | os.PathLike) -> SAE:
     """Read a dictionary_learning ``AutoEncoder`` or ``BatchTopKSAE`` checkpoint folder (``ae.pt``).
 
     AutoEncoder: ``relu(encoder(x - bias))``, ``decoder(f) + bias`` -> a sae-lens "standard" SAE.
-    BatchTopKSAE: its inference encoding (top-``k`` per token of ``relu(encoder(x - b_dec))``) -> a "topk"
-    SAE. featdiff writes this converter itself: sae-lens's dictionary_learning loader reads only its hub layout.
+    BatchTopKSAE with a learned ``threshold`` >= 0: its inference encoding ``relu(pre) * (relu(pre) >
+    threshold)`` -> a "jumprelu" SAE; without one (threshold < 0), top-``k`` per token -> a "topk" SAE. featdiff writes this converter itself: sae-lens's dictionary_learning loader reads only its hub layout.
     """
     from featdiff.dictionaries.sae import sae_from_dictionary
 
@@ -72,7 +72,12 @@ def load_dictionary_learning(path: str | os.PathLike) -> SAE:
         W_dec = sd["decoder.weight"].T
         if "bias" in keys:  # AutoEncoder
             sae = sae_from_dictionary(W_dec, W_enc=W_enc, b_dec=sd["bias"], architecture="standard")
-        elif "k" in keys:  # BatchTopKSAE / TopKSAE
+        elif "k" in keys and float(sd.get("threshold", torch.tensor(-1.0))) >= 0:
+            # BatchTopKSAE.encode (use_threshold=True): relu(pre) * (relu(pre) > threshold) -> a JumpReLU SAE
+            sae = sae_from_dictionary(W_dec, W_enc=W_enc, b_dec=sd["b_dec"], architecture="jumprelu")
+            with torch.no_grad():
+                sae.threshold.fill_(float(sd["threshold"]))
+        elif "k" in keys:  # no learned threshold yet: top-k per token (batch top-k has no per-token equivalent)
             sae = sae_from_dictionary(W_dec, W_enc=W_enc, b_dec=sd["b_dec"], k=int(sd["k"]), architecture="topk")
         else:
             raise KeyError("neither 'bias' (AutoEncoder) nor 'k' (BatchTopK)")
@@ -106,6 +111,11 @@ def load_sparsify(path: str | os.PathLike) -> SAE:
             f"Cannot read the sparsify SAE in {path}: {type(e).__name__}: {e}. Expected {SPARSIFY_CFG} with 'k' "
             f"and {SPARSIFY_WEIGHTS} with encoder.weight, W_dec, b_dec."
         ) from None
+    if cfg.get("activation", "topk") != "topk" or cfg.get("transcode", False):
+        raise FeatdiffError(
+            f"{path}: only top-k sparsify SAEs are read (cfg.json has activation={cfg.get('activation')!r}, "
+            f"transcode={cfg.get('transcode', False)!r})."
+        )
     if cfg.get("signed", False):
         raise FeatdiffError(f"{path}: signed sparsify SAEs are not supported (cfg.json has 'signed': true).")
     b_enc = sd.get("encoder.bias", torch.zeros(W_enc.shape[1]))
