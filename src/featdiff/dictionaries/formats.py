@@ -133,7 +133,8 @@ def load_pretrained(release: str, sae_id: str, device: str = "cpu") -> SAE:
     except Exception as e:
         raise FeatdiffError(
             f"Cannot load the sae-lens release {release!r} / sae_id {sae_id!r}: {type(e).__name__}: {e}. "
-            "Check the names in sae-lens's pretrained_saes.yaml and that the hub or its cache is reachable."
+            "Check the names in sae-lens's pretrained_saes.yaml and that the hub or its cache is reachable; "
+            f"if you meant a folder, {release}/{sae_id} does not exist."
         ) from None
 
 
