@@ -42,6 +42,7 @@ LAYERS = [
     ["activations"],
     ["dictionaries.stats"],
     ["dictionaries.sae", "dictionaries.crosscoder"],
+    ["dictionaries.formats"],
     ["align"],
     ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
     ["synthetic.planted", "synthetic.crosscoder"],

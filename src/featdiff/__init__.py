@@ -11,9 +11,9 @@ from featdiff.activations import ActivationSet, collect_activations  # noqa: E40
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
+from featdiff.dictionaries.formats import export_features, load_crosscoder, load_sae, save_saes  # noqa: E402
 from featdiff.dictionaries.sae import (  # noqa: E402
     SAETrainConfig,
-    load_sae,
     sae_from_dictionary,
     save_sae,
     train_saes,
@@ -85,7 +85,10 @@ __all__ = [
     "latent_scaling",
     "load_model",
     "load_prompts",
+    "load_crosscoder",
     "load_sae",
+    "save_saes",
+    "export_features",
     "mas",
     "mmcs",
     "nrn",
