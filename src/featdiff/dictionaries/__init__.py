@@ -2,10 +2,10 @@
 
 import warnings
 
+from featdiff.dictionaries.formats import load_sae  # every format (sae-lens, releases, ...)
 from featdiff.dictionaries.sae import (
     SAETrainConfig,
     default_k,
-    load_sae,
     sae_from_dictionary,
     save_sae,
     train_saes,
