@@ -136,6 +136,13 @@ def _candidates(a: Tensor, b: Tensor, k: int, chunk: int) -> tuple[np.ndarray, n
     return idx, val
 
 
+def _top_k_and_next(a: Tensor, b: Tensor, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` candidates and its best excluded similarity (every other column is at most this)."""
+    idx, val = _candidates(a, b, k + 1, chunk)
+    kth = val[:, -1].astype(np.float64) if idx.shape[1] > k else np.full(len(a), -np.inf)
+    return idx[:, :k], val[:, :k], kth
+
+
 def _prices(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, match: np.ndarray, n_cols: int) -> np.ndarray:
     """Column prices v >= 0 with u_i + v_j >= s_ij on every candidate edge and equality on the matching, where
     u_i = s_{i,match(i)} - v_{match(i)}: the longest-path fixpoint of v_j >= v_match(i) + s_ij - s_i,match(i)
@@ -203,10 +210,7 @@ def sparse_hungarian(
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching  # deferred: as above
 
     n_a, n_b = len(a), len(b)
-    idx, val = _candidates(a, b, k + 1, chunk)
-    # the best excluded similarity of each row: every column outside the candidates is at most this
-    kth = val[:, -1].astype(np.float64) if idx.shape[1] > k else np.full(n_a, -np.inf)
-    idx, val = idx[:, :k], val[:, :k]
+    idx, val, kth = _top_k_and_next(a, b, k, chunk)
     rows = np.repeat(np.arange(n_a), idx.shape[1])
     cols, sims = idx.ravel(), val.ravel().astype(np.float64)
     certified, match, value = False, np.full(n_a, -1, dtype=np.int64), np.full(n_a, np.nan)
@@ -217,9 +221,7 @@ def sparse_hungarian(
             r, c = min_weight_full_bipartite_matching(graph, maximize=True)
         except ValueError:  # no full matching among the candidates: widen every row
             k = min(n_b, 2 * idx.shape[1])
-            idx, val = _candidates(a, b, k + 1, chunk)
-            kth = val[:, -1].astype(np.float64) if idx.shape[1] > k else np.full(n_a, -np.inf)
-            idx, val = idx[:, :k], val[:, :k]
+            idx, val, kth = _top_k_and_next(a, b, k, chunk)
             rows = np.repeat(np.arange(n_a), idx.shape[1])
             cols, sims = idx.ravel(), val.ravel().astype(np.float64)
             continue

@@ -286,9 +286,6 @@ def summarize_uncertainty(
     # the base-vs-base profile: each draw one reference replica, its features resampled
     null = np.asarray([r.fractions() for r in replicas]) if replicas else np.full((0, 3), np.nan)
     boot_null = np.full((B, 3), np.nan)
-    boot_null_cov = np.full(B, np.nan)
-    boot_null_drift = np.full(B, np.nan)
-    boot_null_shift = np.full(B, np.nan)
     boot_union_null = np.full(B, np.nan)
     if replicas:
         rpick = rng.integers(0, len(replicas), size=B)
@@ -298,9 +295,6 @@ def summarize_uncertainty(
             if not m:
                 continue
             boot_null[sel] = _boot_fractions(rep.status, rng, m)
-            boot_null_cov[sel] = _boot_share(rep.covered, rng, m)
-            boot_null_drift[sel] = _boot_mean(rep.drift, rng, m)
-            boot_null_shift[sel] = _boot_mean(rep.freq_shift, rng, m)
             if union_null is not None:
                 boot_union_null[sel] = union_null[i]
     q_t = float(np.mean(q_target)) if q_target else None
