@@ -152,3 +152,37 @@ def test_planted_recombinations_are_found_whether_components_are_kept_or_dropped
         assert (called[planted == "recombined"] == "recombined").mean() >= 0.9
         assert (called[planted != "recombined"] != "recombined").all()  # no false recombinations
         assert (called == "split").sum() == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_absorbed_recombinations_are_found_where_the_target_has_no_row_for_them(seed):
+    """A target SAE without rows for its recombined atoms (kept components) carries them by firing the
+    components together: most become absorbed rows naming the base atom they replaced and >= 2 of their
+    planted components; no other base atom is absorbed, and the base against itself has none."""
+    targets = {"t": {"reused": 0.7, "recombined": 0.15, "novel": 0.15}}
+    p = plant_checkpoints(d_in=32, n_atoms=64, k=4, targets=targets, seed=seed, recombine_from="kept")
+    truth = p.truth[p.truth.checkpoint == "t"].set_index("atom")
+    planted = truth.index[truth.status == "recombined"].to_numpy()
+    D = p.dictionaries["t"].clone()
+    keep = np.setdiff1d(np.arange(len(D)), planted)
+    saes = {"base": fd.sae_from_dictionary(p.dictionaries["base"], k=4), "t": fd.sae_from_dictionary(D[keep], k=4)}
+    acts = p.sample(6000, seed=seed + 1)
+    cmp = compare_dictionaries(saes, acts, metrics=[], progress=False)
+    f = cmp.features[cmp.features.checkpoint == "t"]
+    ab = f[f.absorbed]
+    assert set(ab["match"]) <= set(planted.tolist())  # no other base atom
+    assert len(ab) >= 0.7 * len(planted), (len(ab), len(planted))
+    assert (ab["feature"].to_numpy() >= len(keep)).all() and (ab.status == "recombined").all()
+    for _, row in ab.iterrows():
+        comps = {c for c, _ in truth.loc[row.match, "components"]}
+        found = {c for c, _ in row.components}
+        assert len(found & comps) >= 2, (row.match, found, comps)
+    n_live = int((f.status != "dead").sum())
+    assert cmp.summary.loc["t", "recombination_raw"] == pytest.approx(
+        ((f.status == "recombined") & (f.status != "dead")).sum() / n_live
+    )
+    pair = fd.ActivationSet.from_tensors({"base": acts["base"], "b": acts["base"]})
+    same = compare_dictionaries({"base": saes["base"], "b": saes["base"]}, pair, metrics=[], progress=False)
+    assert not same.features.absorbed.any()
+    off = compare_dictionaries(saes, acts, metrics=[], progress=False, absorbed=False)
+    assert not off.features.absorbed.any() and len(off.features) == len(keep)

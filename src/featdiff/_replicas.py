@@ -19,7 +19,7 @@ from featdiff.metrics.uncertainty import (
     summarize_uncertainty,
     union_reused,
 )
-from featdiff.statuses import feature_table
+from featdiff.statuses import add_absorbed, feature_table
 
 
 def check_width(dictionary, acts: ActivationSet, name: str) -> None:
@@ -32,10 +32,11 @@ def check_width(dictionary, acts: ActivationSet, name: str) -> None:
 
 
 def _replica_table(
-    reference, replica, acts: ActivationSet | None, name: str, cfg, ref_live, ref_freq
+    reference, replica, acts: ActivationSet | None, name: str, cfg, ref_live, ref_freq, reference_name=None
 ) -> tuple[pd.DataFrame, Alignment]:
     """The feature table of ``replica`` (another SAE of checkpoint ``name``, trained with another seed)
-    aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations."""
+    aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations
+    (the reference's absorbed recombinations on ``reference_name``'s, by default ``name``'s)."""
     pair, rep_live, rep_freq = None, None, None
     if acts is not None:
         rep_freq, _, rep_live = scored_features(replica, acts[name], cfg.min_contribution)
@@ -54,6 +55,8 @@ def _replica_table(
         tgt_live=rep_live,
     )
     table = feature_table(al, cfg, ref_freq, rep_freq)
+    if acts is not None:
+        table = add_absorbed(table, al, cfg, reference, acts[reference_name or name], replica, acts[name])
     return table, al
 
 
@@ -80,6 +83,13 @@ def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
     if noise_floor is not None:
         out[reference] = [noise_floor, *out.get(reference, [])]
     return out
+
+
+def _with_absorbed(reused: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """Per live target feature, union-reused or not, with the table's absorbed recombinations (never reused)
+    appended, so that union reuse has the same denominator as the other fractions."""
+    n_absorbed = int(table["absorbed"].sum()) if "absorbed" in table else 0
+    return np.concatenate([reused, np.zeros(n_absorbed, bool)])
 
 
 def d_sae(dictionary) -> int:
@@ -116,7 +126,8 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
             for j, (_, t_al) in enumerate(tables)
             if j != i
         ]
-        union_null.append(float(union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold).mean()))
+        reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
+        union_null.append(float(_with_absorbed(reused, tables[i][0]).mean()))
     return profiles, union_null
 
 
@@ -148,13 +159,15 @@ def uncertainty_columns(
             else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
         )
         ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
-    target.union_reused = union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold)
+    target.union_reused = _with_absorbed(
+        union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold), table
+    )
     tgt_profiles, q_target = [], []
     for rep in replicas.get(name, []):
         if acts is not None:
             check_width(rep, acts, f"{name} (replica)")
         t_rep, _ = _replica_table(
-            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference]
+            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference], reference
         )
         tgt_profiles.append(profile_of(t_rep, ref_live))
         t_tt, _ = _replica_table(saes[name], rep, acts, name, cfg, live_mask[name], freqs[name])

@@ -66,6 +66,7 @@ FEATURE_COLUMNS = [
     "n_components",
     "fit_cosine",
     "frequency",
+    "absorbed",
 ]
 # "split" (a near-duplicate of an already-matched reference feature) counts toward reuse
 STATUSES = ["reused", "split", "recombined", "novel", "dead"]
@@ -78,7 +79,9 @@ class CompareConfig(Config):
 
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
     ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
-    than its best single reference row a recombination must fit), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
+    than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
+    (recombinations the target carries by firing kept features together, found from paired activations:
+    featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
     the evaluation activations and carries at least this fraction of the mean live feature's share of the
     decoded energy; 0 scores every feature that fires; featdiff.dictionaries.stats.scored_features),
@@ -106,6 +109,8 @@ class CompareConfig(Config):
     max_components: int = 3
     min_components: int = 2
     recombination_margin: float = 0.15
+    absorbed: bool = True
+    absorbed_threshold: float = 0.15
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6
@@ -131,6 +136,7 @@ class CompareConfig(Config):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
         check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
+        check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
         for name in ("mas_threshold", "pair_share"):
             check_number(where, name, getattr(self, name), 0, 1)
         for name in ("max_components", "min_components"):

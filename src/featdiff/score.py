@@ -28,7 +28,7 @@ from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
 from featdiff.metrics.uncertainty import fve_chunks
-from featdiff.statuses import feature_table
+from featdiff.statuses import add_absorbed, feature_table
 
 
 def correct_fractions(
@@ -144,6 +144,8 @@ def compare_dictionaries(
         )
         alignments[name] = al
         table = feature_table(al, cfg, freqs[reference], freqs[name])
+        if acts is not None:
+            table = add_absorbed(table, al, cfg, saes[reference], acts[reference], saes[name], acts[name])
         live = table["status"] != "dead"
         n_live = int(live.sum())
         frac = {

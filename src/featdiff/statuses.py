@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from featdiff.align import Alignment
 from featdiff.comparison import STATUSES, CompareConfig
-from featdiff.metrics.recombination import recombination
+from featdiff.dictionaries.stats import cofiring
+from featdiff.metrics.recombination import absorbed_recombination, recombination
 from featdiff.metrics.reuse import drift, split
 
 
@@ -55,5 +57,59 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.D
             "n_components": rc["n_components"],
             "fit_cosine": rc["fit_cosine"],
             "frequency": np.nan if tgt_freq is None else tgt_freq.double().numpy(),
+            "absorbed": False,
         }
     )
+
+
+def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, ref_x, tgt, tgt_x) -> pd.DataFrame:
+    """``table`` with one more row per absorbed recombination (``metrics.recombination.absorbed_recombination``):
+    a reference feature that no target feature reuses and that the target carries by firing 2-3 of its
+    reused features together on that feature's tokens (``ref_x`` / ``tgt_x``: paired activations).
+
+    Such a recombination has no decoder row of its own, so its row has ``feature`` = the target's width +
+    j (an id past the dictionary, never an index into it), ``absorbed`` True, status "recombined", ``match``
+    the reference feature it carries, ``components`` (reference feature, excess firing rate) of the
+    carriers and ``frequency`` the share of tokens the reference feature fires on."""
+    if not cfg.absorbed:
+        return table
+    status = table["status"].astype(str).to_numpy()
+    kept = np.isin(status, ["reused", "split"])
+    carriers = table["feature"].to_numpy()[kept]
+    carrier_match = table["match"].to_numpy()[kept].astype(np.int64)
+    own = table["feature"].to_numpy()[np.isin(status, ["recombined", "novel"])]
+    rows = np.setdiff1d(np.flatnonzero(al.ref_live), carrier_match)
+    if len(rows) == 0 or len(carriers) < cfg.min_components:
+        return table
+    counts = cofiring(ref, ref_x, tgt, tgt_x, torch.as_tensor(rows))
+    ab = absorbed_recombination(
+        counts,
+        rows,
+        carriers,
+        carrier_match,
+        own,
+        cfg.absorbed_threshold,
+        cfg.max_components,
+        cfg.min_components,
+        max_shift_cosine=cfg.reuse_threshold,
+    )
+    if ab.empty:
+        return table
+    n = float(counts["n"])
+    extra = pd.DataFrame(
+        {
+            "checkpoint": al.target,
+            "feature": len(table) + np.arange(len(ab), dtype=np.int64),
+            "status": pd.Categorical(["recombined"] * len(ab), categories=STATUSES),
+            "match": ab["reference_feature"].to_numpy(),
+            "similarity": np.nan,
+            "drift": np.nan,
+            "freq_shift": np.nan,
+            "components": ab["components"],
+            "n_components": ab["components"].map(len).to_numpy(dtype=np.int64),
+            "fit_cosine": np.nan,
+            "frequency": ab["n_tokens"].to_numpy() / n,
+            "absorbed": True,
+        }
+    )
+    return pd.concat([table, extra], ignore_index=True)

@@ -126,6 +126,70 @@ def stream_codes(sae, x: Tensor, batch_size: int = 4096, where: str = "stream_co
             yield xb, sae.encode(xb)
 
 
+
+@torch.no_grad()
+def cofiring(
+    ref,
+    ref_x: Float[Tensor, "n_tokens d_in"],
+    tgt,
+    tgt_x: Float[Tensor, "n_tokens d_in"],
+    rows: Tensor,
+    batch_size: int = 4096,
+) -> dict[str, Tensor]:
+    """Firing counts of two dictionaries on paired tokens (row i of ``ref_x`` and of ``tgt_x`` come from the
+    same token), conditioned on the reference features ``rows``, in one streamed pass.
+
+    Returns float64 counts: ``n`` (tokens), ``ref_all`` (d_ref) and ``tgt_all`` (d_tgt) firing counts,
+    ``on`` (len(rows)): tokens where each of ``rows`` fires, ``ref_on`` (len(rows), d_ref) and ``tgt_on``
+    (len(rows), d_tgt): tokens where it fires together with each reference / target feature; ``ref_x_on``
+    / ``tgt_x_on`` (len(rows), d_in): the sums of the activations on the tokens where each of ``rows``
+    fires, and ``ref_x_all`` / ``tgt_x_all`` (d_in) over all tokens. Counts are
+    summed per batch in float32 (exact below 2**24 tokens per batch) and across batches in float64.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> sae = sae_from_dictionary(torch.eye(2), k=1)
+    >>> c = cofiring(sae, torch.tensor([[1.0, 0], [0, 1.0]]), sae, torch.tensor([[0, 1.0], [0, 1.0]]), torch.tensor([0]))
+    >>> c["on"].tolist(), c["tgt_on"].tolist()
+    ([1.0], [[0.0, 1.0]])
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    if len(ref_x) != len(tgt_x):
+        raise FeatdiffError(f"cofiring needs paired tokens; got {len(ref_x)} and {len(tgt_x)} rows.")
+    d_ref, d_tgt = ref.W_dec.shape[0], tgt.W_dec.shape[0]
+    out = {
+        "n": torch.zeros((), dtype=torch.float64),
+        "ref_all": torch.zeros(d_ref, dtype=torch.float64),
+        "tgt_all": torch.zeros(d_tgt, dtype=torch.float64),
+        "on": torch.zeros(len(rows), dtype=torch.float64),
+        "ref_on": torch.zeros(len(rows), d_ref, dtype=torch.float64),
+        "tgt_on": torch.zeros(len(rows), d_tgt, dtype=torch.float64),
+        "ref_x_on": torch.zeros(len(rows), ref_x.shape[1], dtype=torch.float64),
+        "tgt_x_on": torch.zeros(len(rows), tgt_x.shape[1], dtype=torch.float64),
+        "ref_x_all": torch.zeros(ref_x.shape[1], dtype=torch.float64),
+        "tgt_x_all": torch.zeros(tgt_x.shape[1], dtype=torch.float64),
+    }
+    streams = zip(
+        stream_codes(ref, ref_x, batch_size, "cofiring"), stream_codes(tgt, tgt_x, batch_size, "cofiring"), strict=True
+    )
+    for (xr, fr), (xt, ft) in streams:
+        zr, zt = (fr != 0).float().cpu(), (ft != 0).float().cpu()
+        xr, xt = xr.float().cpu(), xt.float().cpu()
+        zs = zr[:, rows]
+        out["n"] += len(zr)
+        out["ref_all"] += zr.sum(0).double()
+        out["tgt_all"] += zt.sum(0).double()
+        out["on"] += zs.sum(0).double()
+        out["ref_on"] += (zs.T @ zr).double()
+        out["tgt_on"] += (zs.T @ zt).double()
+        out["ref_x_on"] += (zs.T @ xr).double()
+        out["tgt_x_on"] += (zs.T @ xt).double()
+        out["ref_x_all"] += xr.sum(0).double()
+        out["tgt_x_all"] += xt.sum(0).double()
+    return out
+
+
 @torch.no_grad()
 def encode(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, "n_tokens d_sae"]:
     """Feature activations of ``x`` (float32, CPU), computed in batches on the SAE's device.

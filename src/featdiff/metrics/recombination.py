@@ -224,3 +224,114 @@ def fit_components(
             "components": components,
         }
     )
+
+
+ABSORBED_THRESHOLD = 0.15
+ABSORBED_MIN_TOKENS = 20
+OWN_FEATURE_RATE = 0.5
+
+
+def absorbed_recombination(
+    counts: dict[str, Tensor],
+    rows: np.ndarray,
+    carriers: np.ndarray,
+    carrier_match: np.ndarray,
+    own: np.ndarray,
+    threshold: float = ABSORBED_THRESHOLD,
+    max_components: int = 3,
+    min_components: int = 2,
+    min_tokens: int = ABSORBED_MIN_TOKENS,
+    own_rate: float = OWN_FEATURE_RATE,
+    max_shift_cosine: float = REUSE_THRESHOLD,
+) -> pd.DataFrame:
+    """Reference features that the target carries by a combination of features it kept: recombinations with
+    no decoder row of their own (an SAE reconstructs a combination of kept features by firing them together,
+    so no target row is fitted by reference rows).
+
+    ``counts`` are ``featdiff.dictionaries.stats.cofiring`` of the reference and the target on paired tokens
+    for the reference features ``rows`` (those no target feature reuses). ``carriers`` are target features
+    that reuse (or split) a reference feature, ``carrier_match`` that feature; ``own`` the target's other
+    live features. On the tokens where reference feature s fires, carrier i's excess is its firing rate
+    there minus its matched reference feature's rate on the same tokens, less the same difference on the
+    other tokens (a carrier that fires more everywhere is not carrying s). s is an absorbed recombination of
+    the ``min_components``-``max_components`` carriers with the largest excess when each is >= ``threshold``,
+    s fires on at least ``min_tokens`` tokens, no ``own`` target feature is as tied to s's tokens (its firing
+    rate there less its rate elsewhere >= ``own_rate`` or >= the best carrier's excess: then s has a feature
+    of its own, novel, recombined or drifted, not absorbed), and the target's
+    activations moved away from the reference's on those tokens: the cosine between the two checkpoints'
+    mean shifts (mean activation on s's tokens minus the mean on the others) is below
+    ``max_shift_cosine``. The last condition tells a recombination from an SAE that merely lacks s and
+    approximates it with neighbouring features (on the reference's own activations the two shifts are
+    the same).
+
+    Returns one row per absorbed reference feature: reference_feature, n_tokens, components (list of
+    (reference feature, excess) of the carriers, largest excess first).
+
+    Examples
+    --------
+    Reference feature 0 fires on tokens 0-49; the target fires its features 1 and 2 (which reuse reference
+    features 1 and 2) there, and the reference does not:
+
+    >>> import torch
+    >>> n = 200
+    >>> zr = torch.zeros(n, 3); zr[:50, 0] = 1; zr[100:150, 1] = 1; zr[120:170, 2] = 1
+    >>> zt = torch.zeros(n, 3); zt[:50, 1:] = 1; zt[100:150, 1] = 1; zt[120:170, 2] = 1
+    >>> rows = torch.tensor([0])
+    >>> xr, xt = zr.double(), zt.double()  # activations along the features' directions
+    >>> counts = {"n": torch.tensor(float(n)), "on": zr[:, rows].sum(0).double(),
+    ...           "ref_all": zr.sum(0).double(), "tgt_all": zt.sum(0).double(),
+    ...           "ref_on": (zr[:, rows].T @ zr).double(), "tgt_on": (zr[:, rows].T @ zt).double(),
+    ...           "ref_x_on": zr[:, rows].T.double() @ xr, "tgt_x_on": zr[:, rows].T.double() @ xt,
+    ...           "ref_x_all": xr.sum(0), "tgt_x_all": xt.sum(0)}
+    >>> t = absorbed_recombination(counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), np.array([], int))
+    >>> t.reference_feature.tolist(), [[c for c, _ in comps] for comps in t.components]
+    ([0], [[1, 2]])
+    """
+    cols = {"reference_feature": [], "n_tokens": [], "components": []}
+    n = float(counts["n"])
+    on = counts["on"].numpy()
+    if len(rows) and len(carriers) >= min_components and n > 0:
+        ref_on = counts["ref_on"].numpy()
+        tgt_on = counts["tgt_on"].numpy()
+        ref_all, tgt_all = counts["ref_all"].numpy(), counts["tgt_all"].numpy()
+        shift_cos = _shift_cosine(counts)
+        for r, s in enumerate(rows):
+            if on[r] < max(min_tokens, 1) or on[r] >= n:
+                continue
+            off = n - on[r]
+            if not shift_cos[r] < max_shift_cosine:
+                continue
+            t_in, b_in = tgt_on[r, carriers], ref_on[r, carrier_match]
+            t_out, b_out = tgt_all[carriers] - t_in, ref_all[carrier_match] - b_in
+            excess = (t_in - b_in) / on[r] - (t_out - b_out) / off
+            best = np.argsort(-excess, kind="stable")[:max_components]
+            best = best[excess[best] >= threshold]
+            # a feature of its own: one that fires on s's tokens more than elsewhere, by at least
+            # ``own_rate`` or by as much as the best carrier
+            own_in = tgt_on[r, own] / on[r] if len(own) else np.zeros(1)
+            own_out = (tgt_all[own] - tgt_on[r, own]) / off if len(own) else np.zeros(1)
+            has_own = len(best) and (own_in - own_out).max() >= min(own_rate, excess[best[0]])
+            if len(best) >= min_components and not has_own:
+                cols["reference_feature"].append(int(s))
+                cols["n_tokens"].append(int(on[r]))
+                cols["components"].append([(int(carrier_match[i]), float(excess[i])) for i in best])
+    return pd.DataFrame(
+        {
+            "reference_feature": np.asarray(cols["reference_feature"], dtype=np.int64),
+            "n_tokens": np.asarray(cols["n_tokens"], dtype=np.int64),
+            "components": cols["components"],
+        }
+    )
+
+
+def _shift_cosine(counts: dict[str, Tensor]) -> np.ndarray:
+    """Per conditioning row: cosine between the reference's and the target's mean activation shift (mean
+    on the row's tokens minus mean on the others)."""
+    n, on = counts["n"].double(), counts["on"].double().clamp_min(1)[:, None]
+    off = (n - counts["on"].double()).clamp_min(1)[:, None]
+
+    def shift(key: str) -> Tensor:
+        x_on = counts[f"{key}_x_on"]
+        return x_on / on - (counts[f"{key}_x_all"][None] - x_on) / off
+
+    return torch.nn.functional.cosine_similarity(shift("ref"), shift("tgt"), dim=1).numpy()

@@ -236,6 +236,7 @@ def plant_checkpoints(
                 f"to build them from; lower its 'reused' fraction or use recombine_from='kept'."
             )
         D = np.empty_like(base)
+        drawn: set[frozenset] = set()
         for s in range(n_atoms):
             row = {"checkpoint": name, "atom": s, "status": fate[s], "source": -1, "components": []}
             if fate[s] == "split":
@@ -255,11 +256,14 @@ def plant_checkpoints(
                     idx = rng.choice(pool, size=m, replace=False)
                     coef = rng.uniform(0.8, 1.0, size=m)
                     v = _unit(coef @ base[idx])
-                    if (base[idx] @ v).max() < 0.65:  # not "reused" by any one component
+                    # not "reused" by any one component, and not a second copy of a combination
+                    # already drawn (two slots with the same direction are one feature, not two)
+                    if (base[idx] @ v).max() < 0.65 and frozenset(idx.tolist()) not in drawn:
                         break
                 else:
                     raise FeatdiffError(f"Could not draw recombined atoms for {name!r}; use a larger d_in.")
                 D[s] = v
+                drawn.add(frozenset(idx.tolist()))
                 row["components"] = [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]
             else:
                 for _ in range(1000):
