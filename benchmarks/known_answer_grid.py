@@ -4,7 +4,7 @@ the true fractions scored against the planted truth.
 
     OMP_NUM_THREADS=1 python benchmarks/known_answer_grid.py            # the full grid (~9 min on 1 core)
     python benchmarks/known_answer_grid.py --cells width_1x split --csv grid.csv
-    python benchmarks/known_answer_grid.py --min-contribution 0 0.01   # the same SAEs, every latent scored vs the default
+    python benchmarks/known_answer_grid.py --min-contribution 0 0.01   # the same SAEs: every latent that fires scored vs the default
 
 Prints one markdown table per estimator (a row per cell x target x category: truth, estimate, interval,
 whether it is within tolerance and covered) and a comparison of the estimators (worst and mean absolute

@@ -46,9 +46,16 @@ def test_default_pipeline_recovers_planted_fractions_within_01(case):
     corrected = cmp.summary.loc[list(targets), cols].to_numpy()
     raw = cmp.summary.loc[list(targets), [f"{c}_raw" for c in cols]].to_numpy()
     assert np.abs(corrected - truth).max() <= 0.1, cmp.summary[cols + ["noise_floor_reuse"]]
-    # the correction is what gets there: the raw fractions undercount reuse by the SAEs' imperfection
-    assert np.abs(corrected - truth).mean() < np.abs(raw - truth).mean()
+    # with the default min_contribution the raw fractions are already close, and the correction (one
+    # replica here) keeps them so; scoring every latent that fires (DESIGN's "live"), the raw fractions
+    # undercount reuse and the correction is what gets there
+    assert np.abs(corrected - truth).mean() <= np.abs(raw - truth).mean() + 0.01
     assert 0.6 < cmp.summary["noise_floor_reuse"].iloc[0] < 1.0
+    every = fd.compare_dictionaries(saes, held_out, replicas=[replica], progress=False, min_contribution=0)
+    raw0 = every.summary.loc[list(targets), [f"{c}_raw" for c in cols]].to_numpy()
+    corrected0 = every.summary.loc[list(targets), cols].to_numpy()
+    assert np.abs(corrected0 - truth).max() <= 0.1
+    assert np.abs(corrected0 - truth).mean() < np.abs(raw0 - truth).mean()
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -32,7 +32,15 @@ def check_width(dictionary, acts: ActivationSet, name: str) -> None:
 
 
 def _replica_table(
-    reference, replica, acts: ActivationSet | None, name: str, cfg, ref_live, ref_freq, reference_name=None
+    reference,
+    replica,
+    acts: ActivationSet | None,
+    name: str,
+    cfg,
+    ref_live,
+    ref_freq,
+    reference_name=None,
+    extra_reference=None,
 ) -> tuple[pd.DataFrame, Alignment]:
     """The feature table of ``replica`` (another SAE of checkpoint ``name``, trained with another seed)
     aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations
@@ -54,7 +62,7 @@ def _replica_table(
         ref_live=ref_live,
         tgt_live=rep_live,
     )
-    table = feature_table(al, cfg, ref_freq, rep_freq)
+    table = feature_table(al, cfg, ref_freq, rep_freq, extra_reference)
     if acts is not None:
         table = add_absorbed(table, al, cfg, reference, acts[reference_name or name], replica, acts[name])
     return table, al
@@ -85,6 +93,24 @@ def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
     return out
 
 
+def replica_rows(reps: list, acts, reference: str, cfg) -> list[torch.Tensor]:
+    """The live decoder rows of each reference replica (live on the reference's activations, scored as the
+    reference is; every row without activations)."""
+    out = []
+    for rep in reps:
+        live = (
+            np.ones(d_sae(rep), bool)
+            if acts is None
+            else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
+        )
+        out.append(rep.W_dec.detach()[torch.as_tensor(np.flatnonzero(live))])
+    return out
+
+
+def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
+    return torch.cat(rows) if rows else None
+
+
 def _with_absorbed(reused: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     """Per live target feature, union-reused or not, with the table's absorbed recombinations (never reused)
     appended, so that union reuse has the same denominator as the other fractions."""
@@ -103,7 +129,10 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
     for rep in reps:
         if acts is not None:
             check_width(rep, acts, f"{reference} (replica)")
-        table, al = _replica_table(reference_sae, rep, acts, reference, cfg, ref_live, ref_freq)
+    rows = replica_rows(reps, acts, reference, cfg)
+    for i, rep in enumerate(reps):
+        others = _cat(rows[:i] + rows[i + 1 :])  # a replica's recombinations may use the other replicas' rows
+        table, al = _replica_table(reference_sae, rep, acts, reference, cfg, ref_live, ref_freq, None, others)
         rl = ref_live if ref_live is not None else np.ones(d_sae(reference_sae), bool)
         profiles.append(profile_of(table, rl))
         tables.append((table, al))
@@ -151,14 +180,8 @@ def uncertainty_columns(
     reference = al.reference
     target = profile_of(table, ref_live)
     ref_reps = replicas.get(reference, [])
-    ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))]]
-    for rep in ref_reps:
-        live = (
-            np.ones(d_sae(rep), bool)
-            if acts is None
-            else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
-        )
-        ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
+    rep_rows = replica_rows(ref_reps, acts, reference, cfg)
+    ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))], *rep_rows]
     target.union_reused = _with_absorbed(
         union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold), table
     )
@@ -167,7 +190,7 @@ def uncertainty_columns(
         if acts is not None:
             check_width(rep, acts, f"{name} (replica)")
         t_rep, _ = _replica_table(
-            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference], reference
+            saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference], reference, _cat(rep_rows)
         )
         tgt_profiles.append(profile_of(t_rep, ref_live))
         t_tt, _ = _replica_table(saes[name], rep, acts, name, cfg, live_mask[name], freqs[name])

@@ -84,7 +84,8 @@ class CompareConfig(Config):
     featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
     the evaluation activations and carries at least this fraction of the mean live feature's share of the
-    decoded energy; 0 scores every feature that fires; featdiff.dictionaries.stats.scored_features),
+    decoded energy; default 0.01; 0 scores every feature that fires, DESIGN.md's "live";
+    featdiff.dictionaries.stats.scored_features),
     ``correct`` (apply the noise-floor correction).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
@@ -114,7 +115,7 @@ class CompareConfig(Config):
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = 1e-6
-    min_contribution: float = 0.0
+    min_contribution: float = 0.01
     correct: bool = True
     nrn_shared: tuple[float, float] = (0.3, 0.7)
     mas_threshold: float = 0.5

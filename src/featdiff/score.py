@@ -15,6 +15,7 @@ from featdiff._replicas import (
     check_width,
     d_sae,
     reference_replica_profiles,
+    replica_rows,
     uncertainty_columns,
 )
 from featdiff.activations import ActivationSet
@@ -129,6 +130,10 @@ def compare_dictionaries(
         saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]
     )
 
+    # recombinations may be fitted with the reference replicas' rows too (a component the reference SAE did
+    # not learn is often in a replica; featdiff.metrics.recombination.recombination)
+    rep_rows = replica_rows(replicas.get(reference, []), acts, reference, cfg)
+    union_rows = torch.cat(rep_rows) if rep_rows else None
     rows, tables, alignments = [], [], {}
     for name in tqdm(targets, desc="aligning", disable=not progress):
         al = align(
@@ -143,7 +148,7 @@ def compare_dictionaries(
             tgt_live=live_mask[name],
         )
         alignments[name] = al
-        table = feature_table(al, cfg, freqs[reference], freqs[name])
+        table = feature_table(al, cfg, freqs[reference], freqs[name], extra_reference=union_rows)
         if acts is not None:
             table = add_absorbed(table, al, cfg, saes[reference], acts[reference], saes[name], acts[name])
         live = table["status"] != "dead"
@@ -336,6 +341,7 @@ def compare_crosscoder(
                 "n_components": rc["n_components"],
                 "fit_cosine": rc["fit_cosine"],
                 "frequency": np.nan if freqs is None else freqs,
+                "absorbed": False,  # a crosscoder has one latent per feature for every checkpoint
                 "nrn": r,
                 "decoder_cosine": cos,
                 "nu_error": scaling["nu_error"].to_numpy(dtype=float),

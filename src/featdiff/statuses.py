@@ -14,10 +14,12 @@ from featdiff.metrics.recombination import absorbed_recombination, recombination
 from featdiff.metrics.reuse import drift, split
 
 
-def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.DataFrame:
+def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_reference=None) -> pd.DataFrame:
     """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (dead > reused > recombined > split
     > novel, DESIGN.md's definitions with ``cfg``'s thresholds), match, similarity, drift, freq_shift and
-    components. ``ref_freq`` / ``tgt_freq`` are firing frequencies on the same tokens (or None)."""
+    components. ``ref_freq`` / ``tgt_freq`` are firing frequencies on the same tokens (or None);
+    ``extra_reference``: more rows recombinations may be fitted with (the reference replicas' live rows,
+    ``metrics.recombination.recombination``)."""
     d = drift(al, ref_freq, tgt_freq, cfg.reuse_threshold, cfg.eps)
     rc = recombination(
         al,
@@ -26,6 +28,7 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq) -> pd.D
         cfg.min_components,
         cfg.reuse_threshold,
         margin=cfg.recombination_margin,
+        extra_reference=extra_reference,
     )
     sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
     t = al.table()

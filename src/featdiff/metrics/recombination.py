@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff.align import Alignment
+from featdiff.dictionaries.stats import unit_decoder
 from featdiff.metrics.reuse import REUSE_THRESHOLD, reuse
 
 FIT_THRESHOLD = 0.9
@@ -140,6 +141,7 @@ def recombination(
     reuse_threshold: float = REUSE_THRESHOLD,
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
+    extra_reference: Float[Tensor, "n_extra d_in"] | None = None,
 ) -> pd.DataFrame:
     """One row per target feature: feature, recombined, n_components, fit_cosine, components.
 
@@ -151,6 +153,11 @@ def recombination(
     (reference feature, coefficient) pairs of the fit with the fewest rows that qualifies, largest
     coefficient first; ``fit_cosine`` is the cosine of the best fit with ``max_components`` rows. Fits are
     searched exhaustively over the reference rows most correlated with the target (``subset_fit``).
+
+    ``extra_reference`` (e.g. the live rows of the reference's replicas, SAEs of the same checkpoint with
+    other seeds) joins the rows a fit may use: a component the reference SAE happens not to have learned
+    (a rare feature) is often in a replica. A component from those rows is named by its id past the
+    reference's width: ``d_ref + i`` for row i of ``extra_reference``.
 
     Examples
     --------
@@ -164,10 +171,14 @@ def recombination(
     reused = reuse(al, reuse_threshold)
     cand = np.flatnonzero(al.tgt_live & ~reused["reused"].to_numpy())
     live_ref = np.flatnonzero(al.ref_live)
+    ref_decoder = al.ref_decoder
+    if extra_reference is not None and len(extra_reference):
+        ref_decoder = torch.cat([ref_decoder, unit_decoder(extra_reference).to(ref_decoder.dtype)])
+        live_ref = np.concatenate([live_ref, al.d_ref + np.arange(len(extra_reference))])
     return fit_components(
         al.tgt_decoder,
         cand,
-        al.ref_decoder,
+        ref_decoder,
         live_ref,
         fit_threshold,
         max_components,
