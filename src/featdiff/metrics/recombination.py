@@ -185,6 +185,7 @@ def recombination(
         min_components,
         margin=margin,
         min_coefficient=min_coefficient,
+        max_component_cosine=reuse_threshold,
     )
 
 
@@ -198,10 +199,13 @@ def fit_components(
     min_components: int = 2,
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
+    max_component_cosine: float = REUSE_THRESHOLD,
 ) -> pd.DataFrame:
     """The recombination table of the ``candidates`` rows of ``tgt_decoder``, fitted on the
     ``ref_features`` rows of ``ref_decoder`` (unit rows) as ``recombination`` describes; other target rows
-    are not recombined."""
+    are not recombined. A fit whose components include two near-duplicates (cosine >= ``max_component_cosine``
+    to each other: one feature twice, e.g. a reference row and a replica's copy of it) does not count: their
+    opposed coefficients fit a small residual, not a combination of features."""
     n = len(tgt_decoder)
     recombined = np.zeros(n, bool)
     n_comp = np.zeros(n, np.int64)
@@ -219,6 +223,7 @@ def fit_components(
                     cos[row, m - 1] >= fit_threshold
                     and cos[row, m - 1] - cos[row, 0] >= margin
                     and np.abs(c).min() >= min_coefficient
+                    and _distinct(ref_decoder, ref_features[idx[row, m - 1, :m]], max_component_cosine)
                 ):
                     recombined[j] = True
                     n_comp[j] = m
@@ -235,6 +240,13 @@ def fit_components(
             "components": components,
         }
     )
+
+
+def _distinct(decoder: Tensor, rows: np.ndarray, max_cosine: float) -> bool:
+    """Are the unit ``decoder`` rows ``rows`` pairwise below ``max_cosine`` in |cosine|?"""
+    D = decoder[torch.as_tensor(rows)].double()
+    G = (D @ D.T).abs() - torch.eye(len(rows), dtype=torch.float64) * 2
+    return bool(G.max() < max_cosine)
 
 
 ABSORBED_THRESHOLD = 0.15
