@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import progress_bar
 from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import check_compatible, default_hook, load_model, stop_layer
@@ -633,7 +634,7 @@ def collect_activations(
         raw: dict[str, Tensor] = {}  # in memory: the kept rows of each checkpoint
         raw_writers: dict[str, _ShardWriter] = {}  # streaming: the same rows, in shards under tmp/_raw
         norms: dict[str, Tensor] = {}
-        bar = tqdm(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
+        bar = progress_bar(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
         for m_index, (name, model) in enumerate(loaded.items()):
             if tmp is not None:
                 template = f"m{m_index}_{{index:05d}}.st"

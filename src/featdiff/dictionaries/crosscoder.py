@@ -32,11 +32,11 @@ import torch
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from featdiff import constants
 from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import progress_bar
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet
 from featdiff.dictionaries.stats import compute_stats, new_stats, update_stats
@@ -624,7 +624,7 @@ def train_crosscoder(
     it = batches()
     losses = torch.zeros(n_steps)
     smoothed = None
-    bar = tqdm(range(n_steps), desc="crosscoder", disable=not progress, leave=False)
+    bar = progress_bar(range(n_steps), desc="crosscoder", disable=not progress, leave=False)
     for step in bar:
         if step >= decay_start and n_steps > decay_start:
             for group in opt.param_groups:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from featdiff import constants
 from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir
+from featdiff._output import progress_bar
 from featdiff.activations import ActivationSet
 from featdiff.errors import FeatdiffError, check_choice
 
@@ -305,7 +305,7 @@ def train_saes(
     ckpts = sorted({c for c, _ in plan.values()})
     batches = _cycle_batches(acts, ckpts, batch_size, seed)
     history = {key: _LossHistory() for key in trainers}
-    bar = tqdm(total=steps, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress)
+    bar = progress_bar(total=steps, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress)
     with bar:
         for step in range(steps):
             batch = next(batches)
