@@ -1,0 +1,110 @@
+"""Resumable runs: a run SIGKILLed part-way and resumed with the same call ends with the weights and tables
+of an uninterrupted run; the same seed gives the same tables in two fresh interpreters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featdiff as fd
+from featdiff._checkpoint import KILL_ENV
+from featdiff.errors import FeatdiffError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Tiny, seeded data shared by the subprocesses and this one (the same tensors in every interpreter).
+ACTS = """
+import torch, featdiff as fd
+g = torch.Generator().manual_seed(0)
+mix = torch.randn(24, 8, generator=g)
+codes = torch.relu(torch.randn(600, 24, generator=g) - 1.0)
+base = codes @ mix
+acts = fd.ActivationSet.from_tensors({"base": base, "rl": base + 0.1 * torch.randn(600, 8, generator=g)})
+"""
+
+SAE_RUN = dict(k=3, d_sae=32, n_steps=120, batch_size=64, extra={"base_seed1": ("base", 1)}, progress=False)
+
+
+def _python(code: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.pop(KILL_ENV, None)
+    if kill_at is not None:
+        env[KILL_ENV] = kill_at
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ACTS) + textwrap.dedent(code)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def _acts():
+    scope: dict = {}
+    exec(textwrap.dedent(ACTS), scope)
+    return scope["acts"]
+
+
+def _killed(res: subprocess.CompletedProcess) -> bool:
+    return res.returncode == -signal.SIGKILL
+
+
+def _manifest_step(folder: Path, run: str) -> int:
+    return json.loads((folder / f"featdiff-{run}.json").read_text())["step"]
+
+
+def test_train_saes_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "saes"
+    (tmp_path / "ck").mkdir()
+    (ck / "my_notes.txt").write_text("mine")  # the user's file in the checkpoint folder
+    run = f"""
+    import torch
+    from safetensors.torch import save_file
+    saes = fd.train_saes(acts, checkpoint_dir={str(ck)!r}, checkpoint_every=25, **{SAE_RUN!r})
+    fd.save_saes(saes, {str(out)!r})
+    save_file({{key: torch.tensor(s.featdiff_train["losses"]) for key, s in saes.items()}}, {str(out)!r} + ".losses")
+    """
+    first = _python(run, kill_at="train_saes:60")
+    assert _killed(first), first.stderr[-2000:]
+    assert not out.exists()
+    assert _manifest_step(ck, "train_saes") == 50  # killed after step 60: the last save was at 50
+    second = _python(run)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert _manifest_step(ck, "train_saes") == 120
+    assert (ck / "my_notes.txt").read_text() == "mine"
+
+    acts = _acts()
+    ref = fd.train_saes(acts, **SAE_RUN)
+    got = {key: fd.load_sae(out / key) for key in ref}
+    losses = load_file(str(out) + ".losses")
+    for key, sae in ref.items():
+        for n, t in sae.state_dict().items():
+            assert torch.equal(got[key].state_dict()[n], t), (key, n)  # bitwise on the CPU
+        assert torch.equal(losses[key], torch.tensor(sae.featdiff_train["losses"]))
+    # a finished run called again reloads its last save instead of training
+    again = fd.train_saes(acts, checkpoint_dir=ck, checkpoint_every=25, **SAE_RUN)
+    assert torch.equal(again["rl"].W_dec, ref["rl"].W_dec)
+
+    # the tables follow: the resumed SAEs give the uninterrupted run's comparison
+    a = fd.compare_dictionaries({k: ref[k] for k in ("base", "rl")}, acts, progress=False)
+    b = fd.compare_dictionaries({k: got[k] for k in ("base", "rl")}, acts, progress=False)
+    pd.testing.assert_frame_equal(a.features, b.features)
+    pd.testing.assert_frame_equal(a.summary, b.summary)
+
+
+def test_train_saes_refuses_a_checkpoint_of_another_run_and_clears_only_its_files(tmp_path):
+    acts = _acts()
+    small = {**SAE_RUN, "n_steps": 30, "extra": None}
+    fd.train_saes(acts, checkpoint_dir=tmp_path, checkpoint_every=10, **small)
+    (tmp_path / "notes.md").write_text("keep me")
+    with pytest.raises(FeatdiffError, match=r"another run: .*steps \(checkpoint 30, this run 40\)"):
+        fd.train_saes(acts, checkpoint_dir=tmp_path, checkpoint_every=10, **{**small, "n_steps": 40})
+    fd.train_saes(acts, checkpoint_dir=tmp_path, checkpoint_every=10, keep_checkpoint=False, **small)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
