@@ -108,3 +108,29 @@ def test_train_saes_refuses_a_checkpoint_of_another_run_and_clears_only_its_file
         fd.train_saes(acts, checkpoint_dir=tmp_path, checkpoint_every=10, **{**small, "n_steps": 40})
     fd.train_saes(acts, checkpoint_dir=tmp_path, checkpoint_every=10, keep_checkpoint=False, **small)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+
+
+CC_RUN = dict(d_sae=32, k=3, n_steps=100, batch_size=64, progress=False)
+
+
+def test_train_crosscoder_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "cc"
+    run = f"""
+    import json
+    cc = fd.train_crosscoder(acts, checkpoint_dir={str(ck)!r}, checkpoint_every=30, **{CC_RUN!r})
+    cc.save({str(out)!r})
+    open({str(out)!r} + ".json", "w").write(json.dumps(cc.diagnostics))
+    """
+    first = _python(run, kill_at="train_crosscoder:75")
+    assert _killed(first), first.stderr[-2000:]
+    assert _manifest_step(ck, "train_crosscoder") == 60
+    second = _python(run)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    acts = _acts()
+    ref = fd.train_crosscoder(acts, **CC_RUN)
+    got = fd.Crosscoder.load(out)
+    for n, t in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[n], t), n  # bitwise on the CPU
+    assert json.loads((tmp_path / "cc.json").read_text()) == pytest.approx(ref.diagnostics, nan_ok=True)
+    pd.testing.assert_frame_equal(got.evaluate(acts), ref.evaluate(acts))

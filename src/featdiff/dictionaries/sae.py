@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff import constants
-from featdiff._checkpoint import RunCheckpoint
+from featdiff._checkpoint import RunCheckpoint, data_fingerprint
 from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir
 from featdiff._output import progress_bar
@@ -323,7 +323,7 @@ def train_saes(
     if checkpoint_dir is not None:
         settings = {
             "config": cfg.to_dict(), "seed": seed, "plan": plan, "steps": steps, "batch_size": batch_size,
-            "d_in": d_in, "n_tokens": acts.n_tokens, "hook": acts.hook, "data": _fingerprint(acts, ckpts),
+            "d_in": d_in, "n_tokens": acts.n_tokens, "hook": acts.hook, "data": data_fingerprint(acts, ckpts),
         }
         run_ckpt = RunCheckpoint(checkpoint_dir, "train_saes", settings, checkpoint_every, steps)
         start = run_ckpt.resume(lambda folder: _load_run_state(folder, trainers, history))
@@ -359,15 +359,6 @@ def train_saes(
     if run_ckpt is not None and not keep_checkpoint:
         run_ckpt.clear()
     return out
-
-
-def _fingerprint(acts: ActivationSet, names: list[str], n_rows: int = 256) -> str:
-    """A hash of the first rows of each checkpoint's activations: tells a resumed run's data from other data."""
-    first = next(acts.batches(min(n_rows, acts.n_tokens), shuffle=False, names=names))
-    h = hashlib.sha256()
-    for n in names:
-        h.update(first[n].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _save_run_state(folder: Path, trainers: Mapping[str, Any], history: Mapping[str, _LossHistory]) -> None:
