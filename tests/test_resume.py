@@ -134,3 +134,40 @@ def test_train_crosscoder_resumes_after_sigkill_to_the_uninterrupted_weights(tmp
         assert torch.equal(got.state_dict()[n], t), n  # bitwise on the CPU
     assert json.loads((tmp_path / "cc.json").read_text()) == pytest.approx(ref.diagnostics, nan_ok=True)
     pd.testing.assert_frame_equal(got.evaluate(acts), ref.evaluate(acts))
+
+
+def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp_path):
+    from transformer_lens import HookedTransformer
+
+    cfg = dict(n_layers=2, d_model=8, n_ctx=12, d_head=4, d_vocab=20, act_fn="relu")
+    for i, name in enumerate(["base", "rl"]):
+        fd.save_model(HookedTransformer({**cfg, "seed": i}), tmp_path / name)
+    tokens = torch.randint(0, 20, (10, 12), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    ck, out = tmp_path / "ck", tmp_path / "acts"
+    run = f"""
+    import torch, featdiff.activations as A
+    computed = []
+    rows = A._model_rows
+    A._model_rows = lambda *a, **k: (computed.append(1) or x for x in rows(*a, **k))
+    models = {{n: {str(tmp_path)!r} + "/" + n for n in ["base", "rl"]}}
+    fd.collect_activations(models, torch.load({str(tmp_path / "tokens.pt")!r}), "blocks.0.hook_resid_post",
+                           batch_size=2, out_dir={str(out)!r}, shard_tokens=40, progress=False,
+                           checkpoint_dir={str(ck)!r}, checkpoint_every=2)
+    print(len(computed))
+    """
+    # 2 checkpoints x 5 batches of sequences = 10 steps; saves after batches 2, 4, 5 of each checkpoint
+    first = _python(run, kill_at="collect_activations:8")
+    assert _killed(first), first.stderr[-2000:]
+    assert _manifest_step(ck, "collect_activations") == 7 and not out.exists()
+    second = _python(run)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split()[-1] == "3"  # only the 3 unsaved batches ran again
+
+    models = {n: fd.load_model(tmp_path / n) for n in ["base", "rl"]}
+    ref = fd.collect_activations(models, tokens, "blocks.0.hook_resid_post", batch_size=2, progress=False)
+    got = fd.ActivationSet.load(out)
+    assert got.names == ref.names and got.n_tokens == ref.n_tokens == 110
+    for n in ref.names:
+        assert torch.equal(got[n], ref[n]), n
+    assert torch.equal(got.token_ids, ref.token_ids) and torch.equal(got.sequence_ids, ref.sequence_ids)

@@ -18,9 +18,13 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from featdiff._io import MARKER, write_json
 from featdiff._version import __version__
@@ -43,6 +47,25 @@ def data_fingerprint(acts, names: list[str], n_rows: int = 256) -> str:
     h = hashlib.sha256()
     for n in names:
         h.update(first[n].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tensor_hash(x: Tensor) -> str:
+    """A hash of a tensor's dtype, shape and values."""
+    x = x.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
+    h.update(x.view(torch.uint8).numpy().tobytes() if x.dtype == torch.bool else x.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module, n_values: int = 1024) -> str:
+    """A hash of a model's parameter names, shapes and first ``n_values`` values of each (cheap for big
+    models): tells the checkpoints a resumed collection ran from other ones."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        flat = p.detach().reshape(-1)[:n_values].float().cpu().contiguous()
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(flat.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -135,6 +158,10 @@ class RunCheckpoint:
         at the last one."""
         if step % self.every == 0 or step == self.total:
             self.save(step, save)
+        self.test_kill(step)
+
+    def test_kill(self, step: int) -> None:
+        """The test hook: SIGKILL this process once ``step`` reaches ``FEATDIFF_TEST_KILL_AT``'s step."""
         if self._kill_at is not None and step >= self._kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -172,3 +199,55 @@ class RunCheckpoint:
         self.manifest.unlink(missing_ok=True)
         for p in self._ours():
             shutil.rmtree(p, ignore_errors=True)
+
+
+class RowChunks:
+    """Resumable collection of rows, one tensor per (model, batch), for ``collect_activations``.
+
+    Every ``every`` batches of a model (and at its last batch) the batches collected since the last save
+    are written as one chunk file, and the state folder of the new checkpoint links every earlier chunk
+    (hard links, so a save costs one chunk). After a kill, ``rows`` replays the saved batches of each model
+    from disk and computes only the rest. Steps count (model, batch) pairs in order.
+    """
+
+    def __init__(
+        self, folder: str | os.PathLike, run: str, settings: dict[str, Any], every: int, n_models: int,
+        n_batches: int,
+    ):
+        self.ck = RunCheckpoint(folder, run, settings, every, n_models * n_batches)
+        self.every, self.n_batches = every, n_batches
+        self.state: Path | None = None
+        self.done = self.ck.resume(self._check)
+
+    def _check(self, folder: Path) -> None:
+        self.state = folder
+
+    def rows(self, m: int, compute: Callable[[int], Iterator[Tensor]]) -> Iterator[Tensor]:
+        """Model ``m``'s batches in order: the saved ones read back, then ``compute(first_new_batch)``'s."""
+        b_done = min(max(self.done - m * self.n_batches, 0), self.n_batches)
+        for c in range(-(-b_done // self.every)):
+            chunk = load_file(str(self.state / f"m{m}_c{c:05d}.st"))
+            yield from (chunk[k] for k in sorted(chunk))
+        pending: dict[str, Tensor] = {}
+        for b, x in enumerate(compute(b_done), start=b_done):
+            pending[f"b{b:09d}"] = x.contiguous()
+            yield x
+            if (b + 1) % self.every == 0 or b == self.n_batches - 1:
+                self._save(m * self.n_batches + b + 1, f"m{m}_c{b // self.every:05d}.st", pending)
+                pending = {}
+            self.ck.test_kill(m * self.n_batches + b + 1)
+
+    def _save(self, step: int, name: str, rows: dict[str, Tensor]) -> None:
+        def write(tmp: Path) -> None:
+            save_file(rows, str(tmp / name))
+            for old in [] if self.state is None else self.state.glob("m*_c*.st"):
+                try:
+                    os.link(old, tmp / old.name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(old, tmp / old.name)
+
+        self.ck.save(step, write)
+        self.state = self.ck._state_dir(step)
+
+    def clear(self) -> None:
+        self.ck.clear()
