@@ -171,3 +171,36 @@ def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp
     for n in ref.names:
         assert torch.equal(got[n], ref[n]), n
     assert torch.equal(got.token_ids, ref.token_ids) and torch.equal(got.sequence_ids, ref.sequence_ids)
+
+
+def test_same_seed_same_tables_in_two_fresh_interpreters(tmp_path):
+    run = """
+    import sys
+    from transformer_lens import HookedTransformer
+    cfg = dict(n_layers=2, d_model=16, n_ctx=12, d_head=4, d_vocab=30, act_fn="gelu", seed=0)
+    base = HookedTransformer(cfg)
+    rl = HookedTransformer({**cfg, "seed": 1})
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(base.named_parameters(), rl.named_parameters()):
+            q.copy_(p + 0.05 * q)
+    tokens = torch.randint(0, 30, (64, 12), generator=torch.Generator().manual_seed(0))
+    cmp = fd.compare_checkpoints(base, rl, tokens=tokens, d_sae=32, k=3, seed=0, n_replicas=1,
+                                 train_kwargs={"n_steps": 60, "batch_size": 128}, progress=False)
+    cmp.features.to_pickle(sys.argv[-1] + ".features.pkl")
+    cmp.summary.to_pickle(sys.argv[-1] + ".summary.pkl")
+    """
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.pop(KILL_ENV, None)
+    tables = []
+    for i in range(2):
+        # another hash seed in each interpreter: no result may depend on set or dict-of-str order
+        res = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(ACTS) + textwrap.dedent(run), str(tmp_path / f"run{i}")],
+            capture_output=True, text=True, env={**env, "PYTHONHASHSEED": str(i + 1)}, timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        tables.append([pd.read_pickle(tmp_path / f"run{i}.{t}.pkl") for t in ("features", "summary")])
+    (f0, s0), (f1, s1) = tables
+    assert len(f0) == 32 and list(s0.index) == ["rl"] and f0["similarity"].notna().any()
+    pd.testing.assert_frame_equal(f0, f1, check_exact=True)
+    pd.testing.assert_frame_equal(s0, s1, check_exact=True)
