@@ -60,6 +60,7 @@ def _manifest_step(folder: Path, run: str) -> int:
     return json.loads((folder / f"featdiff-{run}.json").read_text())["step"]
 
 
+@pytest.mark.slow  # two fresh interpreters (about 15 s of CPU)
 def test_train_saes_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "saes"
     (tmp_path / "ck").mkdir()
@@ -113,6 +114,7 @@ def test_train_saes_refuses_a_checkpoint_of_another_run_and_clears_only_its_file
 CC_RUN = dict(d_sae=32, k=3, n_steps=100, batch_size=64, progress=False)
 
 
+@pytest.mark.slow  # two fresh interpreters (about 15 s of CPU)
 def test_train_crosscoder_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "cc"
     run = f"""
@@ -136,6 +138,7 @@ def test_train_crosscoder_resumes_after_sigkill_to_the_uninterrupted_weights(tmp
     pd.testing.assert_frame_equal(got.evaluate(acts), ref.evaluate(acts))
 
 
+@pytest.mark.slow  # two fresh interpreters (about 15 s of CPU)
 def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp_path):
     from transformer_lens import HookedTransformer
 
@@ -173,6 +176,7 @@ def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp
     assert torch.equal(got.token_ids, ref.token_ids) and torch.equal(got.sequence_ids, ref.sequence_ids)
 
 
+@pytest.mark.slow  # two fresh interpreters (about 15 s of CPU)
 def test_same_seed_same_tables_in_two_fresh_interpreters(tmp_path):
     run = """
     import sys
