@@ -659,7 +659,9 @@ def collect_activations(
         raw: dict[str, Tensor] = {}  # in memory: the kept rows of each checkpoint
         raw_writers: dict[str, _ShardWriter] = {}  # streaming: the same rows, in shards under tmp/_raw
         norms: dict[str, Tensor] = {}
-        bar = progress_bar(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
+        bar = progress_bar(
+            total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress
+        )
         for m_index, (name, model) in enumerate(loaded.items()):
             if tmp is not None:
                 template = f"m{m_index}_{{index:05d}}.st"
