@@ -18,7 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featdiff import constants
+from featdiff._checkpoint import RowChunks, model_fingerprint, tensor_hash
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import progress_bar
 from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import check_compatible, default_hook, load_model, stop_layer
@@ -541,6 +543,9 @@ def collect_activations(
     device: str | None = None,
     attention_mask: Int[Tensor, "batch seq"] | None = None,
     pad_token_id: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    keep_checkpoint: bool = True,
 ) -> ActivationSet:
     """Run the same tokens through every checkpoint and keep the activations at ``hook``, paired by token.
 
@@ -558,6 +563,11 @@ def collect_activations(
     and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
     ``tokens`` may be a list of strings when every checkpoint has a tokenizer. With ``out_dir`` the
     activations stream to disk as shards (the ``ActivationSet.save`` format) and the set is read back.
+
+    ``checkpoint_dir`` makes the collection resumable: every ``checkpoint_every`` batches of sequences (and
+    at each checkpoint's last batch) the rows collected so far are saved there (``featdiff._checkpoint.
+    RowChunks``); the same call after a kill reads them back and runs only the batches that are missing.
+    ``keep_checkpoint=False`` removes featdiff's checkpoint files after success.
 
     Examples
     --------
@@ -627,19 +637,37 @@ def collect_activations(
         )
     keep_flat = keep.reshape(-1)
     n_batches = -(-n_seq // batch_size)
+    chunks_ckpt = None
+    if checkpoint_dir is not None:
+        settings = {
+            "names": list(loaded), "hook": hook, "batch_size": batch_size, "tokens": tensor_hash(tokens),
+            "mask": tensor_hash(mask), "models": {n: model_fingerprint(m) for n, m in loaded.items()},
+        }
+        chunks_ckpt = RowChunks(
+            checkpoint_dir, "collect_activations", settings, checkpoint_every, len(loaded), n_batches
+        )
+
+    def model_rows(m_index: int, name: str, model) -> Iterator[Tensor]:
+        def compute(b0: int) -> Iterator[Tensor]:
+            first, rows = slice(b0 * batch_size, None), keep_flat[b0 * batch_size * seq_len :]
+            return _model_rows(name, model, fwd_tokens[first], mask[first], rows, hook, batch_size)
+
+        return compute(0) if chunks_ckpt is None else chunks_ckpt.rows(m_index, compute)
 
     out_dir = None if out_dir is None else Path(out_dir)
     with contextlib.nullcontext() if out_dir is None else atomic_dir(out_dir) as tmp:
         raw: dict[str, Tensor] = {}  # in memory: the kept rows of each checkpoint
         raw_writers: dict[str, _ShardWriter] = {}  # streaming: the same rows, in shards under tmp/_raw
         norms: dict[str, Tensor] = {}
-        bar = tqdm(total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress)
+        bar = progress_bar(
+            total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress
+        )
         for m_index, (name, model) in enumerate(loaded.items()):
             if tmp is not None:
                 template = f"m{m_index}_{{index:05d}}.st"
                 raw_writers[name] = _ShardWriter(tmp / "_raw", [name], shard_tokens, template)
             chunks, chunk_norms = [], []
-            for x in _model_rows(name, model, fwd_tokens, mask, keep_flat, hook, batch_size):
+            for x in model_rows(m_index, name, model):
                 chunk_norms.append(x.norm(dim=1))
                 if tmp is None:
                     chunks.append(x)
@@ -677,6 +705,8 @@ def collect_activations(
         }
         if progress and (n_dropped_outlier or n_dropped_first or n_dropped_pad):
             tqdm.write(_dropped_message(int(kept.sum()), meta))
+        if chunks_ckpt is not None and not keep_checkpoint:
+            chunks_ckpt.clear()
         if tmp is None:
             return ActivationSet(
                 {n: x[kept] for n, x in raw.items()},

@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from featdiff._output import progress_bar
 from featdiff.activations import ActivationSet, collect_activations
 from featdiff.dictionaries.crosscoder import stack, train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
@@ -254,7 +254,7 @@ def train_evolution_crosscoders(
         raise FeatdiffError("A run may not be called 'base' (the crosscoders' reference name); rename it.")
     out: dict[str, dict[int, Any]] = {}
     total = sum(len(s) for s in runs.values())
-    bar = tqdm(total=total, desc="evolution crosscoders", disable=not progress)
+    bar = progress_bar(total=total, desc="evolution crosscoders", disable=not progress)
     for run, steps in runs.items():
         keys = {f"step_{s}": s for s in steps}
         acts = collect_activations(

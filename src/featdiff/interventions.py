@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from featdiff._output import progress_bar
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.models import stop_layer
 
@@ -735,7 +735,7 @@ def evaluate_intervention(
             ]
     conditions: list[tuple[str, FeatureEdit | None]] = [("none", None), ("edit", edit)]
     conditions += [("random", edit.with_features(c)) for c in controls]
-    bar = tqdm(total=len(tasks) * len(conditions), disable=not progress, desc="evaluate_intervention")
+    bar = progress_bar(total=len(tasks) * len(conditions), disable=not progress, desc="evaluate_intervention")
     with _remember_others():
         table = _evaluate_conditions(
             model,

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from featdiff import constants
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import dependency_warnings_once
 from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, check_choice
 
@@ -279,7 +280,8 @@ def _load_featdiff_dir(path: Path, device: str | None = None, dtype: torch.dtype
     allowed = set(HookedTransformerConfig.__dataclass_fields__)
     cfg = HookedTransformerConfig(**{k: v for k, v in cfg_dict.items() if k in allowed})
     tokenizer = _local_tokenizer(path / TOKENIZER_DIR)
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    with dependency_warnings_once():  # TransformerLens 3.9 warns on every model built
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
     weights = path / constants.MODEL_WEIGHTS
     try:
         state = load_file(str(weights))
@@ -496,7 +498,8 @@ def _from_hf_model(
     cfg = HookedTransformerConfig.from_dict(cfg_dict)
     hf_model = hf_model.float()
     state = getattr(weight_conversions, _CONVERTERS[arch])(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    with dependency_warnings_once():  # TransformerLens 3.9 warns on every model built
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state,
         fold_ln=False,

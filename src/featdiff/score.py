@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from featdiff._output import progress_bar
 from featdiff._replicas import (
     as_replicas,
     check_width,
@@ -121,7 +121,7 @@ def compare_dictionaries(
     own_fve: dict[str, float] = {n: float("nan") for n in saes}
     live_mask: dict[str, np.ndarray | None] = {n: None for n in saes}
     if acts is not None:
-        for n in tqdm(list(saes), desc="encoding", disable=not progress):
+        for n in progress_bar(list(saes), desc="encoding", disable=not progress):
             check_width(saes[n], acts, n)
             freqs[n], own_fve[n], live = scored_features(saes[n], acts[n], cfg.min_contribution)
             live_mask[n] = live.numpy()
@@ -135,7 +135,7 @@ def compare_dictionaries(
     rep_rows = replica_rows(replicas.get(reference, []), acts, reference, cfg)
     union_rows = torch.cat(rep_rows) if rep_rows else None
     rows, tables, alignments = [], [], {}
-    for name in tqdm(targets, desc="aligning", disable=not progress):
+    for name in progress_bar(targets, desc="aligning", disable=not progress):
         al = align(
             saes[reference],
             saes[name],
@@ -288,7 +288,7 @@ def compare_crosscoder(
     base_dec = unit_decoder(cc.decoder(reference))
     rows, tables = [], []
     targets = [n for n in cc.names if n != reference]
-    for name in tqdm(targets, desc="scoring", disable=not progress):
+    for name in progress_bar(targets, desc="scoring", disable=not progress):
         r = nrn(cc, name, reference, p).to_numpy(dtype=float)
         cos = decoder_cosine(cc, reference, name).to_numpy(dtype=float)
         # with more than two checkpoints, a feature of the others (tiny norms in both the reference and T)

@@ -32,11 +32,12 @@ import torch
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from featdiff import constants
+from featdiff._checkpoint import RunCheckpoint, data_fingerprint
 from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import progress_bar
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet
 from featdiff.dictionaries.stats import compute_stats, new_stats, update_stats
@@ -530,6 +531,9 @@ def train_crosscoder(
     config: CrosscoderConfig | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    keep_checkpoint: bool = True,
     **overrides,
 ) -> Crosscoder:
     """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
@@ -549,6 +553,11 @@ def train_crosscoder(
     ``max_dead_fraction`` of the latents are dead.
 
     ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
+
+    ``checkpoint_dir`` makes the run resumable, as in ``train_saes``: every ``checkpoint_every`` steps (and
+    at the end) the weights, optimizer state, dead-latent counters, losses and RNG state are saved there;
+    the same call after a kill continues from the last save to the weights of an uninterrupted run.
+    ``keep_checkpoint=False`` removes featdiff's checkpoint files after success.
 
     Examples
     --------
@@ -611,20 +620,31 @@ def train_crosscoder(
     since_fired = torch.zeros(cfg.d_sae, device=dev)
     aux_k = cfg.aux_k or max(1, cfg.d_in // 2)
 
-    def batches():
-        epoch = 0
+    def batches(start: int):
+        # the order is a function of the seed and the epoch: a resumed run skips to batch ``start``
+        epoch, skip = divmod(start, max(1, acts.n_tokens // cfg.batch_size))
         while True:
             for b in acts.batches(
                 cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch, names=cfg.names
             ):
                 if b[cfg.names[0]].shape[0] == cfg.batch_size or acts.n_tokens < cfg.batch_size:
+                    if skip:
+                        skip -= 1
+                        continue
                     yield stack(b, cfg.names)
             epoch += 1
 
-    it = batches()
     losses = torch.zeros(n_steps)
-    smoothed = None
-    bar = tqdm(range(n_steps), desc="crosscoder", disable=not progress, leave=False)
+    state = {"smoothed": None}
+    run_ckpt, start = None, 0
+    if checkpoint_dir is not None:
+        settings = {"config": cfg.to_dict(), "n_tokens": acts.n_tokens, "data": data_fingerprint(acts, cfg.names)}
+        run_ckpt = RunCheckpoint(checkpoint_dir, "train_crosscoder", settings, checkpoint_every, n_steps)
+        start = run_ckpt.resume(lambda folder: _load_run_state(folder, cc, opt, since_fired, losses, state))
+    it = batches(start)
+    bar = progress_bar(
+        range(start, n_steps), total=n_steps, initial=start, desc="crosscoder", disable=not progress, leave=False
+    )
     for step in bar:
         if step >= decay_start and n_steps > decay_start:
             for group in opt.param_groups:
@@ -636,13 +656,51 @@ def train_crosscoder(
         opt.step()
         losses[step] = parts["mse"]
         # the bar shows an exponential moving average of the reconstruction loss it trains on
-        smoothed = parts["mse"] if smoothed is None else 0.95 * smoothed + 0.05 * parts["mse"]
+        smoothed = state["smoothed"]
+        state["smoothed"] = smoothed = parts["mse"] if smoothed is None else 0.95 * smoothed + 0.05 * parts["mse"]
         if progress and (step % 50 == 0 or step == n_steps - 1):
             bar.set_postfix(mse=f"{smoothed:.4g}")
+        if run_ckpt is not None:
+            run_ckpt.step_done(
+                step + 1, lambda folder: _save_run_state(folder, cc, opt, since_fired, losses, state)
+            )
     cc = cc.cpu().eval()
     cc.diagnostics = _diagnose(cc, acts, losses)
     _warn_diagnostics(cc.diagnostics, cfg)
+    if run_ckpt is not None and not keep_checkpoint:
+        run_ckpt.clear()
     return cc
+
+
+def _save_run_state(
+    folder: Path, cc: Crosscoder, opt, since_fired: Tensor, losses: Tensor, state: dict
+) -> None:
+    """What a resumed ``train_crosscoder`` needs: weights and buffers, optimizer, counters, losses, RNG."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in cc.state_dict().items()}
+    save_file(weights, str(folder / "crosscoder.safetensors"))
+    torch.save(
+        {
+            "optimizer": opt.state_dict(),
+            "since_fired": since_fired.cpu(),
+            "losses": losses,
+            "smoothed": state["smoothed"],
+            "torch_rng": torch.get_rng_state(),
+        },
+        folder / "trainer_state.pt",
+    )
+
+
+def _load_run_state(
+    folder: Path, cc: Crosscoder, opt, since_fired: Tensor, losses: Tensor, state: dict
+) -> None:
+    dev = since_fired.device
+    cc.load_state_dict(load_file(str(folder / "crosscoder.safetensors"), device=str(dev)))
+    saved = torch.load(folder / "trainer_state.pt", map_location=dev)
+    opt.load_state_dict(saved["optimizer"])
+    since_fired.copy_(saved["since_fired"])
+    losses.copy_(saved["losses"])
+    state["smoothed"] = saved["smoothed"]
+    torch.set_rng_state(saved["torch_rng"].cpu())
 
 
 def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1, end: int | None = None) -> float:

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from featdiff import constants
+from featdiff._checkpoint import RunCheckpoint, data_fingerprint
 from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir
+from featdiff._output import progress_bar
 from featdiff.activations import ActivationSet
 from featdiff.errors import FeatdiffError, check_choice
 
@@ -178,13 +179,17 @@ def _to_inference(training_sae) -> SAE:
 
 
 def _cycle_batches(
-    acts: ActivationSet, names: list[str], batch_size: int, seed: int
+    acts: ActivationSet, names: list[str], batch_size: int, seed: int, start: int = 0
 ) -> Iterator[dict[str, Tensor]]:
-    """Full batches of paired rows forever, reshuffled every epoch (a short last batch is dropped)."""
-    epoch = 0
+    """Full batches of paired rows forever, reshuffled every epoch (a short last batch is dropped); from
+    batch ``start`` on (a resumed run: the order is a function of ``seed`` and the epoch)."""
+    epoch, skip = divmod(start, acts.n_tokens // batch_size)
     while True:
         for batch in acts.batches(batch_size, shuffle=True, seed=seed + 1_000_003 * epoch, names=names):
             if next(iter(batch.values())).shape[0] == batch_size:
+                if skip:
+                    skip -= 1
+                    continue
                 yield batch
         epoch += 1
 
@@ -200,6 +205,9 @@ def train_saes(
     config: SAETrainConfig | Mapping[str, Any] | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    keep_checkpoint: bool = True,
     **overrides: Any,
 ) -> dict[str, SAE]:
     """Train one sae-lens SAE per checkpoint of ``acts``, all in one pass over the data.
@@ -217,6 +225,13 @@ def train_saes(
     and each batch is moved there. Returns ``{key: sae_lens.SAE}`` inference SAEs on the CPU in eval mode,
     decoder rows of unit norm (batchtopk SAEs come back as sae-lens "jumprelu" SAEs, as sae-lens saves
     them).
+
+    ``checkpoint_dir`` makes the run resumable: every ``checkpoint_every`` steps (and at the end) it saves
+    each SAE's weights and sae-lens trainer state (optimizer, lr scheduler, step counters, activation
+    scaler, dead-latent counters), the loss history and the RNG state there (see ``featdiff._checkpoint``);
+    the same call after a kill continues from the last save and gives the weights of an uninterrupted run.
+    A checkpoint of a call with other settings is refused. ``keep_checkpoint=False`` removes featdiff's
+    checkpoint files after success; nothing else in the folder is touched.
 
     Examples
     --------
@@ -303,11 +318,21 @@ def train_saes(
         trainers[key] = trainer
 
     ckpts = sorted({c for c, _ in plan.values()})
-    batches = _cycle_batches(acts, ckpts, batch_size, seed)
     history = {key: _LossHistory() for key in trainers}
-    bar = tqdm(total=steps, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress)
+    run_ckpt, start = None, 0
+    if checkpoint_dir is not None:
+        settings = {
+            "config": cfg.to_dict(), "seed": seed, "plan": plan, "steps": steps, "batch_size": batch_size,
+            "d_in": d_in, "n_tokens": acts.n_tokens, "hook": acts.hook, "data": data_fingerprint(acts, ckpts),
+        }
+        run_ckpt = RunCheckpoint(checkpoint_dir, "train_saes", settings, checkpoint_every, steps)
+        start = run_ckpt.resume(lambda folder: _load_run_state(folder, trainers, history))
+    batches = _cycle_batches(acts, ckpts, batch_size, seed, start)
+    bar = progress_bar(
+        total=steps, initial=start, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress
+    )
     with bar:
-        for step in range(steps):
+        for step in range(start, steps):
             batch = next(batches)
             for key, trainer in trainers.items():
                 out = trainer.step(batch[plan[key][0]].to(dev))
@@ -319,6 +344,8 @@ def train_saes(
                 if progress:
                     bar.set_postfix(_progress_postfix(history, trainers))
             bar.update(1)
+            if run_ckpt is not None:
+                run_ckpt.step_done(step + 1, lambda folder: _save_run_state(folder, trainers, history))
 
     out: dict[str, SAE] = {}
     for key, trainer in trainers.items():
@@ -329,7 +356,37 @@ def train_saes(
         trainer.set_final_sae_metadata()
         out[key] = _to_inference(tsae)
         out[key].featdiff_train = history[key].record(trainer, steps, batch_size, steps - decay)
+    if run_ckpt is not None and not keep_checkpoint:
+        run_ckpt.clear()
     return out
+
+
+def _save_run_state(folder: Path, trainers: Mapping[str, Any], history: Mapping[str, _LossHistory]) -> None:
+    """Each SAE's weights and sae-lens trainer state, its loss history, and the RNG state (``train_saes``)."""
+    from safetensors.torch import save_file  # deferred with sae-lens's own imports
+
+    for i, (key, trainer) in enumerate(trainers.items()):
+        sub = folder / f"sae{i}"
+        trainer.save_trainer_state(sub)  # sae-lens: optimizer, lr scheduler, counters, activation scaler
+        state = {k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()}
+        save_file(state, str(sub / constants.SAE_WEIGHTS))
+        history[key].flush()
+        (sub / "featdiff_history.json").write_text(json.dumps({"key": key, **history[key].state()}))
+    torch.save({"torch_rng": torch.get_rng_state()}, folder / "rng.pt")
+
+
+def _load_run_state(folder: Path, trainers: Mapping[str, Any], history: Mapping[str, _LossHistory]) -> None:
+    from safetensors.torch import load_file  # deferred with sae-lens's own imports
+
+    for i, (key, trainer) in enumerate(trainers.items()):
+        sub = folder / f"sae{i}"
+        saved = json.loads((sub / "featdiff_history.json").read_text())
+        if saved.pop("key") != key:
+            raise FeatdiffError(f"The checkpoint in {folder} holds other SAEs; pass another checkpoint_dir.")
+        trainer.sae.load_state_dict(load_file(str(sub / constants.SAE_WEIGHTS), device=str(trainer.sae.device)))
+        trainer.load_trainer_state(sub)
+        history[key].load_state(saved)
+    torch.set_rng_state(torch.load(folder / "rng.pt")["torch_rng"])
 
 
 class _LossHistory:
@@ -361,6 +418,15 @@ class _LossHistory:
             first = len(self.mse) == 1
             self.ema_mse = mse if first else (1 - self.EMA) * self.ema_mse + self.EMA * mse
             self.ema_aux = aux if first else (1 - self.EMA) * self.ema_aux + self.EMA * aux
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (after ``flush``)."""
+        return {"mse": self.mse, "aux": self.aux, "ema_mse": self.ema_mse, "ema_aux": self.ema_aux}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self._pending = []
+        self.mse, self.aux = list(state["mse"]), list(state["aux"])
+        self.ema_mse, self.ema_aux = float(state["ema_mse"]), float(state["ema_aux"])
 
     def record(self, trainer, n_steps: int, batch_size: int, lr_decay_start: int) -> dict[str, Any]:
         """What ``featdiff.diagnostics`` reads from ``sae.featdiff_train``."""

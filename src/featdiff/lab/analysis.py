@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from featdiff._config import Config, check_int, check_number
 from featdiff._io import atomic_dir, write_json
+from featdiff._output import progress_bar
 from featdiff._threads import torch_threads
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet, collect_activations
@@ -364,7 +364,7 @@ class CrosscoderView:
 class _Stages:
     """A tqdm bar over the view's stages that also records how long each took."""
     def __init__(self, names: list[str], progress: bool):
-        self.bar = tqdm(total=len(names), desc="crosscoder view", disable=not progress)
+        self.bar = progress_bar(total=len(names), desc="crosscoder view", disable=not progress)
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager

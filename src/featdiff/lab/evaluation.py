@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from tqdm.auto import tqdm
 
+from featdiff._output import progress_bar
 from featdiff.errors import FeatdiffError
 from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate
@@ -56,7 +56,7 @@ def correctness(
         raise FeatdiffError("featdiff.lab.correctness needs at least one model in 'models'; got none.")
     task_sets = dict(tasks) if tasks is not None else _default_tasks(models)
     frames = []
-    bar = tqdm(total=len(models) * len(task_sets), desc="lab: evaluate", disable=not progress, leave=False)
+    bar = progress_bar(total=len(models) * len(task_sets), desc="lab: evaluate", disable=not progress, leave=False)
     for ckpt, model in models.items():
         for name, ts in task_sets.items():
             completions = generate(model, ts.prompts, ts.task.generation_len, batch_size=batch_size)

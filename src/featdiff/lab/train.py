@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from featdiff._output import dependency_warnings_once, progress_bar
 from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate
 from featdiff.lab.suite import task_groups, task_list, tasks
@@ -60,7 +60,8 @@ def make_model(config: LabConfig) -> HookedTransformer:
     )
     with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = HookedTransformer(cfg)
+        with dependency_warnings_once():  # TransformerLens 3.9 warns on every model built
+            model = HookedTransformer(cfg)
     return model
 
 
@@ -68,7 +69,7 @@ def clone_model(model: HookedTransformer) -> HookedTransformer:
     """An independent copy of a model (same config and weights)."""
     from transformer_lens import HookedTransformer  # deferred: transformer-lens ~12 s to import
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), dependency_warnings_once():
         copy = HookedTransformer(model.cfg)
     copy.load_state_dict(model.state_dict())
     return copy
@@ -127,7 +128,7 @@ def pretrain(config: LabConfig, progress: bool = True) -> tuple[HookedTransforme
     g = torch.Generator().manual_seed(config.seed * 1000 + _PRETRAIN)
     dev = tasks(config, split="dev", n=config.tasks.n_eval_checkpoint)
     history: list[dict] = []
-    bar = tqdm(range(1, pc.max_steps + 1), desc="lab: pretrain", disable=not progress, leave=False)
+    bar = progress_bar(range(1, pc.max_steps + 1), desc="lab: pretrain", disable=not progress, leave=False)
     for step in bar:
         counts = torch.multinomial(weights, pc.batch_size, replacement=True, generator=g).bincount(
             minlength=len(all_tasks)
@@ -188,7 +189,7 @@ def sft(
     n_steps = per_epoch * sc.epochs
     saves = _checkpoint_steps(n_steps, config.n_checkpoints)
     history = []
-    bar = tqdm(total=n_steps, desc="lab: sft", disable=not progress, leave=False)
+    bar = progress_bar(total=n_steps, desc="lab: sft", disable=not progress, leave=False)
     step = 0
     for _ in range(sc.epochs):
         order = torch.randperm(data.prompts.shape[0], generator=g)
@@ -264,7 +265,7 @@ def grpo(
     total = n_steps if n_steps is not None else per_epoch * gc.epochs
     saves = _checkpoint_steps(total, config.n_checkpoints)
     history = []
-    bar = tqdm(total=total, desc="lab: grpo", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc="lab: grpo", disable=not progress, leave=False)
     order = torch.empty(0, dtype=torch.long)
     for step in range(1, total + 1):
         b = (step - 1) % per_epoch

@@ -1,0 +1,120 @@
+"""The report as a reader sees it: rendered in headless Chromium at 1280 px, nothing overflows the page, and
+no figure's legend covers its data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+import featdiff as fd
+from featdiff.dictionaries.sae import sae_from_dictionary
+from featdiff.figures import headless_pyplot, plot_accuracy, plot_comparison
+from featdiff.report import write_html_report
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+ACC = pd.DataFrame(
+    {"checkpoint": ["base", "rl", "sft"], "in_domain": [0.3, 0.9, 0.95], "out_of_domain": [0.99, 0.97, 0.27]}
+)
+
+# Runs in the page after layout: the page's width, and every table's and image's right edge against the
+# page and against its scrolling container, written into the DOM that --dump-dom prints.
+PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const W = window.innerWidth, out = {inner: W, scroll: document.documentElement.scrollWidth, bad: [], n: 0};
+  for (const el of document.querySelectorAll("table, img, pre")) {
+    out.n += 1;
+    const box = el.closest(".scroll") || el;
+    const r = box.getBoundingClientRect();
+    if (r.right > W + 0.5 || r.left < -0.5) out.bad.push([el.tagName, "outside the page", r.left, r.right]);
+    if (box !== el && getComputedStyle(box).overflowX !== "auto" && el.scrollWidth > box.clientWidth)
+      out.bad.push([el.tagName, "wider than a container that does not scroll"]);
+  }
+  const pre = document.createElement("pre"); pre.id = "featdiff-probe"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def _comparison():
+    """A real comparison with every summary column (replicas give floors and intervals): the wide table."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(48, 12, generator=g), dim=1)
+    moved = torch.nn.functional.normalize(W + 0.6 * torch.randn(48, 12, generator=g), dim=1)
+    saes = {"base": sae_from_dictionary(W, k=3), "rl": sae_from_dictionary(W, k=3),
+            "sft": sae_from_dictionary(moved, k=3)}  # fmt: skip
+    x = torch.relu(torch.randn(400, 48, generator=g) - 1.0) @ W
+    acts = fd.ActivationSet.from_tensors({"base": x, "rl": x, "sft": x + 0.05 * torch.randn(400, 12, generator=g)})
+    replica = sae_from_dictionary(torch.nn.functional.normalize(W + 0.1 * torch.randn(48, 12, generator=g), dim=1), k=3)
+    return fd.compare_dictionaries(saes, acts, replicas=[replica], progress=False)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it with apt-get)")
+def test_report_fits_a_1280px_page_in_chromium(tmp_path):
+    page = write_html_report(tmp_path / "report.html", _comparison(), ACC)
+    html = page.read_text()
+    assert len(re.findall("<table", html)) >= 2
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE + "</body>"))
+    res = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'<pre id="featdiff-probe">(.*?)</pre>', res.stdout, re.S)
+    assert found, (res.returncode, res.stderr[-2000:])
+    out = json.loads(found.group(1).replace("&quot;", '"'))
+    assert out["inner"] == 1280
+    assert out["n"] >= 4  # the tables and figures were seen
+    assert out["scroll"] <= out["inner"], out  # no horizontal scroll bar on the page
+    assert out["bad"] == [], out["bad"]
+
+
+def _data_boxes(ax, renderer):
+    """Display-space boxes of the bars, and points of the outlines (step histograms) and lines, an axes draws."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import Bbox
+
+    boxes, points = [], []
+    for p in ax.patches:
+        if not p.get_visible():
+            continue
+        if isinstance(p, Rectangle):
+            boxes.append(p.get_window_extent(renderer))
+        else:  # an outline: its vertices, densified so that a long edge is not skipped
+            verts = p.get_transform().transform(p.get_path().interpolated(20).vertices)
+            points.extend(verts)
+    for line in ax.lines:
+        points.extend(line.get_transform().transform(line.get_path().interpolated(20).vertices))
+    return boxes + [Bbox([[x, y], [x, y]]) for x, y in points]
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 <= b.x1 and b.x0 <= a.x1 and a.y0 <= b.y1 and b.y0 <= a.y1
+
+
+@pytest.mark.parametrize("which", ["comparison", "accuracy"])
+def test_no_legend_covers_data(which):
+    plt = headless_pyplot()
+    fig = plot_comparison(_comparison()) if which == "comparison" else plot_accuracy(ACC)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    n_legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        n_legends += 1
+        box = legend.get_window_extent(renderer)
+        covered = [b for b in _data_boxes(ax, renderer) if _overlaps(box, b)]
+        assert covered == [], f"{which}: the legend of {ax.get_title()!r} covers {len(covered)} data marks"
+    plt.close(fig)
+    assert n_legends >= 1
