@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from featdiff.activations import ActivationSet
+from featdiff.dictionaries.crosscoder import stack
 from featdiff.dictionaries.stats import unit_decoder
 from featdiff.errors import FeatdiffError
 
@@ -219,7 +220,8 @@ def _code_batches(dictionary, is_cc: bool, acts: ActivationSet, checkpoint: str,
     """Codes (float32, CPU) of the rows of ``acts`` (all, or the index ``rows``), batch by batch."""
     if is_cc:
         sub = acts if rows is None else acts.subset(torch.as_tensor(rows, dtype=torch.long))
-        yield dictionary.encode_acts(sub, batch_size=batch_size).float().cpu()
+        for b in sub.batches(batch_size, shuffle=False, names=dictionary.names):
+            yield dictionary.encode(stack(b, dictionary.names)).float().cpu()
         return
     x = acts[checkpoint] if rows is None else acts[checkpoint][torch.as_tensor(rows, dtype=torch.long)]
     if x.shape[1] != dictionary.W_dec.shape[1]:
@@ -288,24 +290,43 @@ def _window(acts: ActivationSet, row: int, before: int, after: int) -> list[int]
 
 
 def _contexts(
-    dictionary, is_cc, acts, checkpoint, feature, rows, unembedding, before, after
-) -> list[Context]:
-    out = []
-    for row in rows:
-        win = _window(acts, int(row), before, after)
-        (codes,) = list(_code_batches(dictionary, is_cc, acts, checkpoint, rows=win, batch_size=len(win)))
-        ids = None if acts.token_ids is None else [int(t) for t in acts.token_ids[win]]
-        text = (unembedding or Unembedding()).token_text(ids) if ids is not None else [f"#{r}" for r in win]
-        out.append(
-            Context(
-                tokens=text,
-                token_ids=ids,
-                values=[float(v) for v in codes[:, feature]],
-                center=win.index(int(row)),
-                row=int(row),
-                sequence=None if acts.sequence_ids is None else int(acts.sequence_ids[row]),
+    dictionary, is_cc, acts, checkpoint, tops: list[tuple[int, list[int]]], unembedding, before, after
+) -> list[list[Context]]:
+    """The contexts of each ``(feature, top rows)`` in ``tops``: every window row is encoded once, in
+    batches, and only the codes the windows need are kept."""
+    wins = [[_window(acts, int(r), before, after) for r in rows] for _, rows in tops]
+    pair_rows, pair_cols = [], []
+    for (f, _), ws in zip(tops, wins, strict=True):
+        for w in ws:
+            pair_rows += w
+            pair_cols += [f] * len(w)
+    values = torch.zeros(len(pair_rows))
+    if pair_rows:
+        unique, inverse = torch.unique(torch.tensor(pair_rows), return_inverse=True)
+        cols = torch.tensor(pair_cols)
+        start = 0
+        for codes in _code_batches(dictionary, is_cc, acts, checkpoint, rows=unique):
+            hit = (inverse >= start) & (inverse < start + len(codes))
+            values[hit] = codes[inverse[hit] - start, cols[hit]]
+            start += len(codes)
+    u = unembedding or Unembedding()
+    out, i = [], 0
+    for (_, rows), ws in zip(tops, wins, strict=True):
+        cs = []
+        for row, w in zip(rows, ws, strict=True):
+            ids = None if acts.token_ids is None else [int(t) for t in acts.token_ids[w]]
+            cs.append(
+                Context(
+                    tokens=u.token_text(ids) if ids is not None else [f"#{r}" for r in w],
+                    token_ids=ids,
+                    values=values[i : i + len(w)].tolist(),
+                    center=w.index(int(row)),
+                    row=int(row),
+                    sequence=None if acts.sequence_ids is None else int(acts.sequence_ids[row]),
+                )
             )
-        )
+            i += len(w)
+        out.append(cs)
     return out
 
 
@@ -428,9 +449,9 @@ def feature_cards(
         vals, rows, freq = top_activations(d, acts, c, n=max(n_contexts, 1), features=cols)
         W = _decoder(d, is_cc, c)
         u = unemb.get(c, unemb.get("*"))
+        tops = [(f, rows[:, j][vals[:, j] > 0][:n_contexts].tolist()) for j, f in enumerate(cols)]
+        contexts = _contexts(d, is_cc, acts, c, tops, u, before, after)
         for j, f in enumerate(cols):
-            fired = vals[:, j] > 0
-            top_rows = rows[:, j][fired][:n_contexts].tolist()
             promoted, suppressed = _logits(u, W[f], n_logits)
             row = _feature_row(features, c, f)
             cards[(c, f)] = FeatureCard(
@@ -439,7 +460,7 @@ def feature_cards(
                 status=None if row is None else str(row["status"]),
                 frequency=float(freq[j]),
                 max_activation=float(vals[0, j]),
-                contexts=_contexts(d, is_cc, acts, c, f, top_rows, u, before, after),
+                contexts=contexts[j],
                 promoted=promoted,
                 suppressed=suppressed,
                 text_source="ids" if acts.token_ids is None else (u or Unembedding()).text_source,
@@ -561,3 +582,86 @@ def card_html(card: FeatureCard, style: bool = True) -> str:
         side = f"<div><b>base features</b>{side}</div>"
     css = f"<style>{CARD_CSS}</style>" if style else ""
     return f'{css}<div class="fd-card"><div class="fd-side"><div>{_card_body(card)}</div>{side}</div></div>'
+
+
+# --------------------------------------------------------------------------- the report's section
+PICKS = {
+    "most novel": "novel features least like any base feature (lowest similarity to their best match)",
+    "most drifted": "reused features that moved most from their base feature (highest drift)",
+    "most recombined": "recombined features built from the most base features, best fitted first",
+}
+
+
+def pick_features(features, checkpoint: str, n: int = 5) -> dict[str, list[int]]:
+    """The features a report shows for ``checkpoint``: ``n`` per group of ``PICKS``, from a
+    ``Comparison.features`` table (a group is empty where no feature has its status).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"checkpoint": "rl", "feature": [0, 1, 2], "status": ["novel", "reused", "reused"],
+    ...                   "similarity": [0.2, 0.9, 0.8], "drift": [None, 0.1, 0.2], "frequency": 0.1})
+    >>> pick_features(t, "rl", n=1)
+    {'most novel': [0], 'most drifted': [2], 'most recombined': []}
+    """
+    t = features[features["checkpoint"] == checkpoint]
+    status = t["status"].astype(str)
+
+    def top(mask, by, ascending):
+        cols = [c for c in by if c in t]
+        s = t[mask].sort_values(cols + ["feature"], ascending=[*ascending[: len(cols)], True], kind="stable")
+        return [int(f) for f in s["feature"].head(n)]
+
+    return {
+        "most novel": top(status == "novel", ["similarity", "frequency"], [True, False]),
+        "most drifted": top(status.isin(["reused", "split"]), ["drift", "frequency"], [False, False]),
+        "most recombined": top(status == "recombined", ["n_components", "fit_cosine"], [False, False]),
+    }
+
+
+def report_section(comparison, n: int = 5, **kwargs) -> str:
+    """The HTML report's browsable section: per compared checkpoint, the ``pick_features`` groups, each
+    feature's card in a ``<details>`` element (one self-contained fragment: inline CSS, no script). Where
+    the comparison keeps no activations or dictionaries (a loaded one) the section says so."""
+    head = "<h2>Feature cards</h2>"
+    features = getattr(comparison, "features", None)
+    if (
+        not hasattr(comparison, "feature_cards")
+        or features is None
+        or not {"checkpoint", "status"} <= set(features)
+    ):
+        return head + '<p class="note">No feature cards: this is not a Comparison with a features table.</p>'
+    targets = [str(c) for c in dict.fromkeys(features["checkpoint"])] if len(features) else []
+    picks = {c: pick_features(features, c, n) for c in targets}
+    keys = [(c, f) for c, groups in picks.items() for fs in groups.values() for f in fs]
+    try:
+        cards = dict(zip(keys, comparison.feature_cards(keys, **kwargs), strict=True)) if keys else {}
+    except FeatdiffError as e:
+        return head + f'<p class="note">No feature cards: {html.escape(str(e))}</p>'
+    parts = [
+        head,
+        f"<style>{CARD_CSS}</style>",
+        "<p>What a feature is: its top-activating contexts (each token shaded by the feature's activation, "
+        "the top token outlined), how often it fires, the logits its decoder row promotes and suppresses "
+        f"({html.escape(LOGIT_METHOD)}) and, beside it, the base features it matches, is built from or lies "
+        "nearest to, with their own contexts. Click a feature to open its card.</p>",
+    ]
+    for c, groups in picks.items():
+        parts.append(f"<h3>{html.escape(c)}</h3>")
+        for group, fs in groups.items():
+            parts.append(
+                f'<p><b>{html.escape(group)}</b> <span class="note">{html.escape(PICKS[group])}</span></p>'
+            )
+            if not fs:
+                parts.append('<p class="note">(none)</p>')
+            for f in fs:
+                card = cards[(c, f)]
+                summary = (
+                    f"{html.escape(c)} feature {f} · {html.escape(card.status or '')} · fires on "
+                    f"{card.frequency:.2%} · related: "
+                    + (", ".join(f"{r.role} {r.feature}" for r in card.related) or "none")
+                )
+                parts.append(
+                    f'<details class="fd-details"><summary>{summary}</summary>{card_html(card, style=False)}</details>'
+                )
+    return "\n".join(parts)
