@@ -163,3 +163,25 @@ def test_report_has_the_card_section(setup, tmp_path):
     assert "most drifted" in page and "most recombined" in page
     without = write_html_report(tmp_path / "s.html", setup["cmp"], cards=0).read_text()
     assert "<h2>Feature cards</h2>" not in without
+
+
+def test_export_features_carries_the_cards(setup, tmp_path):
+    cmp = setup["cmp"]
+    path = fd.export_features(cmp, tmp_path / "features.json", models=setup["models"], n_contexts=4, n_logits=3)
+    doc = json.loads(path.read_text())
+    assert doc["featdiff_feature_json"] == 2 and doc["cards"] is True and doc["reference"] == "base"
+    assert doc["text_source"] == "ids" and doc["n_tokens"] == setup["acts"].n_tokens
+    recs = {r["feature"]: r for r in doc["features"]}
+    assert len(recs) == len(cmp.features) == 18
+    for f in (0, 10, 14):
+        card = cmp.feature_card("rl", f, models=setup["models"], n_contexts=4, n_logits=3)
+        r = recs[f]
+        assert r["status"] == card.status and r["frac_nonzero"] == pytest.approx(card.frequency)
+        assert [a["values"] for a in r["activations"]] == [pytest.approx(c.values) for c in card.contexts]
+        assert [a["max_value"] for a in r["activations"]] == sorted((a["max_value"] for a in r["activations"]), reverse=True)
+        for a in r["activations"]:
+            assert a["values"][a["max_value_token_index"]] == a["max_value"]
+            assert a["tokens"] == [str(t) for t in a["token_ids"]]
+        assert r["pos_token_ids"] == [x.token_id for x in card.promoted] and len(r["neg_values"]) == 3
+        assert [(c["feature"], c["role"]) for c in r["top_components"]] == [(x.feature, x.role) for x in card.related]
+    assert [c["feature"] for c in recs[10]["top_components"]] == [a for a, _ in cmp.features.loc[10, "components"]]

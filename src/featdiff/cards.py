@@ -351,15 +351,22 @@ def _as_unembeddings(models) -> dict[str, Unembedding]:
     return {"*": Unembedding.from_model(models)}  # one model (or Unembedding) for every checkpoint
 
 
-def _feature_row(features, checkpoint: str, feature: int):
-    if features is None or not len(features):
-        return None
-    hit = features[(features["checkpoint"] == checkpoint) & (features["feature"] == feature)]
-    return None if hit.empty else hit.iloc[0]
+def _row_lookup(features):
+    """(checkpoint, feature) -> that row of a features table (a pandas Series), or None."""
+    if features is None or not len(features) or not {"checkpoint", "feature"} <= set(features):
+        return lambda c, f: None
+    index = {
+        (str(c), int(f)): i
+        for i, (c, f) in enumerate(zip(features["checkpoint"], features["feature"], strict=True))
+    }
+    return lambda c, f: features.iloc[index[(c, f)]] if (c, f) in index else None
 
 
-def _related(row, dictionaries, checkpoint, feature, reference, n_related) -> list[tuple[int, str, float]]:
-    """(reference feature, role, weight) beside ``feature`` of ``checkpoint`` (see ``ROLES``)."""
+def _related(
+    row, dictionaries, checkpoint, feature, reference, n_related, units: dict
+) -> list[tuple[int, str, float]]:
+    """(reference feature, role, weight) beside ``feature`` of ``checkpoint`` (see ``ROLES``); ``units``
+    caches unit decoders by checkpoint."""
     if (
         checkpoint == reference
         or reference not in dictionaries
@@ -378,10 +385,10 @@ def _related(row, dictionaries, checkpoint, feature, reference, n_related) -> li
         return [(feature, "latent", cos)]
     if status in ("reused", "split") and int(row["match"]) >= 0:
         return [(int(row["match"]), "match", float(row["similarity"]))]
-    cos = (
-        unit_decoder(_decoder(ref, ref_cc, reference))
-        @ unit_decoder(_decoder(tgt, tgt_cc, checkpoint))[feature]
-    )
+    for name, d, cc in ((reference, ref, ref_cc), (checkpoint, tgt, tgt_cc)):
+        if name not in units:
+            units[name] = unit_decoder(_decoder(d, cc, name))
+    cos = units[reference] @ units[checkpoint][feature]
     top = cos.topk(min(n_related, len(cos)))
     return [(int(i), "nearest", float(v)) for i, v in zip(top.indices, top.values, strict=True)]
 
@@ -399,7 +406,7 @@ def feature_cards(
     after: int = 3,
     n_logits: int = 8,
     n_related: int = 3,
-    related: bool = True,
+    related: bool | str = True,
 ) -> list[FeatureCard]:
     """The cards of several ``(checkpoint, feature)`` keys, sharing one streamed pass per checkpoint.
 
@@ -408,7 +415,8 @@ def feature_cards(
     ``collect_activations`` records them); ``features``: a ``Comparison.features`` table (status, match,
     components); ``models``: ``{checkpoint: HookedTransformer or Unembedding}`` (or one model for all) for
     the logits and token text, else no logits and token ids. Windows hold up to ``before`` tokens before
-    and ``after`` after the top token, within its sequence. ``related=False`` leaves out the base features.
+    and ``after`` after the top token, within its sequence. ``related=False`` leaves out the base features,
+    ``related="list"`` lists them without their cards (``RelatedFeature.card`` None).
     """
     for name, value in (
         ("n_contexts", n_contexts),
@@ -424,7 +432,13 @@ def feature_cards(
         raise FeatdiffError(
             f"feature_cards needs the checkpoints' activations as an ActivationSet; got {type(acts).__name__}."
         )
+    if related not in (True, False, "list"):
+        raise FeatdiffError(
+            f"The 'related' parameter of feature_cards must be True, False or 'list'; got {related!r}."
+        )
     unemb = _as_unembeddings(models)
+    row_of = _row_lookup(features)
+    units: dict = {}
     keys = [(str(c), int(f)) for c, f in keys]
     wanted: dict[str, dict[int, None]] = {}
     rel: dict[tuple[str, int], list] = {}
@@ -439,7 +453,8 @@ def feature_cards(
             )
         wanted.setdefault(c, {})[f] = None
         if related:
-            rel[(c, f)] = _related(_feature_row(features, c, f), dictionaries, c, f, reference, n_related)
+            rel[(c, f)] = _related(row_of(c, f), dictionaries, c, f, reference, n_related, units)
+        if related is True:
             for g, _, _ in rel[(c, f)]:
                 wanted.setdefault(reference, {})[g] = None
     cards: dict[tuple[str, int], FeatureCard] = {}
@@ -453,7 +468,7 @@ def feature_cards(
         contexts = _contexts(d, is_cc, acts, c, tops, u, before, after)
         for j, f in enumerate(cols):
             promoted, suppressed = _logits(u, W[f], n_logits)
-            row = _feature_row(features, c, f)
+            row = row_of(c, f)
             cards[(c, f)] = FeatureCard(
                 checkpoint=c,
                 feature=f,
@@ -474,7 +489,9 @@ def feature_cards(
                 **{
                     **card.__dict__,
                     "related": [
-                        RelatedFeature(reference, g, role, w, cards[(reference, g)])
+                        RelatedFeature(
+                            reference, g, role, w, cards[(reference, g)] if related is True else None
+                        )
                         for g, role, w in rel[(c, f)]
                     ],
                 }
