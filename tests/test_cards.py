@@ -185,3 +185,13 @@ def test_export_features_carries_the_cards(setup, tmp_path):
         assert r["pos_token_ids"] == [x.token_id for x in card.promoted] and len(r["neg_values"]) == 3
         assert [(c["feature"], c["role"]) for c in r["top_components"]] == [(x.feature, x.role) for x in card.related]
     assert [c["feature"] for c in recs[10]["top_components"]] == [a for a, _ in cmp.features.loc[10, "components"]]
+
+
+def test_every_exported_key_is_documented(setup, tmp_path):
+    from pathlib import Path
+
+    doc = json.loads(fd.export_features(setup["cmp"], tmp_path / "f.json", models=setup["models"]).read_text())
+    page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    rec = doc["features"][0]
+    keys = [*doc, *rec, *rec["activations"][0], *rec["top_components"][0]]
+    assert [k for k in keys if f"`{k}`" not in page and f".{k}`" not in page] == []

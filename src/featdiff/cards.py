@@ -528,7 +528,7 @@ CARD_CSS = """
 box-sizing:border-box;overflow-x:auto}
 .fd-card h4{margin:.1em 0 .3em;font-size:1em}
 .fd-ctx{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all;margin:.15em 0}
-.fd-tok{padding:0 1px;border-radius:2px}.fd-top{outline:1px solid #c60}
+.fd-tok{padding:0 1px;margin-right:2px;border-radius:2px}.fd-top{outline:1px solid #c60}
 .fd-side{display:flex;flex-wrap:wrap;gap:.8em}.fd-side>div{flex:1 1 22em;min-width:0}
 .fd-logits{display:flex;flex-wrap:wrap;gap:1.5em}.fd-logits table{border-collapse:collapse}
 .fd-logits td{padding:0 .4em}.fd-muted{color:#666}
