@@ -195,3 +195,37 @@ def test_every_exported_key_is_documented(setup, tmp_path):
     rec = doc["features"][0]
     keys = [*doc, *rec, *rec["activations"][0], *rec["top_components"][0]]
     assert [k for k in keys if f"`{k}`" not in page and f".{k}`" not in page] == []
+
+
+def test_compare_checkpoints_keeps_what_cards_need(setup):
+    base, rl = setup["models"]["base"], setup["models"]["rl"]
+    rl.featdiff_vocabulary = [f"t{i}" for i in range(23)]  # as featdiff.lab.load attaches to the lab's models
+    try:
+        tokens = torch.randint(0, 23, (48, 12), generator=torch.Generator().manual_seed(1))
+        cmp = fd.compare_checkpoints(
+            base, rl, tokens=tokens, hook=HOOK, d_sae=24, k=3, n_replicas=0, train_kwargs={"n_steps": 40},
+            progress=False,
+        )  # fmt: skip
+    finally:
+        del rl.featdiff_vocabulary
+    f = int(cmp.features["frequency"].idxmax())
+    card = cmp.feature_card("rl", int(cmp.features.loc[f, "feature"]), n_logits=4)
+    assert card.text_source == "vocabulary" and card.contexts
+    assert all(t == f"t{i}" for c in card.contexts for t, i in zip(c.tokens, c.token_ids, strict=True))
+    direct = (cmp.dictionaries["rl"].W_dec[card.feature].detach() * rl.ln_final.w.detach()) @ rl.W_U.detach()
+    assert [x.token_id for x in card.promoted] == direct.topk(4).indices.tolist()
+    assert card.related and all(r.card.text_source == "ids" for r in card.related)  # base: no vocabulary
+
+
+def test_crosscoder_cards(setup):
+    acts = setup["acts"]
+    cc = fd.train_crosscoder(acts, d_sae=16, k=4, seed=0, progress=False, n_steps=40)
+    cmp = fd.compare_crosscoder(cc, acts, progress=False)
+    codes = cc.encode_acts(acts)
+    f = int(codes.gt(0).sum(0).argmax())
+    card = cmp.feature_card("rl", f, n_contexts=3)
+    assert card.frequency == pytest.approx(float(codes[:, f].gt(0).float().mean()), abs=1e-6)
+    assert card.contexts[0].value == pytest.approx(float(codes[:, f].max()), rel=1e-5)
+    a, b = cc.decoder("rl")[f], cc.decoder("base")[f]
+    assert [(r.feature, r.role) for r in card.related] == [(f, "latent")]
+    assert card.related[0].weight == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
