@@ -154,7 +154,8 @@ class CompareConfig(Config):
 class Comparison:
     """The result of a comparison: ``summary`` (one row per compared checkpoint), ``features`` (one row per
     (checkpoint, feature)), ``meta`` (hook, tokens, seeds, versions). ``to_dir`` / ``load`` round-trip the
-    tables exactly; alignments and dictionaries stay in memory only.
+    tables exactly; alignments, dictionaries and ``extras`` (the evaluation activations and the models'
+    unembeddings that feature cards read) stay in memory only.
 
     Examples
     --------
