@@ -212,18 +212,19 @@ class Comparison:
         >>> card.status, round(card.frequency, 3), card.contexts[0].tokens, card.related[0].feature
         ('reused', 0.167, ['4'], 4)
         """
-        return self.feature_cards([(checkpoint, feature)], acts=acts, dictionaries=dictionaries, models=models, **kwargs)[0]
+        keys = [(checkpoint, feature)]
+        return self.feature_cards(keys, acts=acts, dictionaries=dictionaries, models=models, **kwargs)[0]
 
     def feature_cards(self, keys, *, acts=None, dictionaries=None, models=None, **kwargs) -> list[FeatureCard]:
-        """The cards of several ``(checkpoint, feature)`` keys (see ``feature_card``), in one pass per checkpoint."""
+        """The cards of several ``(checkpoint, feature)`` keys (see ``feature_card``), one pass per checkpoint."""
         acts = acts if acts is not None else self.extras.get("activations")
         dictionaries = dictionaries if dictionaries is not None else self.dictionaries
         if dictionaries is None or acts is None:
             missing = [n for n, v in (("dictionaries=", dictionaries), ("acts=", acts)) if v is None]
             raise FeatdiffError(
                 f"This Comparison keeps no {' and no '.join(m[:-1] for m in missing)} (a loaded one keeps "
-                f"neither): pass {' and '.join(missing)} (the SAEs {{checkpoint: sae}} and the ActivationSet it was "
-                "scored on) to feature_card."
+                f"neither): pass {' and '.join(missing)} (the SAEs {{checkpoint: sae}} and the ActivationSet "
+                "it was scored on) to feature_card."
             )
         models = models if models is not None else self.extras.get("unembeddings")
         return feature_cards(
