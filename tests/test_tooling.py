@@ -42,6 +42,7 @@ LAYERS = [
     ["activations"],
     ["dictionaries.stats"],
     ["dictionaries.sae", "dictionaries.crosscoder"],
+    ["cards"],
     ["dictionaries.formats"],
     ["align"],
     ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],

@@ -9,6 +9,7 @@ from featdiff import lab, synthetic  # noqa: E402
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
+from featdiff.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
 from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
 from featdiff.dictionaries.formats import export_features, load_crosscoder, load_sae, save_saes  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "CrosscoderView",
     "CrosscoderViewConfig",
     "FeatdiffError",
+    "FeatureCard",
     "FeatureEdit",
     "MetricContext",
     "SAETrainConfig",
@@ -77,6 +79,8 @@ __all__ = [
     "drift",
     "edit_features",
     "evaluate_intervention",
+    "feature_card",
+    "feature_cards",
     "feature_evolution",
     "generalization_features",
     "generate_greedy",

@@ -14,6 +14,7 @@ from featdiff import constants
 from featdiff._config import Config, check_int, check_number
 from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
+from featdiff.cards import FeatureCard, feature_cards
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.figures import headless_pyplot, plot_comparison
 from featdiff.metrics.uncertainty import (
@@ -160,7 +161,8 @@ class CompareConfig(Config):
 class Comparison:
     """The result of a comparison: ``summary`` (one row per compared checkpoint), ``features`` (one row per
     (checkpoint, feature)), ``meta`` (hook, tokens, seeds, versions). ``to_dir`` / ``load`` round-trip the
-    tables exactly; alignments and dictionaries stay in memory only.
+    tables exactly; alignments, dictionaries and ``extras`` (the evaluation activations and the models'
+    unembeddings that feature cards read) stay in memory only.
 
     Examples
     --------
@@ -195,6 +197,47 @@ class Comparison:
 
     def _repr_html_(self) -> str:
         return self.summary.round(4)._repr_html_()
+
+    def feature_card(
+        self, checkpoint: str, feature: int, *, acts=None, dictionaries=None, models=None, **kwargs
+    ) -> FeatureCard:
+        """The card of one feature (``featdiff.cards``): top contexts, frequency, logits, status and the base
+        features it matches or is built from, with theirs. ``acts``, ``dictionaries`` and ``models`` default
+        to what the comparison kept in memory (``compare_checkpoints`` keeps all three; a loaded Comparison
+        none); ``kwargs`` go to ``feature_cards`` (``n_contexts``, ``before``, ``after``, ``n_logits``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from featdiff.dictionaries.sae import sae_from_dictionary
+        >>> from featdiff.score import compare_dictionaries
+        >>> from featdiff.activations import ActivationSet
+        >>> x = torch.eye(6).repeat(10, 1)
+        >>> acts = ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=torch.arange(60) % 6)
+        >>> saes = {"base": sae_from_dictionary(torch.eye(6), k=1), "rl": sae_from_dictionary(torch.eye(6), k=1)}
+        >>> card = compare_dictionaries(saes, acts, progress=False).feature_card("rl", 4)
+        >>> card.status, round(card.frequency, 3), card.contexts[0].tokens, card.related[0].feature
+        ('reused', 0.167, ['4'], 4)
+        """
+        keys = [(checkpoint, feature)]
+        return self.feature_cards(keys, acts=acts, dictionaries=dictionaries, models=models, **kwargs)[0]
+
+    def feature_cards(self, keys, *, acts=None, dictionaries=None, models=None, **kwargs) -> list[FeatureCard]:
+        """The cards of several ``(checkpoint, feature)`` keys (see ``feature_card``), one pass per checkpoint."""
+        acts = acts if acts is not None else self.extras.get("activations")
+        dictionaries = dictionaries if dictionaries is not None else self.dictionaries
+        if dictionaries is None or acts is None:
+            missing = [n for n, v in (("dictionaries=", dictionaries), ("acts=", acts)) if v is None]
+            raise FeatdiffError(
+                f"This Comparison keeps no {' and no '.join(m[:-1] for m in missing)} (a loaded one keeps "
+                f"neither): pass {' and '.join(missing)} (the SAEs {{checkpoint: sae}} and the ActivationSet "
+                "it was scored on) to feature_card."
+            )
+        models = models if models is not None else self.extras.get("unembeddings")
+        return feature_cards(
+            dictionaries, acts, keys, features=self.features, reference=self.meta.get("reference", "base"),
+            models=models, **kwargs,
+        )
 
     def plot(self, path: str | os.PathLike | None = None):
         """A figure of the status fractions per checkpoint and the drift distribution; saved if ``path``."""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from featdiff._replicas import as_replicas
 from featdiff.activations import collect_activations
+from featdiff.cards import Unembedding
 from featdiff.comparison import CompareConfig, Comparison
 from featdiff.dictionaries.crosscoder import train_crosscoder
 from featdiff.dictionaries.sae import load_sae, train_saes
@@ -155,7 +156,9 @@ def compare_checkpoints(
         cc = train_crosscoder(
             train, d_sae=d_sae, k=k, seed=seed, progress=progress, device=device, **(train_kwargs or {})
         )
-        return compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
+        cmp = compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
+        cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
+        return cmp
 
     if noise_floor is not None:
         warnings.warn(
@@ -223,6 +226,7 @@ def compare_checkpoints(
         meta=meta,
     )
     cmp.extras["replica_saes"] = replicas
+    cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
     return cmp
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff._version import __version__
+from featdiff.cards import report_section
 from featdiff.figures import (
     ACCURACY_GROUPS,
     CHECKPOINT_ORDER,
@@ -352,11 +353,14 @@ def write_html_report(
     view=None,
     title: str = "featdiff report: what post-training did to the features",
     figures: dict | None = None,
+    cards: int = 5,
 ) -> Path:
     """Write one self-contained HTML file (no external assets) with the comparison, the accuracy and the
     crosscoder view: the key table, every table as HTML, every figure as an embedded base64 PNG and a short
     explanation of each number. ``figures`` (optional) maps names to matplotlib figures or PNG bytes
     already drawn (``"comparison"``, ``"accuracy"``, ``"crosscoder_<key>"``); missing ones are drawn here.
+    ``cards``: how many features per group (most novel, drifted, recombined) the feature-card section shows
+    per checkpoint (``featdiff.cards.report_section``; 0 leaves the section out).
     The file is written through a temporary name.
 
     Examples
@@ -482,6 +486,8 @@ def write_html_report(
         notes = view.meta.get("notes") or []
         if notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
+    if cards:
+        parts.append(report_section(comparison, n=cards))  # feature cards (featdiff.cards)
     parts += [
         '<p class="note">Written by featdiff. The full tables are next to this file: summary.csv, '
         "features.parquet, accuracy.csv, meta.json.</p>",

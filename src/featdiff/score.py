@@ -222,6 +222,8 @@ def compare_dictionaries(
         meta["reference_n_features"] = len(live_mask[reference])
         meta["reference_n_live"] = int(live_mask[reference].sum())
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
+    if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
+        cmp.extras["activations"] = acts
     emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp
 
@@ -395,5 +397,7 @@ def compare_crosscoder(
         "n_eval_tokens": None if acts is None else acts.n_tokens,
     }
     cmp = Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
+    if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
+        cmp.extras["activations"] = acts
     emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp

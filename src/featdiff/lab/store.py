@@ -28,7 +28,7 @@ from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LAB_VERSION, LabConfig
 from featdiff.lab.evaluation import accuracy_table, correctness
 from featdiff.lab.suite import task_groups, tasks
-from featdiff.lab.task import PAD, pad_right
+from featdiff.lab.task import PAD, pad_right, vocabulary
 from featdiff.lab.train import grpo, pretrain, sft
 from featdiff.models import _load_featdiff_dir, save_model
 
@@ -203,11 +203,15 @@ def load(
 ) -> tuple[HookedTransformer, HookedTransformer, HookedTransformer]:
     """The lab's ``(base, rl, sft)`` HookedTransformers; each carries ``.featdiff_prompts`` and
     ``.featdiff_meta`` (lab config, role, step, accuracy, pad_token_id), so
-    ``compare_checkpoints(*featdiff.lab.load(path))`` needs nothing else.
+    ``compare_checkpoints(*featdiff.lab.load(path))`` needs nothing else; ``.featdiff_vocabulary`` (the
+    text of each token id) lets feature cards show readable tokens.
     """
 
     _lab_info(path)
-    return tuple(_load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)  # type: ignore[return-value]
+    models = tuple(_load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)
+    for m in models:
+        m.featdiff_vocabulary = vocabulary()
+    return models  # type: ignore[return-value]
 
 
 def checkpoints(path: str | os.PathLike, run: str = "rl") -> list[Path]:

@@ -62,6 +62,20 @@ def op_token(op: str) -> int:
     return _FIRST_OP_TOKEN + list(OPS).index(op)
 
 
+def vocabulary() -> list[str]:
+    """The text of every token id (the lab's models have no tokenizer; feature cards show this text).
+
+    Examples
+    --------
+    >>> v = vocabulary()
+    >>> [v[i] for i in (BOS, op_token("sort"), 3, 1, EQ, 1, 3, SEP, PAD)]
+    ['<bos>', '[sort]', '3', '1', '=', '1', '3', '|', '<pad>']
+    """
+    special = {BOS: "<bos>", EQ: "=", SEP: "|", PAD: "<pad>"}
+    digits = [str(i) for i in range(N_DIGITS)]
+    return digits + [special[i] for i in range(N_DIGITS, _FIRST_OP_TOKEN)] + [f"[{op}]" for op in OPS]
+
+
 @dataclass(frozen=True)
 class Task:
     """One synthetic task: an operation on lists of ``length`` digits.

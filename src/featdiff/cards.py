@@ -1,0 +1,684 @@
+"""Feature cards: what one feature of one checkpoint *is*. Its top-activating contexts (token text with the
+activation of every token, from the tokenizer where the model has one, else the model's vocabulary, else
+token ids), its firing frequency, the logits its decoder row promotes and suppresses, and the base features
+it matches, is built from or lies nearest to, each with its own top contexts, side by side.
+
+Logits use the direct path, the approximation SAE-dashboard and Neuronpedia show: the decoder row scaled
+by the final layer norm's weight (where it has one) times the unembedding, ``(W_dec[f] * ln_final.w) @ W_U``;
+the layers after the hook and the normalisation's per-token scale (a positive factor) are left out.
+
+Top contexts are found in one streamed pass over the activations (a running top n per feature, as
+``featdiff.dictionaries.stats`` streams its statistics), so codes are never all held in memory.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from featdiff.activations import ActivationSet
+from featdiff.dictionaries.crosscoder import stack
+from featdiff.dictionaries.stats import unit_decoder
+from featdiff.errors import FeatdiffError
+
+LOGIT_METHOD = "direct path: (W_dec[f] * ln_final.w) @ W_U"
+ROLES = ("match", "component", "nearest", "latent")
+"""How a base feature relates to a card's feature: its match (reused / split), a component of its
+recombination (weight: the coefficient), a nearest base feature by decoder cosine (novel, dead, or no
+status known), or the same crosscoder latent in the reference (weight: the decoders' cosine)."""
+
+
+# --------------------------------------------------------------------------- the vocabulary side
+@dataclass
+class Unembedding:
+    """What a card needs of a model: the unembedding ``W_U`` (d_model, d_vocab), the final layer norm's
+    weight (``ln_scale``; None where it has none or is folded) and the token text (``tokenizer``, else
+    ``vocabulary``: one string per token id, else none: cards show ids).
+
+    Examples
+    --------
+    >>> u = Unembedding(torch.eye(3), vocabulary=["a", "b", "c"])
+    >>> u.token_text([2, 0]), u.logits(torch.tensor([0.0, 2.0, 1.0])).tolist()
+    (['c', 'a'], [0.0, 2.0, 1.0])
+    """
+
+    W_U: Float[Tensor, "d_model d_vocab"] | None = None
+    ln_scale: Float[Tensor, " d_model"] | None = None
+    tokenizer: Any = field(default=None, repr=False)
+    vocabulary: Sequence[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_model(cls, model) -> Unembedding:
+        """Read a HookedTransformer (no copy of its weights): ``W_U``, ``ln_final.w``, ``tokenizer``, and
+        ``featdiff_vocabulary`` where featdiff put one (the lab's checkpoints)."""
+        if isinstance(model, Unembedding):
+            return model
+        W_U = getattr(model, "W_U", None)
+        ln = getattr(model, "ln_final", None)
+        w = getattr(ln, "w", None) if ln is not None else None
+        return cls(
+            W_U=W_U.detach() if isinstance(W_U, Tensor) else None,
+            ln_scale=w.detach() if isinstance(w, Tensor) else None,
+            tokenizer=getattr(model, "tokenizer", None),
+            vocabulary=getattr(model, "featdiff_vocabulary", None),
+        )
+
+    @property
+    def text_source(self) -> str:
+        """ "tokenizer", "vocabulary" or "ids": where token text comes from."""
+        return "tokenizer" if self.tokenizer is not None else "vocabulary" if self.vocabulary else "ids"
+
+    def token_text(self, ids: Sequence[int]) -> list[str]:
+        ids = [int(i) for i in ids]
+        if self.tokenizer is not None:
+            return [self.tokenizer.decode([i]) for i in ids]
+        if self.vocabulary:
+            return [str(self.vocabulary[i]) if 0 <= i < len(self.vocabulary) else str(i) for i in ids]
+        return [str(i) for i in ids]
+
+    def logits(self, direction: Float[Tensor, " d_model"]) -> Float[Tensor, " d_vocab"] | None:
+        """The direct-path logit effect of a decoder row (``LOGIT_METHOD``); None without ``W_U`` or when
+        the row's width is not the model's (a hook outside the residual stream)."""
+        if self.W_U is None or direction.shape[-1] != self.W_U.shape[0]:
+            return None
+        d = direction.detach().float().cpu()
+        if self.ln_scale is not None:
+            d = d * self.ln_scale.detach().float().cpu()
+        return d @ self.W_U.detach().float().cpu()
+
+
+# --------------------------------------------------------------------------- the card
+@dataclass
+class Context:
+    """A window of tokens around one top-activating token: ``tokens`` (text), ``token_ids`` (None where the
+    activations carry none), ``values`` (the feature's activation on each), ``center`` (the index of the
+    top token in the window), ``row`` (its row in the ActivationSet) and ``sequence`` (its sequence id)."""
+
+    tokens: list[str]
+    token_ids: list[int] | None
+    values: list[float]
+    center: int
+    row: int
+    sequence: int | None = None
+
+    @property
+    def value(self) -> float:
+        return self.values[self.center]
+
+
+@dataclass
+class Logit:
+    """One vocabulary entry a feature promotes (value > 0) or suppresses (value < 0)."""
+
+    token_id: int
+    token: str
+    value: float
+
+
+@dataclass
+class FeatureCard:
+    """One feature of one checkpoint: status, firing frequency, top contexts (descending activation),
+    logits promoted / suppressed (``LOGIT_METHOD``; None where no model was given) and ``related`` base
+    features (``RelatedFeature``, each with its own card). ``to_dict`` gives JSON-able data,
+    ``_repr_html_`` renders it in a notebook."""
+
+    checkpoint: str
+    feature: int
+    status: str | None
+    frequency: float
+    max_activation: float
+    contexts: list[Context]
+    promoted: list[Logit] | None = None
+    suppressed: list[Logit] | None = None
+    related: list[RelatedFeature] = field(default_factory=list)
+    text_source: str = "ids"
+    logit_method: str = LOGIT_METHOD
+    n_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (non-finite numbers become None)."""
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FeatureCard:
+        """The inverse of ``to_dict``."""
+        d = dict(d)
+        d["contexts"] = [Context(**c) for c in d.get("contexts", [])]
+        for k in ("promoted", "suppressed"):
+            if d.get(k) is not None:
+                d[k] = [Logit(**x) for x in d[k]]
+        d["related"] = [
+            RelatedFeature(**{**r, "card": FeatureCard.from_dict(r["card"]) if r.get("card") else None})
+            for r in d.get("related", [])
+        ]
+        if d.get("frequency") is None:
+            d["frequency"] = float("nan")
+        if d.get("max_activation") is None:
+            d["max_activation"] = float("nan")
+        return cls(**d)
+
+    def _repr_html_(self) -> str:
+        return card_html(self)
+
+
+@dataclass
+class RelatedFeature:
+    """A base feature beside a card: its ``checkpoint`` and ``feature``, its ``role`` (one of ``ROLES``),
+    ``weight`` (similarity, coefficient or cosine) and its ``card``."""
+
+    checkpoint: str
+    feature: int
+    role: str
+    weight: float
+    card: FeatureCard | None = None
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------- codes
+def _is_crosscoder(d) -> bool:
+    return hasattr(d, "encode_acts") and hasattr(d, "names")
+
+
+def _dictionary_for(dictionaries: Mapping, checkpoint: str):
+    """(dictionary, is_crosscoder) for ``checkpoint``: its own SAE, or a crosscoder that holds it."""
+    if checkpoint in dictionaries and not _is_crosscoder(dictionaries[checkpoint]):
+        return dictionaries[checkpoint], False
+    for d in dictionaries.values():
+        if _is_crosscoder(d) and checkpoint in d.names:
+            return d, True
+    raise FeatdiffError(
+        f"No dictionary for checkpoint {checkpoint!r}: the dictionaries are {list(dictionaries)}. Pass the "
+        "checkpoint's SAE (dictionaries={name: sae}) or a crosscoder whose names include it."
+    )
+
+
+def _decoder(dictionary, is_cc: bool, checkpoint: str) -> Float[Tensor, "d_sae d_in"]:
+    W = dictionary.decoder(checkpoint) if is_cc else dictionary.W_dec
+    return W.detach().float().cpu()
+
+
+@torch.no_grad()
+def _code_batches(dictionary, is_cc: bool, acts: ActivationSet, checkpoint: str, rows=None, batch_size=4096):
+    """Codes (float32, CPU) of the rows of ``acts`` (all, or the index ``rows``), batch by batch."""
+    if is_cc:
+        sub = acts if rows is None else acts.subset(torch.as_tensor(rows, dtype=torch.long))
+        for b in sub.batches(batch_size, shuffle=False, names=dictionary.names):
+            yield dictionary.encode(stack(b, dictionary.names)).float().cpu()
+        return
+    x = acts[checkpoint] if rows is None else acts[checkpoint][torch.as_tensor(rows, dtype=torch.long)]
+    if x.shape[1] != dictionary.W_dec.shape[1]:
+        raise FeatdiffError(
+            f"The activations of {checkpoint!r} have width {x.shape[1]} but its SAE has d_in="
+            f"{dictionary.W_dec.shape[1]}; pass the activations the SAE was trained on."
+        )
+    p = next(iter(dictionary.parameters()), None)
+    dev, dt = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+    for i in range(0, len(x), batch_size):
+        yield dictionary.encode(x[i : i + batch_size].to(dev, dt)).float().cpu()
+
+
+def top_activations(
+    dictionary,
+    acts: ActivationSet,
+    checkpoint: str,
+    n: int = 10,
+    features: Sequence[int] | None = None,
+    batch_size: int = 4096,
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"], Float[Tensor, " k"]]:
+    """(top ``n`` activation values, their rows, firing frequency) per feature (columns: ``features``, or
+    all), in one streamed pass; values descending, zeros (not fired) where a feature fires on fewer rows.
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> acts = ActivationSet.from_tensors({"base": torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])})
+    >>> vals, rows, freq = top_activations(sae_from_dictionary(torch.eye(2), k=1), acts, "base", n=2)
+    >>> vals.tolist(), rows[:, 0].tolist(), [round(v, 3) for v in freq.tolist()]
+    ([[3.0, 2.0], [1.0, 0.0]], [1, 0], [0.667, 0.333])
+    """
+    is_cc = _is_crosscoder(dictionary)
+    cols = None if features is None else torch.as_tensor(list(features), dtype=torch.long)
+    best_v = best_r = None
+    fired = None
+    start = 0
+    for f in _code_batches(dictionary, is_cc, acts, checkpoint, batch_size=batch_size):
+        if cols is not None:
+            f = f[:, cols]
+        rows = torch.arange(start, start + len(f)).unsqueeze(1).expand_as(f)
+        start += len(f)
+        fired = (f != 0).sum(0) if fired is None else fired + (f != 0).sum(0)
+        v, r = (f, rows) if best_v is None else (torch.cat([best_v, f]), torch.cat([best_r, rows]))
+        k = min(n, len(v))
+        top = v.topk(k, dim=0, sorted=True)
+        best_v, best_r = top.values, r.gather(0, top.indices)
+    if best_v is None or fired is None:  # an ActivationSet is never empty; kept for type checkers
+        raise FeatdiffError(f"No activations of {checkpoint!r} to encode.")
+    return best_v, best_r, fired.float() / max(start, 1)
+
+
+def _window(acts: ActivationSet, row: int, before: int, after: int) -> list[int]:
+    """Rows around ``row`` from the same sequence (rows of a sequence are consecutive in an ActivationSet
+    made by collect_activations); ``row`` alone without sequence ids."""
+    if acts.sequence_ids is None:
+        return [row]
+    sid = acts.sequence_ids
+    lo = row
+    while lo > 0 and row - lo < before and sid[lo - 1] == sid[row]:
+        lo -= 1
+    hi = row
+    while hi + 1 < len(sid) and hi - row < after and sid[hi + 1] == sid[row]:
+        hi += 1
+    return list(range(lo, hi + 1))
+
+
+def _contexts(
+    dictionary, is_cc, acts, checkpoint, tops: list[tuple[int, list[int]]], unembedding, before, after
+) -> list[list[Context]]:
+    """The contexts of each ``(feature, top rows)`` in ``tops``: every window row is encoded once, in
+    batches, and only the codes the windows need are kept."""
+    wins = [[_window(acts, int(r), before, after) for r in rows] for _, rows in tops]
+    pair_rows, pair_cols = [], []
+    for (f, _), ws in zip(tops, wins, strict=True):
+        for w in ws:
+            pair_rows += w
+            pair_cols += [f] * len(w)
+    values = torch.zeros(len(pair_rows))
+    if pair_rows:
+        unique, inverse = torch.unique(torch.tensor(pair_rows), return_inverse=True)
+        cols = torch.tensor(pair_cols)
+        start = 0
+        for codes in _code_batches(dictionary, is_cc, acts, checkpoint, rows=unique):
+            hit = (inverse >= start) & (inverse < start + len(codes))
+            values[hit] = codes[inverse[hit] - start, cols[hit]]
+            start += len(codes)
+    u = unembedding or Unembedding()
+    out, i = [], 0
+    for (_, rows), ws in zip(tops, wins, strict=True):
+        cs = []
+        for row, w in zip(rows, ws, strict=True):
+            ids = None if acts.token_ids is None else [int(t) for t in acts.token_ids[w]]
+            cs.append(
+                Context(
+                    tokens=u.token_text(ids) if ids is not None else [f"#{r}" for r in w],
+                    token_ids=ids,
+                    values=values[i : i + len(w)].tolist(),
+                    center=w.index(int(row)),
+                    row=int(row),
+                    sequence=None if acts.sequence_ids is None else int(acts.sequence_ids[row]),
+                )
+            )
+            i += len(w)
+        out.append(cs)
+    return out
+
+
+def _logits(unembedding: Unembedding | None, direction: Tensor, n: int) -> tuple[list | None, list | None]:
+    logits = None if unembedding is None else unembedding.logits(direction)
+    if logits is None:
+        return None, None
+    k = min(n, len(logits))
+    up, down = logits.topk(k), (-logits).topk(k)
+    mk = lambda ids, vals: [  # noqa: E731
+        Logit(int(i), t, float(v))
+        for i, t, v in zip(ids.tolist(), unembedding.token_text(ids.tolist()), vals, strict=True)
+    ]
+    return mk(up.indices, up.values.tolist()), mk(down.indices, (-down.values).tolist())
+
+
+def _as_unembeddings(models) -> dict[str, Unembedding]:
+    if models is None:
+        return {}
+    if isinstance(models, Mapping):
+        return {str(k): Unembedding.from_model(m) for k, m in models.items() if m is not None}
+    return {"*": Unembedding.from_model(models)}  # one model (or Unembedding) for every checkpoint
+
+
+def _row_lookup(features):
+    """(checkpoint, feature) -> that row of a features table (a pandas Series), or None."""
+    if features is None or not len(features) or not {"checkpoint", "feature"} <= set(features):
+        return lambda c, f: None
+    index = {
+        (str(c), int(f)): i
+        for i, (c, f) in enumerate(zip(features["checkpoint"], features["feature"], strict=True))
+    }
+    return lambda c, f: features.iloc[index[(c, f)]] if (c, f) in index else None
+
+
+def _related(
+    row, dictionaries, checkpoint, feature, reference, n_related, units: dict
+) -> list[tuple[int, str, float]]:
+    """(reference feature, role, weight) beside ``feature`` of ``checkpoint`` (see ``ROLES``); ``units``
+    caches unit decoders by checkpoint."""
+    if (
+        checkpoint == reference
+        or reference not in dictionaries
+        and not any(_is_crosscoder(d) and reference in d.names for d in dictionaries.values())
+    ):
+        return []
+    tgt, tgt_cc = _dictionary_for(dictionaries, checkpoint)
+    ref, ref_cc = _dictionary_for(dictionaries, reference)
+    status = None if row is None else str(row["status"])
+    if status == "recombined" and row.get("components") is not None and len(row["components"]):
+        return [(int(c[0]), "component", float(c[1])) for c in row["components"]]
+    if tgt_cc and ref is tgt:  # one crosscoder: the same latent, read in the reference
+        a = _decoder(tgt, True, checkpoint)[feature]
+        b = _decoder(ref, True, reference)[feature]
+        cos = float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
+        return [(feature, "latent", cos)]
+    if status in ("reused", "split") and int(row["match"]) >= 0:
+        return [(int(row["match"]), "match", float(row["similarity"]))]
+    for name, d, cc in ((reference, ref, ref_cc), (checkpoint, tgt, tgt_cc)):
+        if name not in units:
+            units[name] = unit_decoder(_decoder(d, cc, name))
+    cos = units[reference] @ units[checkpoint][feature]
+    top = cos.topk(min(n_related, len(cos)))
+    return [(int(i), "nearest", float(v)) for i, v in zip(top.indices, top.values, strict=True)]
+
+
+def feature_cards(
+    dictionaries: Mapping,
+    acts: ActivationSet,
+    keys: Sequence[tuple[str, int]],
+    *,
+    features=None,
+    reference: str = "base",
+    models=None,
+    n_contexts: int = 5,
+    before: int = 8,
+    after: int = 3,
+    n_logits: int = 8,
+    n_related: int = 3,
+    related: bool | str = True,
+) -> list[FeatureCard]:
+    """The cards of several ``(checkpoint, feature)`` keys, sharing one streamed pass per checkpoint.
+
+    ``dictionaries``: ``{checkpoint: SAE}`` (or ``{"crosscoder": cc}``), as ``Comparison.dictionaries``;
+    ``acts``: the checkpoints' activations (with ``token_ids`` and ``sequence_ids`` for token windows, as
+    ``collect_activations`` records them); ``features``: a ``Comparison.features`` table (status, match,
+    components); ``models``: ``{checkpoint: HookedTransformer or Unembedding}`` (or one model for all) for
+    the logits and token text, else no logits and token ids. Windows hold up to ``before`` tokens before
+    and ``after`` after the top token, within its sequence. ``related=False`` leaves out the base features,
+    ``related="list"`` lists them without their cards (``RelatedFeature.card`` None).
+    """
+    for name, value in (
+        ("n_contexts", n_contexts),
+        ("before", before),
+        ("after", after),
+        ("n_logits", n_logits),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FeatdiffError(
+                f"The {name!r} parameter of feature_cards must be an integer >= 0; got {value!r}."
+            )
+    if not isinstance(acts, ActivationSet):
+        raise FeatdiffError(
+            f"feature_cards needs the checkpoints' activations as an ActivationSet; got {type(acts).__name__}."
+        )
+    if related not in (True, False, "list"):
+        raise FeatdiffError(
+            f"The 'related' parameter of feature_cards must be True, False or 'list'; got {related!r}."
+        )
+    unemb = _as_unembeddings(models)
+    row_of = _row_lookup(features)
+    units: dict = {}
+    keys = [(str(c), int(f)) for c, f in keys]
+    wanted: dict[str, dict[int, None]] = {}
+    rel: dict[tuple[str, int], list] = {}
+    for c, f in keys:
+        d, is_cc = _dictionary_for(dictionaries, c)
+        d_sae = _decoder(d, is_cc, c).shape[0]
+        if not 0 <= f < d_sae:
+            raise FeatdiffError(f"Feature {f} of {c!r} does not exist: its dictionary has {d_sae} features.")
+        if c not in acts:
+            raise FeatdiffError(
+                f"The activations hold {acts.names}, not {c!r}; pass the activations of {c!r}."
+            )
+        wanted.setdefault(c, {})[f] = None
+        if related:
+            rel[(c, f)] = _related(row_of(c, f), dictionaries, c, f, reference, n_related, units)
+        if related is True:
+            for g, _, _ in rel[(c, f)]:
+                wanted.setdefault(reference, {})[g] = None
+    cards: dict[tuple[str, int], FeatureCard] = {}
+    for c, fs in wanted.items():
+        d, is_cc = _dictionary_for(dictionaries, c)
+        cols = list(fs)
+        vals, rows, freq = top_activations(d, acts, c, n=max(n_contexts, 1), features=cols)
+        W = _decoder(d, is_cc, c)
+        u = unemb.get(c, unemb.get("*"))
+        tops = [(f, rows[:, j][vals[:, j] > 0][:n_contexts].tolist()) for j, f in enumerate(cols)]
+        contexts = _contexts(d, is_cc, acts, c, tops, u, before, after)
+        for j, f in enumerate(cols):
+            promoted, suppressed = _logits(u, W[f], n_logits)
+            row = row_of(c, f)
+            cards[(c, f)] = FeatureCard(
+                checkpoint=c,
+                feature=f,
+                status=None if row is None else str(row["status"]),
+                frequency=float(freq[j]),
+                max_activation=float(vals[0, j]),
+                contexts=contexts[j],
+                promoted=promoted,
+                suppressed=suppressed,
+                text_source="ids" if acts.token_ids is None else (u or Unembedding()).text_source,
+                n_tokens=acts.n_tokens,
+            )
+    out = []
+    for c, f in keys:
+        card = cards[(c, f)]
+        if related:
+            card = FeatureCard(
+                **{
+                    **card.__dict__,
+                    "related": [
+                        RelatedFeature(
+                            reference, g, role, w, cards[(reference, g)] if related is True else None
+                        )
+                        for g, role, w in rel[(c, f)]
+                    ],
+                }
+            )
+        out.append(card)
+    return out
+
+
+def feature_card(
+    dictionaries: Mapping,
+    acts: ActivationSet,
+    checkpoint: str,
+    feature: int,
+    **kwargs,
+) -> FeatureCard:
+    """The card of one feature (``feature_cards`` documents the arguments).
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> acts = ActivationSet.from_tensors({"base": torch.eye(4), "rl": torch.eye(4)}, token_ids=torch.arange(4),
+    ...                                    sequence_ids=torch.zeros(4, dtype=torch.long))
+    >>> saes = {"base": sae_from_dictionary(torch.eye(4), k=1), "rl": sae_from_dictionary(torch.eye(4), k=1)}
+    >>> card = feature_card(saes, acts, "rl", 2, before=1, after=1)
+    >>> card.contexts[0].tokens, card.contexts[0].values, card.related[0].feature
+    (['1', '2', '3'], [0.0, 1.0, 0.0], 2)
+    """
+    return feature_cards(dictionaries, acts, [(checkpoint, feature)], **kwargs)[0]
+
+
+# --------------------------------------------------------------------------- rendering
+CARD_CSS = """
+.fd-card{border:1px solid #ddd;border-radius:6px;padding:.5em .8em;margin:.4em 0;font-size:.85em;max-width:100%;
+box-sizing:border-box;overflow-x:auto}
+.fd-card h4{margin:.1em 0 .3em;font-size:1em}
+.fd-ctx{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all;margin:.15em 0}
+.fd-tok{padding:0 1px;margin-right:2px;border-radius:2px}.fd-top{outline:1px solid #c60}
+.fd-side{display:flex;flex-wrap:wrap;gap:.8em}.fd-side>div{flex:1 1 22em;min-width:0}
+.fd-logits{display:flex;flex-wrap:wrap;gap:1.5em}.fd-logits table{border-collapse:collapse}
+.fd-logits td{padding:0 .4em}.fd-muted{color:#666}
+"""
+
+
+def _tok(text: str, value: float, vmax: float, top: bool) -> str:
+    a = 0.0 if vmax <= 0 or not math.isfinite(value) else max(0.0, min(1.0, value / vmax))
+    cls = "fd-tok fd-top" if top else "fd-tok"
+    shown = html.escape(text.replace("\n", "\u21b5"))
+    return (
+        f'<span class="{cls}" style="background:rgba(255,140,0,{a:.2f})" title="{value:.3g}">{shown}</span>'
+    )
+
+
+def _logit_table(title: str, items: list[Logit] | None) -> str:
+    if not items:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(x.token)}</td><td>{x.value:+.3f}</td></tr>" for x in items)
+    return f"<div><b>{title}</b><table>{rows}</table></div>"
+
+
+def _card_body(card: FeatureCard) -> str:
+    vmax = card.max_activation if math.isfinite(card.max_activation) else 0.0
+    head = (
+        f"<h4>{html.escape(card.checkpoint)} feature {card.feature}"
+        + (f" · {html.escape(card.status)}" if card.status else "")
+        + "</h4>"
+        + f'<div class="fd-muted">fires on {card.frequency:.2%} of {card.n_tokens} tokens · max activation '
+        f"{card.max_activation:.3g} · token text: {html.escape(card.text_source)}</div>"
+    )
+    ctx = (
+        "".join(
+            '<div class="fd-ctx">'
+            + "".join(
+                _tok(t, v, vmax, i == c.center)
+                for i, (t, v) in enumerate(zip(c.tokens, c.values, strict=True))
+            )
+            + f' <span class="fd-muted">({c.value:.3g})</span></div>'
+            for c in card.contexts
+        )
+        or '<div class="fd-muted">never fires on these tokens</div>'
+    )
+    logits = (
+        f'<div class="fd-logits">{_logit_table("promotes", card.promoted)}'
+        f"{_logit_table('suppresses', card.suppressed)}</div>"
+        f'<div class="fd-muted">{html.escape(card.logit_method)}</div>'
+        if card.promoted is not None
+        else '<div class="fd-muted">logits: no model given (pass models=)</div>'
+    )
+    return head + "<div><b>top contexts</b></div>" + ctx + logits
+
+
+def card_html(card: FeatureCard, style: bool = True) -> str:
+    """The card as an HTML fragment: the feature beside its related base features (``_repr_html_``)."""
+    side = ""
+    if card.related:
+        side = "".join(
+            f'<div class="fd-card"><div class="fd-muted">{html.escape(r.role)} · weight {r.weight:.3f}</div>'
+            + (
+                _card_body(r.card)
+                if r.card is not None
+                else f"{html.escape(r.checkpoint)} feature {r.feature}"
+            )
+            + "</div>"
+            for r in card.related
+        )
+        side = f"<div><b>base features</b>{side}</div>"
+    css = f"<style>{CARD_CSS}</style>" if style else ""
+    return f'{css}<div class="fd-card"><div class="fd-side"><div>{_card_body(card)}</div>{side}</div></div>'
+
+
+# --------------------------------------------------------------------------- the report's section
+PICKS = {
+    "most novel": "novel features least like any base feature (lowest similarity to their best match)",
+    "most drifted": "reused features that moved most from their base feature (highest drift)",
+    "most recombined": "recombined features built from the most base features, best fitted first",
+}
+
+
+def pick_features(features, checkpoint: str, n: int = 5) -> dict[str, list[int]]:
+    """The features a report shows for ``checkpoint``: ``n`` per group of ``PICKS``, from a
+    ``Comparison.features`` table (a group is empty where no feature has its status).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"checkpoint": "rl", "feature": [0, 1, 2], "status": ["novel", "reused", "reused"],
+    ...                   "similarity": [0.2, 0.9, 0.8], "drift": [None, 0.1, 0.2], "frequency": 0.1})
+    >>> pick_features(t, "rl", n=1)
+    {'most novel': [0], 'most drifted': [2], 'most recombined': []}
+    """
+    t = features[features["checkpoint"] == checkpoint]
+    status = t["status"].astype(str)
+
+    def top(mask, by, ascending):
+        cols = [c for c in by if c in t]
+        s = t[mask].sort_values(cols + ["feature"], ascending=[*ascending[: len(cols)], True], kind="stable")
+        return [int(f) for f in s["feature"].head(n)]
+
+    return {
+        "most novel": top(status == "novel", ["similarity", "frequency"], [True, False]),
+        "most drifted": top(status.isin(["reused", "split"]), ["drift", "frequency"], [False, False]),
+        "most recombined": top(status == "recombined", ["n_components", "fit_cosine"], [False, False]),
+    }
+
+
+def report_section(comparison, n: int = 5, **kwargs) -> str:
+    """The HTML report's browsable section: per compared checkpoint, the ``pick_features`` groups, each
+    feature's card in a ``<details>`` element (one self-contained fragment: inline CSS, no script). Where
+    the comparison keeps no activations or dictionaries (a loaded one) the section says so."""
+    head = "<h2>Feature cards</h2>"
+    features = getattr(comparison, "features", None)
+    if (
+        not hasattr(comparison, "feature_cards")
+        or features is None
+        or not {"checkpoint", "status"} <= set(features)
+    ):
+        return head + '<p class="note">No feature cards: this is not a Comparison with a features table.</p>'
+    targets = [str(c) for c in dict.fromkeys(features["checkpoint"])] if len(features) else []
+    picks = {c: pick_features(features, c, n) for c in targets}
+    keys = [(c, f) for c, groups in picks.items() for fs in groups.values() for f in fs]
+    try:
+        cards = dict(zip(keys, comparison.feature_cards(keys, **kwargs), strict=True)) if keys else {}
+    except FeatdiffError as e:
+        return head + f'<p class="note">No feature cards: {html.escape(str(e))}</p>'
+    parts = [
+        head,
+        f"<style>{CARD_CSS}</style>",
+        "<p>What a feature is: its top-activating contexts (each token shaded by the feature's activation, "
+        "the top token outlined), how often it fires, the logits its decoder row promotes and suppresses "
+        f"({html.escape(LOGIT_METHOD)}) and, beside it, the base features it matches, is built from or lies "
+        "nearest to, with their own contexts. Click a feature to open its card.</p>",
+    ]
+    for c, groups in picks.items():
+        parts.append(f"<h3>{html.escape(c)}</h3>")
+        for group, fs in groups.items():
+            parts.append(
+                f'<p><b>{html.escape(group)}</b> <span class="note">{html.escape(PICKS[group])}</span></p>'
+            )
+            if not fs:
+                parts.append('<p class="note">(none)</p>')
+            for f in fs:
+                card = cards[(c, f)]
+                summary = (
+                    f"{html.escape(c)} feature {f} · {html.escape(card.status or '')} · fires on "
+                    f"{card.frequency:.2%} · related: "
+                    + (", ".join(f"{r.role} {r.feature}" for r in card.related) or "none")
+                )
+                parts.append(
+                    f'<details class="fd-details"><summary>{summary}</summary>{card_html(card, style=False)}</details>'
+                )
+    return "\n".join(parts)
