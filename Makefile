@@ -29,7 +29,7 @@ lint: $(STAMP)
 # The docs site into site/ (open site/index.html); the examples run in their small mode unless
 # FEATDIFF_EXAMPLE_SMALL=0. tests/test_site.py builds it too, so `make test` (and CI) fail on a broken page.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_demo.py

@@ -198,6 +198,7 @@ def test_site_api_reference_covers_the_public_namespaces(site):
         module = importlib.import_module(ns)
         html = (site_dir / "api" / ns / "index.html").read_text()
         ids = set(re.findall(r'id="([\w.]+)"', html))
+        assert "<blockquote>" not in html, ns  # a `>>>` example outside an Examples section renders as a quote
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, types.ModuleType) or name.startswith("__"):
