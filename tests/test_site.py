@@ -110,19 +110,25 @@ def test_a_failing_cell_fails(tmp_path):
         _hooks().execute_example(script, tmp_path)
 
 
-def test_nav_lists_every_page_examples_and_api():
-    """Pages missing from mkdocs.yml's nav join "Guides"; every example and public namespace gets a page."""
+def test_nav_lists_every_page_examples_and_api(tmp_path):
+    """A page missing from mkdocs.yml's nav joins "Guides"; every example and public namespace gets a page."""
     _need("yaml")
+    import shutil
+
     import yaml
 
+    for page in (ROOT / "docs").glob("*.md"):
+        shutil.copy(page, tmp_path / page.name)
+    (tmp_path / "zz_new_page.md").write_text("# A page written after mkdocs.yml\n")
     hooks = _hooks()
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
-    config["docs_dir"] = str(ROOT / "docs")
+    config["docs_dir"] = str(tmp_path)
     listed = set(hooks._walk(config["nav"]))
     guides_before = list(next(e["Guides"] for e in config["nav"] if isinstance(e, dict) and "Guides" in e))
     config = hooks.on_config(config)
-    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    pages = {p.name for p in tmp_path.glob("*.md")}
     guides = next(e["Guides"] for e in config["nav"] if isinstance(e, dict) and "Guides" in e)
+    assert "zz_new_page.md" in pages - listed
     assert guides == guides_before + sorted(pages - listed)
     flat = set(hooks._walk(config["nav"]))
     assert pages <= flat
@@ -198,7 +204,8 @@ def test_site_api_reference_covers_the_public_namespaces(site):
         module = importlib.import_module(ns)
         html = (site_dir / "api" / ns / "index.html").read_text()
         ids = set(re.findall(r'id="([\w.]+)"', html))
-        assert "<blockquote>" not in html, ns  # a `>>>` example outside an Examples section renders as a quote
+        # a `>>>` example outside an Examples section renders as a quote
+        assert "<blockquote>" not in html, ns
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, types.ModuleType) or name.startswith("__"):
