@@ -229,6 +229,12 @@ def test_site_examples_are_executed_with_their_outputs(site):
     html = (walk / "index.html").read_text()
     assert all(f'src="{p.name}"' in html for p in pngs)
     assert (out / "report.html").is_file()  # the example wrote where it was told, not into the repository
+    import nbformat
+
+    nb = nbformat.read(walk.parent / "lab_walkthrough.ipynb", as_version=4)  # the download, with its outputs
+    nbformat.validate(nb)
+    assert sum(len(cell.get("outputs", [])) for cell in nb.cells) >= 5
+    assert 'href="../lab_walkthrough.ipynb"' in html
     custom = _text(site_dir / "examples" / "custom_metric" / "index.html")
     assert "sharpness" in custom and re.search(r"code_correlation|0\.\d{3}", custom)
 

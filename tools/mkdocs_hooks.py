@@ -2,9 +2,9 @@
 
 - Each ``examples/*.py`` (a jupytext percent-format notebook) is executed in a fresh kernel (``nbclient``) and
   rendered as a Markdown page ``examples/<name>.md`` with its outputs (text, HTML tables, PNG figures as
-  files). A cell that raises fails the build. The examples run in their small mode
-  (``FEATDIFF_EXAMPLE_SMALL=1``) unless the environment sets that variable; their files go to a temporary
-  folder (``FEATDIFF_EXAMPLE_OUT``), never into the repository.
+  files), beside the executed notebook ``examples/<name>.ipynb`` to download. A cell that raises fails the
+  build. The examples run in their small mode (``FEATDIFF_EXAMPLE_SMALL=1``) unless the environment sets
+  that variable; their files go to a temporary folder (``FEATDIFF_EXAMPLE_OUT``), never into the repository.
 - One API page ``api/<namespace>.md`` (mkdocstrings) per public namespace: ``featdiff`` and each subpackage
   named in ``featdiff.__all__``.
 - Every ``docs/*.md`` page missing from ``nav`` joins its "Guides" section, so a new page is built and
@@ -138,7 +138,11 @@ def notebook_markdown(nb, name: str, title: str, small: bool = False) -> tuple[s
     Cell titles (``# %% Title``) become headings, a docstring-only cell becomes prose, code becomes a
     Python block followed by its outputs.
     """
-    parts = [f"# {title}", f"*Source: `examples/{name}.py`, executed when the site was built.*"]
+    parts = [
+        f"# {title}",
+        f"*Source: `examples/{name}.py`, executed when the site was built; download the executed notebook: "
+        f"[{name}.ipynb]({name}.ipynb).*",
+    ]
     if small:
         parts.append(SMALL_NOTE)
     images: dict[str, bytes] = {}
@@ -239,6 +243,7 @@ def _page_of(entry) -> str:
 
 
 def on_files(files, config):
+    import nbformat
     from mkdocs.structure.files import File
 
     for ns in namespaces():
@@ -251,6 +256,7 @@ def on_files(files, config):
             small = os.environ.get("FEATDIFF_EXAMPLE_SMALL", "1") == "1"
             page, images = notebook_markdown(nb, path.stem, _title(path), small=small)
             files.append(File.generated(config, f"examples/{path.stem}.md", content=page))
+            files.append(File.generated(config, f"examples/{path.stem}.ipynb", content=nbformat.writes(nb)))
             for name, data in images.items():
                 files.append(File.generated(config, f"examples/{name}", content=data))
     return files
