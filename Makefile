@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featdiff-installed
 OUT ?= featdiff-report
 
-.PHONY: install browser test test-fast demo lint bench clean
+.PHONY: install browser test test-fast demo lint bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,10 +33,15 @@ demo: $(STAMP)
 	$(VENV)/bin/featdiff demo --out $(OUT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check src tests examples benchmarks tools
+
+# The docs site into site/ (open site/index.html); the examples run in their small mode unless
+# FEATDIFF_EXAMPLE_SMALL=0. tests/test_site.py builds it too, so `make test` (and CI) fail on a broken page.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_demo.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache site

@@ -1,19 +1,23 @@
 """A custom metric in one notebook cell: register it, and every comparison computes it.
 
-Run: python examples/custom_metric.py
+Run: python examples/custom_metric.py   (or open it in Jupyter as a notebook, with jupytext: the cells are the
+`# %%` blocks)
 """
 
+# %% Setup
 import numpy as np
 import pandas as pd
 
 import featdiff as fd
 
+# %% Data: planted checkpoints with known answers
 # Planted checkpoints (known answers) and SAEs built straight from their dictionaries: fast and offline.
 planted = fd.synthetic.plant_checkpoints(d_in=32, n_atoms=128, seed=0)
 acts = planted.sample(4000)
 saes = {name: fd.sae_from_dictionary(D, k=8) for name, D in planted.dictionaries.items()}
 
 
+# %% A metric is a function of the comparison's context, registered once: a float per checkpoint...
 @fd.register_metric("sharpness", higher_is_better=True)
 def sharpness(ctx) -> float:
     """Fraction of reused features whose firing frequency changed by less than a factor of 2."""
@@ -22,6 +26,7 @@ def sharpness(ctx) -> float:
     return float((reused.freq_shift < np.log(2)).mean())
 
 
+# %% ...or one value per target feature (a Series indexed by feature)
 @fd.register_metric("code_correlation", higher_is_better=True)
 def code_correlation(ctx) -> pd.Series:
     """Per target feature: correlation of its codes with its matched base feature's, on the same tokens."""
@@ -35,6 +40,7 @@ def code_correlation(ctx) -> pd.Series:
     return out
 
 
+# %% Every comparison now computes both: a summary column and a features column
 cmp = fd.compare_dictionaries(saes, acts, progress=False)
 print(cmp.summary[["reuse", "recombination", "novelty", "sharpness"]].round(3))
 print(cmp.features.groupby(["checkpoint", "status"], observed=True)["code_correlation"].mean().round(3))

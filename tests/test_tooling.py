@@ -15,7 +15,7 @@ def test_ruff_is_clean():
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
     out = subprocess.run(
-        [ruff, "check", "src", "tests", "examples", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        [ruff, "check", "src", "tests", "examples", "benchmarks", "tools"], cwd=ROOT, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
 

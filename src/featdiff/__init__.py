@@ -1,5 +1,7 @@
 """featdiff: what post-training did to a model's features, feature by feature.
 
+Examples
+--------
 >>> import featdiff as fd
 >>> cmp = fd.compare_checkpoints(base, rl, sft, tokens=tokens)   # doctest: +SKIP
 >>> cmp.summary                                                  # doctest: +SKIP

@@ -1,5 +1,7 @@
 """The controlled post-training lab: base, SFT and RL checkpoints trained from one base on synthetic tasks.
 
+Examples
+--------
 >>> import featdiff as fd                                   # doctest: +SKIP
 >>> path = fd.lab.build()                                   # doctest: +SKIP
 >>> fd.lab.accuracy(path)                                   # doctest: +SKIP
