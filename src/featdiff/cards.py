@@ -377,7 +377,9 @@ def _related(
     ref, ref_cc = _dictionary_for(dictionaries, reference)
     status = None if row is None else str(row["status"])
     if status == "recombined" and row.get("components") is not None and len(row["components"]):
-        return [(int(c[0]), "component", float(c[1])) for c in row["components"]]
+        # components past the reference's width are rows of its replicas (metrics.recombination): no card
+        d_ref = _decoder(ref, ref_cc, reference).shape[0]
+        return [(int(c[0]), "component", float(c[1])) for c in row["components"] if int(c[0]) < d_ref]
     if tgt_cc and ref is tgt:  # one crosscoder: the same latent, read in the reference
         a = _decoder(tgt, True, checkpoint)[feature]
         b = _decoder(ref, True, reference)[feature]
@@ -632,7 +634,12 @@ def pick_features(features, checkpoint: str, n: int = 5) -> dict[str, list[int]]
     return {
         "most novel": top(status == "novel", ["similarity", "frequency"], [True, False]),
         "most drifted": top(status.isin(["reused", "split"]), ["drift", "frequency"], [False, False]),
-        "most recombined": top(status == "recombined", ["n_components", "fit_cosine"], [False, False]),
+        # absorbed recombinations have no row of their own in the dictionary, so no card
+        "most recombined": top(
+            (status == "recombined") & ~(t["absorbed"].fillna(False).astype(bool) if "absorbed" in t else False),
+            ["n_components", "fit_cosine"],
+            [False, False],
+        ),
     }
 
 
