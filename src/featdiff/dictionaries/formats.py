@@ -229,14 +229,19 @@ def export_features(
     if acts is not None and dictionaries is not None and len(features):
         from featdiff.cards import LOGIT_METHOD, feature_cards
 
-        keys = list(zip(features["checkpoint"].astype(str), features["feature"].astype(int), strict=True))
+        # absorbed recombinations have no row in the dictionary: their records keep the table's columns
+        has_row = ~features["absorbed"].fillna(False).astype(bool).to_numpy() if "absorbed" in features else None
+        carded = features if has_row is None else features[has_row]
+        keys = list(zip(carded["checkpoint"].astype(str), carded["feature"].astype(int), strict=True))
         meta = getattr(cmp, "meta", None) or {}
         cards = feature_cards(
             dictionaries, acts, keys, features=features, reference=meta.get("reference", "base"),
             models=models if models is not None else extras.get("unembeddings"), n_contexts=n_contexts,
             n_logits=n_logits, before=before, after=after, related="list",
         )  # fmt: skip
-        records = [{**r, **card_record(c)} for r, c in zip(records, cards, strict=True)]
+        card_of = iter(cards)
+        rows_have = [True] * len(records) if has_row is None else has_row.tolist()
+        records = [{**r, **card_record(next(card_of))} if h else r for r, h in zip(records, rows_have, strict=True)]
         doc.update(
             cards=True,
             reference=meta.get("reference", "base"),

@@ -28,7 +28,7 @@ N_CANDIDATES = 24
 
 @torch.no_grad()
 def omp(
-    targets: Float[Tensor, "n d_in"], atoms: Float[Tensor, "n_atoms d_in"], max_atoms: int = 3
+    targets: Float[Tensor, "n d_in"], atoms: Float[Tensor, "n_atoms d_in"], max_atoms: int = 3, chunk: int = 1024
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy orthogonal matching pursuit of every target row on unit ``atoms``, batched.
 
@@ -43,25 +43,30 @@ def omp(
     >>> idx.tolist(), cos.round(3).tolist()
     ([[1, 0]], [[0.8, 1.0]])
     """
-    X = targets.double()
-    A = atoms.double()
-    n = len(X)
+    n = len(targets)
     idx = torch.zeros(n, max_atoms, dtype=torch.long)
     coefs = torch.zeros(n, max_atoms, max_atoms, dtype=torch.float64)
     cos = torch.zeros(n, max_atoms, dtype=torch.float64)
-    residual = X.clone()
-    xnorm = X.norm(dim=1).clamp_min(1e-12)
-    for m in range(max_atoms):
-        scores = (residual @ A.T).abs()
-        if m:
-            scores.scatter_(1, idx[:, :m], -1.0)  # never pick an atom twice
-        idx[:, m] = scores.argmax(1)
-        B = A[idx[:, : m + 1]]  # (n, m+1, d)
-        c = torch.linalg.lstsq(B.transpose(1, 2), X.unsqueeze(2)).solution.squeeze(2)  # (n, m+1)
-        fit = torch.einsum("nm,nmd->nd", c, B)
-        residual = X - fit
-        cos[:, m] = (fit * X).sum(1) / (fit.norm(dim=1).clamp_min(1e-12) * xnorm)
-        coefs[:, m, : m + 1] = c
+    A = atoms.double()
+    A32 = atoms.float()
+    # in chunks of targets: the (n, n_atoms) score matrix is never held whole, and it is float32 (it only
+    # ranks atoms); the fits themselves are float64 least squares on at most max_atoms rows
+    for lo in range(0, n, chunk):
+        X = targets[lo : lo + chunk].double()
+        sl = slice(lo, lo + len(X))
+        residual = X.clone()
+        xnorm = X.norm(dim=1).clamp_min(1e-12)
+        for m in range(max_atoms):
+            scores = (residual.float() @ A32.T).abs()
+            if m:
+                scores.scatter_(1, idx[sl, :m], -1.0)  # never pick an atom twice
+            idx[sl, m] = scores.argmax(1)
+            B = A[idx[sl, : m + 1]]  # (c, m+1, d)
+            c = torch.linalg.lstsq(B.transpose(1, 2), X.unsqueeze(2)).solution.squeeze(2)  # (c, m+1)
+            fit = torch.einsum("nm,nmd->nd", c, B)
+            residual = X - fit
+            cos[sl, m] = (fit * X).sum(1) / (fit.norm(dim=1).clamp_min(1e-12) * xnorm)
+            coefs[sl, m, : m + 1] = c
     return idx.numpy(), coefs.numpy(), cos.numpy()
 
 
@@ -102,13 +107,14 @@ def subset_fit(
     cos = np.full((n, max_atoms), np.nan)
     sizes = range(1, min(max_atoms, L) + 1)
     subsets = {m: torch.tensor(list(itertools.combinations(range(L), m)), dtype=torch.long) for m in sizes}
+    A32 = atoms.float()
     for lo in range(0, n, chunk):
         Xc = X[lo : lo + chunk]
         xnorm = Xc.norm(dim=1).clamp_min(1e-12)
-        corr = Xc @ A.T
-        top = corr.abs().topk(L, dim=1).indices  # (c, L)
-        C = corr.gather(1, top)
-        G = torch.einsum("cld,ckd->clk", A[top], A[top])
+        top = (Xc.float() @ A32.T).abs().topk(L, dim=1).indices  # (c, L): float32 only ranks the rows
+        At = A[top]  # (c, L, d)
+        C = torch.einsum("cld,cd->cl", At, Xc)
+        G = torch.einsum("cld,ckd->clk", At, At)
         rows = torch.arange(len(Xc))
         for m, S in subsets.items():
             cS = C[:, S]  # (c, s, m)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from featdiff.align import Alignment
+from featdiff.dictionaries.stats import best_match
 
 REUSE_THRESHOLD = 0.7
 
@@ -109,9 +110,8 @@ def split(
     taken[al.match[reused]] = True
     cand_idx, ref_idx = np.flatnonzero(cand), np.flatnonzero(taken)
     if len(cand_idx) and len(ref_idx):
-        cos = (al.tgt_decoder[cand_idx].double() @ al.ref_decoder[ref_idx].double().T).numpy()
-        best = cos.argmax(1)
-        sim = cos[np.arange(len(cand_idx)), best]
+        sim_t, best_t = best_match(al.tgt_decoder[cand_idx], al.ref_decoder[ref_idx])
+        sim, best = sim_t.double().numpy(), best_t.numpy()
         ok = sim >= threshold
         out_of[cand_idx[ok]] = ref_idx[best[ok]]
         out_sim[cand_idx[ok]] = sim[ok]

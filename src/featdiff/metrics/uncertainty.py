@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff.dictionaries.stats import new_stats, stream_codes, unit_decoder, update_stats
+from featdiff.dictionaries.stats import best_match, new_stats, stream_codes, unit_decoder, update_stats
 from featdiff.errors import FeatdiffError, check_choice
 
 INTERVAL_LEVEL = 0.9
@@ -105,11 +105,11 @@ def union_reused(
 ) -> np.ndarray:
     """Per live target feature: is its best cosine to any row of ``decoders`` (the reference and its
     replicas, live rows only) >= ``threshold``?"""
-    T = unit_decoder(tgt_decoder).double()[torch.as_tensor(np.flatnonzero(tgt_live))]
-    U = torch.cat([unit_decoder(D).double() for D in decoders])
+    T = unit_decoder(tgt_decoder)[torch.as_tensor(np.flatnonzero(tgt_live))]
+    U = torch.cat([unit_decoder(D) for D in decoders])
     if not len(T) or not len(U):
         return np.zeros(len(T), bool)
-    return ((T @ U.T).max(1).values >= threshold).numpy()
+    return (best_match(T, U)[0] >= threshold).numpy()
 
 
 def correct(
