@@ -27,10 +27,14 @@ CHECKPOINT_ORDER = ["base", "sft", "rl"]
 
 
 def headless_pyplot():
-    """matplotlib.pyplot on the headless Agg backend (imported here: matplotlib is slow to import)."""
+    """matplotlib.pyplot, on the headless Agg backend except in a Jupyter kernel, where the notebook's own
+    backend stays so that figures show inline (imported here: matplotlib is slow to import)."""
+    import sys
+
     import matplotlib  # deferred: matplotlib ~1.5 s to import
 
-    matplotlib.use("Agg", force=False)
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt  # deferred: matplotlib ~1.5 s to import
 
     return plt
