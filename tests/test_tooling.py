@@ -43,6 +43,7 @@ LAYERS = [
     ["dictionaries.stats"],
     ["dictionaries.sae", "dictionaries.crosscoder"],
     ["dictionaries.formats"],
+    ["distributed"],
     ["align"],
     ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
     ["synthetic.planted", "synthetic.crosscoder"],
