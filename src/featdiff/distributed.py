@@ -72,10 +72,14 @@ def init(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
     if not launched():
         return False
     if not dist.is_available():
-        raise FeatdiffError("This torch build has no torch.distributed; install a torch with it to use torchrun.")
+        raise FeatdiffError(
+            "This torch build has no torch.distributed; install a torch with it to use torchrun."
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend not in BACKENDS:
-        raise FeatdiffError(f"The 'backend' parameter of init must be one of {list(BACKENDS)}; got {backend!r}.")
+        raise FeatdiffError(
+            f"The 'backend' parameter of init must be one of {list(BACKENDS)}; got {backend!r}."
+        )
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise FeatdiffError("backend='nccl' needs CUDA GPUs; on CPUs use backend='gloo'.")
@@ -271,7 +275,9 @@ def collect_activations(
         sequence_ids=torch.cat([p["sequence_ids"] for p in parts])[kept],
     )
     if out_dir is not None:
-        _run_everywhere(lambda: acts.save(out_dir, shard_tokens=shard_tokens) if is_main() else None, gather=False)
+        _run_everywhere(
+            lambda: acts.save(out_dir, shard_tokens=shard_tokens) if is_main() else None, gather=False
+        )
     return acts
 
 
@@ -424,7 +430,9 @@ class DataParallel:
         return float(buf[-1])
 
 
-def train_crosscoder(acts: ActivationSet, *args: Any, device: str | torch.device | None = None, **kwargs: Any) -> Crosscoder:
+def train_crosscoder(
+    acts: ActivationSet, *args: Any, device: str | torch.device | None = None, **kwargs: Any
+) -> Crosscoder:
     """``featdiff.train_crosscoder`` trained data-parallel over the ranks (see ``DataParallel``); the same
     arguments, and every rank returns the crosscoder (rank 0's weights), equal to the single-process one
     within floating-point summation order. Every rank needs the whole ``acts``.
@@ -449,4 +457,3 @@ def train_crosscoder(acts: ActivationSet, *args: Any, device: str | torch.device
     state = broadcast_object({k: v.cpu() for k, v in cc.state_dict().items()})
     cc.load_state_dict(state)
     return cc
-
