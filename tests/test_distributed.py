@@ -92,7 +92,10 @@ def test_two_gloo_processes_give_the_single_process_tables(tmp_path):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     launch = subprocess.Popen(
-        [*cmd, str(script), str(tmp_path / "multi")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*cmd, str(script), str(tmp_path / "multi")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         runpy.run_path(str(script))["run"](str(tmp_path / "single"))  # meanwhile, one process here
@@ -102,7 +105,7 @@ def test_two_gloo_processes_give_the_single_process_tables(tmp_path):
     assert launch.returncode == 0, out.decode()[-3000:]
 
     single, multi = tmp_path / "single", tmp_path / "multi"
-    a, b = torch.load(single / "acts.pt", weights_only=False), torch.load(multi / "acts.pt", weights_only=False)
+    a, b = (torch.load(p / "acts.pt", weights_only=False) for p in (single, multi))
     assert (a["world"], b["world"]) == (1, 2)
     assert a["meta"]["n_dropped_outlier"] > 0  # the rule dropped tokens, by the whole set's median
     assert b["meta"] == a["meta"]
@@ -111,12 +114,15 @@ def test_two_gloo_processes_give_the_single_process_tables(tmp_path):
         torch.testing.assert_close(b["acts"][name], x, rtol=0, atol=1e-6)
     # SAEs train on one rank each, exactly as in one process; the crosscoder's gradients are summed over
     # the two halves of each batch, so its tables agree up to float32 summation order
-    _assert_tables_equal(pd.read_pickle(single / "saes_summary.pkl"), pd.read_pickle(multi / "saes_summary.pkl"), 1e-6)
-    _assert_tables_equal(
-        pd.read_pickle(single / "saes_features.pkl"), pd.read_pickle(multi / "saes_features.pkl"), 1e-6
-    )
-    _assert_tables_equal(pd.read_pickle(single / "cc_summary.pkl"), pd.read_pickle(multi / "cc_summary.pkl"), 1e-5)
-    _assert_tables_equal(pd.read_pickle(single / "cc_features.pkl"), pd.read_pickle(multi / "cc_features.pkl"), 1e-5)
+    for table, atol in [
+        ("saes_summary", 1e-6),
+        ("saes_features", 1e-6),
+        ("cc_summary", 1e-5),
+        ("cc_features", 1e-5),
+    ]:
+        _assert_tables_equal(
+            pd.read_pickle(single / f"{table}.pkl"), pd.read_pickle(multi / f"{table}.pkl"), atol
+        )
 
 
 @pytest.fixture
