@@ -291,7 +291,7 @@ class Crosscoder(nn.Module):
                 f"Crosscoder input must have shape (batch, n_models={self.n_models}, d_in={self.d_in}) "
                 f"with checkpoints in the order {self.names}; got {shape}. Build it with stack(batch, cc.names)."
             )
-        return x.to(self.W_enc.dtype)
+        return x.to(self.W_enc.device, self.W_enc.dtype)  # computed where the crosscoder is
 
     def _normalise(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
         return x * self.norm_scale[None, :, None]
@@ -340,7 +340,7 @@ class Crosscoder(nn.Module):
     def _decode_norm(self, f: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch n_models d_in"]:
         if f.ndim != 2 or f.shape[1] != self.d_sae:
             raise FeatdiffError(f"Codes must have shape (batch, d_sae={self.d_sae}); got {tuple(f.shape)}.")
-        return torch.einsum("bs,msd->bmd", f.to(self.W_dec.dtype), self.W_dec) + self.b_dec
+        return torch.einsum("bs,msd->bmd", f.to(self.W_dec), self.W_dec) + self.b_dec
 
     def forward(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
         """Reconstruct raw activations: ``decode(encode(x))``."""
@@ -362,7 +362,7 @@ class Crosscoder(nn.Module):
         """Codes of every token of ``acts`` (an ActivationSet or a dict holding at least ``cc.names``)."""
         acts = _as_acts(acts, self.names)
         out = [
-            self.encode(stack(b, self.names))
+            self.encode(stack(b, self.names)).cpu()
             for b in acts.batches(batch_size, shuffle=False, names=self.names)
         ]
         return torch.cat(out)
@@ -379,7 +379,7 @@ class Crosscoder(nn.Module):
         for b in acts.batches(batch_size, shuffle=False, names=self.names):
             x = stack(b, self.names)
             f = self.encode(x)
-            update_stats(stats, x, f, self.decode(f))
+            update_stats(stats, x, f.cpu(), self.decode(f).cpu())
         out = compute_stats(stats)
         return pd.DataFrame(
             {
