@@ -20,6 +20,7 @@ the one process, as the plain functions do. See docs/distributed.md.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -171,17 +172,23 @@ def barrier() -> None:
 def _run_everywhere(fn: Callable[[], Any], gather: bool = True) -> list[Any]:
     """Run ``fn`` on every rank and gather the results in rank order (with ``gather=False``, only this
     rank's, in a one-item list); an error on any rank is raised on every rank, so that no rank waits
-    forever for one that failed."""
+    forever for one that failed. Warnings are shown by rank 0 only (the ranks would repeat them)."""
+    error = None
     try:
-        result: tuple[str, Any] = ("ok", fn())
+        with warnings.catch_warnings():
+            if not is_main():
+                warnings.simplefilter("ignore")
+            result: tuple[str, Any] = ("ok", fn())
     except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-        result = ("error", e)
-    statuses = all_gather_objects(result if gather or result[0] == "error" else ("ok", None))
+        error = e
+        result = ("error", (isinstance(e, FeatdiffError), f"{type(e).__name__}: {e}"))
+    statuses = all_gather_objects(result if gather or error is not None else ("ok", None))
+    if error is not None:
+        raise error
     for r, (status, value) in enumerate(statuses):
         if status == "error":
-            if isinstance(value, FeatdiffError):
-                raise FeatdiffError(f"{value} (on rank {r})") from None
-            raise RuntimeError(f"rank {r} failed: {type(value).__name__}: {value}") from value
+            is_featdiff, message = value
+            raise (FeatdiffError if is_featdiff else RuntimeError)(f"rank {r} failed: {message}")
     return [value for _, value in statuses] if gather else [result[1]]
 
 
@@ -420,6 +427,11 @@ class DataParallel:
         return the batch's mean ``loss`` likewise."""
         params = [p for p in params if p.requires_grad]
         w = self.local_rows / self.batch_rows
+        # a batch with fewer rows than ranks leaves this rank's share empty: its mean is NaN, its weight 0
+        if self.local_rows == 0:
+            loss = 0.0
+            for p in params:
+                p.grad = None
         flat = [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
         buf = torch.cat([*flat, torch.tensor([loss], dtype=flat[0].dtype, device=flat[0].device)]) * w
         dist.all_reduce(buf)
