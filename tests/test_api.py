@@ -32,6 +32,7 @@ def test_public_namespace_is_pinned():
         "crosscoder_view",
     "decoder_cosine",
         "default_hook",
+        "distributed",
         "drift",
         "edit_features",
         "evaluate_intervention",

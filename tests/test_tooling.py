@@ -44,6 +44,7 @@ LAYERS = [
     ["dictionaries.sae", "dictionaries.crosscoder"],
     ["cards"],
     ["dictionaries.formats"],
+    ["distributed"],
     ["align"],
     ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
     ["synthetic.planted", "synthetic.crosscoder"],

@@ -7,7 +7,7 @@ Examples
 >>> cmp.summary                                                  # doctest: +SKIP
 """
 
-from featdiff import lab, synthetic  # noqa: E402
+from featdiff import distributed, lab, synthetic  # noqa: E402
 from featdiff._version import __version__
 from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
@@ -78,6 +78,7 @@ __all__ = [
     "crosscoder_view",
     "decoder_cosine",
     "default_hook",
+    "distributed",
     "drift",
     "edit_features",
     "evaluate_intervention",

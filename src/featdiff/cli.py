@@ -70,6 +70,8 @@ exists). Collects their activations on the same tokens at --hook (default: the m
 stream), trains one SAE per checkpoint (or one crosscoder, --method crosscoder), aligns them to the base's
 and writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to
 --out. Checkpoints made by featdiff.lab carry their own prompts; others need --tokens.
+Under torchrun (python -m torch.distributed.run --nproc_per_node N -m featdiff compare ...) the ranks share
+collection and training (gloo on CPUs, NCCL on GPUs, --device cuda: one GPU per rank) and rank 0 writes --out.
 """
 
 
@@ -335,8 +337,10 @@ def _load_tokens(spec: str | None):
 
 def compare(args: argparse.Namespace) -> int:
 
-    progress = not args.quiet
-    steps = _Steps(3, args.quiet)
+    distributed = fd.distributed.init()  # under torchrun: ranks share the work, rank 0 writes the report
+    quiet = args.quiet or not fd.distributed.is_main()
+    progress = not quiet
+    steps = _Steps(3, quiet)
     tokens = _load_tokens(args.tokens)
     specs = {"base": args.base, "rl": args.rl, "sft": args.sft}
     steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items() if s)} ({args.method})")
@@ -356,8 +360,11 @@ def compare(args: argparse.Namespace) -> int:
             pad_token_id=args.pad_token_id,
             progress=progress,
             device=args.device,
+            distributed=distributed,
         )
     steps.done()
+    if cmp is None:  # a rank other than 0 of a torchrun launch
+        return 0
     steps(f"report: writing {args.out}")
     out = _write_report(
         Path(args.out),

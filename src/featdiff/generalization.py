@@ -53,7 +53,8 @@ def sample_codes(
     codes: str = "joint",
     batch_size: int = 64,
 ) -> Float[Tensor, "n_samples d_sae"]:
-    """Per sample, the mean over ``positions`` of each feature's activation in ``model``, in raw units.
+    """Per sample, the mean over ``positions`` of each feature's activation in ``model``, in raw units (on
+    the CPU; the codes are computed where the model runs, with the dictionary copied there if need be).
 
     A feature's activation is ``f_k * ||d_k||``, the norm of what it adds to this model's activation (its
     code times the norm of its raw-unit decoder row: ``cc.decoder(model_name)`` of a crosscoder, ``W_dec``
@@ -103,7 +104,7 @@ def sample_codes(
         norms = dictionary.decoder(model_name).norm(dim=-1)
     else:
         norms = dictionary.W_dec.detach().norm(dim=-1)
-    return (f * norms.to(f)).detach()
+    return (f * norms.to(f)).detach().cpu()
 
 
 @dataclass

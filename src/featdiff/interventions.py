@@ -23,6 +23,7 @@ A crosscoder's codes depend on every checkpoint's activation of the same token:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -222,12 +223,35 @@ class FeatureEdit:
         """The same edit on other features (e.g. a random control)."""
         return dataclasses.replace(self, features=list(features))
 
+    def on_device(self, device: torch.device | str) -> Any:
+        """The dictionary on ``device`` (where the model's activations are): the dictionary itself when it is
+        there already, else a copy moved there once and kept by this edit; the caller's dictionary stays put.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sae_lens import StandardSAE, StandardSAEConfig
+        >>> edit = FeatureEdit(StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)), [0], hook="blocks.0.hook_resid_post")
+        >>> edit.on_device("meta").W_dec.device, edit.dictionary.W_dec.device
+        (device(type='meta'), device(type='cpu'))
+        """
+        device = torch.device(device)
+        param = next(iter(self.dictionary.parameters()), None) if hasattr(self.dictionary, "parameters") else None
+        if param is None or param.device == device:
+            return self.dictionary
+        placed = self.__dict__.setdefault("_placed", {})
+        if device not in placed:
+            placed[device] = copy.deepcopy(self.dictionary).to(device)
+        return placed[device]
+
     def encode(
         self, h: Float[Tensor, "... d_in"], others: Mapping[str, Tensor] | None = None
     ) -> Float[Tensor, "... d_sae"]:
-        """Codes of the edited model's activations ``h`` (``others``: the other checkpoints' activations)."""
+        """Codes of the edited model's activations ``h`` (``others``: the other checkpoints' activations),
+        computed on ``h``'s device (``on_device``)."""
+        dictionary = self.on_device(h.device)
         if self.kind == "sae":
-            return self.dictionary.encode(h)
+            return dictionary.encode(h)
         flat = h.reshape(-1, h.shape[-1])
         if self.needs_others:
             if others is None:
@@ -235,11 +259,11 @@ class FeatureEdit:
                     "codes='joint' needs the other checkpoints' activations of the same tokens."
                 )
             x = _crosscoder_joint_input(
-                self.dictionary, self.model_name, flat, {n: v.reshape(flat.shape) for n, v in others.items()}
+                dictionary, self.model_name, flat, {n: v.reshape(flat.shape) for n, v in others.items()}
             )
         else:
-            x = _crosscoder_single_input(self.dictionary, self.model_name, flat)
-        f = self.dictionary.encode(x)
+            x = _crosscoder_single_input(dictionary, self.model_name, flat)
+        f = dictionary.encode(x)
         return f.reshape(*h.shape[:-1], f.shape[-1])
 
     def apply(
@@ -254,14 +278,13 @@ class FeatureEdit:
             fk = f[..., idx]
             diff = -fk if self.mode == "ablate" else (float(self.alpha) - 1.0) * fk
             if self.kind == "crosscoder":
-                d = self.dictionary.decoder(self.model_name)[idx]
+                d = self.on_device(h.device).decoder(self.model_name)[idx]
                 delta = diff @ d.to(diff)
             else:
-                delta = self._sae_delta(f, idx, diff)
+                delta = self._sae_delta(f, idx, diff, self.on_device(h.device))
         return h + delta.to(h.dtype)
 
-    def _sae_delta(self, f: Tensor, idx: Tensor, diff: Tensor) -> Tensor:
-        sae = self.dictionary
+    def _sae_delta(self, f: Tensor, idx: Tensor, diff: Tensor, sae: Any) -> Tensor:
         norm = getattr(sae.cfg, "normalize_activations", "none")
         if norm in (None, "none"):
             return diff @ sae.W_dec[idx].to(diff)

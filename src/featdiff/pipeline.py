@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Mapping
 
+from featdiff import distributed as dist
 from featdiff._replicas import as_replicas
 from featdiff.activations import collect_activations
 from featdiff.cards import Unembedding
@@ -80,15 +81,18 @@ def compare_checkpoints(
     pad_token_id: int | None = None,
     progress: bool = True,
     device: str | None = None,
+    distributed: bool = False,
     **more,
-) -> Comparison:
+) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
 
     ``base``, ``rl``, ``sft`` take whatever ``load_model`` takes; any number of checkpoints can instead come
     as one mapping ``{"base": ..., "dpo": ..., ...}`` in the first argument (the reference is ``"base"``, or
     the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
-    prompts (and their pad token). ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
+    prompts (and their pad token). ``distributed=True`` (under ``torchrun``) shares
+    collection and training across the ranks (``featdiff.distributed``, docs/distributed.md): rank 0 returns the
+    Comparison a single process would, the other ranks None. ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
     checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
     correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (then
     ``replicas=`` may give the replicas: a list of reference SAEs, or ``{checkpoint: [SAEs]}``);
@@ -114,6 +118,12 @@ def compare_checkpoints(
     check_choice("method", method, METHODS, "compare_checkpoints")
     specs = _checkpoint_specs(base, rl, sft, more)
     reference = "base" if "base" in specs else next(iter(specs))
+    if distributed:
+        dist.init()
+        device = dist.rank_device(device)
+    collect = dist.collect_activations if distributed else collect_activations
+    fit_crosscoder = dist.train_crosscoder if distributed else train_crosscoder
+    fit_saes = dist.train_saes if distributed else train_saes
     models = {n: load_model(s, device=device) for n, s in specs.items()}
     if tokens is None and texts is None:
         tokens = load_prompts(models[reference])
@@ -126,7 +136,7 @@ def compare_checkpoints(
             )
     data = tokens if tokens is not None else texts
     hook = hook or default_hook(models[reference])
-    acts = collect_activations(
+    acts = collect(
         models,
         data,
         hook=hook,
@@ -153,9 +163,11 @@ def compare_checkpoints(
             if value is not None:
                 raise FeatdiffError(f"compare_checkpoints(method='crosscoder') takes no {arg}=: {why}.")
 
-        cc = train_crosscoder(
+        cc = fit_crosscoder(
             train, d_sae=d_sae, k=k, seed=seed, progress=progress, device=device, **(train_kwargs or {})
         )
+        if distributed and not dist.is_main():
+            return None
         cmp = compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
         cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
         return cmp
@@ -179,7 +191,7 @@ def compare_checkpoints(
         owners = [reference, *([n for n in models if n != reference] if per_target else [])]
         jobs = {(n, i): (n, seed + 1 + i) for n in owners for i in range(n_replicas)}
         extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
-        trained = train_saes(
+        trained = fit_saes(
             train,
             device=device,
             d_sae=d_sae,
@@ -215,6 +227,8 @@ def compare_checkpoints(
         load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
         saes = {n: load(s) for n, s in saes.items()}
         replicas = {n: [load(s) for s in v] for n, v in given.items()}
+    if distributed and not dist.is_main():
+        return None
     cmp = compare_dictionaries(
         saes,
         held_out,

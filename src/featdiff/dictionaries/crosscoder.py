@@ -292,7 +292,7 @@ class Crosscoder(nn.Module):
                 f"Crosscoder input must have shape (batch, n_models={self.n_models}, d_in={self.d_in}) "
                 f"with checkpoints in the order {self.names}; got {shape}. Build it with stack(batch, cc.names)."
             )
-        return x.to(self.W_enc.dtype)
+        return x.to(self.W_enc.device, self.W_enc.dtype)  # computed where the crosscoder is
 
     def _normalise(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
         return x * self.norm_scale[None, :, None]
@@ -304,9 +304,13 @@ class Crosscoder(nn.Module):
     def _pre(self, x_norm: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch d_sae"]:
         return torch.einsum("bmd,mds->bs", x_norm, self.W_enc) + self.b_enc
 
-    def _batchtopk(self, acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor]:
-        """Keep the batch's k * batch largest acts * sum_m ||d^m||; return codes and the smallest kept score."""
+    def _batchtopk(self, acts: Float[Tensor, "batch d_sae"], data_parallel=None) -> tuple[Tensor, Tensor]:
+        """Keep the batch's k * batch largest acts * sum_m ||d^m||; return codes and the smallest kept score.
+        With ``data_parallel`` (featdiff.distributed.DataParallel) the batch is the one all ranks share."""
         scores = acts * self._weighted_norms()
+        if data_parallel is not None:
+            mask = data_parallel.batch_top_mask(scores, self.cfg.k) & (acts > 0)
+            return acts * mask, data_parallel.min_kept(scores[mask])
         n_keep = min(self.cfg.k * acts.shape[0], scores.numel())
         top = scores.flatten().topk(n_keep, sorted=False)
         mask = torch.zeros_like(scores, dtype=torch.bool).flatten()
@@ -337,7 +341,7 @@ class Crosscoder(nn.Module):
     def _decode_norm(self, f: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch n_models d_in"]:
         if f.ndim != 2 or f.shape[1] != self.d_sae:
             raise FeatdiffError(f"Codes must have shape (batch, d_sae={self.d_sae}); got {tuple(f.shape)}.")
-        return torch.einsum("bs,msd->bmd", f.to(self.W_dec.dtype), self.W_dec) + self.b_dec
+        return torch.einsum("bs,msd->bmd", f.to(self.W_dec), self.W_dec) + self.b_dec
 
     def forward(self, x: Float[Tensor, "batch n_models d_in"]) -> Float[Tensor, "batch n_models d_in"]:
         """Reconstruct raw activations: ``decode(encode(x))``."""
@@ -359,7 +363,7 @@ class Crosscoder(nn.Module):
         """Codes of every token of ``acts`` (an ActivationSet or a dict holding at least ``cc.names``)."""
         acts = _as_acts(acts, self.names)
         out = [
-            self.encode(stack(b, self.names))
+            self.encode(stack(b, self.names)).cpu()
             for b in acts.batches(batch_size, shuffle=False, names=self.names)
         ]
         return torch.cat(out)
@@ -376,7 +380,7 @@ class Crosscoder(nn.Module):
         for b in acts.batches(batch_size, shuffle=False, names=self.names):
             x = stack(b, self.names)
             f = self.encode(x)
-            update_stats(stats, x, f, self.decode(f))
+            update_stats(stats, x, f.cpu(), self.decode(f).cpu())
         out = compute_stats(stats)
         return pd.DataFrame(
             {
@@ -534,6 +538,7 @@ def train_crosscoder(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
     keep_checkpoint: bool = True,
+    data_parallel=None,
     **overrides,
 ) -> Crosscoder:
     """Train one crosscoder on paired activations of every checkpoint in ``acts`` (in ``acts.names`` order).
@@ -553,6 +558,8 @@ def train_crosscoder(
     ``max_dead_fraction`` of the latents are dead.
 
     ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
+    ``data_parallel`` (a ``featdiff.distributed.DataParallel``, under torchrun) trains each rank on its share
+    of every batch with the batch-wide top-k and all-reduced gradients; ``featdiff.distributed`` passes it.
 
     ``checkpoint_dir`` makes the run resumable, as in ``train_saes``: every ``checkpoint_every`` steps (and
     at the end) the weights, optimizer state, dead-latent counters, losses and RNG state are saved there;
@@ -649,10 +656,13 @@ def train_crosscoder(
         if step >= decay_start and n_steps > decay_start:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (n_steps - step) / (n_steps - decay_start)
-        x = cc._normalise(next(it).to(dev))
-        loss, parts = _loss(cc, x, step, warmup, since_fired, aux_k)
+        x = next(it) if data_parallel is None else data_parallel.share(next(it))
+        x = cc._normalise(x.to(dev))
+        loss, parts = _loss(cc, x, step, warmup, since_fired, aux_k, data_parallel)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if data_parallel is not None:
+            parts["mse"] = data_parallel.reduce_gradients(cc.parameters(), parts["mse"])
         opt.step()
         losses[step] = parts["mse"]
         # the bar shows an exponential moving average of the reconstruction loss it trains on
@@ -796,13 +806,14 @@ def _init_from_data(cc: Crosscoder, acts: ActivationSet) -> None:
     cc.b_dec.copy_((total / n).float() * cc.norm_scale[:, None])
 
 
-def _loss(cc: Crosscoder, x: Tensor, step: int, warmup: int, since_fired: Tensor, aux_k: int):
-    """Training loss on normalised activations x: squared error summed over checkpoints and d_in."""
+def _loss(cc: Crosscoder, x: Tensor, step: int, warmup: int, since_fired: Tensor, aux_k: int, data_parallel=None):
+    """Training loss on normalised activations x: squared error summed over checkpoints and d_in (with
+    ``data_parallel``, x is this rank's share of the batch and the batch top-k spans the ranks)."""
     cfg = cc.cfg
     pre = cc._pre(x)
     acts = torch.relu(pre)
     if cfg.sparsity == "batchtopk":
-        f, min_kept = cc._batchtopk(acts)
+        f, min_kept = cc._batchtopk(acts, data_parallel)
     else:
         f, min_kept = acts, None
     x_hat = torch.einsum("bs,msd->bmd", f, cc.W_dec) + cc.b_dec
@@ -812,6 +823,8 @@ def _loss(cc: Crosscoder, x: Tensor, step: int, warmup: int, since_fired: Tensor
     loss = mse
     with torch.no_grad():
         fired = (f > 0).any(0)
+        if data_parallel is not None:
+            fired = data_parallel.any(fired)
         since_fired += 1
         since_fired[fired] = 0
     if cfg.sparsity == "l1":
