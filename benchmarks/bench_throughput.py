@@ -120,7 +120,8 @@ def sae_lens_fit(acts, name: str, sae_seed: int, cfg: SAETrainConfig, data_seed:
 
 def max_diff(a, b) -> float:
     return max(
-        float((getattr(a, p) - getattr(b, p)).detach().abs().max()) for p in ("W_enc", "W_dec", "b_enc", "b_dec")
+        float((getattr(a, p) - getattr(b, p)).detach().abs().max())
+        for p in ("W_enc", "W_dec", "b_enc", "b_dec")
     )
 
 
