@@ -135,10 +135,17 @@ def main() -> None:
     acts = fd.collect_activations(models, tokens, hook=hook, batch_size=16, progress=False)
     n_pass = tokens.numel() * len(models)
     dt = time.perf_counter() - t
+    # forward FLOPs per token up to the hook: 2 per weight of blocks 0..L, plus causal attention scores
+    # and mixing (2 matmuls x 2 FLOPs x seq_len / 2 positions on average x d_model per block)
+    n_w = sum(p.numel() for b in base.blocks[: L + 1] for n, p in b.named_parameters() if "W_" in n)
+    flop_tok = 2 * n_w + (L + 1) * 2 * args.seq_len * base.cfg.d_model
+    roof_model = matmul_roofline(16 * args.seq_len, base.cfg.d_model, base.cfg.d_mlp)
+    gf = n_pass * flop_tok / dt / 1e9
     t = stage(
         "collection",
         t,
-        f"{acts.n_tokens} paired rows; {n_pass / dt:,.0f} tokens/s through the models (stop at block {L})",
+        f"{acts.n_tokens} paired rows; {n_pass / dt:,.0f} tokens/s through the models (stop at block {L}), "
+        f"{gf:.1f} GFLOP/s = {gf / roof_model:.0%} of the {roof_model:.1f} GFLOP/s matmul roofline",
     )
 
     train, held = acts.split(0.2, seed=0)
