@@ -50,7 +50,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_roofline(m: int, k: int, n: int, device: str = "cpu", reps: int = 5) -> float:
+def matmul_roofline(m: int, k: int, n: int, device: str = "cpu", reps: int = 20) -> float:
     """Best-of-``reps`` float32 GFLOP/s of an (m x k) @ (k x n) matmul on ``device``."""
     a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     a @ b
