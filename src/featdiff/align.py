@@ -114,8 +114,10 @@ def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- large dictionaries
 # featdiff's own: scipy solves the sparse assignment (LAPJVsp); the candidate graph, the column prices and the
 # dense duality bound that certifies the sparse optimum as the dense one are written here.
-SPARSE_ABOVE = 2048
-"""``solver="auto"`` solves on a sparse candidate graph when both sides have more live features than this."""
+SPARSE_ABOVE = 8192
+"""``solver="auto"`` solves on a sparse candidate graph when both sides have more live features than this: up
+to here the dense matrix fits (8,192^2 float64 is 0.5 GB) and the dense solve is exact at the dense time, while a
+sparse graph of partly trained SAEs (many near-equal cosines) can fail its certificate and cost sparse + dense."""
 
 
 def _row_blocks(a: Tensor, b: Tensor, chunk: int):

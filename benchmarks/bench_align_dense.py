@@ -1,0 +1,29 @@
+"""``fd.align`` (``solver="auto"``: dense up to 8,192 live features) against scipy's dense solver on the same
+cosines, at sizes where the dense matrix fits: random dictionaries (no structure) and noisy copies (many
+near-equal cosines, as between partly trained SAEs).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_align_dense.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import align_vs_scipy  # noqa: E402  (the same timing and optimum check)
+
+
+def main() -> None:
+    g = torch.Generator().manual_seed(0)
+    for n, d in ((2304, 576), (8192, 512)):
+        W = torch.randn(n, d, generator=g)
+        noisy = W + 0.5 * torch.randn(n, d, generator=g)
+        align_vs_scipy(f"noisy copy {n}", W, noisy[torch.randperm(n, generator=g)])
+        align_vs_scipy(f"random {n}", W, torch.randn(n, d, generator=g))
+
+
+if __name__ == "__main__":
+    main()
