@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff.activations import ActivationSet
+from featdiff.activations import ActivationSet, OnDiskActivationSet
 from featdiff.align import Alignment, align
 from featdiff.dictionaries.stats import scored_features
 from featdiff.errors import FeatdiffError
@@ -38,10 +38,14 @@ def _replica_table(
     aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations."""
     pair, rep_live, rep_freq = None, None, None
     if acts is not None:
-        rep_freq, _, rep_live = scored_features(replica, acts[name], cfg.min_contribution)
+        rep_freq, _, rep_live = scored_features(replica, acts.column(name), cfg.min_contribution)
         rep_live = rep_live.numpy()
         if cfg.on == "activations":
-            pair = ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+            pair = (
+                ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+                if not isinstance(acts, OnDiskActivationSet)
+                else acts._aliased(name, "__replica__")  # on disk: a view, nothing loaded
+            )
     al = align(
         reference,
         replica,
@@ -145,7 +149,7 @@ def uncertainty_columns(
         live = (
             np.ones(d_sae(rep), bool)
             if acts is None
-            else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
+            else scored_features(rep, acts.column(reference), cfg.min_contribution)[2].numpy()
         )
         ref_decs.append(rep.W_dec[torch.as_tensor(np.flatnonzero(live))])
     target.union_reused = union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold)

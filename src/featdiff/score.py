@@ -122,7 +122,7 @@ def compare_dictionaries(
     if acts is not None:
         for n in tqdm(list(saes), desc="encoding", disable=not progress):
             check_width(saes[n], acts, n)
-            freqs[n], own_fve[n], live = scored_features(saes[n], acts[n], cfg.min_contribution)
+            freqs[n], own_fve[n], live = scored_features(saes[n], acts.column(n), cfg.min_contribution)
             live_mask[n] = live.numpy()
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
     null_profiles, union_null = reference_replica_profiles(
@@ -169,7 +169,7 @@ def compare_dictionaries(
         if acts is not None:
             # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations, per token
             # chunk (summed, the same number as one pass; resampled, its interval).
-            transfer = fve_chunks(saes[reference], acts[name])
+            transfer = fve_chunks(saes[reference], acts.column(name))
             row["target_fve"] = own_fve[name]
         row.update(
             uncertainty_columns(
