@@ -151,6 +151,7 @@ def test_train_saes_on_disk_equals_in_memory(tmp_path, no_loading):
     assert fve_small > 0.5 and fve_small == pytest.approx(explained_variance(a["rl"], mem["rl"]), abs=0.1)
 
 
+@pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
 def test_train_crosscoder_on_disk_equals_in_memory(tmp_path, no_loading):
     from featdiff.dictionaries.crosscoder import train_crosscoder
 
@@ -211,3 +212,54 @@ def test_collect_to_disk_returns_an_on_disk_set(tmp_path):
     )
     assert isinstance(disk, OnDiskActivationSet) and disk.path == tmp_path / "a"
     assert torch.equal(disk.column("rl").load(), mem["rl"]) and disk.meta == mem.meta
+
+
+# ------------------------------------------------------------------------------------------- the stream
+
+
+def test_stream_batches_are_the_collected_rows(tmp_path):
+    from featdiff.activation_stream import ActivationStream
+    from featdiff.activations import collect_activations
+    from test_activations import HOOK, make_tokens, tiny_tl
+
+    models = {"base": tiny_tl(0), "rl": tiny_tl(1)}
+    tokens = make_tokens(9, 8, seed=3)
+    mem = collect_activations(models, tokens, HOOK, batch_size=4, outlier_factor=None, progress=False)
+    stream = ActivationStream(models, tokens, HOOK, batch_size=4, buffer_tokens=20)
+    assert (stream.n_tokens, stream.d_model, stream.names) == (mem.n_tokens, 16, ["base", "rl"])
+    a, b = list(mem.batches(8, shuffle=False)), list(stream.batches(8, shuffle=False))
+    assert len(a) == len(b) and all(
+        torch.equal(x[n], y[n]) for x, y in zip(a, b, strict=True) for n in mem.names
+    )
+    shuffled = list(stream.batches(8, seed=1))
+    rows = torch.cat([s["rl"] for s in shuffled])
+    assert [len(s["rl"]) for s in shuffled][:-1] == [8] * (len(shuffled) - 1)
+    assert not torch.equal(rows, mem["rl"]) and torch.allclose(rows.sort(0).values, mem["rl"].sort(0).values)
+    assert torch.equal(ActivationSet.load(stream.save(tmp_path / "s", shard_tokens=16))["base"], mem["base"])
+    with pytest.raises(FeatdiffError, match="holds no activations"):
+        stream["rl"]
+
+
+@pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
+def test_saes_and_crosscoder_train_on_a_stream():
+    from featdiff.activation_stream import ActivationStream
+    from featdiff.activations import collect_activations
+    from featdiff.dictionaries.crosscoder import train_crosscoder
+    from featdiff.dictionaries.sae import train_saes
+    from test_activations import HOOK, make_tokens, tiny_tl
+
+    models = {"base": tiny_tl(0), "rl": tiny_tl(1)}
+    tokens = make_tokens(40, 12, seed=5)
+    mem = collect_activations(models, tokens, HOOK, batch_size=8, outlier_factor=None, progress=False)
+    stream = ActivationStream(models, tokens, HOOK, batch_size=8, buffer_tokens=128)
+    assert stream.row_norm_mean("rl") == pytest.approx(mem.row_norm_mean("rl"), rel=1e-5)
+    kw = dict(d_sae=32, k=4, n_steps=150, batch_size=64, seed=0, progress=False)
+    streamed, stored = train_saes(stream, **kw), train_saes(mem, **kw)
+    for name in ("base", "rl"):
+        fve_s, fve_m = (
+            explained_variance(streamed[name], mem[name]),
+            explained_variance(stored[name], mem[name]),
+        )
+        assert fve_s > 0.6 and fve_s == pytest.approx(fve_m, abs=0.1), (name, fve_s, fve_m)
+    cc = train_crosscoder(stream, d_sae=32, k=4, n_steps=60, batch_size=64, seed=0, progress=False)
+    assert (cc.evaluate(mem)["fve"] > 0.3).all()

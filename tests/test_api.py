@@ -7,6 +7,7 @@ import featdiff
 def test_public_namespace_is_pinned():
     assert sorted(featdiff.__all__) == [
         "ActivationSet",
+        "ActivationStream",
         "Alignment",
         "CompareConfig",
         "Comparison",
@@ -17,6 +18,7 @@ def test_public_namespace_is_pinned():
         "FeatdiffError",
         "FeatureEdit",
         "MetricContext",
+        "OnDiskActivationSet",
         "SAETrainConfig",
         "__version__",
         "align",

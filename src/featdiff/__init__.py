@@ -7,7 +7,8 @@
 
 from featdiff import lab, synthetic  # noqa: E402
 from featdiff._version import __version__
-from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
+from featdiff.activation_stream import ActivationStream  # noqa: E402
+from featdiff.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
@@ -50,6 +51,7 @@ from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fra
 
 __all__ = [
     "ActivationSet",
+    "ActivationStream",
     "Alignment",
     "CompareConfig",
     "Comparison",
@@ -60,6 +62,7 @@ __all__ = [
     "FeatdiffError",
     "FeatureEdit",
     "MetricContext",
+    "OnDiskActivationSet",
     "SAETrainConfig",
     "__version__",
     "align",
