@@ -263,3 +263,55 @@ def test_saes_and_crosscoder_train_on_a_stream():
         assert fve_s > 0.6 and fve_s == pytest.approx(fve_m, abs=0.1), (name, fve_s, fve_m)
     cc = train_crosscoder(stream, d_sae=32, k=4, n_steps=60, batch_size=64, seed=0, progress=False)
     assert (cc.evaluate(mem)["fve"] > 0.3).all()
+
+
+# ------------------------------------------------------------------------------- sae-lens's cached activations
+
+
+def _write_sae_lens_cache(path, acts, token_ids, hook="blocks.1.hook_resid_post"):
+    """A folder laid out as sae-lens's CacheActivationsRunner writes it (its _create_shard's Features)."""
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+
+    n_seq, ctx, d_in = acts.shape
+    features = Features(
+        {
+            hook: Array2D(shape=(ctx, d_in), dtype="float32"),
+            "token_ids": Sequence(Value(dtype="int32"), length=ctx),
+        }
+    )
+    Dataset.from_dict(
+        {hook: acts.numpy(), "token_ids": token_ids.to(torch.int32).numpy()}, features=features
+    ).save_to_disk(str(path))
+
+
+def test_sae_lens_cached_activations_read_as_an_on_disk_set(tmp_path):
+    from featdiff.activation_formats import from_sae_lens_cache
+
+    g = torch.Generator().manual_seed(0)
+    base, rl = torch.randn(7, 6, 5, generator=g), torch.randn(7, 6, 5, generator=g)
+    tids = torch.randint(0, 100, (7, 6), generator=g)
+    _write_sae_lens_cache(tmp_path / "base", base, tids)
+    _write_sae_lens_cache(tmp_path / "rl", rl, tids)
+    acts = from_sae_lens_cache(
+        {"base": tmp_path / "base", "rl": tmp_path / "rl"},
+        tmp_path / "acts",
+        drop_bos=True,
+        shard_tokens=8,
+        progress=False,
+    )
+    assert isinstance(acts, OnDiskActivationSet) and acts.hook == "blocks.1.hook_resid_post"
+    assert (acts.n_tokens, acts.d_model) == (35, 5)
+    assert torch.equal(acts["rl"], rl[:, 1:].reshape(-1, 5)) and torch.equal(
+        acts.token_ids, tids[:, 1:].reshape(-1)
+    )
+    assert acts.sequence_ids.tolist()[:6] == [0] * 5 + [1]
+    train, held = acts.split(0.3, seed=0)
+    assert not set(train.sequence_ids.tolist()) & set(held.sequence_ids.tolist())
+    other = tids.clone()
+    other[3, 2] += 1
+    _write_sae_lens_cache(tmp_path / "sft", rl, other)
+    with pytest.raises(FeatdiffError, match="different token_ids"):
+        from_sae_lens_cache(
+            {"base": tmp_path / "base", "sft": tmp_path / "sft"}, tmp_path / "x", progress=False
+        )
+    assert not (tmp_path / "x").exists()  # nothing half-written

@@ -38,6 +38,7 @@ def test_public_namespace_is_pinned():
         "evaluate_intervention",
         "export_features",
         "feature_evolution",
+        "from_sae_lens_cache",
         "generalization_features",
         "generate_greedy",
         "hook_name",

@@ -39,7 +39,7 @@ def test_no_module_grows_past_1000_lines():
 LAYERS = [
     ["_version", "constants", "errors", "_config", "_io", "_threads", "_shards"],
     ["models"],
-    ["activations", "activation_stream"],
+    ["activations", "activation_stream", "activation_formats"],
     ["dictionaries.stats"],
     ["dictionaries.sae", "dictionaries.crosscoder"],
     ["dictionaries.formats"],

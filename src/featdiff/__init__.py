@@ -7,6 +7,7 @@
 
 from featdiff import lab, synthetic  # noqa: E402
 from featdiff._version import __version__
+from featdiff.activation_formats import from_sae_lens_cache  # noqa: E402
 from featdiff.activation_stream import ActivationStream  # noqa: E402
 from featdiff.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
@@ -81,6 +82,7 @@ __all__ = [
     "edit_features",
     "evaluate_intervention",
     "feature_evolution",
+    "from_sae_lens_cache",
     "generalization_features",
     "generate_greedy",
     "hook_name",
