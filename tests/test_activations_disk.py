@@ -315,3 +315,19 @@ def test_sae_lens_cached_activations_read_as_an_on_disk_set(tmp_path):
             {"base": tmp_path / "base", "sft": tmp_path / "sft"}, tmp_path / "x", progress=False
         )
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+@pytest.mark.filterwarnings("ignore::featdiff.errors.FeatdiffWarning")
+def test_compare_checkpoints_with_activations_on_disk_equals_in_memory(tmp_path, no_loading):
+    import featdiff as fd
+    from test_activations import make_tokens, tiny_tl
+
+    base, rl = tiny_tl(0), tiny_tl(1)
+    tokens = make_tokens(40, 12, seed=6)
+    kw = dict(tokens=tokens, d_sae=32, k=4, n_replicas=1, train_kwargs={"n_steps": 40, "batch_size": 64})
+    a = fd.compare_checkpoints(base, rl, progress=False, **kw)
+    b = fd.compare_checkpoints(base, rl, progress=False, activations_dir=tmp_path / "acts", **kw)
+    assert (tmp_path / "acts" / "activations.json").is_file()  # left there for the user
+    num = a.summary.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(a.summary[num], b.summary[num], atol=1e-6, rtol=0)
+    assert a.features["status"].tolist() == b.features["status"].tolist()
