@@ -109,6 +109,9 @@ class ActivationStream(ActivationSet):
             out = {n: x[~bad] for n, x in out.items()}
         return out
 
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
     @property
     def acts(self) -> Mapping[str, Tensor]:  # type: ignore[override]
         raise FeatdiffError(
