@@ -137,10 +137,13 @@ class ActivationColumn:
             self.name
         ]
 
-    def chunks(self, size: int) -> Iterator[Float[Tensor, "k d_in"]]:
-        """The view's rows in order, ``size`` at a time."""
-        for start in range(0, len(self), size):
-            yield self.read(start, start + size)
+    def chunks(self, size: int, block_bytes: int = 1 << 25) -> Iterator[Float[Tensor, "k d_in"]]:
+        """The view's rows in order, ``size`` at a time (read from disk in blocks of about ``block_bytes``)."""
+        block = max(size, (block_bytes // (4 * self.store.d_model)) // size * size)
+        for b0 in range(0, len(self), block):
+            rows = self.read(b0, b0 + block)
+            for start in range(0, len(rows), size):
+                yield rows[start : start + size]
 
     def load(self) -> Float[Tensor, "n d_in"]:
         """Every row of the view in memory (what ``acts[name]`` does on an on-disk set)."""
