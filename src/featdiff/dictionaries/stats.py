@@ -124,7 +124,10 @@ def stream_codes(
     ``x`` may be an on-disk ``ActivationColumn`` (``acts.column(name)``): it is read chunk by chunk."""
     x = _check_x(sae, x, where)
     dev, dt = _device_dtype(sae)
-    chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size)) if isinstance(x, Tensor) else x.chunks(batch_size)
+    if isinstance(x, Tensor):
+        chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        chunks = x.chunks(batch_size)
     with torch.no_grad():
         for xb in chunks:
             xb = xb.to(dev, dt)
