@@ -331,3 +331,25 @@ def test_compare_checkpoints_with_activations_on_disk_equals_in_memory(tmp_path,
     num = a.summary.select_dtypes("number").columns
     pd.testing.assert_frame_equal(a.summary[num], b.summary[num], atol=1e-6, rtol=0)
     assert a.features["status"].tolist() == b.features["status"].tolist()
+
+
+def test_open_of_a_broken_folder_names_the_problem(tmp_path):
+    import json
+
+    disk = on_disk(paired(100), tmp_path, shard_tokens=40)
+    meta = json.loads((disk.path / "activations.json").read_text())
+    with pytest.raises(FeatdiffError, match="not an ActivationSet folder"):
+        ActivationSet.open(tmp_path)
+    meta["names"] = ["base", "sft"]
+    (disk.path / "activations.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatdiffError, match=r"lacks checkpoints \['sft'\]"):
+        ActivationSet.open(disk.path)
+    meta["names"], meta["n_tokens"] = ["base", "rl"], 101
+    (disk.path / "activations.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatdiffError, match="holds 100 tokens but its metadata says 101"):
+        ActivationSet.open(disk.path)
+    meta["n_tokens"] = 100
+    (disk.path / "activations.json").write_text(json.dumps(meta))
+    assert ActivationSet.open(disk.path).n_tokens == 100
+    with pytest.raises(FeatdiffError, match="buffer_tokens must be a positive int"):
+        ActivationSet.open(disk.path, buffer_tokens=0)
