@@ -7,6 +7,7 @@ import featdiff
 def test_public_namespace_is_pinned():
     assert sorted(featdiff.__all__) == [
         "ActivationSet",
+        "ActivationStream",
         "Alignment",
         "CompareConfig",
         "Comparison",
@@ -18,6 +19,7 @@ def test_public_namespace_is_pinned():
         "FeatureCard",
         "FeatureEdit",
         "MetricContext",
+        "OnDiskActivationSet",
         "SAETrainConfig",
         "__version__",
         "align",
@@ -40,6 +42,7 @@ def test_public_namespace_is_pinned():
         "feature_card",
         "feature_cards",
         "feature_evolution",
+        "from_sae_lens_cache",
         "generalization_features",
         "generate_greedy",
         "hook_name",

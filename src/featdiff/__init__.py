@@ -9,7 +9,9 @@ Examples
 
 from featdiff import distributed, lab, synthetic  # noqa: E402
 from featdiff._version import __version__
-from featdiff.activations import ActivationSet, collect_activations  # noqa: E402
+from featdiff.activation_formats import from_sae_lens_cache  # noqa: E402
+from featdiff.activation_stream import ActivationStream  # noqa: E402
+from featdiff.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
 from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
@@ -53,6 +55,7 @@ from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fra
 
 __all__ = [
     "ActivationSet",
+    "ActivationStream",
     "Alignment",
     "CompareConfig",
     "Comparison",
@@ -64,6 +67,7 @@ __all__ = [
     "FeatureCard",
     "FeatureEdit",
     "MetricContext",
+    "OnDiskActivationSet",
     "SAETrainConfig",
     "__version__",
     "align",
@@ -85,6 +89,7 @@ __all__ = [
     "feature_card",
     "feature_cards",
     "feature_evolution",
+    "from_sae_lens_cache",
     "generalization_features",
     "generate_greedy",
     "hook_name",

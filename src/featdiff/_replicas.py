@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff.activations import ActivationSet
+from featdiff.activations import ActivationSet, OnDiskActivationSet
 from featdiff.align import Alignment, align
 from featdiff.dictionaries.stats import scored_features
 from featdiff.errors import FeatdiffError
@@ -47,10 +47,14 @@ def _replica_table(
     (the reference's absorbed recombinations on ``reference_name``'s, by default ``name``'s)."""
     pair, rep_live, rep_freq = None, None, None
     if acts is not None:
-        rep_freq, _, rep_live = scored_features(replica, acts[name], cfg.min_contribution)
+        rep_freq, _, rep_live = scored_features(replica, acts.column(name), cfg.min_contribution)
         rep_live = rep_live.numpy()
         if cfg.on == "activations":
-            pair = ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+            pair = (
+                ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
+                if not isinstance(acts, OnDiskActivationSet)
+                else acts._aliased(name, "__replica__")  # on disk: a view, nothing loaded
+            )
     al = align(
         reference,
         replica,
@@ -64,7 +68,9 @@ def _replica_table(
     )
     table = feature_table(al, cfg, ref_freq, rep_freq, extra_reference)
     if acts is not None:
-        table = add_absorbed(table, al, cfg, reference, acts[reference_name or name], replica, acts[name])
+        table = add_absorbed(
+            table, al, cfg, reference, acts.column(reference_name or name), replica, acts.column(name)
+        )
     return table, al
 
 
@@ -101,7 +107,7 @@ def replica_rows(reps: list, acts, reference: str, cfg) -> list[torch.Tensor]:
         live = (
             np.ones(d_sae(rep), bool)
             if acts is None
-            else scored_features(rep, acts[reference], cfg.min_contribution)[2].numpy()
+            else scored_features(rep, acts.column(reference), cfg.min_contribution)[2].numpy()
         )
         out.append(rep.W_dec.detach()[torch.as_tensor(np.flatnonzero(live))])
     return out

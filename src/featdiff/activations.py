@@ -21,6 +21,7 @@ from featdiff import constants
 from featdiff._checkpoint import RowChunks, model_fingerprint, tensor_hash
 from featdiff._io import atomic_dir, write_json
 from featdiff._output import progress_bar
+from featdiff._shards import ActivationColumn, ShardStore, compose_rows, view_batches
 from featdiff._version import __version__
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import check_compatible, default_hook, load_model, stop_layer
@@ -133,6 +134,19 @@ class ActivationSet:
     def __contains__(self, name: object) -> bool:
         return name in self.acts
 
+    def column(self, name: str) -> Float[Tensor, "n_tokens d_in"] | ActivationColumn:
+        """Checkpoint ``name``'s activations without loading them: the tensor itself here, an
+        ``ActivationColumn`` (read chunk by chunk) on an on-disk set. The library's own passes use this."""
+        return self[name]
+
+    def rows(self, name: str, start: int, stop: int) -> Float[Tensor, "k d_in"]:
+        """Rows ``start:stop`` of checkpoint ``name`` as a tensor (on an on-disk set, only those are read)."""
+        return self[name][start:stop]
+
+    def row_norm_mean(self, name: str) -> float:
+        """The mean L2 norm of checkpoint ``name``'s rows (streamed on an on-disk set)."""
+        return float(self[name].norm(dim=1).mean())
+
     def __len__(self) -> int:
         return self.n_tokens
 
@@ -235,26 +249,36 @@ class ActivationSet:
         return _meta_json(self.names, self.hook, self.n_tokens, self.d_model, n_shards, self.meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ActivationSet:
-        """Read a folder written by ``save`` or by ``collect_activations(..., out_dir=...)``."""
+    def open(cls, path: str | os.PathLike, buffer_tokens: int | None = None) -> OnDiskActivationSet:
+        """The set in a folder written by ``save`` or ``collect_activations(..., out_dir=...)``, left on disk:
+        only the token and sequence ids are read now; activations are read chunk by chunk as they are used
+        (see ``OnDiskActivationSet``). ``buffer_tokens`` bounds the shuffle buffer of ``batches`` (rows per
+        checkpoint; default: about 256 MiB of activations).
 
-
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> acts = ActivationSet.from_tensors({"base": torch.randn(6, 3)}, sequence_ids=torch.arange(6) // 2)
+        >>> disk = ActivationSet.open(acts.save(tempfile.mkdtemp() + "/acts", shard_tokens=4))
+        >>> disk.n_tokens, torch.equal(disk["base"], acts["base"])  # disk["base"] loads that checkpoint
+        (6, True)
+        >>> torch.equal(disk.column("base")[2:5].read(), acts["base"][2:5])  # a view: reads 3 rows
+        True
+        """
         path = Path(path)
-        meta_file = path / constants.ACTS_META
-        if not meta_file.is_file():
-            raise FeatdiffError(
-                f"{path} is not an ActivationSet folder (no {constants.ACTS_META}); "
-                "write one with ActivationSet.save or collect_activations(..., out_dir=...)."
-            )
-        try:
-            meta = json.loads(meta_file.read_text())
-            names, n_shards, n_tokens = meta["names"], int(meta["n_shards"]), int(meta["n_tokens"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise FeatdiffError(
-                f"{meta_file} is corrupted ({type(e).__name__}: {e}); re-collect the activations."
-            ) from None
-        if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
-            raise FeatdiffError(f"{path} was written by a newer featdiff; upgrade featdiff to read it.")
+        meta, n_shards, n_tokens = _read_meta(path)
+        files = [path / constants.ACTS_SHARD.format(index=i) for i in range(n_shards)]
+        return OnDiskActivationSet._from_files(files, meta, n_tokens, buffer_tokens)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, in_memory: bool = True) -> ActivationSet:
+        """Read a folder written by ``save`` or by ``collect_activations(..., out_dir=...)`` into memory;
+        ``in_memory=False`` leaves it on disk (``ActivationSet.open``)."""
+        if not in_memory:
+            return cls.open(path)
+        path = Path(path)
+        meta, n_shards, n_tokens = _read_meta(path)
+        names = meta["names"]
         parts: dict[str, list[Tensor]] = {n: [] for n in names}
         tids: list[Tensor] = []
         sids: list[Tensor] = []
@@ -288,6 +312,238 @@ class ActivationSet:
         if out.n_tokens != n_tokens:
             raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {n_tokens}.")
         return out
+
+
+# ----------------------------------------------------------------------------------------- on disk
+
+
+def _read_meta(path: Path) -> tuple[dict, int, int]:
+    meta_file = path / constants.ACTS_META
+    if not meta_file.is_file():
+        raise FeatdiffError(
+            f"{path} is not an ActivationSet folder (no {constants.ACTS_META}); "
+            "write one with ActivationSet.save or collect_activations(..., out_dir=...)."
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+        list(meta["names"])
+        n_shards, n_tokens = int(meta["n_shards"]), int(meta["n_tokens"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FeatdiffError(
+            f"{meta_file} is corrupted ({type(e).__name__}: {e}); re-collect the activations."
+        ) from None
+    if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
+        raise FeatdiffError(f"{path} was written by a newer featdiff; upgrade featdiff to read it.")
+    return meta, n_shards, n_tokens
+
+
+class _LoadingActs(Mapping):
+    """``OnDiskActivationSet.acts``: a mapping whose values are loaded from disk when looked up."""
+
+    def __init__(self, view: OnDiskActivationSet):
+        self._view = view
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._view[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view.names)
+
+    def __len__(self) -> int:
+        return len(self._view.names)
+
+
+class OnDiskActivationSet(ActivationSet):
+    """An ActivationSet whose activations stay in their safetensors shards and are read chunk by chunk
+    (``ActivationSet.open``, ``collect_activations(..., out_dir=...)``); the token and sequence ids are in
+    memory (8 bytes a token each).
+
+    The same API as an in-memory set, with these differences: ``subset``, ``split`` and ``select`` return
+    views (index arrays over the same shards; nothing is copied or written); ``column(name)`` is an
+    ``ActivationColumn`` that the library's own passes (training, scoring, alignment) stream over;
+    ``acts[name]`` *loads* that checkpoint's rows of the view into memory (use ``column`` or ``rows`` to
+    avoid it); ``batches(shuffle=True)`` shuffles through a bounded buffer of ``buffer_tokens`` rows
+    (``featdiff._shards.view_batches``): where the view fits in the buffer the batches equal an in-memory
+    set's, beyond it the order differs (a random order of pieces, mixed within each buffer).
+    """
+
+    def __init__(
+        self,
+        store: ShardStore,
+        rows: Int[Tensor, " n_tokens"] | slice,
+        names: list[str],
+        hook: str | None,
+        token_ids: Int[Tensor, " n_tokens"] | None,
+        meta: dict,
+        sequence_ids: Int[Tensor, " n_tokens"] | None,
+        buffer_tokens: int | None = None,
+    ):
+        self._store, self._rows, self._names = store, rows, list(names)
+        self.hook, self.token_ids, self.meta, self.sequence_ids = hook, token_ids, meta, sequence_ids
+        if buffer_tokens is not None and (isinstance(buffer_tokens, bool) or int(buffer_tokens) <= 0):
+            raise FeatdiffError(f"buffer_tokens must be a positive int; got {buffer_tokens!r}.")
+        self.buffer_tokens = buffer_tokens
+        self._keys: dict[str, str] = {}  # a name -> the checkpoint it reads (aliases, see _aliased)
+
+    @classmethod
+    def _from_files(
+        cls, files: list[Path], meta: dict, n_tokens: int, buffer_tokens: int | None
+    ) -> OnDiskActivationSet:
+        from safetensors import safe_open  # deferred: only on-disk sets read shards
+
+        names, sizes, tids, sids, d_model = list(meta["names"]), [], [], [], meta.get("d_model")
+        for f_path in files:
+            try:
+                with safe_open(str(f_path), framework="pt") as f:
+                    keys = set(f.keys())
+                    missing = [n for n in names if n not in keys]
+                    if missing:
+                        raise FeatdiffError(
+                            f"Activation shard {f_path} lacks checkpoints {missing}; re-collect the activations."
+                        )
+                    rows, d_model = f.get_slice(names[0]).get_shape()
+                    sizes.append(int(rows))
+                    if _TOKEN_IDS in keys:
+                        tids.append(f.get_tensor(_TOKEN_IDS))
+                    if _SEQUENCE_IDS in keys:
+                        sids.append(f.get_tensor(_SEQUENCE_IDS))
+            except FeatdiffError:
+                raise
+            except Exception as e:  # missing or corrupted shard
+                raise FeatdiffError(f"Cannot read activation shard {f_path}: {e}. Re-collect the activations.") from None
+        if sum(sizes) != n_tokens or not sizes:
+            raise FeatdiffError(f"{files[0].parent} holds {sum(sizes)} tokens but its metadata says {n_tokens}.")
+        store = ShardStore(files, sizes, names, int(d_model))
+        return cls(
+            store,
+            slice(0, n_tokens),
+            names,
+            meta.get("hook"),
+            torch.cat(tids) if len(tids) == len(files) else None,
+            meta.get("meta") or {},
+            torch.cat(sids).long() if len(sids) == len(files) else None,
+            buffer_tokens,
+        )
+
+    @property
+    def acts(self) -> Mapping[str, Tensor]:  # type: ignore[override]
+        return _LoadingActs(self)
+
+    __eq__ = object.__eq__  # the dataclass's field-wise == would load every checkpoint
+    __hash__ = object.__hash__
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def n_tokens(self) -> int:
+        r = self._rows
+        return r.stop - r.start if isinstance(r, slice) else len(r)
+
+    @property
+    def d_model(self) -> int:
+        return self._store.d_model
+
+    d_in = d_model
+
+    @property
+    def path(self) -> Path:
+        """The folder of the shards."""
+        return self._store.files[0].parent
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __repr__(self) -> str:
+        return (
+            f"OnDiskActivationSet(names={self.names}, n_tokens={self.n_tokens}, d_model={self.d_model}, "
+            f"hook={self.hook!r}, path={str(self.path)!r})"
+        )
+
+    def column(self, name: str) -> ActivationColumn:
+        if name not in self._names:
+            raise FeatdiffError(f"No checkpoint named {name!r} in this ActivationSet; it has {self.names}.")
+        return ActivationColumn(self._store, self._keys.get(name, name), self._rows)
+
+    def __getitem__(self, name: str) -> Float[Tensor, "n_tokens d_in"]:
+        """Checkpoint ``name``'s rows of this view, loaded into memory (``column`` leaves them on disk)."""
+        return self.column(name).load()
+
+    def rows(self, name: str, start: int, stop: int) -> Float[Tensor, "k d_in"]:
+        return self.column(name).read(start, stop)
+
+    def row_norm_mean(self, name: str, chunk: int = 1 << 16) -> float:
+        col = self.column(name)
+        if len(col) <= chunk:  # one chunk: the same float32 arithmetic as in memory
+            return float(col.load().norm(dim=1).mean())
+        total = sum(float(x.norm(dim=1).double().sum()) for x in col.chunks(chunk))
+        return total / len(col)
+
+    def _view(self, rows, names, token_ids, sequence_ids) -> OnDiskActivationSet:
+        out = OnDiskActivationSet(
+            self._store, rows, names, self.hook, token_ids, dict(self.meta), sequence_ids, self.buffer_tokens
+        )
+        out._keys = {n: k for n, k in self._keys.items() if n in names}
+        return out
+
+    def _aliased(self, name: str, alias: str) -> OnDiskActivationSet:
+        """A view holding ``name`` and ``alias``, both reading ``name``'s rows (a replica SAE's pair)."""
+        out = self.select([name])
+        out._names.append(alias)
+        out._keys[alias] = self._keys.get(name, name)
+        return out
+
+    def select(self, names: list[str]) -> OnDiskActivationSet:
+        for n in names:
+            self.column(n)  # raises on an unknown name
+        return self._view(self._rows, list(names), self.token_ids, self.sequence_ids)
+
+    def subset(self, index: Int[Tensor, " k"] | slice) -> OnDiskActivationSet:
+        """A view of the rows ``index`` (an index array over the same shards; nothing is copied)."""
+        rows = compose_rows(self._rows, index, self.n_tokens)
+        tid = None if self.token_ids is None else self.token_ids[index]
+        sid = None if self.sequence_ids is None else self.sequence_ids[index]
+        return self._view(rows, self.names, tid, sid)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        names: list[str] | None = None,
+        buffer_tokens: int | None = None,
+    ) -> Iterator[dict[str, Float[Tensor, "batch d_in"]]]:
+        """One pass over the tokens in batches {name: rows}, read from the shards through a buffer of
+        ``buffer_tokens`` rows per checkpoint (default: the set's, else about 256 MiB in all)."""
+        if batch_size <= 0:
+            raise FeatdiffError(f"batch_size must be positive; got {batch_size}.")
+        names = self.names if names is None else list(names)
+        for n in names:
+            self.column(n)
+        buf = buffer_tokens or self.buffer_tokens or max(1024, (1 << 28) // (4 * self.d_model * len(names)))
+        keys = [self._keys.get(n, n) for n in names]
+        if len(set(keys)) == len(keys) and keys == names:
+            return view_batches(self._store, self._rows, names, batch_size, shuffle, seed, buf)
+        batches = view_batches(self._store, self._rows, sorted(set(keys)), batch_size, shuffle, seed, buf)
+        return ({n: b[k] for n, k in zip(names, keys, strict=True)} for b in batches)
+
+    def save(self, path: str | os.PathLike, shard_tokens: int = 65536) -> Path:
+        """Write this view to a new folder of shards, chunk by chunk (never loaded whole)."""
+        if shard_tokens <= 0:
+            raise FeatdiffError(f"shard_tokens must be positive; got {shard_tokens}.")
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            writer = _ShardWriter(tmp, self.names, shard_tokens)
+            for start in range(0, self.n_tokens, shard_tokens):
+                sl = slice(start, start + shard_tokens)
+                writer.add(
+                    {n: self.column(n).read(start, start + shard_tokens) for n in self.names},
+                    None if self.token_ids is None else self.token_ids[sl],
+                    None if self.sequence_ids is None else self.sequence_ids[sl],
+                )
+            write_json(tmp / constants.ACTS_META, self._meta_json(writer.close()))
+        return path
 
 
 # ----------------------------------------------------------------------------------------- shard writing
@@ -562,7 +818,8 @@ def collect_activations(
     ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
     and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
     ``tokens`` may be a list of strings when every checkpoint has a tokenizer. With ``out_dir`` the
-    activations stream to disk as shards (the ``ActivationSet.save`` format) and the set is read back.
+    activations stream to disk as shards (the ``ActivationSet.save`` format) and the returned set stays there
+    (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
 
     ``checkpoint_dir`` makes the collection resumable: every ``checkpoint_every`` batches of sequences (and
     at each checkpoint's last batch) the rows collected so far are saved there (``featdiff._checkpoint.
@@ -736,4 +993,4 @@ def collect_activations(
             tmp / constants.ACTS_META,
             _meta_json(names, hook, writer.n_tokens, int(part[names[0]].shape[1]), n_shards, meta),
         )
-    return ActivationSet.load(out_dir)
+    return ActivationSet.open(out_dir)

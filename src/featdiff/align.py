@@ -49,6 +49,39 @@ def correlation_matrix(
     return torch.where(denom > 0, cov / denom.clamp_min(1e-30), torch.zeros_like(cov)).float()
 
 
+class _StreamedCodes:
+    """The codes of ``dictionary`` on an on-disk ``ActivationColumn``, computed when rows are sliced
+    (``codes[a:b]``) and restricted to some features (``codes[:, idx]``): what ``correlation_matrix`` reads,
+    without holding n_tokens x d_sae codes."""
+
+    def __init__(self, dictionary, column, features: Tensor | None = None, batch_size: int = 4096):
+        self.dictionary, self.column, self.features, self.batch_size = dictionary, column, features, batch_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        d = self.dictionary.W_dec.shape[0] if self.features is None else len(self.features)
+        return (len(self.column), d)
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # codes[:, idx]
+            rows, feats = key
+            if rows != slice(None):
+                raise FeatdiffError("_StreamedCodes: select features over all rows (codes[:, idx]).")
+            return _StreamedCodes(self.dictionary, self.column, torch.as_tensor(feats), self.batch_size)
+        codes = encode(self.dictionary, self.column[key], self.batch_size)
+        return codes if self.features is None else codes[:, self.features]
+
+    def fired(self) -> np.ndarray:
+        """Which features fire (code > 0) on at least one row."""
+        out = torch.zeros(self.shape[1], dtype=torch.bool)
+        for i in range(0, len(self), 65536):
+            out |= (self[i : i + 65536] > 0).any(0)
+        return out.numpy()
+
+
 @dataclass
 class Alignment:
     """A one-to-one (Hungarian) or many-to-one (max) matching of target features to reference features.
@@ -327,13 +360,17 @@ def align(
             )
         if codes is not None:
             ref_codes, tgt_codes = codes
-        elif on == "activations" or ref_live is None or tgt_live is None:
-            ref_codes = encode(reference, activations[reference_name])
-            tgt_codes = encode(target, activations[target_name])
+        elif isinstance(activations.column(reference_name), Tensor):
+            if on == "activations" or ref_live is None or tgt_live is None:
+                ref_codes = encode(reference, activations[reference_name])
+                tgt_codes = encode(target, activations[target_name])
+        else:  # on disk: codes are encoded chunk by chunk as they are used, never held whole
+            ref_codes = _StreamedCodes(reference, activations.column(reference_name))
+            tgt_codes = _StreamedCodes(target, activations.column(target_name))
         if ref_live is None:
-            ref_live = (ref_codes > 0).any(0)
+            ref_live = (ref_codes > 0).any(0) if isinstance(ref_codes, Tensor) else ref_codes.fired()
         if tgt_live is None:
-            tgt_live = (tgt_codes > 0).any(0)
+            tgt_live = (tgt_codes > 0).any(0) if isinstance(tgt_codes, Tensor) else tgt_codes.fired()
     elif on == "activations":
         raise FeatdiffError("align(on='activations') needs activations=ActivationSet with both checkpoints.")
     ref_live = np.ones(len(ref_dec), bool) if ref_live is None else np.asarray(ref_live, dtype=bool)

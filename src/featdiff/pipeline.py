@@ -82,6 +82,7 @@ def compare_checkpoints(
     progress: bool = True,
     device: str | None = None,
     distributed: bool = False,
+    activations_dir: str | os.PathLike | None = None,
     **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
@@ -99,6 +100,8 @@ def compare_checkpoints(
     ``noise_floor=True/False`` is the deprecated form of ``n_replicas=1/0``;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
+    ``activations_dir`` streams the activations to that folder and leaves them there (an
+    ``OnDiskActivationSet``: training and scoring read them chunk by chunk, for sets larger than memory).
 
     Examples
     --------
@@ -144,6 +147,7 @@ def compare_checkpoints(
         progress=progress,
         device=device,
         pad_token_id=pad_token_id,
+        out_dir=activations_dir,
     )
     train, held_out = acts.split(eval_fraction, seed=seed)
     meta = {

@@ -123,7 +123,7 @@ def compare_dictionaries(
     if acts is not None:
         for n in progress_bar(list(saes), desc="encoding", disable=not progress):
             check_width(saes[n], acts, n)
-            freqs[n], own_fve[n], live = scored_features(saes[n], acts[n], cfg.min_contribution)
+            freqs[n], own_fve[n], live = scored_features(saes[n], acts.column(n), cfg.min_contribution)
             live_mask[n] = live.numpy()
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
     null_profiles, union_null = reference_replica_profiles(
@@ -150,7 +150,9 @@ def compare_dictionaries(
         alignments[name] = al
         table = feature_table(al, cfg, freqs[reference], freqs[name], extra_reference=union_rows)
         if acts is not None:
-            table = add_absorbed(table, al, cfg, saes[reference], acts[reference], saes[name], acts[name])
+            table = add_absorbed(
+                table, al, cfg, saes[reference], acts.column(reference), saes[name], acts.column(name)
+            )
         live = table["status"] != "dead"
         n_live = int(live.sum())
         frac = {
@@ -176,7 +178,7 @@ def compare_dictionaries(
         if acts is not None:
             # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations, per token
             # chunk (summed, the same number as one pass; resampled, its interval).
-            transfer = fve_chunks(saes[reference], acts[name])
+            transfer = fve_chunks(saes[reference], acts.column(name))
             row["target_fve"] = own_fve[name]
         row.update(
             uncertainty_columns(

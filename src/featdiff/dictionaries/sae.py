@@ -313,7 +313,7 @@ def train_saes(
         trainer = SAETrainer(cfg=trainer_cfg, sae=tsae, data_provider=iter(()))
         if cfg.normalize_activations:
             tsae.cfg.normalize_activations = "expected_average_only_in"
-            mean_norm = float(acts[ckpt].norm(dim=1).mean())
+            mean_norm = acts.row_norm_mean(ckpt)  # streamed on an on-disk set
             trainer.activation_scaler.scaling_factor = (d_in**0.5) / max(mean_norm, 1e-12)
         trainers[key] = trainer
 

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from featdiff._shards import ActivationColumn
 from featdiff.errors import FeatdiffError
 
 
@@ -105,8 +106,8 @@ def _device_dtype(dictionary) -> tuple[torch.device, torch.dtype]:
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
-def _check_x(sae, x, where: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.ndim != 2:
+def _check_x(sae, x, where: str) -> Tensor | ActivationColumn:
+    if not isinstance(x, (Tensor, ActivationColumn)) or x.ndim != 2:
         raise FeatdiffError(f"{where} needs x of shape (n_tokens, d_in); got {getattr(x, 'shape', type(x))}.")
     d_in = sae.W_dec.shape[1]
     if x.shape[1] != d_in:
@@ -116,13 +117,20 @@ def _check_x(sae, x, where: str) -> Tensor:
     return x
 
 
-def stream_codes(sae, x: Tensor, batch_size: int = 4096, where: str = "stream_codes") -> Iterator[tuple[Tensor, Tensor]]:
-    """(rows on the dictionary's device and dtype, their codes), one batch of ``x`` at a time, no grad."""
+def stream_codes(
+    sae, x: Tensor | ActivationColumn, batch_size: int = 4096, where: str = "stream_codes"
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(rows on the dictionary's device and dtype, their codes), one batch of ``x`` at a time, no grad.
+    ``x`` may be an on-disk ``ActivationColumn`` (``acts.column(name)``): it is read chunk by chunk."""
     x = _check_x(sae, x, where)
     dev, dt = _device_dtype(sae)
+    if isinstance(x, Tensor):
+        chunks = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        chunks = x.chunks(batch_size)
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(dev, dt)
+        for xb in chunks:
+            xb = xb.to(dev, dt)
             yield xb, sae.encode(xb)
 
 

@@ -47,7 +47,7 @@ class MetricContext:
     def _acts(self, name: str) -> Tensor:
         if self.activations is None:
             raise FeatdiffError("This metric needs activations; pass acts= to compare_dictionaries.")
-        return self.activations[name]
+        return self.activations.column(name)  # on disk: streamed by encode, never loaded whole
 
 
 @dataclass(frozen=True)
@@ -170,4 +170,4 @@ def _svcca(ctx: MetricContext) -> float:
     if ctx.activations is None:
         return float("nan")
     n = min(ctx.activations.n_tokens, 20_000)  # a subsample keeps the SVDs cheap
-    return svcca(ctx.activations[ctx.reference_name][:n], ctx.activations[ctx.target_name][:n])
+    return svcca(ctx.activations.rows(ctx.reference_name, 0, n), ctx.activations.rows(ctx.target_name, 0, n))
