@@ -24,7 +24,6 @@ FIT_THRESHOLD = 0.9
 RECOMBINATION_MARGIN = 0.15
 MIN_COEFFICIENT = 0.2
 N_CANDIDATES = 24
-EXTRA_BELOW = 0.5  # replica rows the reference lacks: best cosine to a live reference row below this
 
 
 @torch.no_grad()
@@ -162,7 +161,7 @@ def recombination(
     searched exhaustively over the reference rows most correlated with the target (``subset_fit``).
 
     ``extra_reference`` (e.g. the live rows of the reference's replicas, SAEs of the same checkpoint with
-    other seeds): those of its rows that no live reference row comes within cosine ``EXTRA_BELOW`` of join
+    other seeds): those of its rows that no live reference row reuses (cosine < ``reuse_threshold``) join
     the rows a fit may use, since a component the reference SAE happens not to have learned (a rare
     feature) is often in a replica. A component from those rows is named by its id past the reference's
     width: ``d_ref + i`` for the i-th such row.
@@ -181,10 +180,10 @@ def recombination(
     live_ref = np.flatnonzero(al.ref_live)
     ref_decoder = al.ref_decoder
     if extra_reference is not None and len(extra_reference) and len(live_ref):
-        # only rows the reference lacks (no live reference row within EXTRA_BELOW): a replica's variant of a
-        # feature the reference has would let near-equivalent rows fit each other's residuals
+        # only rows the reference lacks (no live reference row reuses them, cosine < reuse_threshold): a
+        # replica's copy of a feature the reference has would let near-equivalent rows fit each other's residuals
         extra = unit_decoder(extra_reference)
-        extra = extra[best_match(extra, ref_decoder[torch.as_tensor(live_ref)])[0] < EXTRA_BELOW]
+        extra = extra[best_match(extra, ref_decoder[torch.as_tensor(live_ref)])[0] < reuse_threshold]
         ref_decoder = torch.cat([ref_decoder, extra.to(ref_decoder.dtype)])
         live_ref = np.concatenate([live_ref, al.d_ref + np.arange(len(extra))])
     return fit_components(
