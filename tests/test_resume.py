@@ -208,3 +208,38 @@ def test_same_seed_same_tables_in_two_fresh_interpreters(tmp_path):
     assert len(f0) == 32 and list(s0.index) == ["rl"] and f0["similarity"].notna().any()
     pd.testing.assert_frame_equal(f0, f1, check_exact=True)
     pd.testing.assert_frame_equal(s0, s1, check_exact=True)
+
+
+@pytest.mark.slow  # two fresh interpreters (about 20 s of CPU)
+def test_compare_checkpoints_resumes_after_sigkill_to_the_uninterrupted_tables(tmp_path):
+    from transformer_lens import HookedTransformer
+
+    cfg = dict(n_layers=2, d_model=16, n_ctx=12, d_head=4, d_vocab=30, act_fn="gelu")
+    for i, name in enumerate(["base", "rl"]):
+        fd.save_model(HookedTransformer({**cfg, "seed": i}), tmp_path / name)
+    tokens = torch.randint(0, 30, (48, 12), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    ck = tmp_path / "ck"
+    kw = dict(d_sae=32, k=3, seed=0, n_replicas=1, progress=False)
+    train = {"n_steps": 60, "batch_size": 64, "checkpoint_every": 20}
+    run = f"""
+    import torch
+    models = {{n: {str(tmp_path)!r} + "/" + n for n in ["base", "rl"]}}
+    cmp = fd.compare_checkpoints(models, tokens=torch.load({str(tmp_path / "tokens.pt")!r}), batch_size=8,
+                                 checkpoint_dir={str(ck)!r}, train_kwargs={train!r}, **{kw!r})
+    cmp.summary.to_pickle({str(tmp_path / "summary.pkl")!r})
+    cmp.features.to_pickle({str(tmp_path / "features.pkl")!r})
+    """
+    first = _python(run, kill_at="train_saes:50")
+    assert _killed(first), first.stderr[-2000:]
+    assert _manifest_step(ck / "saes", "train_saes") == 40 and (ck / "collect").is_dir()
+    second = _python(run)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    models = {n: fd.load_model(tmp_path / n) for n in ["base", "rl"]}
+    train.pop("checkpoint_every")
+    ref = fd.compare_checkpoints(models, tokens=tokens, batch_size=8, train_kwargs=train, **kw)
+    pd.testing.assert_frame_equal(pd.read_pickle(tmp_path / "summary.pkl"), ref.summary)
+    pd.testing.assert_frame_equal(pd.read_pickle(tmp_path / "features.pkl"), ref.features)
+    with pytest.raises(FeatdiffError, match="distributed"):
+        fd.compare_checkpoints(models, tokens=tokens, checkpoint_dir=ck, distributed=True, **kw)

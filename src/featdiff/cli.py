@@ -155,6 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, type=_device, help="torch device (default: cpu)")
+    c.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save progress there; the same command after a kill resumes (docs/long-runs.md)",
+    )
+    c.add_argument(
+        "--activations-dir",
+        default=None,
+        help="keep the activations on disk there and read them chunk by chunk (sets larger than memory)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bars, no table")
     p.commands = {"demo": d, "compare": c}  # to name the command in an error about its arguments
     return p
@@ -361,6 +371,8 @@ def compare(args: argparse.Namespace) -> int:
             progress=progress,
             device=args.device,
             distributed=distributed,
+            checkpoint_dir=args.checkpoint_dir,
+            activations_dir=args.activations_dir,
         )
     steps.done()
     if cmp is None:  # a rank other than 0 of a torchrun launch

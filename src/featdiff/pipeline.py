@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 from featdiff import distributed as dist
 from featdiff._replicas import as_replicas
@@ -83,6 +84,7 @@ def compare_checkpoints(
     device: str | None = None,
     distributed: bool = False,
     activations_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
@@ -102,6 +104,9 @@ def compare_checkpoints(
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
     ``activations_dir`` streams the activations to that folder and leaves them there (an
     ``OnDiskActivationSet``: training and scoring read them chunk by chunk, for sets larger than memory).
+    ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
+    in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
+    kill continues where they stopped, to the tables of an uninterrupted run.
 
     Examples
     --------
@@ -121,6 +126,14 @@ def compare_checkpoints(
     check_choice("method", method, METHODS, "compare_checkpoints")
     specs = _checkpoint_specs(base, rl, sft, more)
     reference = "base" if "base" in specs else next(iter(specs))
+    stage_ckpt = {}
+    if checkpoint_dir is not None:
+        if distributed:
+            raise FeatdiffError(
+                "compare_checkpoints(checkpoint_dir=...) is not supported with distributed=True (every rank "
+                "would write the same folder); pass checkpoint_dir to a single-process run."
+            )
+        stage_ckpt = {s_: {"checkpoint_dir": Path(checkpoint_dir) / s_} for s_ in ("collect", "saes", "crosscoder")}
     if distributed:
         dist.init()
         device = dist.rank_device(device)
@@ -148,6 +161,7 @@ def compare_checkpoints(
         device=device,
         pad_token_id=pad_token_id,
         out_dir=activations_dir,
+        **stage_ckpt.get("collect", {}),
     )
     train, held_out = acts.split(eval_fraction, seed=seed)
     meta = {
@@ -168,8 +182,9 @@ def compare_checkpoints(
                 raise FeatdiffError(f"compare_checkpoints(method='crosscoder') takes no {arg}=: {why}.")
 
         cc = fit_crosscoder(
-            train, d_sae=d_sae, k=k, seed=seed, progress=progress, device=device, **(train_kwargs or {})
-        )
+            train, d_sae=d_sae, k=k, seed=seed, progress=progress, device=device,
+            **{**stage_ckpt.get("crosscoder", {}), **(train_kwargs or {})},
+        )  # fmt: skip
         if distributed and not dist.is_main():
             return None
         cmp = compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
@@ -204,7 +219,7 @@ def compare_checkpoints(
             seed=seed,
             extra=extra or None,
             progress=progress,
-            **(train_kwargs or {}),
+            **{**stage_ckpt.get("saes", {}), **(train_kwargs or {})},
         )
         saes = {n: trained[n] for n in models}
         replicas = {}
