@@ -94,17 +94,58 @@ def _data_boxes(ax, renderer):
             points.extend(verts)
     for line in ax.lines:
         points.extend(line.get_transform().transform(line.get_path().interpolated(20).vertices))
+    for coll in ax.collections:  # scatter points
+        offsets = coll.get_offsets()
+        if len(offsets):
+            points.extend(coll.get_offset_transform().transform(offsets))
     return boxes + [Bbox([[x, y], [x, y]]) for x, y in points]
+
+
+def _crosscoder_figure(which: str):
+    """The crosscoder view's figures on small tables of the shapes the lab writes."""
+    import numpy as np
+    import pandas as pd
+
+    from featdiff.evolution import plot_feature_evolution
+    from featdiff.figures import plot_interventions, plot_mas
+
+    rng = np.random.default_rng(0)
+    if which == "mas":
+        w = rng.dirichlet([1, 1, 1], size=120)
+        cat = np.array(["base", "shared", "rl", "sft"])[rng.integers(0, 4, 120)]
+        m = pd.DataFrame({"feature": range(120), "base": w[:, 0], "rl": w[:, 1], "sft": w[:, 2],
+                          "dominant": "base", "category": cat, "dead": False})  # fmt: skip
+        views = ["base+rl+sft", "rl vs base", "sft vs base"]
+        c = pd.DataFrame([{"view": v, "category": k, "n_features": 30, "fraction": f}
+                          for v in views for k, f in zip(["base", "shared", "rl", "sft"], [0.1, 0.7, 0.1, 0.1], strict=True)])  # fmt: skip
+        return plot_mas(m, c)
+    if which == "interventions":
+        rows = [{"edit": e, "condition": cond, "subset": sub, "task": t, "accuracy": float(rng.uniform(0.2, 1))}
+                for e in ("ablate_in_rl", "amplify_in_base") for cond in ("none", "edit", "random")
+                for sub in ("critical", "rest") for t in ("smallest3", "sort")]  # fmt: skip
+        return plot_interventions(pd.DataFrame(rows))
+    steps = [1, 2, 3, 4]
+    t = pd.DataFrame({"run": ["rl"] * 4 + ["sft"] * 4, "step": steps * 2,
+                      "overlap_prev": [np.nan, 0.6, 0.9, 1.0, np.nan, 0.2, 0.5, 0.95],
+                      "overlap_final": [0.3, 0.6, 0.9, 1.0, 0.1, 0.4, 0.8, 1.0]})  # fmt: skip
+    return plot_feature_evolution(t)
 
 
 def _overlaps(a, b) -> bool:
     return a.x0 <= b.x1 and b.x0 <= a.x1 and a.y0 <= b.y1 and b.y0 <= a.y1
 
 
-@pytest.mark.parametrize("which", ["comparison", "accuracy"])
+@pytest.mark.parametrize("which", ["comparison", "accuracy", "mas", "interventions", "evolution"])
 def test_no_legend_covers_data(which):
     plt = headless_pyplot()
-    fig = plot_comparison(_comparison()) if which == "comparison" else plot_accuracy(ACC)
+    if which in ("comparison", "accuracy"):
+        fig = plot_comparison(_comparison()) if which == "comparison" else plot_accuracy(ACC)
+    else:
+        fig = _crosscoder_figure(which)
+    if not hasattr(fig.canvas, "get_renderer"):  # a bare Figure (the crosscoder view's): draw it with Agg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     n_legends = 0

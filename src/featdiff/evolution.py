@@ -348,6 +348,6 @@ def plot_feature_evolution(table: pd.DataFrame, ax: Sequence[Any] | None = None)
         ylim=(-0.05, 1.05),
     )
     ax[1].set(title="overlap with final checkpoint", xlabel="step")
-    ax[1].legend()
+    ax[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: covers no line
     fig.tight_layout()
     return fig

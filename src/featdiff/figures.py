@@ -181,8 +181,8 @@ def plot_mas(mas_table: pd.DataFrame, categories: pd.DataFrame) -> Any:
     ax0.set_aspect("equal")
     ax0.set_axis_off()
     ax0.set_title("MAS of each live feature")
-    if len(live):
-        ax0.legend(fontsize=7, loc="upper right")
+    if len(live):  # below the triangle, outside the axes: covers no point
+        ax0.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     views = list(dict.fromkeys(categories["view"]))
     x = np.arange(len(views))
     bottom = np.zeros(len(views))
@@ -200,7 +200,7 @@ def plot_mas(mas_table: pd.DataFrame, categories: pd.DataFrame) -> Any:
     ax1.set_ylim(0, 1.05)
     ax1.set_ylabel("fraction of live features")
     ax1.set_title("feature categories (MAS > 0.5; NRN shared band)")
-    ax1.legend(fontsize=7, loc="upper right")
+    ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: covers no bar
     fig.tight_layout()
     return fig
 
@@ -263,7 +263,7 @@ def plot_interventions(table: pd.DataFrame) -> Any:
             )
         ax.set_xticks(x, [f"{a}\n{b}" for a, b in groups], fontsize=7)
         ax.set(title=e, ylim=(0, 1.05))
-        ax.legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # one, outside: covers no bar
     axes[0].set_ylabel("accuracy")
     fig.tight_layout()
     return fig
