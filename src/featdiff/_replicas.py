@@ -41,14 +41,15 @@ def _replica_table(
     ref_freq,
     reference_name=None,
     extra_reference=None,
+    scores=None,
 ) -> tuple[pd.DataFrame, Alignment]:
     """The feature table of ``replica`` (another SAE of checkpoint ``name``, trained with another seed)
     aligned to ``reference`` (an SAE of ``name`` too, or the reference), scored on ``name``'s activations
-    (the reference's absorbed recombinations on ``reference_name``'s, by default ``name``'s)."""
+    (the reference's absorbed recombinations on ``reference_name``'s, by default ``name``'s). ``scores``:
+    the replica's (frequency, live mask) on ``name``'s activations where already computed (``replica_scores``)."""
     pair, rep_live, rep_freq = None, None, None
     if acts is not None:
-        rep_freq, _, rep_live = scored_features(replica, acts.column(name), cfg.min_contribution)
-        rep_live = rep_live.numpy()
+        rep_freq, rep_live = scores if scores is not None else _scores(replica, acts, name, cfg)
         if cfg.on == "activations":
             pair = (
                 ActivationSet({name: acts[name], "__replica__": acts[name]}, acts.hook)
@@ -99,18 +100,15 @@ def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
     return out
 
 
-def replica_rows(reps: list, acts, reference: str, cfg) -> list[torch.Tensor]:
-    """The live decoder rows of each reference replica (live on the reference's activations, scored as the
-    reference is; every row without activations)."""
-    out = []
-    for rep in reps:
-        live = (
-            np.ones(d_sae(rep), bool)
-            if acts is None
-            else scored_features(rep, acts.column(reference), cfg.min_contribution)[2].numpy()
-        )
-        out.append(rep.W_dec.detach()[torch.as_tensor(np.flatnonzero(live))])
-    return out
+def _scores(dictionary, acts: ActivationSet, name: str, cfg) -> tuple[torch.Tensor, np.ndarray]:
+    """(firing frequency, live mask) of ``dictionary`` on ``name``'s activations, scored as the reference is."""
+    freq, _, live = scored_features(dictionary, acts.column(name), cfg.min_contribution)
+    return freq, live.numpy()
+
+
+def _live_rows(dictionary, live: np.ndarray | None) -> torch.Tensor:
+    W = dictionary.W_dec.detach()
+    return W if live is None else W[torch.as_tensor(np.flatnonzero(live))]
 
 
 def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
@@ -129,16 +127,22 @@ def d_sae(dictionary) -> int:
 
 
 def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, cfg, ref_live, ref_freq):
-    """Profiles of the reference's replicas against the reference (the base-vs-base comparisons), and each
-    replica's union reuse against the reference and the other replicas (the ``union`` estimator's null)."""
+    """Profiles of the reference's replicas against the reference (the base-vs-base comparisons), each
+    replica's union reuse against the reference and the other replicas (the ``union`` estimator's null), and
+    each replica's live decoder rows."""
     profiles, tables = [], []
     for rep in reps:
         if acts is not None:
             check_width(rep, acts, f"{reference} (replica)")
-    rows = replica_rows(reps, acts, reference, cfg)
+    # one encoding pass per replica: its live rows serve the other replicas' fits, the union estimator and
+    # the targets' recombination fits (compare_dictionaries)
+    scores = [_scores(rep, acts, reference, cfg) if acts is not None else None for rep in reps]
+    rows = [_live_rows(rep, None if sc is None else sc[1]) for rep, sc in zip(reps, scores, strict=True)]
     for i, rep in enumerate(reps):
         others = _cat(rows[:i] + rows[i + 1 :])  # a replica's recombinations may use the other replicas' rows
-        table, al = _replica_table(reference_sae, rep, acts, reference, cfg, ref_live, ref_freq, None, others)
+        table, al = _replica_table(
+            reference_sae, rep, acts, reference, cfg, ref_live, ref_freq, None, others, scores[i]
+        )
         rl = ref_live if ref_live is not None else np.ones(d_sae(reference_sae), bool)
         profiles.append(profile_of(table, rl))
         tables.append((table, al))
@@ -163,7 +167,7 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
         ]
         reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
         union_null.append(float(_with_absorbed(reused, tables[i][0]).mean()))
-    return profiles, union_null
+    return profiles, union_null, rows
 
 
 def uncertainty_columns(
@@ -174,6 +178,7 @@ def uncertainty_columns(
     replicas,
     null_profiles,
     union_null,
+    rep_rows,
     transfer,
     acts,
     cfg,
@@ -182,11 +187,10 @@ def uncertainty_columns(
     freqs,
     reference_fve,
 ) -> dict:
-    """The interval, floor and corrected columns of target ``name`` (featdiff.metrics.uncertainty)."""
+    """The interval, floor and corrected columns of target ``name`` (featdiff.metrics.uncertainty);
+    ``rep_rows``: the reference replicas' live decoder rows (``reference_replica_profiles``)."""
     reference = al.reference
     target = profile_of(table, ref_live)
-    ref_reps = replicas.get(reference, [])
-    rep_rows = replica_rows(ref_reps, acts, reference, cfg)
     ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))], *rep_rows]
     target.union_reused = _with_absorbed(
         union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold), table
@@ -217,5 +221,5 @@ def uncertainty_columns(
     out["noise_floor_reuse"] = out["reuse_floor"]
     out["reference_n_live"] = int(ref_live.sum())
     out["reference_n_dead"] = int((~ref_live).sum())
-    out["n_replicas"] = len(ref_reps)
+    out["n_replicas"] = len(replicas.get(reference, []))
     return out

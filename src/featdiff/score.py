@@ -15,7 +15,6 @@ from featdiff._replicas import (
     check_width,
     d_sae,
     reference_replica_profiles,
-    replica_rows,
     uncertainty_columns,
 )
 from featdiff.activations import ActivationSet
@@ -126,13 +125,12 @@ def compare_dictionaries(
             freqs[n], own_fve[n], live = scored_features(saes[n], acts.column(n), cfg.min_contribution)
             live_mask[n] = live.numpy()
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
-    null_profiles, union_null = reference_replica_profiles(
+    null_profiles, union_null, rep_rows = reference_replica_profiles(
         saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]
     )
 
     # recombinations may be fitted with the reference replicas' rows too (a component the reference SAE did
     # not learn is often in a replica; featdiff.metrics.recombination.recombination)
-    rep_rows = replica_rows(replicas.get(reference, []), acts, reference, cfg)
     union_rows = torch.cat(rep_rows) if rep_rows else None
     rows, tables, alignments = [], [], {}
     for name in progress_bar(targets, desc="aligning", disable=not progress):
@@ -182,7 +180,7 @@ def compare_dictionaries(
             row["target_fve"] = own_fve[name]
         row.update(
             uncertainty_columns(
-                table, al, name, saes, replicas, null_profiles, union_null, transfer, acts, cfg, ref_live,
+                table, al, name, saes, replicas, null_profiles, union_null, rep_rows, transfer, acts, cfg, ref_live,
                 live_mask, freqs, own_fve[reference],
             )
         )
