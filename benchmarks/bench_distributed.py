@@ -31,7 +31,7 @@ WORKER = textwrap.dedent(
     out, n_steps, n_seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(1)
     cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_ctx=32, d_head=16, n_heads=4, d_vocab=256,
-                                  act_fn="relu", d_mlp=256, seed=0)
+                                  act_fn="relu", d_mlp=256, seed=0, device="cpu")
     base = HookedTransformer(cfg)
     models = {"base": base}
     for i, name in enumerate(["rl", "sft"]):
