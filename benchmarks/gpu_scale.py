@@ -1,0 +1,162 @@
+"""Throughput at 7B shapes on one GPU, and the GPU hours of a 7B triple from it (run by hand on a GPU).
+
+    python benchmarks/gpu_scale.py                     # on a CUDA machine (~2-3 min on an H200)
+    python benchmarks/gpu_scale.py --device cpu --small   # checks the script itself on a CPU (seconds)
+
+Throughput does not depend on the weights' values, so the model here is a randomly initialised
+TransformerLens model of a 7B model's shape (Qwen2-7B: d_model 3,584, 28 heads of 128 with 4 key/value
+heads, gated SiLU MLP of 18,944, RMSNorm, rotary, vocabulary 152,064, bf16), holding only the blocks that
+collection runs (0 to the middle layer, 14, of 28): it measures what ``collect_activations`` (which stops at
+the hook's block) does on a real 7B checkpoint. Three "checkpoints" are the same module (the work per
+token is the same as three distinct ones). Then ``train_saes`` (one and four SAEs of ``--d-sae`` latents,
+TopK, float32, TF32 off as featdiff leaves it) and ``train_crosscoder`` over the three, on those
+activations, with samples/s and GFLOP/s against a float32 matmul of the same shape in the same run.
+Last, the hours a 50M-token base/RL/SFT comparison needs on this device, from these measured rates
+(the same calculation as docs/scale.md's, which uses the CPU's rates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+import featdiff as fd
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def roofline(m: int, k: int, n: int, device: str, dtype=torch.float32, reps: int = 10) -> float:
+    """Best-of-``reps`` TFLOP/s of an (m x k) @ (k x n) matmul."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _, dt = timed(lambda: a @ b, device)
+        best = min(best, dt)
+    return 2 * m * k * n / best / 1e12
+
+
+def model_7b(device: str, small: bool, n_blocks: int):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # heavy: only when run
+
+    if small:
+        shape = dict(d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=256, d_vocab=500, n_ctx=64)
+    else:
+        shape = dict(
+            d_model=3584, d_head=128, n_heads=28, n_key_value_heads=4, d_mlp=18944, d_vocab=152064, n_ctx=1024
+        )
+    cfg = HookedTransformerConfig(
+        n_layers=n_blocks, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=shape["d_head"], seed=0, tokenizer_name=None,
+        dtype=torch.float32 if small else torch.bfloat16, device=device, **shape,
+    )  # fmt: skip
+    return HookedTransformer(cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true", help="tiny sizes: checks the script, not the speed")
+    ap.add_argument("--n-seq", type=int, default=48, help="sequences of the model's n_ctx tokens")
+    ap.add_argument("--d-sae", type=int, default=16384)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--n-steps", type=int, default=40)
+    args = ap.parse_args()
+    dev = args.device
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_scale: no CUDA device here; skipped (--device cpu --small checks the script).")
+        return
+    warnings.simplefilter("ignore")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    small = args.small
+    n_layers_full, hook_layer = (4, 2) if small else (28, 14)
+    d_sae = 256 if small else args.d_sae
+    n_seq = 8 if small else args.n_seq
+    n_steps = 5 if small else args.n_steps
+    name = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else "cpu"
+    print(f"gpu_scale on {dev} ({name}), torch {torch.__version__}")
+    rows = []
+
+    model, t_build = timed(lambda: model_7b(dev, small, hook_layer + 1), dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {hook_layer + 1} of {n_layers_full} blocks of the 7B shape, {n_params / 1e9:.2f}B parameters "
+          f"(built in {t_build:.0f} s)")
+    seq = model.cfg.n_ctx
+    tokens = torch.randint(1, model.cfg.d_vocab, (n_seq, seq), generator=torch.Generator().manual_seed(0))
+    hook = f"blocks.{hook_layer}.hook_resid_post"
+    models = {"base": model, "rl": model, "sft": model}
+    fd.collect_activations(models, tokens[:2], hook=hook, batch_size=2, progress=False, device=dev)  # warm-up
+    acts, dt = timed(
+        lambda: fd.collect_activations(models, tokens, hook=hook, batch_size=8, progress=False, device=dev), dev
+    )
+    n_tok = tokens.numel() * len(models)
+    d_model = model.cfg.d_model
+    n_w = sum(p.numel() for n, p in model.blocks.named_parameters() if "W_" in n)
+    flop_tok = 2 * n_w + (hook_layer + 1) * 2 * seq * d_model
+    bf16 = roofline(8 * seq, d_model, model.cfg.d_mlp, dev, torch.float32 if small else torch.bfloat16)
+    collect_tps = n_tok / dt
+    rows.append(("collect (3 checkpoints)", dt, f"{collect_tps:,.0f} tokens/s, "
+                 f"{n_tok * flop_tok / dt / 1e12:.1f} TFLOP/s = {n_tok * flop_tok / dt / 1e12 / bf16:.0%} of "
+                 f"a {bf16:.0f} TFLOP/s matmul"))  # fmt: skip
+    del model, models
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    bs = min(args.batch_size, acts.n_tokens)
+    fp32 = roofline(bs, d_model, d_sae, dev)
+    sae_rate = {}
+    for n_sae in (1, 4):
+        extra = {f"base_{i}": ("base", i) for i in range(1, n_sae)}
+        kw = dict(d_sae=d_sae, k=args.k, n_steps=n_steps, batch_size=bs, names=["base"], extra=extra or None,
+                  progress=False, device=dev)  # fmt: skip
+        fd.train_saes(acts, **{**kw, "n_steps": 2})  # warm-up
+        _, dt = timed(lambda kw=kw: fd.train_saes(acts, **kw), dev)
+        sps = n_steps * bs * n_sae / dt
+        sae_rate[n_sae] = sps
+        tf = 12 * d_model * d_sae * sps / 1e12  # dense count: 2 matmuls forward, backward twice forward
+        rows.append((f"train_saes ({n_sae} SAE{'s' * (n_sae > 1)})", dt,
+                     f"{sps:,.0f} samples/s, {tf:.1f} TFLOP/s = {tf / fp32:.0%} of a {fp32:.0f} TFLOP/s fp32 matmul"))  # fmt: skip
+    kw = dict(d_sae=d_sae, n_steps=n_steps, batch_size=bs, progress=False, device=dev)
+    fd.train_crosscoder(acts, **{**kw, "n_steps": 2})  # warm-up
+    _, dt = timed(lambda: fd.train_crosscoder(acts, **kw), dev)
+    cc_sps = n_steps * bs / dt
+    tf = 12 * 3 * d_model * d_sae * cc_sps / 1e12
+    rows.append(("train_crosscoder (3 models)", dt,
+                 f"{cc_sps:,.0f} samples/s, {tf:.1f} TFLOP/s = {tf / fp32:.0%} of the fp32 matmul"))  # fmt: skip
+
+    print(f"\n| stage | seconds | throughput |\n|---|---|---|")
+    for stage, dt, note in rows:
+        print(f"| {stage} | {dt:.2f} | {note} |")
+
+    # a 50M-token base/RL/SFT triple at this shape: collection, 5 SAEs (one per checkpoint + 2 base
+    # replicas, trained in one pass: the 4-SAE rate), one crosscoder pass; from the rates measured above
+    tokens_7b = 50e6
+    hours = {
+        "collection": tokens_7b * 3 / collect_tps,
+        "5 SAEs": tokens_7b * 5 / sae_rate[4],
+        "crosscoder": tokens_7b / cc_sps,
+    }
+    print(f"\nA 50M-token triple at this shape (d_sae {d_sae}) on this device, from these rates:")
+    for k_, s in hours.items():
+        print(f"  {k_:<11} {s / 3600:6.2f} h")
+    print(f"  {'total':<11} {sum(hours.values()) / 3600:6.2f} h")
+
+
+if __name__ == "__main__":
+    main()
