@@ -95,17 +95,22 @@ def main() -> None:
 
     model, t_build = timed(lambda: model_7b(dev, small, hook_layer + 1), dev)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {hook_layer + 1} of {n_layers_full} blocks of the 7B shape, {n_params / 1e9:.2f}B parameters "
-          f"(built in {t_build:.0f} s)")
+    print(
+        f"model: {hook_layer + 1} of {n_layers_full} blocks of the 7B shape, {n_params / 1e9:.2f}B parameters "
+        f"(built in {t_build:.0f} s)"
+    )
     seq = model.cfg.n_ctx
     tokens = torch.randint(1, model.cfg.d_vocab, (n_seq, seq), generator=torch.Generator().manual_seed(0))
     hook = f"blocks.{hook_layer}.hook_resid_post"
     models = {"base": model, "rl": model, "sft": model}
     fd.collect_activations(models, tokens[:2], hook=hook, batch_size=2, progress=False, device=dev)  # warm-up
-    acts, dt = timed(
-        lambda: fd.collect_activations(models, tokens, hook=hook, batch_size=8, progress=False, device=dev), dev
-    )
     n_tok = tokens.numel() * len(models)
+    acts, dt = timed(
+        lambda m=models: fd.collect_activations(
+            m, tokens, hook=hook, batch_size=8, progress=False, device=dev
+        ),
+        dev,
+    )
     d_model = model.cfg.d_model
     n_w = sum(p.numel() for n, p in model.blocks.named_parameters() if "W_" in n)
     flop_tok = 2 * n_w + (hook_layer + 1) * 2 * seq * d_model
@@ -140,7 +145,7 @@ def main() -> None:
     rows.append(("train_crosscoder (3 models)", dt,
                  f"{cc_sps:,.0f} samples/s, {tf:.1f} TFLOP/s = {tf / fp32:.0%} of the fp32 matmul"))  # fmt: skip
 
-    print(f"\n| stage | seconds | throughput |\n|---|---|---|")
+    print("\n| stage | seconds | throughput |\n|---|---|---|")
     for stage, dt, note in rows:
         print(f"| {stage} | {dt:.2f} | {note} |")
 
