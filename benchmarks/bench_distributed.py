@@ -56,7 +56,8 @@ WORKER = textwrap.dedent(
         if cmp is not None:
             tables[method] = cmp.summary.select_dtypes("number").to_dict()
     if fdd.is_main():
-        json.dump({"times": times, "tables": tables, "world": fdd.world_size()}, open(out, "w"))
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+        json.dump({"times": times, "tables": tables, "world": fdd.world_size(), "backend": backend}, open(out, "w"))
     """
 )
 
@@ -83,7 +84,9 @@ def main() -> None:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
         run([*launcher, str(args.nproc), str(script), str(many), *rest])
         a, b = json.loads(one.read_text()), json.loads(many.read_text())
-    print(f"compare_checkpoints, {args.n_seq} x 32 tokens, {args.n_steps} steps per dictionary (gloo)")
+    print(
+        f"compare_checkpoints, {args.n_seq} x 32 tokens, {args.n_steps} steps per dictionary ({b['backend']})"
+    )
     print(
         f"{'route':12s} {'1 process':>10s} {f'{args.nproc} processes':>12s} {'ratio':>6s}  max |table diff|"
     )

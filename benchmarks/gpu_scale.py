@@ -77,6 +77,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--n-steps", type=int, default=40)
+    ap.add_argument(
+        "--no-model", action="store_true", help="skip collection: random activations of d_model 3584"
+    )
     args = ap.parse_args()
     dev = args.device
     if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -93,35 +96,47 @@ def main() -> None:
     print(f"gpu_scale on {dev} ({name}), torch {torch.__version__}")
     rows = []
 
-    model, t_build = timed(lambda: model_7b(dev, small, hook_layer + 1), dev)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model: {hook_layer + 1} of {n_layers_full} blocks of the 7B shape, {n_params / 1e9:.2f}B parameters "
-        f"(built in {t_build:.0f} s)"
+    if args.no_model:
+        d = 64 if small else 3584
+        g = torch.Generator().manual_seed(0)
+        acts = fd.ActivationSet.from_tensors(
+            {n: torch.randn(n_seq * 1024, d, generator=g) for n in ("base", "rl", "sft")}
+        )
+        collect_tps, d_model = float("nan"), d
+    model, t_build = (
+        (None, 0.0) if args.no_model else timed(lambda: model_7b(dev, small, hook_layer + 1), dev)
     )
-    seq = model.cfg.n_ctx
-    tokens = torch.randint(1, model.cfg.d_vocab, (n_seq, seq), generator=torch.Generator().manual_seed(0))
-    hook = f"blocks.{hook_layer}.hook_resid_post"
-    models = {"base": model, "rl": model, "sft": model}
-    fd.collect_activations(models, tokens[:2], hook=hook, batch_size=2, progress=False, device=dev)  # warm-up
-    n_tok = tokens.numel() * len(models)
-    acts, dt = timed(
-        lambda m=models: fd.collect_activations(
-            m, tokens, hook=hook, batch_size=8, progress=False, device=dev
-        ),
-        dev,
-    )
-    d_model = model.cfg.d_model
-    n_w = sum(p.numel() for n, p in model.blocks.named_parameters() if "W_" in n)
-    flop_tok = 2 * n_w + (hook_layer + 1) * 2 * seq * d_model
-    bf16 = roofline(8 * seq, d_model, model.cfg.d_mlp, dev, torch.float32 if small else torch.bfloat16)
-    collect_tps = n_tok / dt
-    rows.append(("collect (3 checkpoints)", dt, f"{collect_tps:,.0f} tokens/s, "
-                 f"{n_tok * flop_tok / dt / 1e12:.1f} TFLOP/s = {n_tok * flop_tok / dt / 1e12 / bf16:.0%} of "
-                 f"a {bf16:.0f} TFLOP/s matmul"))  # fmt: skip
-    del model, models
-    if dev.startswith("cuda"):
-        torch.cuda.empty_cache()
+    if not args.no_model:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"model: {hook_layer + 1} of {n_layers_full} blocks of the 7B shape, {n_params / 1e9:.2f}B parameters "
+            f"(built in {t_build:.0f} s)"
+        )
+        seq = model.cfg.n_ctx
+        tokens = torch.randint(1, model.cfg.d_vocab, (n_seq, seq), generator=torch.Generator().manual_seed(0))
+        hook = f"blocks.{hook_layer}.hook_resid_post"
+        models = {"base": model, "rl": model, "sft": model}
+        fd.collect_activations(
+            models, tokens[:2], hook=hook, batch_size=2, progress=False, device=dev
+        )  # warm-up
+        n_tok = tokens.numel() * len(models)
+        acts, dt = timed(
+            lambda m=models: fd.collect_activations(
+                m, tokens, hook=hook, batch_size=8, progress=False, device=dev
+            ),
+            dev,
+        )
+        d_model = model.cfg.d_model
+        n_w = sum(p.numel() for n, p in model.blocks.named_parameters() if "W_" in n)
+        flop_tok = 2 * n_w + (hook_layer + 1) * 2 * seq * d_model
+        bf16 = roofline(8 * seq, d_model, model.cfg.d_mlp, dev, torch.float32 if small else torch.bfloat16)
+        collect_tps = n_tok / dt
+        rows.append(("collect (3 checkpoints)", dt, f"{collect_tps:,.0f} tokens/s, "
+                     f"{n_tok * flop_tok / dt / 1e12:.1f} TFLOP/s = {n_tok * flop_tok / dt / 1e12 / bf16:.0%} of "
+                     f"a {bf16:.0f} TFLOP/s matmul"))  # fmt: skip
+        del model, models
+        if dev.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     bs = min(args.batch_size, acts.n_tokens)
     fp32 = roofline(bs, d_model, d_sae, dev)
