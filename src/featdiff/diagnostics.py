@@ -21,9 +21,12 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
 - **narrow reference** (``max_missed_excess=0.1``): a target's latents that fire on the reference's own
   activations as on the target's (``featdiff.metrics.coverage``) have no match in the reference dictionary
   more often than the noise floor explains: more than ``1 - q + 0.1`` of them, and a binomial test against
-  ``1 - q`` gives p < 0.05. The reference SAE lacks features of its own activations (too narrow, or ``k``
-  too small), so recombinations of them read as novel. On the known-answer grid it fires with a 0.5x-wide
-  SAE (missed 33 % against 17 %) and not at 1x or 2x (docs/metrics.md).
+  ``1 - q`` gives p < 0.05, and the reference SAE leaves at least 10 % (median) of the energy along the
+  missed latents in its own activations unreconstructed. The reference SAE lacks features of its own
+  activations (too narrow, or ``k`` too small), so recombinations of them read as novel. On the
+  known-answer grid it fires with a 0.5x-wide SAE (seed 0: 8 of 24 missed against 17 %, 16 % of their
+  energy unreconstructed) and not at 1x or 2x. On the lab SFT's SAE misses 128 of 166 against 49 %, but
+  the base SAE reconstructs 98 % of their energy: drifted variants of features it has, no warning.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ MIN_TOKENS_PER_FEATURE = 10.0
 SETTLE_TOLERANCE = 0.05
 MAX_MISSED_EXCESS = 0.1
 MISSED_P_VALUE = 0.05
+MIN_UNEXPLAINED = 0.1
 MIN_STEPS = 20
 
 
@@ -115,6 +119,12 @@ def _training_message(name: str, record: Mapping, tolerance: float) -> str | Non
     )
 
 
+def _unexplained_words(unexplained: float, reference: str) -> str:
+    if not math.isfinite(unexplained):
+        return ""
+    return f", and the {reference} SAE leaves {unexplained:.0%} of their energy in its activations unreconstructed"
+
+
 def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess: float) -> str | None:
     n, k = int(misses.get("n_present") or 0), int(misses.get("n_missed") or 0)
     if n == 0 or not math.isfinite(q):
@@ -122,10 +132,13 @@ def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess
     expected = min(1.0, max(0.0, 1.0 - q))
     if k / n <= expected + excess or binom.sf(k - 1, n, expected) >= MISSED_P_VALUE:
         return None
+    unexplained = _num(misses.get("missed_unexplained"))
+    if math.isfinite(unexplained) and unexplained < MIN_UNEXPLAINED:
+        return None  # the reference reconstructs them: it holds them in another form (drifted, split)
     return (
         f"{name}: {k} of its {n} features that also fire on {reference}'s own activations ({k / n:.0%}) have no "
         f"match in the {reference} dictionary, against {expected:.0%} between {reference} SAEs of different "
-        f"seeds: the {reference} SAE lacks features of its own activations (narrower than the features there, "
+        f"seeds{_unexplained_words(unexplained, reference)}: the {reference} SAE lacks features of its own activations (narrower than the features there, "
         "or k too small), so recombinations of them read as novel and recombination is underestimated. "
         "Train the SAEs wider (a larger d_sae, e.g. twice this one) and compare again."
     )

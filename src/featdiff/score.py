@@ -187,7 +187,9 @@ def compare_dictionaries(
         )
         if acts is not None:  # base features the reference dictionary lacks (featdiff.metrics.coverage)
             status = dict(zip(table["feature"].tolist(), table["status"].astype(str).tolist(), strict=True))
-            misses[name] = reference_misses(saes[name], acts.column(name), acts.column(reference), status)
+            misses[name] = reference_misses(
+                saes[name], acts.column(name), acts.column(reference), status, saes[reference]
+            )
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
         for metric in chosen:
             summ, feats = compute_metric(metric, ctx)

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.dictionaries.stats import encode
+from featdiff.dictionaries.stats import encode, stream_codes
 
 PRESENT_CORRELATION = 0.5
 
@@ -58,17 +58,47 @@ def reference_misses(
     x_target: Float[Tensor, "n_tokens d_in"],
     x_reference: Float[Tensor, "n_tokens d_in"],
     status: dict[int, str],
+    reference_sae=None,
     threshold: float = PRESENT_CORRELATION,
 ) -> dict:
     """Counts of the target's live latents present in the reference's activations (``n_present``:
     paired correlation >= ``threshold``) and of those the reference dictionary has no match for
     (``n_missed``: status novel or recombined). ``status`` maps the target's latent index to its status
-    (dead latents are left out)."""
+    (dead latents are left out). With ``reference_sae``, ``missed_unexplained`` is the median over the
+    missed latents of the share of the reference activations' energy along the latent's decoder direction
+    (on the tokens where it fires on them) that the reference SAE leaves unreconstructed: near 0 when the
+    reference holds the feature in another form (a drifted or split variant), well above it when the
+    reference lacks it."""
     corr = paired_correlation(sae, x_target, x_reference)
-    n_present = n_missed = 0
+    missed = []
+    n_present = 0
     for j, s in status.items():
         if s == "dead" or not (0 <= j < len(corr)) or not corr[j] >= threshold:
             continue
         n_present += 1
-        n_missed += s in ("novel", "recombined")
-    return {"n_present": n_present, "n_missed": n_missed, "threshold": threshold}
+        if s in ("novel", "recombined"):
+            missed.append(j)
+    out = {"n_present": n_present, "n_missed": len(missed), "threshold": threshold}
+    if reference_sae is not None and missed:
+        out["missed_unexplained"] = _median_unexplained(sae, reference_sae, x_reference, missed)
+    return out
+
+
+@torch.no_grad()
+def _median_unexplained(sae, reference_sae, x, latents: list[int]) -> float:
+    rows, resid = [], []
+    for xb, f in stream_codes(reference_sae, x, 4096, "coverage"):  # x may be an on-disk column
+        rows.append(xb.float().cpu())
+        resid.append(rows[-1] - reference_sae.decode(f).float().cpu())
+    x, resid = torch.cat(rows), torch.cat(resid)
+    codes = encode(sae, x)[:, latents]
+    d = sae.W_dec.detach().float().cpu()[latents]
+    d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    shares = []
+    for i in range(len(latents)):
+        on = codes[:, i] > 0
+        if int(on.sum()) < 5:
+            continue
+        total = (x[on] @ d[i]).pow(2).sum()
+        shares.append(float((resid[on] @ d[i]).pow(2).sum() / total.clamp_min(1e-12)))
+    return float(np.median(shares)) if shares else float("nan")
