@@ -36,7 +36,6 @@ import warnings
 from collections.abc import Mapping
 
 import pandas as pd
-from scipy.stats import binom
 
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 
@@ -129,6 +128,8 @@ def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess
     n, k = int(misses.get("n_present") or 0), int(misses.get("n_missed") or 0)
     if n == 0 or not math.isfinite(q):
         return None
+    from scipy.stats import binom  # lazily: scipy.stats loads scipy.optimize (import featdiff stays light)
+
     expected = min(1.0, max(0.0, 1.0 - q))
     if k / n <= expected + excess or binom.sf(k - 1, n, expected) >= MISSED_P_VALUE:
         return None
