@@ -159,7 +159,7 @@ def diagnose(
     ``cmp_or_summary`` is a ``Comparison`` (all checks) or its ``summary`` DataFrame (the checks that need
     only the table: dead latents of the targets, the noise floor, tokens per feature when the summary
     has ``n_eval_tokens``). From a Comparison it also reads ``meta`` (``n_eval_tokens``,
-    ``reference_n_live`` / ``reference_n_features``) and the training records that ``train_saes`` puts on
+    ``reference_n_live`` / ``reference_n_features``, ``reference_misses``) and the training records that ``train_saes`` puts on
     each dictionary (``featdiff_train``). The thresholds are the module's defaults (see the module
     docstring); an empty list means no check fired.
 
