@@ -68,6 +68,9 @@ def _planted_warnings(d_sae: int, seed: int = 0) -> tuple[list[str], dict]:
     }
     p = plant_checkpoints(d_in=32, n_atoms=64, targets=targets, k=4, seed=seed)
     train, held_out = p.sample(100_000, seed=seed + 1), p.sample(10_000, seed=seed + 2)
+    # the grid's planting (two targets); only the mixed target's SAE is trained and compared
+    train = fd.ActivationSet({n: train.acts[n] for n in ("base", "mixed")})
+    held_out = fd.ActivationSet({n: held_out.acts[n] for n in ("base", "mixed")})
     extra = {f"rep{i}": ("base", seed + 1 + i) for i in range(2)}
     saes = fd.train_saes(train, d_sae=d_sae, k=4, seed=seed, extra=extra, progress=False)
     reps = [saes.pop("rep0"), saes.pop("rep1")]
