@@ -99,6 +99,7 @@ def run_cell(
         misses = cmp.meta.get("reference_misses", {})
         t["n_present"] = [misses.get(c, {}).get("n_present") for c in t.checkpoint]
         t["n_missed"] = [misses.get(c, {}).get("n_missed") for c in t.checkpoint]
+        t["missed_unexplained"] = [misses.get(c, {}).get("missed_unexplained") for c in t.checkpoint]
         t["narrow_warning"] = [
             any(w.startswith(f"{c}:") and "lacks features of its own activations" in w for w in cmp.meta["warnings"])
             for c in t.checkpoint
