@@ -94,6 +94,16 @@ def run_cell(
             float(cmp.summary.loc[c, f"{k}_floor"]) for c, k in zip(t.checkpoint, t.category, strict=True)
         ]
         t["saturated"] = [bool(cmp.summary.loc[c, "saturated"]) for c in t.checkpoint]
+        # the narrow-reference diagnostic (featdiff.diagnostics): the target's base-present latents, how
+        # many the reference misses, and whether it warned
+        misses = cmp.meta.get("reference_misses", {})
+        t["n_present"] = [misses.get(c, {}).get("n_present") for c in t.checkpoint]
+        t["n_missed"] = [misses.get(c, {}).get("n_missed") for c in t.checkpoint]
+        t["missed_unexplained"] = [misses.get(c, {}).get("missed_unexplained") for c in t.checkpoint]
+        t["narrow_warning"] = [
+            any(w.startswith(f"{c}:") and "lacks features of its own activations" in w for w in cmp.meta["warnings"])
+            for c in t.checkpoint
+        ]
         out.append(t)
     return pd.concat(out, ignore_index=True)
 

@@ -46,7 +46,7 @@ LAYERS = [
     ["dictionaries.formats"],
     ["distributed"],
     ["align"],
-    ["metrics.reuse", "metrics.recombination", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
+    ["metrics.reuse", "metrics.recombination", "metrics.coverage", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
     ["synthetic.planted", "synthetic.crosscoder"],
     ["figures"],
     ["comparison", "diagnostics"],

@@ -18,6 +18,15 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
   (``sae.featdiff_train["losses"]``) still fell by more than 5 % between the two quarters of the run
   before its learning-rate decay (``loss_settled``). On the lab the drop is 15 % at 60 steps, 10 % at
   150, 5.7 % at 400, 3.2 % at 1,000 and 2.2 % at 2,000, with final losses 6.5, 4.9, 4.1, 3.7 and 3.5.
+- **narrow reference** (``max_missed_excess=0.1``): a target's latents that fire on the reference's own
+  activations as on the target's (``featdiff.metrics.coverage``) have no match in the reference dictionary
+  more often than the noise floor explains: more than ``1 - q + 0.1`` of them, and a binomial test against
+  ``1 - q`` gives p < 0.05, and the reference SAE leaves at least 10 % (median) of the energy along the
+  missed latents in its own activations unreconstructed. The reference SAE lacks features of its own
+  activations (too narrow, or ``k`` too small), so recombinations of them read as novel. On the
+  known-answer grid it fires with a 0.5x-wide SAE (seed 0: 8 of 24 missed against 17 %, 16 % of their
+  energy unreconstructed) and not at 1x or 2x. On the lab SFT's SAE misses 128 of 166 against 49 %, but
+  the base SAE reconstructs 98 % of their energy: drifted variants of features it has, no warning.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ MAX_DEAD_FRACTION = 0.5
 MAX_CORRECTION = 3.0
 MIN_TOKENS_PER_FEATURE = 10.0
 SETTLE_TOLERANCE = 0.05
+MAX_MISSED_EXCESS = 0.1
+MISSED_P_VALUE = 0.05
+MIN_UNEXPLAINED = 0.1
 MIN_STEPS = 20
 
 
@@ -106,6 +118,33 @@ def _training_message(name: str, record: Mapping, tolerance: float) -> str | Non
     )
 
 
+def _unexplained_words(unexplained: float, reference: str) -> str:
+    if not math.isfinite(unexplained):
+        return ""
+    return f", and the {reference} SAE leaves {unexplained:.0%} of their energy in its activations unreconstructed"
+
+
+def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess: float) -> str | None:
+    n, k = int(misses.get("n_present") or 0), int(misses.get("n_missed") or 0)
+    if n == 0 or not math.isfinite(q):
+        return None
+    from scipy.stats import binom  # lazily: scipy.stats loads scipy.optimize (import featdiff stays light)
+
+    expected = min(1.0, max(0.0, 1.0 - q))
+    if k / n <= expected + excess or binom.sf(k - 1, n, expected) >= MISSED_P_VALUE:
+        return None
+    unexplained = _num(misses.get("missed_unexplained"))
+    if math.isfinite(unexplained) and unexplained < MIN_UNEXPLAINED:
+        return None  # the reference reconstructs them: it holds them in another form (drifted, split)
+    return (
+        f"{name}: {k} of its {n} features that also fire on {reference}'s own activations ({k / n:.0%}) have no "
+        f"match in the {reference} dictionary, against {expected:.0%} between {reference} SAEs of different "
+        f"seeds{_unexplained_words(unexplained, reference)}: the {reference} SAE lacks features of its own activations (narrower than the features there, "
+        "or k too small), so recombinations of them read as novel and recombination is underestimated. "
+        "Train the SAEs wider (a larger d_sae, e.g. twice this one) and compare again."
+    )
+
+
 def diagnose(
     cmp_or_summary,
     *,
@@ -113,13 +152,14 @@ def diagnose(
     max_correction: float = MAX_CORRECTION,
     min_tokens_per_feature: float = MIN_TOKENS_PER_FEATURE,
     settle_tolerance: float = SETTLE_TOLERANCE,
+    max_missed_excess: float = MAX_MISSED_EXCESS,
 ) -> list[str]:
     """Plain-language warnings about where a comparison's numbers are weak, each saying what to change.
 
     ``cmp_or_summary`` is a ``Comparison`` (all checks) or its ``summary`` DataFrame (the checks that need
     only the table: dead latents of the targets, the noise floor, tokens per feature when the summary
     has ``n_eval_tokens``). From a Comparison it also reads ``meta`` (``n_eval_tokens``,
-    ``reference_n_live`` / ``reference_n_features``) and the training records that ``train_saes`` puts on
+    ``reference_n_live`` / ``reference_n_features``, ``reference_misses``) and the training records that ``train_saes`` puts on
     each dictionary (``featdiff_train``). The thresholds are the module's defaults (see the module
     docstring); an empty list means no check fired.
 
@@ -138,6 +178,7 @@ def diagnose(
         ("max_correction", max_correction),
         ("min_tokens_per_feature", min_tokens_per_feature),
         ("settle_tolerance", settle_tolerance),
+        ("max_missed_excess", max_missed_excess),
     ):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise FeatdiffError(f"The '{pname}' parameter of diagnose must be a number >= 0; got {v!r}.")
@@ -181,6 +222,14 @@ def diagnose(
                 "fractions are mostly SAE noise. Read the raw fractions beside their floor, and make the SAEs "
                 "agree across seeds: a smaller d_sae, longer training, or more tokens."
             )
+
+    # a reference narrower than the features of its own activations (meta from compare_dictionaries)
+    if floor_col in summary and len(summary):
+        q = _num(summary[floor_col].iloc[0])
+        for name, m in (meta.get("reference_misses") or {}).items():
+            msg = _narrow_message(str(name), reference, m, q, max_missed_excess)
+            if msg:
+                out.append(msg)
 
     # evaluation tokens per live feature
     for name, row in summary.iterrows():

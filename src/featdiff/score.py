@@ -23,6 +23,7 @@ from featdiff.comparison import STATUSES, CompareConfig, Comparison
 from featdiff.diagnostics import emit_warnings
 from featdiff.dictionaries.stats import scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
+from featdiff.metrics.coverage import reference_misses
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
 from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
@@ -132,7 +133,7 @@ def compare_dictionaries(
     # recombinations may be fitted with the reference replicas' rows too (a component the reference SAE did
     # not learn is often in a replica; featdiff.metrics.recombination.recombination)
     union_rows = torch.cat(rep_rows) if rep_rows else None
-    rows, tables, alignments = [], [], {}
+    rows, tables, alignments, misses = [], [], {}, {}
     for name in progress_bar(targets, desc="aligning", disable=not progress):
         al = align(
             saes[reference],
@@ -184,6 +185,11 @@ def compare_dictionaries(
                 live_mask, freqs, own_fve[reference],
             )
         )
+        if acts is not None:  # base features the reference dictionary lacks (featdiff.metrics.coverage)
+            status = dict(zip(table["feature"].tolist(), table["status"].astype(str).tolist(), strict=True))
+            misses[name] = reference_misses(
+                saes[name], acts.column(name), acts.column(reference), status, saes[reference]
+            )
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
         for metric in chosen:
             summ, feats = compute_metric(metric, ctx)
@@ -221,6 +227,8 @@ def compare_dictionaries(
     if live_mask[reference] is not None:  # the reference's own live count, for the diagnostics
         meta["reference_n_features"] = len(live_mask[reference])
         meta["reference_n_live"] = int(live_mask[reference].sum())
+    if misses:  # per target: its base-present latents and how many the reference misses (diagnostics)
+        meta["reference_misses"] = misses
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts

@@ -1,0 +1,104 @@
+"""Base features the reference dictionary lacks, seen through a target's dictionary.
+
+A target latent that fires on the reference checkpoint's activations as it does on the target's (the
+Pearson correlation of its activations on the paired tokens is at least ``PRESENT_CORRELATION``) encodes a
+direction the reference's activations hold. If the reference dictionary has no match for it (status
+novel or recombined), the reference SAE did not learn that feature of its own activations. Between two
+reference SAEs of different seeds this happens to a share ``1 - q`` of the features (q the noise floor,
+``reuse_floor``); a target whose base-present latents are missed much more often than that sees base
+features that every reference SAE lacks: the reference is narrower than the features in the data (or its
+``k`` too small for them). Then recombinations of the missing features cannot be fitted and read as novel.
+
+Measured on the known-answer grid (d_in 32, 64 planted atoms, k 4, seed 0): with a 32-latent SAE (0.5x)
+the mixed target's base-present latents are missed 33 % of the time (8 of 24) against 17 % between
+replicas; with 64 latents 7.5 % (3 of 40) against 4.3 %. ``featdiff.diagnostics`` warns from these counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from featdiff.dictionaries.stats import encode, stream_codes
+
+PRESENT_CORRELATION = 0.5
+
+
+@torch.no_grad()
+def paired_correlation(
+    sae, x_target: Float[Tensor, "n_tokens d_in"], x_reference: Float[Tensor, "n_tokens d_in"]
+) -> Float[np.ndarray, " d_sae"]:
+    """Per latent of ``sae``: the Pearson correlation between its activations on ``x_target`` and on the
+    paired tokens of ``x_reference`` (NaN for a latent that never fires on ``x_target``, 0 where it never
+    fires on ``x_reference``).
+
+    Examples
+    --------
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    >>> sae = sae_from_dictionary(torch.eye(2), k=1)
+    >>> paired_correlation(sae, x, x).round(2).tolist(), paired_correlation(sae, x, x[:, [1, 0]]).round(2).tolist()
+    ([1.0, 1.0], [-0.76, -0.76])
+    """
+    a = encode(sae, x_target).double()
+    b = encode(sae, x_reference).double()
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    sa, sb = a.pow(2).sum(0).sqrt(), b.pow(2).sum(0).sqrt()
+    corr = (a * b).sum(0) / (sa * sb).clamp_min(1e-12)
+    corr = torch.where(sb > 1e-9, corr, torch.zeros_like(corr))
+    corr = torch.where(sa > 1e-9, corr, torch.full_like(corr, float("nan")))
+    return corr.numpy()
+
+
+def reference_misses(
+    sae,
+    x_target: Float[Tensor, "n_tokens d_in"],
+    x_reference: Float[Tensor, "n_tokens d_in"],
+    status: dict[int, str],
+    reference_sae=None,
+    threshold: float = PRESENT_CORRELATION,
+) -> dict:
+    """Counts of the target's live latents present in the reference's activations (``n_present``:
+    paired correlation >= ``threshold``) and of those the reference dictionary has no match for
+    (``n_missed``: status novel or recombined). ``status`` maps the target's latent index to its status
+    (dead latents are left out). With ``reference_sae``, ``missed_unexplained`` is the median over the
+    missed latents of the share of the reference activations' energy along the latent's decoder direction
+    (on the tokens where it fires on them) that the reference SAE leaves unreconstructed: near 0 when the
+    reference holds the feature in another form (a drifted or split variant), well above it when the
+    reference lacks it."""
+    corr = paired_correlation(sae, x_target, x_reference)
+    missed = []
+    n_present = 0
+    for j, s in status.items():
+        if s == "dead" or not (0 <= j < len(corr)) or not corr[j] >= threshold:
+            continue
+        n_present += 1
+        if s in ("novel", "recombined"):
+            missed.append(j)
+    out = {"n_present": n_present, "n_missed": len(missed), "threshold": threshold}
+    if reference_sae is not None and missed:
+        out["missed_unexplained"] = _median_unexplained(sae, reference_sae, x_reference, missed)
+    return out
+
+
+@torch.no_grad()
+def _median_unexplained(sae, reference_sae, x, latents: list[int]) -> float:
+    rows, resid = [], []
+    for xb, f in stream_codes(reference_sae, x, 4096, "coverage"):  # x may be an on-disk column
+        rows.append(xb.float().cpu())
+        resid.append(rows[-1] - reference_sae.decode(f).float().cpu())
+    x, resid = torch.cat(rows), torch.cat(resid)
+    codes = encode(sae, x)[:, latents]
+    d = sae.W_dec.detach().float().cpu()[latents]
+    d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    shares = []
+    for i in range(len(latents)):
+        on = codes[:, i] > 0
+        if int(on.sum()) < 5:
+            continue
+        total = (x[on] @ d[i]).pow(2).sum()
+        shares.append(float((resid[on] @ d[i]).pow(2).sum() / total.clamp_min(1e-12)))
+    return float(np.median(shares)) if shares else float("nan")
