@@ -61,7 +61,9 @@ def _manifest_step(folder: Path, run: str) -> int:
 
 
 @pytest.mark.slow  # two fresh interpreters (about 15 s of CPU)
-def test_train_saes_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("engine", ["sae-lens", "batched"])
+def test_train_saes_resumes_after_sigkill_to_the_uninterrupted_weights(tmp_path, engine):
+    SAE_RUN = {**globals()["SAE_RUN"], "engine": engine}  # noqa: N806
     ck, out = tmp_path / "ck", tmp_path / "saes"
     (tmp_path / "ck").mkdir()
     (ck / "my_notes.txt").write_text("mine")  # the user's file in the checkpoint folder

@@ -41,6 +41,7 @@ LAYERS = [
     ["models"],
     ["activations", "activation_stream", "activation_formats"],
     ["dictionaries.stats"],
+    ["dictionaries._batched"],
     ["dictionaries.sae", "dictionaries.crosscoder"],
     ["cards"],
     ["dictionaries.formats"],

@@ -28,6 +28,7 @@ from featdiff._config import Config, check_int, check_number, run_steps
 from featdiff._io import atomic_dir
 from featdiff._output import progress_bar
 from featdiff.activations import ActivationSet
+from featdiff.dictionaries._batched import BatchedTopK
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 
 DICTIONARY_ARCHITECTURES = ("topk", "standard", "jumprelu")
 """Architectures ``sae_from_dictionary`` builds."""
+
+ENGINES = ("sae-lens", "batched")
+"""How ``train_saes`` steps the SAEs: sae-lens's ``SAETrainer`` per SAE, or all topk SAEs as one module
+(``featdiff.dictionaries._batched``: the same step with a sparse decode)."""
 
 
 def default_k(d_in: int) -> int:
@@ -63,7 +68,9 @@ class SAETrainConfig(Config):
     dead after ``dead_feature_window`` steps without firing. ``normalize_activations`` rescales the
     inputs to mean norm ``sqrt(d_in)`` while training (sae-lens's "expected_average_only_in"; folded
     into the weights afterwards). The learning rate warms up linearly for ``lr_warm_up_steps`` and
-    decays linearly to 0 over the last ``lr_decay_fraction`` of the steps.
+    decays linearly to 0 over the last ``lr_decay_fraction`` of the steps. ``engine`` is "sae-lens" (each
+    SAE stepped by its sae-lens ``SAETrainer``) or "batched" (topk only: every SAE in one module with a
+    sparse decode; the same step up to the order of float sums, and faster: docs/scale.md).
 
     Examples
     --------
@@ -90,9 +97,15 @@ class SAETrainConfig(Config):
     dead_feature_window: int = 100
     normalize_activations: bool = True
     decoder_init_norm: float | None = 0.1
+    engine: str = "sae-lens"
 
     def __post_init__(self) -> None:
         check_choice("architecture", self.architecture, ARCHITECTURES, "SAETrainConfig")
+        check_choice("engine", self.engine, ENGINES, "SAETrainConfig")
+        if self.engine == "batched" and self.architecture != "topk":
+            raise FeatdiffError(
+                f"engine='batched' trains topk SAEs; for architecture={self.architecture!r} use engine='sae-lens'."
+            )
         where = "SAETrainConfig"
         for name in ("d_sae", "n_samples", "n_steps"):
             check_int(where, name, getattr(self, name), optional=True)
@@ -331,11 +344,21 @@ def train_saes(
     bar = progress_bar(
         total=steps, initial=start, desc=f"train_saes ({len(plan)} {cfg.architecture} SAEs)", disable=not progress
     )
+    engine = BatchedTopK(list(trainers.values())) if cfg.engine == "batched" else None
+
+    def save(folder: Path) -> None:
+        if engine is not None:
+            engine.write_back()  # the sae-lens trainers hold the state a checkpoint saves
+        _save_run_state(folder, trainers, history)
+
     with bar:
         for step in range(start, steps):
             batch = next(batches)
+            if engine is not None:
+                x = torch.stack([t.activation_scaler(batch[plan[key][0]].to(dev)) for key, t in trainers.items()])
+                outs = dict(zip(trainers, engine.step(x), strict=True))
             for key, trainer in trainers.items():
-                out = trainer.step(batch[plan[key][0]].to(dev))
+                out = outs[key] if engine is not None else trainer.step(batch[plan[key][0]].to(dev))
                 trainer.n_training_steps += 1
                 history[key].add(out)
             if step % 25 == 0 or step == steps - 1:
@@ -345,7 +368,9 @@ def train_saes(
                     bar.set_postfix(_progress_postfix(history, trainers))
             bar.update(1)
             if run_ckpt is not None:
-                run_ckpt.step_done(step + 1, lambda folder: _save_run_state(folder, trainers, history))
+                run_ckpt.step_done(step + 1, save)
+    if engine is not None:
+        engine.write_back()
 
     out: dict[str, SAE] = {}
     for key, trainer in trainers.items():
