@@ -12,7 +12,8 @@ ratio featdiff time / reference time (< 1: featdiff is faster):
    rows are checked to be equal);
 2. SAE training: ``fd.train_saes`` training 1 and 4 topk SAEs (one checkpoint, seeds 0-3) against
    sae-lens's ``SAETrainer.fit`` run once per SAE, with the same config, initialisation, activation scaling
-   and batches (so the weights must agree: the largest difference is printed);
+   and batches (so the weights must agree: the largest difference is printed), with each of its engines:
+   "sae-lens" (sae-lens's trainer per SAE) and "batched" (all SAEs as one module, sparse decode);
 3. alignment: ``fd.align`` on two trained SAEs' decoders (and on synthetic dictionaries of ``--align-d-sae``
    features) against scipy's dense ``linear_sum_assignment`` on the same float64 cosine matrix (the total
    similarity of both matchings is printed).
@@ -125,6 +126,13 @@ def max_diff(a, b) -> float:
     )
 
 
+def fve(sae, x: torch.Tensor) -> float:
+    """Fraction of the variance of ``x`` the SAE reconstructs."""
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    return float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
 def matching_total(cos: np.ndarray, rows, cols) -> float:
     return float(cos[np.asarray(rows), np.asarray(cols)].sum())
 
@@ -195,26 +203,37 @@ def main() -> None:
     for n_saes in (1, 4):
         extra = {f"base_seed{s}": ("base", s) for s in range(1, n_saes)}
         plan = {"base": ("base", 0), **extra}
-        t_fd = t_ref = float("inf")
-        for rep in range(args.repeats):  # alternating order; the best of each (the CPU is shared)
+        t_fd = t_ref = t_b = float("inf")
+        for rep in range(args.repeats):  # rotating order; the best of each (the CPU is shared)
 
             def run_fd(extra=extra):
                 return fd.train_saes(acts, config=cfg, seed=0, extra=extra, progress=False)
 
+            def run_batched(extra=extra):
+                return fd.train_saes(acts, config=cfg.replace(engine="batched"), seed=0, extra=extra, progress=False)
+
             def run_ref(plan=plan):
                 return {key: sae_lens_fit(acts, "base", s, cfg, data_seed=0) for key, (_, s) in plan.items()}
 
-            if rep % 2:
-                (ref_saes, t1), (fd_saes, t0) = timed(run_ref), timed(run_fd)
-            else:
-                (fd_saes, t0), (ref_saes, t1) = timed(run_fd), timed(run_ref)
-            t_fd, t_ref = min(t_fd, t0), min(t_ref, t1)
+            runs = [("fd", run_fd), ("batched", run_batched), ("ref", run_ref)]
+            runs = runs[rep % 3 :] + runs[: rep % 3]
+            got = {name: timed(fn) for name, fn in runs}
+            (fd_saes, t0), (b_saes, tb), (ref_saes, t1) = got["fd"], got["batched"], got["ref"]
+            t_fd, t_ref, t_b = min(t_fd, t0), min(t_ref, t1), min(t_b, tb)
         worst = max(max_diff(fd_saes[key], ref_saes[key]) for key in fd_saes)
+        worst_b = max(max_diff(b_saes[key], ref_saes[key]) for key in b_saes)
+        x = acts["base"]
+        fve_b = max(abs(fve(b_saes[key], x) - fve(ref_saes[key], x)) for key in b_saes)
         samples = n_saes * args.n_steps * bs
         print(
             f"train {n_saes} SAE{'s' if n_saes > 1 else ' '}    featdiff {t_fd:7.2f} s   sae-lens x{n_saes}  {t_ref:7.2f} s   "
             f"ratio {t_fd / t_ref:5.2f}   ({samples / t_fd:,.0f} vs {samples / t_ref:,.0f} samples/s; "
             f"weights differ by at most {worst:.1e}; best of {args.repeats})"
+        )
+        print(
+            f"  engine=batched    featdiff {t_b:7.2f} s   sae-lens x{n_saes}  {t_ref:7.2f} s   "
+            f"ratio {t_b / t_ref:5.2f}   ({samples / t_b:,.0f} vs {samples / t_ref:,.0f} samples/s, "
+            f"{t_ref / t_b:.2f}x faster; weights differ by at most {worst_b:.1e}, FVE by {fve_b:.1e})"
         )
         results[n_saes] = fd_saes
 

@@ -54,10 +54,11 @@ def test_batched_engine_trains_what_sae_lens_trains_four_saes():
     assert torch.allclose(alone["rl"].W_dec, got["rl"].W_dec, rtol=0, atol=1e-6)
 
 
-def test_batched_engine_trains_what_sae_lens_trains_one_sae():
+@pytest.mark.parametrize("k", [4, 8])  # d_sae 64: a sparse decode at k 4, a dense one at k 8 (SPARSE_RATIO)
+def test_batched_engine_trains_what_sae_lens_trains_one_sae(k):
     acts = _acts()
-    ref = fd.train_saes(acts, names=["base"], **RUN)
-    got = fd.train_saes(acts, names=["base"], engine="batched", **RUN)
+    ref = fd.train_saes(acts, names=["base"], **{**RUN, "k": k})
+    got = fd.train_saes(acts, names=["base"], engine="batched", **{**RUN, "k": k})
     _compare(ref, got)
     assert got["base"].cfg.architecture() == "topk"
     assert got["base"].W_dec.norm(dim=1).allclose(torch.ones(RUN["d_sae"]))

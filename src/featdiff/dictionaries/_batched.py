@@ -16,8 +16,11 @@ learning rate from each SAE's own sae-lens scheduler, and the dead-latent counte
 into them (for checkpoints and the end of the run), and a new engine starts from whatever they hold.
 
 Results equal sae-lens's up to the order of float operations (the sums of the sparse decode, the bias
-term); a top-k choice that such a difference flips makes two runs drift apart slowly, as two sae-lens runs
-on different hardware do. ``tests/test_batched_sae.py`` measures both.
+term). Where training is chaotic that order shows: at d_in 576, d_sae 2,304, k 32 and lr 1e-2 the two
+engines' losses part by 1e-3 (relative) within 30 steps and most decoder rows by more than cosine 0.99,
+and so do two sae-lens runs whose inputs differ by 2 ulp (x * (1 + 2^-22)); the SAEs' FVE agrees to
+1e-4-1e-3. On smaller runs (tests/test_batched_sae.py: d_in 16, 200 steps, AuxK on) losses agree to 1e-5
+relative at every step and weights to 1e-5.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+SPARSE_RATIO = 16
+"""The decode is sparse where d_sae >= SPARSE_RATIO x the active latents per token, else dense."""
 
 
 class BatchedTopK:
@@ -99,9 +104,18 @@ class BatchedTopK:
 
     # --- the training step -----------------------------------------------------------------------------
     def _decode(self, idx: Tensor, weights: Tensor, W_dec: Tensor) -> Float[Tensor, "n batch d_in"]:
-        """sum_j weights[n, b, j] * W_dec[n, idx[n, b, j]]: only the chosen rows are read."""
+        """sum_j weights[n, b, j] * W_dec[n, idx[n, b, j]]. Sparse (only the chosen rows are read) where the
+        codes are sparse enough for it to pay: measured on 2 CPU cores, the sparse decode's forward and
+        backward take 0.2x the dense product's time at d_sae / k = 64 and 5x at d_sae / k = 8."""
         n, b, kk = idx.shape
         d_sae, d_in = W_dec.shape[1:]
+        if d_sae < SPARSE_RATIO * kk:
+            return torch.bmm(
+                torch.zeros(n, b, d_sae, dtype=weights.dtype, device=weights.device).scatter(
+                    -1, idx, weights
+                ),
+                W_dec,
+            )
         offset = (torch.arange(n, device=idx.device) * d_sae).view(n, 1, 1)
         flat = (idx + offset).reshape(n * b, kk)
         out = F.embedding_bag(
