@@ -65,7 +65,8 @@ def model_7b(device: str, small: bool, n_blocks: int):
         positional_embedding_type="rotary", rotary_dim=shape["d_head"], seed=0, tokenizer_name=None,
         dtype=torch.float32 if small else torch.bfloat16, device=device, **shape,
     )  # fmt: skip
-    return HookedTransformer(cfg)
+    with torch.device(device):  # allocate and initialise the weights on the device, not on the host first
+        return HookedTransformer(cfg)
 
 
 def main() -> None:
