@@ -68,7 +68,7 @@ class BatchedTopK:
         self._load_optimizer_state()
         self.since_fired = torch.stack([t.n_forward_passes_since_fired for t in self.trainers]).clone()
         self.freq = torch.stack([t.act_freq_scores for t in self.trainers]).clone()
-        self.window = [t.cfg.dead_feature_window for t in self.trainers]
+        self.window = torch.tensor([t.cfg.dead_feature_window for t in self.trainers]).unsqueeze(1)
 
     # --- state shared with the sae-lens trainers -------------------------------------------------------
     def _param_of(self, trainer) -> dict[str, Tensor]:
@@ -87,7 +87,8 @@ class BatchedTopK:
 
     @torch.no_grad()
     def write_back(self) -> None:
-        """Copy weights, Adam state and counters into the sae-lens trainers (their SAEs and optimizers)."""
+        """Copy weights and Adam state into the sae-lens trainers (their SAEs and optimizers); ``step`` keeps
+        their counters current itself (the progress bar reads the dead share from them)."""
         for i, t in enumerate(self.trainers):
             own = self._param_of(t)
             for name, p in self.params.items():
@@ -99,8 +100,6 @@ class BatchedTopK:
                         "exp_avg": st["exp_avg"][i].clone(),
                         "exp_avg_sq": st["exp_avg_sq"][i].clone(),
                     }
-            t.n_forward_passes_since_fired.copy_(self.since_fired[i])
-            t.act_freq_scores.copy_(self.freq[i])
 
     # --- the training step -----------------------------------------------------------------------------
     def _decode(self, idx: Tensor, weights: Tensor, W_dec: Tensor) -> Float[Tensor, "n batch d_in"]:
@@ -138,7 +137,7 @@ class BatchedTopK:
         recon = self._decode(idx, vals * inv.gather(-1, idx), W_dec) + b_dec.unsqueeze(1)
         mse = (recon - x).pow(2).sum(-1).mean(-1)  # (n,)
         with torch.no_grad():
-            dead = self.since_fired > torch.tensor(self.window, device=x.device).unsqueeze(1)
+            dead = self.since_fired > self.window.to(x.device)
         aux = []
         residual = (x - recon).detach()
         k_aux_max = d_in // 2
@@ -179,10 +178,12 @@ class BatchedTopK:
         for i, t in enumerate(self.trainers):
             t.n_training_samples += batch
             t.n_frac_active_samples += t.cfg.train_batch_size_samples
-            with (
-                warnings.catch_warnings()
-            ):  # torch warns that the trainer's own optimizer never stepped: true
+            t.n_forward_passes_since_fired.copy_(self.since_fired[i])
+            t.act_freq_scores.copy_(self.freq[i])
+            # each trainer's own sae-lens scheduler sets the next step's rate; torch warns (truly) that the
+            # trainer's own optimizer never stepped
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                t.lr_scheduler.step()  # each trainer's own sae-lens scheduler sets the next step's rate
+                t.lr_scheduler.step()
             out.append(SimpleNamespace(loss=total[i].detach(), losses={"mse_loss": mse[i].detach()}))
         return out
