@@ -37,7 +37,8 @@ CELLS = {
     "width_2x": ({}, {"d_sae": 2 * N_ATOMS, "k": K_PLANTED}),
     "k_below": ({}, {"d_sae": N_ATOMS, "k": K_PLANTED // 2}),
     "k_above": ({}, {"d_sae": N_ATOMS, "k": 2 * K_PLANTED}),
-    "power_law": ({"frequencies": "power_law"}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
+    # the library's defaults: d_sae = 4 * d_in (2x the planted count here), k = default_k(d_in) = 4
+    "power_law": ({"frequencies": "power_law"}, {}),
     "recombine_kept": ({"recombine_from": "kept"}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
     "split": (
         {"targets": {"split": {"reused": 0.6, "split": 0.15, "recombined": 0.1, "novel": 0.15}}},
@@ -48,6 +49,12 @@ CELLS = {
         {"d_sae": N_ATOMS, "k": K_PLANTED},
     ),
 }
+# beyond the issue's axes, not in the default run (docs/metrics.md says why it fails): power-law firing at
+# a width equal to the planted count, where top-k's budget of k latents per token merges frequent atoms
+STRESS_CELLS = {
+    "power_law_1x": ({"frequencies": "power_law"}, {"d_sae": N_ATOMS, "k": K_PLANTED}),
+}
+CELLS_ALL = {**CELLS, **STRESS_CELLS}
 
 
 def run_cell(
@@ -59,34 +66,50 @@ def run_cell(
     estimators=ESTIMATORS,
     train_kwargs: dict | None = None,
     min_contributions: tuple = (None,),
+    widen: int = 1,
 ) -> pd.DataFrame:
     """Plant, train (base, targets, ``n_replicas`` base replicas and, for ``symmetric``, one replica per
     target) and score every estimator; one row per (min_contribution, estimator, checkpoint, category).
     ``min_contributions``: CompareConfig.min_contribution values to score the same SAEs with (None: the
     library's default)."""
-    plant_kw, sae_kw = CELLS[cell]
+    plant_kw, sae_kw = CELLS_ALL[cell]
     plant_kw = {"targets": MIXED, **plant_kw}
     planted = plant_checkpoints(d_in=D_IN, n_atoms=N_ATOMS, k=K_PLANTED, seed=seed, **plant_kw)
     train = planted.sample(n_train, seed=seed + 1)
     held_out = planted.sample(n_eval, seed=seed + 2)
-    targets = [n for n in planted.names if n != "base"]
-    extra = {f"rep_base_{i}": ("base", seed + 1 + i) for i in range(n_replicas)}
-    if "symmetric" in estimators:
-        extra.update({f"rep_{t}": (t, seed + 1) for t in targets})
-    saes = fd.train_saes(train, seed=seed, extra=extra, progress=False, **sae_kw, **(train_kwargs or {}))
-    base_reps = [saes.pop(f"rep_base_{i}") for i in range(n_replicas)]
-    tgt_reps = {t: [saes.pop(f"rep_{t}")] for t in targets if f"rep_{t}" in saes}
+    # the library's SAE route (fd.compare_activations, as compare_checkpoints runs it: replicas, and
+    # widening where the reference is too narrow); the first estimator's run trains the SAEs (symmetric first:
+    # it needs a replica per target), the others score the same SAEs
+    order = sorted(estimators, key=lambda e: e != "symmetric")
+    first = fd.compare_activations(
+        train,
+        held_out=held_out,
+        n_replicas=n_replicas,
+        seed=seed,
+        widen=widen,
+        config=CompareConfig(estimator=order[0]),
+        metrics=[],
+        progress=False,
+        train_kwargs=train_kwargs,
+        **sae_kw,
+    )
+    saes, all_replicas = first.dictionaries, first.extras["replica_saes"]
+    d_sae_used = first.meta["sae"]["d_sae"]
     out = []
     for mc, est in itertools.product(min_contributions, estimators):
-        replicas = {"base": base_reps, **(tgt_reps if est == "symmetric" else {})}
         kw = {} if mc is None else {"min_contribution": mc}
-        cmp = fd.compare_dictionaries(
-            saes, held_out, replicas=replicas, estimator=est, metrics=[], progress=False, **kw
-        )
+        if mc is None and est == order[0]:
+            cmp = first
+        else:
+            replicas = all_replicas if est == "symmetric" else {"base": all_replicas["base"]}
+            cmp = fd.compare_dictionaries(
+                saes, held_out, replicas=replicas, estimator=est, metrics=[], progress=False, **kw
+            )
         t = known_answer_table(cmp.summary, planted)
         t.insert(0, "estimator", est)
         t.insert(1, "cell", cell)
         t.insert(2, "min_contribution", CompareConfig().min_contribution if mc is None else mc)
+        t["d_sae"] = d_sae_used
         t["raw"] = [
             float(cmp.summary.loc[c, f"{k}_raw"]) for c, k in zip(t.checkpoint, t.category, strict=True)
         ]
@@ -174,7 +197,8 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS_ALL))
+    ap.add_argument("--widen", type=int, default=1, help="compare_activations(widen=...): 0 keeps each cell's d_sae")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-replicas", type=int, default=2)
     ap.add_argument(
@@ -184,6 +208,8 @@ def main() -> None:
         default=None,
         help="score the same SAEs with each CompareConfig.min_contribution (default: the library's)",
     )
+    ap.add_argument("--architecture", default=None, help="train_saes architecture (default: the library's)")
+    ap.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     ap.add_argument("--csv", default=None, help="write every row to this CSV")
     ap.add_argument("--replica-sweep", action="store_true", help="cost and interval width per n_replicas")
     args = ap.parse_args()
@@ -195,7 +221,18 @@ def main() -> None:
     for cell in args.cells:
         t0 = time.perf_counter()
         mcs = tuple(args.min_contribution) if args.min_contribution else (None,)
-        parts.append(run_cell(cell, seed=args.seed, n_replicas=args.n_replicas, min_contributions=mcs))
+        train_kwargs = {"architecture": args.architecture} if args.architecture else None
+        parts.append(
+            run_cell(
+                cell,
+                seed=args.seed,
+                n_replicas=args.n_replicas,
+                estimators=tuple(args.estimators),
+                train_kwargs=train_kwargs,
+                min_contributions=mcs,
+                widen=args.widen,
+            )
+        )
         print(f"# {cell}: {time.perf_counter() - t0:.0f} s", flush=True)
         if args.csv:  # after every cell, so a long run leaves what it has
             pd.concat(parts, ignore_index=True).to_csv(args.csv, index=False)

@@ -27,6 +27,7 @@ def test_public_namespace_is_pinned():
         "base_coverage",
         "check_compatible",
         "collect_activations",
+        "compare_activations",
         "compare_checkpoints",
         "compare_crosscoder",
         "compare_dictionaries",

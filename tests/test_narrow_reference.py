@@ -17,6 +17,7 @@ from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffWarning
 from featdiff.metrics.coverage import paired_correlation, reference_misses
 from featdiff.synthetic import plant_checkpoints
+from featdiff.synthetic.planted import known_answer_table
 
 NARROW = "lacks features of its own activations"
 
@@ -96,3 +97,47 @@ def test_narrow_reference_is_silent_at_the_planted_width():
     wide, m = _planted_warnings(64)
     assert wide == [], wide
     assert m["n_missed"] / m["n_present"] < 0.12 and m["n_present"] > 30, m
+
+
+@pytest.mark.slow
+def test_compare_activations_widens_a_narrow_reference_and_then_reads_the_planted_answer():
+    # the known-answer grid's width-0.5x cell through the library's route: 32 latents for 64 planted atoms
+    # cannot tell recombination from novelty (docs/metrics.md), so the SAEs are trained again at 64
+    targets = {
+        "mixed": {"reused": 0.7, "recombined": 0.15, "novel": 0.15},
+        "sft_like": {"reused": 0.45, "recombined": 0.2, "novel": 0.35},
+    }
+    p = plant_checkpoints(d_in=32, n_atoms=64, targets=targets, k=4, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cmp = fd.compare_activations(
+            p.sample(100_000, seed=1), held_out=p.sample(10_000, seed=2), d_sae=32, k=4, metrics=[], progress=False
+        )
+    assert cmp.meta["widened"] == [{"d_sae": 32, "narrow": ["mixed"]}]
+    assert cmp.meta["sae"]["d_sae"] == 64 and cmp.dictionaries["mixed"].cfg.d_sae == 64
+    assert any("tables are at d_sae 64" in str(w.message) for w in caught)
+    assert cmp.meta["warnings"][0].startswith("d_sae 32 was too narrow")
+    t = known_answer_table(cmp.summary, p)
+    assert t.within.all(), t  # at 32 recombination read 0.03 against 0.156 (the grid, seed 0)
+
+
+def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
+    import featdiff.diagnostics as diagnostics
+
+    calls = []
+    monkeypatch.setattr(diagnostics, "narrow_reference", lambda cmp: calls.append(1) or {"rl": "narrow"})
+    g = torch.Generator().manual_seed(0)
+    acts = fd.ActivationSet.from_tensors({"base": torch.randn(600, 8, generator=g), "rl": torch.randn(600, 8, generator=g)})
+    kw = dict(d_sae=16, k=2, n_replicas=1, metrics=[], progress=False, train_kwargs={"n_steps": 20, "batch_size": 64})
+    with pytest.warns(FeatdiffWarning, match="tables are at d_sae 64"):
+        cmp = fd.compare_activations(acts, widen=2, **kw)
+    assert len(calls) == 3  # checked at 16 and 32, widened both times; 64 is the last round
+    assert cmp.meta["widened"] == [{"d_sae": 16, "narrow": ["rl"]}, {"d_sae": 32, "narrow": ["rl"]}]
+    assert {s.cfg.d_sae for s in [*cmp.dictionaries.values(), *cmp.extras["replica_saes"]["base"]]} == {64}
+    calls.clear()
+    kept = fd.compare_activations(acts, widen=0, **kw)
+    assert kept.meta["sae"]["d_sae"] == 16 and "widened" not in kept.meta and len(calls) == 1
+    with pytest.raises(fd.FeatdiffError, match="widen must be a non-negative integer"):
+        fd.compare_activations(acts, widen=-1, **kw)
+    with pytest.raises(fd.FeatdiffError, match="no checkpoint 'sft'"):
+        fd.compare_activations(acts, reference="sft", **kw)

@@ -50,7 +50,7 @@ from featdiff.models import (  # noqa: E402
     load_prompts,
     save_model,
 )
-from featdiff.pipeline import compare_checkpoints  # noqa: E402
+from featdiff.pipeline import compare_activations, compare_checkpoints  # noqa: E402
 from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "base_coverage",
     "check_compatible",
     "collect_activations",
+    "compare_activations",
     "compare_checkpoints",
     "compare_crosscoder",
     "compare_dictionaries",

@@ -145,6 +145,24 @@ def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess
     )
 
 
+def narrow_reference(cmp, max_missed_excess: float = MAX_MISSED_EXCESS) -> dict[str, str]:
+    """{target: warning} for the targets whose comparison shows the reference SAE lacking features of its
+    own activations (the "narrow reference" check of ``diagnose``); empty when none does or the comparison
+    has no replicas (no floor to judge against). ``compare_checkpoints(widen=...)`` trains wider SAEs when
+    this is not empty."""
+    summary, meta = cmp.summary, cmp.meta
+    reference = meta.get("reference", "base")
+    if "reuse_floor" not in summary or not len(summary):
+        return {}
+    q = _num(summary["reuse_floor"].iloc[0])
+    out = {}
+    for name, m in (meta.get("reference_misses") or {}).items():
+        msg = _narrow_message(str(name), reference, m, q, max_missed_excess)
+        if msg:
+            out[str(name)] = msg
+    return out
+
+
 def diagnose(
     cmp_or_summary,
     *,

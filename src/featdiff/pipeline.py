@@ -10,12 +10,12 @@ from pathlib import Path
 
 from featdiff import distributed as dist
 from featdiff._replicas import as_replicas
-from featdiff.activations import collect_activations
+from featdiff.activations import ActivationSet, collect_activations
 from featdiff.cards import Unembedding
 from featdiff.comparison import CompareConfig, Comparison
 from featdiff.dictionaries.crosscoder import train_crosscoder
 from featdiff.dictionaries.sae import load_sae, train_saes
-from featdiff.errors import FeatdiffError, check_choice
+from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
 from featdiff.models import default_hook, load_model, load_prompts
 from featdiff.score import compare_crosscoder, compare_dictionaries
@@ -57,6 +57,179 @@ def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
     return specs
 
 
+def _train_and_compare(
+    train,
+    held_out,
+    *,
+    names: list[str],
+    reference: str,
+    d_sae: int | None,
+    architecture: str,
+    k: int | None,
+    seed: int,
+    n_replicas: int,
+    metrics,
+    config: CompareConfig | None,
+    train_kwargs: dict,
+    progress: bool,
+    device,
+    fit_saes,
+    meta: dict,
+    widen: int,
+    distributed: bool = False,
+) -> Comparison | None:
+    """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
+    the replicas, score them on ``held_out``; while the comparison finds the reference narrower than the
+    features of its own activations (``diagnostics.narrow_reference``) and ``widen`` rounds are left, train
+    every SAE again at twice the width and score again (``meta["widened"]`` records each round)."""
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
+        raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
+    from featdiff.diagnostics import narrow_reference
+
+    # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
+    # targets' too where the estimator needs them (featdiff.metrics.uncertainty)
+    per_target = (config.estimator if config else DEFAULT_ESTIMATOR) == "symmetric"
+    owners = [reference, *([n for n in names if n != reference] if per_target else [])]
+    jobs = {(n, i): (n, seed + 1 + i) for n in owners for i in range(n_replicas)}
+    extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
+    width = d_sae or 4 * train.d_model
+    widened = []
+    for round_ in range(widen + 1):
+        kw = dict(train_kwargs)
+        if round_ and kw.get("checkpoint_dir") is not None:  # a wider run is another run: its own folder
+            kw["checkpoint_dir"] = Path(f"{kw['checkpoint_dir']}-d_sae{width}")
+        trained = fit_saes(
+            train,
+            device=device,
+            d_sae=width,
+            architecture=architecture,
+            k=k,
+            seed=seed,
+            names=names,
+            extra=extra or None,
+            progress=progress,
+            **kw,
+        )
+        saes = {n: trained[n] for n in names}
+        replicas = {}
+        for key, (n, _) in extra.items():
+            replicas.setdefault(n, []).append(trained[key])
+        round_meta = {
+            **meta,
+            "sae": {
+                "architecture": architecture,
+                "d_sae": width,
+                "k": k,
+                "seed": seed,
+                "n_replicas": n_replicas,
+                **{a: v for a, v in train_kwargs.items() if a != "checkpoint_dir"},
+            },
+        }
+        if widened:
+            round_meta["widened"] = list(widened)
+        if distributed and not dist.is_main():
+            return None
+        cmp = compare_dictionaries(
+            saes,
+            train if held_out is None else held_out,
+            reference=reference,
+            replicas=replicas,
+            metrics=metrics,
+            config=config,
+            progress=progress,
+            meta=round_meta,
+        )
+        cmp.extras["replica_saes"] = replicas
+        narrow = narrow_reference(cmp)
+        if not narrow or round_ == widen:
+            break
+        widened.append({"d_sae": width, "narrow": sorted(narrow)})
+        width *= 2
+    if widened:
+        first = widened[0]["d_sae"]
+        msg = (
+            f"d_sae {first:,} was too narrow: the {reference} SAE lacked features of its own activations "
+            f"(narrow-reference check, for {', '.join(widened[0]['narrow'])}), so every SAE was trained again "
+            f"and the tables are at d_sae {width:,}. Pass widen=0 to keep the width you asked for."
+        )
+        cmp.meta.setdefault("warnings", []).insert(0, msg)
+        warnings.warn(msg, FeatdiffWarning, stacklevel=3)
+    return cmp
+
+
+def compare_activations(
+    acts: ActivationSet,
+    *,
+    held_out: ActivationSet | None = None,
+    reference: str | None = None,
+    d_sae: int | None = None,
+    architecture: str = "topk",
+    k: int | None = None,
+    seed: int = 0,
+    n_replicas: int = DEFAULT_N_REPLICAS,
+    eval_fraction: float = 0.2,
+    widen: int = 1,
+    metrics: list | None = None,
+    config: CompareConfig | None = None,
+    train_kwargs: dict | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> Comparison:
+    """``compare_checkpoints``'s SAE route from paired activations you already have (e.g. an
+    ``ActivationSet.open`` folder or ``from_sae_lens_cache``): train one SAE per checkpoint and
+    ``n_replicas`` reference replicas, score them, and widen (below) where the reference is too narrow.
+
+    ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
+    held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of training
+    every SAE again at twice ``d_sae`` while the comparison finds the reference SAE lacking features of its
+    own activations (``featdiff.diagnostics.narrow_reference``): an SAE narrower than the features cannot
+    tell recombination from novelty (docs/metrics.md, the known-answer grid). The tables are then at the
+    wider width; ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps ``d_sae``.
+
+    Examples
+    --------
+    >>> from featdiff.synthetic.planted import plant_checkpoints
+    >>> planted = plant_checkpoints(d_in=16, n_atoms=32, seed=0)
+    >>> cmp = compare_activations(planted.sample(4000), d_sae=32, k=4, n_replicas=1,
+    ...                           train_kwargs={"n_steps": 100}, progress=False)
+    >>> list(cmp.summary.index), cmp.meta["sae"]["d_sae"]
+    (['rl', 'sft'], 32)
+    """
+    if not isinstance(acts, ActivationSet):
+        raise FeatdiffError(
+            f"compare_activations needs an ActivationSet; got {type(acts).__name__}. "
+            "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
+        )
+    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
+        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    reference = reference or ("base" if "base" in acts.names else acts.names[0])
+    if reference not in acts.names:
+        raise FeatdiffError(f"compare_activations: no checkpoint {reference!r}; the activations have {acts.names}.")
+    train = acts
+    if held_out is None:
+        train, held_out = acts.split(eval_fraction, seed=seed)
+    meta = {"method": "saes", "hook": acts.hook, "n_tokens": acts.n_tokens, "n_train_tokens": train.n_tokens, "seed": seed}
+    return _train_and_compare(
+        train,
+        held_out,
+        names=list(acts.names),
+        reference=reference,
+        d_sae=d_sae,
+        architecture=architecture,
+        k=k,
+        seed=seed,
+        n_replicas=n_replicas,
+        metrics=metrics,
+        config=config,
+        train_kwargs=dict(train_kwargs or {}),
+        progress=progress,
+        device=device,
+        fit_saes=train_saes,
+        meta=meta,
+        widen=widen,
+    )
+
+
 def compare_checkpoints(
     base=None,
     rl=None,
@@ -85,6 +258,7 @@ def compare_checkpoints(
     distributed: bool = False,
     activations_dir: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    widen: int = 1,
     **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
@@ -106,7 +280,9 @@ def compare_checkpoints(
     ``OnDiskActivationSet``: training and scoring read them chunk by chunk, for sets larger than memory).
     ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
     in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
-    kill continues where they stopped, to the tables of an uninterrupted run.
+    kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
+    process): rounds of training every SAE again at twice ``d_sae`` while the comparison finds the reference
+    SAE lacking features of its own activations (``compare_activations``); ``widen=0`` keeps ``d_sae``.
 
     Examples
     --------
@@ -204,35 +380,28 @@ def compare_checkpoints(
     if saes is None:
         if replicas is not None:
             raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
-        # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
-        # targets' too where the estimator needs them (featdiff.metrics.uncertainty)
-        per_target = (config.estimator if config else DEFAULT_ESTIMATOR) == "symmetric"
-        owners = [reference, *([n for n in models if n != reference] if per_target else [])]
-        jobs = {(n, i): (n, seed + 1 + i) for n in owners for i in range(n_replicas)}
-        extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
-        trained = fit_saes(
+        cmp = _train_and_compare(
             train,
-            device=device,
+            held_out,
+            names=list(models),
+            reference=reference,
             d_sae=d_sae,
             architecture=architecture,
             k=k,
             seed=seed,
-            extra=extra or None,
+            n_replicas=n_replicas,
+            metrics=metrics,
+            config=config,
+            train_kwargs={**stage_ckpt.get("saes", {}), **(train_kwargs or {})},
             progress=progress,
-            **{**stage_ckpt.get("saes", {}), **(train_kwargs or {})},
+            device=device,
+            fit_saes=fit_saes,
+            meta=meta,
+            widen=0 if distributed else widen,
+            distributed=distributed,
         )
-        saes = {n: trained[n] for n in models}
-        replicas = {}
-        for key, (n, _) in extra.items():
-            replicas.setdefault(n, []).append(trained[key])
-        meta["sae"] = {
-            "architecture": architecture,
-            "d_sae": d_sae,
-            "k": k,
-            "seed": seed,
-            "n_replicas": n_replicas,
-            **(train_kwargs or {}),
-        }
+        if cmp is None:
+            return None
     else:
         saes = dict(saes)
         old = saes.pop("__noise_floor__", None)
@@ -246,19 +415,19 @@ def compare_checkpoints(
         load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
         saes = {n: load(s) for n, s in saes.items()}
         replicas = {n: [load(s) for s in v] for n, v in given.items()}
-    if distributed and not dist.is_main():
-        return None
-    cmp = compare_dictionaries(
-        saes,
-        held_out,
-        reference=reference,
-        replicas=replicas,
-        metrics=metrics,
-        config=config,
-        progress=progress,
-        meta=meta,
-    )
-    cmp.extras["replica_saes"] = replicas
+        if distributed and not dist.is_main():
+            return None
+        cmp = compare_dictionaries(
+            saes,
+            held_out,
+            reference=reference,
+            replicas=replicas,
+            metrics=metrics,
+            config=config,
+            progress=progress,
+            meta=meta,
+        )
+        cmp.extras["replica_saes"] = replicas
     cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
     return cmp
 
