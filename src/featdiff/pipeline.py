@@ -22,6 +22,10 @@ from featdiff.score import compare_crosscoder, compare_dictionaries
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
+# widen when a reference SAE twice as wide leaves this share less of the variance unexplained: on planted
+# data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.09-0.14 at 1x, <= 0.06
+# at 2x, k = 2 or 8, power-law frequencies and the lab (docs/metrics.md, "Widening")
+WIDEN_REDUCTION = 0.2
 METHODS = ("saes", "crosscoder")
 
 
@@ -79,12 +83,16 @@ def _train_and_compare(
     distributed: bool = False,
 ) -> Comparison | None:
     """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
-    the replicas, score them on ``held_out``; while the comparison finds the reference narrower than the
-    features of its own activations (``diagnostics.narrow_reference``) and ``widen`` rounds are left, train
-    every SAE again at twice the width and score again (``meta["widened"]`` records each round)."""
+    the replicas and score them on ``held_out``. While ``widen`` rounds are left, a reference SAE twice as
+    wide (the width probe) is trained too; where it leaves at least ``WIDEN_REDUCTION`` less of the
+    reference's variance unexplained, or the comparison finds the reference lacking features of its own
+    activations (``diagnostics.narrow_reference``), every SAE is trained again at twice the width (the
+    probe is the new reference SAE) and scored again. ``meta["width_probe"]`` records each probe,
+    ``meta["widened"]`` each widening."""
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
         raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
     from featdiff.diagnostics import narrow_reference
+    from featdiff.dictionaries.stats import sae_stats
 
     # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
     # targets' too where the estimator needs them (featdiff.metrics.uncertainty)
@@ -92,46 +100,37 @@ def _train_and_compare(
     owners = [reference, *([n for n in names if n != reference] if per_target else [])]
     jobs = {(n, i): (n, seed + 1 + i) for n in owners for i in range(n_replicas)}
     extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
+    evaluate = train if held_out is None else held_out
     width = d_sae or 4 * train.d_model
-    widened = []
-    for round_ in range(widen + 1):
+    probes, widened, probe = [], [], None
+
+    def fit(w: int, which: list[str], extra_: dict | None, folder: str) -> dict:
         kw = dict(train_kwargs)
-        if round_ and kw.get("checkpoint_dir") is not None:  # a wider run is another run: its own folder
-            kw["checkpoint_dir"] = Path(f"{kw['checkpoint_dir']}-d_sae{width}")
-        trained = fit_saes(
-            train,
-            device=device,
-            d_sae=width,
-            architecture=architecture,
-            k=k,
-            seed=seed,
-            names=names,
-            extra=extra or None,
-            progress=progress,
-            **kw,
-        )
+        if kw.get("checkpoint_dir") is not None and folder:  # another width is another run: its own folder
+            kw["checkpoint_dir"] = Path(f"{kw['checkpoint_dir']}-{folder}")
+        sae_kw = dict(d_sae=w, architecture=architecture, k=k, seed=seed, names=which, extra=extra_, progress=progress)
+        return fit_saes(train, device=device, **sae_kw, **kw)
+
+    for round_ in range(widen + 1):
+        # after a widening the probe is the reference SAE at this width (an SAE depends only on its
+        # checkpoint, seed and the data order: train_saes would give the same one)
+        trained = fit(width, [n for n in names if probe is None or n != reference], extra or None, f"d_sae{width}" if round_ else "")
+        if probe is not None:
+            trained[reference] = probe
         saes = {n: trained[n] for n in names}
         replicas = {}
         for key, (n, _) in extra.items():
             replicas.setdefault(n, []).append(trained[key])
-        round_meta = {
-            **meta,
-            "sae": {
-                "architecture": architecture,
-                "d_sae": width,
-                "k": k,
-                "seed": seed,
-                "n_replicas": n_replicas,
-                **{a: v for a, v in train_kwargs.items() if a != "checkpoint_dir"},
-            },
-        }
-        if widened:
-            round_meta["widened"] = list(widened)
+        sae_meta = {"architecture": architecture, "d_sae": width, "k": k, "seed": seed, "n_replicas": n_replicas}
+        sae_meta.update({a: v for a, v in train_kwargs.items() if a != "checkpoint_dir"})
+        round_meta = {**meta, "sae": sae_meta, **({"widened": list(widened)} if widened else {})}
+        if probes:
+            round_meta["width_probe"] = list(probes)
         if distributed and not dist.is_main():
             return None
         cmp = compare_dictionaries(
             saes,
-            train if held_out is None else held_out,
+            evaluate,
             reference=reference,
             replicas=replicas,
             metrics=metrics,
@@ -140,17 +139,38 @@ def _train_and_compare(
             meta=round_meta,
         )
         cmp.extras["replica_saes"] = replicas
-        narrow = narrow_reference(cmp)
-        if not narrow or round_ == widen:
+        if round_ == widen:
             break
-        widened.append({"d_sae": width, "narrow": sorted(narrow)})
+        probe = fit(2 * width, [reference], None, f"probe-d_sae{2 * width}")[reference]
+        x = evaluate.column(reference)
+        fve = float(sae_stats(saes[reference], x, where="the width probe")["fve"])
+        fve_probe = float(sae_stats(probe, x, where="the width probe")["fve"])
+        reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
+        narrow = sorted(narrow_reference(cmp))
+        probes.append(
+            {
+                "d_sae": width,
+                "probe_d_sae": 2 * width,
+                "reference_fve": fve,
+                "probe_fve": fve_probe,
+                "unexplained_reduction": reduction,
+                "narrow": narrow,
+            }
+        )
+        cmp.meta["width_probe"] = list(probes)
+        if reduction < WIDEN_REDUCTION and not narrow:
+            break
+        widened.append({"d_sae": width, "unexplained_reduction": reduction, "narrow": narrow})
         width *= 2
     if widened:
-        first = widened[0]["d_sae"]
+        w0 = widened[0]
+        why = [f"a {reference} SAE twice as wide left {w0['unexplained_reduction']:.0%} less of its variance unexplained"]
+        if w0["narrow"]:
+            why.append(f"the narrow-reference check fired for {', '.join(w0['narrow'])}")
         msg = (
-            f"d_sae {first:,} was too narrow: the {reference} SAE lacked features of its own activations "
-            f"(narrow-reference check, for {', '.join(widened[0]['narrow'])}), so every SAE was trained again "
-            f"and the tables are at d_sae {width:,}. Pass widen=0 to keep the width you asked for."
+            f"d_sae {w0['d_sae']:,} was too narrow for these activations ({' and '.join(why)}), so every SAE was "
+            f"trained again and the tables are at d_sae {width:,}: an SAE narrower than the features reads "
+            "recombinations as novel. Pass widen=0 to keep the width you asked for."
         )
         cmp.meta.setdefault("warnings", []).insert(0, msg)
         warnings.warn(msg, FeatdiffWarning, stacklevel=3)
@@ -180,11 +200,14 @@ def compare_activations(
     ``n_replicas`` reference replicas, score them, and widen (below) where the reference is too narrow.
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
-    held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of training
-    every SAE again at twice ``d_sae`` while the comparison finds the reference SAE lacking features of its
-    own activations (``featdiff.diagnostics.narrow_reference``): an SAE narrower than the features cannot
-    tell recombination from novelty (docs/metrics.md, the known-answer grid). The tables are then at the
-    wider width; ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps ``d_sae``.
+    held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
+    check. Each trains one reference SAE twice as wide (the probe); where it leaves >= 20 % less of the
+    reference's variance unexplained (``WIDEN_REDUCTION``), or the comparison finds the reference lacking
+    features of its own activations (``featdiff.diagnostics.narrow_reference``), every SAE is trained again
+    at twice ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty
+    (docs/metrics.md, "Widening"). ``cmp.meta["width_probe"]`` holds each probe's numbers; where the
+    tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps
+    ``d_sae`` and trains no probe.
 
     Examples
     --------
@@ -281,8 +304,9 @@ def compare_checkpoints(
     ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
     in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
     kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
-    process): rounds of training every SAE again at twice ``d_sae`` while the comparison finds the reference
-    SAE lacking features of its own activations (``compare_activations``); ``widen=0`` keeps ``d_sae``.
+    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where a reference SAE
+    twice as wide explains much more, or the reference lacks features of its own activations
+    (``compare_activations``); ``widen=0`` keeps ``d_sae`` and skips the check.
 
     Examples
     --------
