@@ -115,6 +115,7 @@ def test_compare_activations_widens_a_narrow_reference_and_then_reads_the_plante
         )
     (w,) = cmp.meta["widened"]
     assert w["d_sae"] == 32 and w["narrow"] == ["mixed"] and w["unexplained_reduction"] > 0.3, w
+    assert w["reference_live_share"] >= 0.9, w
     assert cmp.meta["sae"]["d_sae"] == 64 and cmp.dictionaries["mixed"].cfg.d_sae == 64
     assert any("tables are at d_sae 64" in str(m.message) for m in caught)
     assert cmp.meta["warnings"][0].startswith("d_sae 32 was too narrow")
@@ -134,7 +135,7 @@ def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
         cmp = fd.compare_activations(acts, widen=2, **kw)
     assert len(calls) == 2  # checked at 16 and 32, widened both times; 64 is the last round
     assert [(w["d_sae"], w["narrow"]) for w in cmp.meta["widened"]] == [(16, ["rl"]), (32, ["rl"])]
-    assert [p["probe_d_sae"] for p in cmp.meta["width_probe"]] == [32, 64]
+    assert [c["probe_d_sae"] for c in cmp.meta["width_check"]] == [32, 64]
     assert {s.cfg.d_sae for s in [*cmp.dictionaries.values(), *cmp.extras["replica_saes"]["base"]]} == {64}
     calls.clear()
     kept = fd.compare_activations(acts, widen=0, **kw)

@@ -152,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--d-sae", type=_positive_int, default=None, help="dictionary size (default: 4 * d_model)")
     c.add_argument("--k", type=_positive_int, default=None, help="active latents per token (default: featdiff's)")
     c.add_argument("--n-steps", type=_positive_int, default=None, help="training steps of the dictionaries")
+    c.add_argument(
+        "--widen",
+        type=int,
+        default=1,
+        choices=range(0, 4),
+        metavar="{0,1,2,3}",
+        help="rounds of the width check that trains every SAE again at twice --d-sae where it is too narrow "
+        "(default 1; 0 keeps --d-sae)",
+    )
     c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, type=_device, help="torch device (default: cpu)")
@@ -368,6 +377,7 @@ def compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             train_kwargs=train_kwargs,
             pad_token_id=args.pad_token_id,
+            **({"widen": args.widen} if args.method == "saes" else {}),
             progress=progress,
             device=args.device,
             distributed=distributed,

@@ -26,6 +26,9 @@ DEFAULT_N_REPLICAS = 2
 # data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.09-0.14 at 1x, <= 0.06
 # at 2x, k = 2 or 8, power-law frequencies and the lab (docs/metrics.md, "Widening")
 WIDEN_REDUCTION = 0.2
+# ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
+# spare (SmolLM2-135M at 24k tokens: 30-36 % live, and a 2x SAE still leaves 30 % less unexplained)
+WIDEN_MIN_LIVE = 0.9
 METHODS = ("saes", "crosscoder")
 
 
@@ -83,11 +86,12 @@ def _train_and_compare(
     distributed: bool = False,
 ) -> Comparison | None:
     """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
-    the replicas and score them on ``held_out``. While ``widen`` rounds are left, a reference SAE twice as
-    wide (the width probe) is trained too; where it leaves at least ``WIDEN_REDUCTION`` less of the
+    the replicas and score them on ``held_out``. While ``widen`` rounds are left, the width check: where
+    the reference SAE uses nearly all its latents (live share >= ``WIDEN_MIN_LIVE``), a reference SAE
+    twice as wide (the probe) is trained; where that leaves at least ``WIDEN_REDUCTION`` less of the
     reference's variance unexplained, or the comparison finds the reference lacking features of its own
     activations (``diagnostics.narrow_reference``), every SAE is trained again at twice the width (the
-    probe is the new reference SAE) and scored again. ``meta["width_probe"]`` records each probe,
+    probe is the new reference SAE) and scored again. ``meta["width_check"]`` records each check,
     ``meta["widened"]`` each widening."""
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
         raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
@@ -102,7 +106,7 @@ def _train_and_compare(
     extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
     evaluate = train if held_out is None else held_out
     width = d_sae or 4 * train.d_model
-    probes, widened, probe = [], [], None
+    checks, widened, probe = [], [], None
 
     def fit(w: int, which: list[str], extra_: dict | None, folder: str) -> dict:
         kw = dict(train_kwargs)
@@ -124,8 +128,8 @@ def _train_and_compare(
         sae_meta = {"architecture": architecture, "d_sae": width, "k": k, "seed": seed, "n_replicas": n_replicas}
         sae_meta.update({a: v for a, v in train_kwargs.items() if a != "checkpoint_dir"})
         round_meta = {**meta, "sae": sae_meta, **({"widened": list(widened)} if widened else {})}
-        if probes:
-            round_meta["width_probe"] = list(probes)
+        if checks:
+            round_meta["width_check"] = list(checks)
         if distributed and not dist.is_main():
             return None
         cmp = compare_dictionaries(
@@ -141,30 +145,31 @@ def _train_and_compare(
         cmp.extras["replica_saes"] = replicas
         if round_ == widen:
             break
+        narrow = sorted(narrow_reference(cmp))
+        n_feat = cmp.meta.get("reference_n_features") or 0
+        live_share = cmp.meta.get("reference_n_live", 0) / n_feat if n_feat else float("nan")
+        check = {"d_sae": width, "reference_live_share": live_share, "narrow": narrow, "probe_d_sae": None}
+        checks.append(check)
+        cmp.meta["width_check"] = list(checks)
+        # a dictionary with spare (dead) latents is not held back by its width: no probe, no widening
+        if not narrow and not live_share >= WIDEN_MIN_LIVE:
+            break
         probe = fit(2 * width, [reference], None, f"probe-d_sae{2 * width}")[reference]
         x = evaluate.column(reference)
         fve = float(sae_stats(saes[reference], x, where="the width probe")["fve"])
         fve_probe = float(sae_stats(probe, x, where="the width probe")["fve"])
         reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
-        narrow = sorted(narrow_reference(cmp))
-        probes.append(
-            {
-                "d_sae": width,
-                "probe_d_sae": 2 * width,
-                "reference_fve": fve,
-                "probe_fve": fve_probe,
-                "unexplained_reduction": reduction,
-                "narrow": narrow,
-            }
-        )
-        cmp.meta["width_probe"] = list(probes)
-        if reduction < WIDEN_REDUCTION and not narrow:
+        check.update(probe_d_sae=2 * width, reference_fve=fve, probe_fve=fve_probe, unexplained_reduction=reduction)
+        if not narrow and reduction < WIDEN_REDUCTION:
             break
-        widened.append({"d_sae": width, "unexplained_reduction": reduction, "narrow": narrow})
+        widened.append({"d_sae": width, "reference_live_share": live_share, "unexplained_reduction": reduction, "narrow": narrow})
         width *= 2
     if widened:
         w0 = widened[0]
-        why = [f"a {reference} SAE twice as wide left {w0['unexplained_reduction']:.0%} less of its variance unexplained"]
+        why = [
+            f"{w0['reference_live_share']:.0%} of the {reference} SAE's latents live, and one twice as wide left "
+            f"{w0['unexplained_reduction']:.0%} less of its variance unexplained"
+        ]
         if w0["narrow"]:
             why.append(f"the narrow-reference check fired for {', '.join(w0['narrow'])}")
         msg = (
@@ -201,13 +206,13 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check. Each trains one reference SAE twice as wide (the probe); where it leaves >= 20 % less of the
-    reference's variance unexplained (``WIDEN_REDUCTION``), or the comparison finds the reference lacking
-    features of its own activations (``featdiff.diagnostics.narrow_reference``), every SAE is trained again
-    at twice ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty
-    (docs/metrics.md, "Widening"). ``cmp.meta["width_probe"]`` holds each probe's numbers; where the
-    tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps
-    ``d_sae`` and trains no probe.
+    check. Where the reference SAE uses >= 90 % of its latents (``WIDEN_MIN_LIVE``), one reference SAE
+    twice as wide (the probe) is trained; where it leaves >= 20 % less of the reference's variance
+    unexplained (``WIDEN_REDUCTION``), or the comparison finds the reference lacking features of its own
+    activations (``featdiff.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``:
+    an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
+    "Widening"). ``cmp.meta["width_check"]`` holds each check's numbers; where the tables are at a wider
+    width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps ``d_sae`` and checks nothing.
 
     Examples
     --------
