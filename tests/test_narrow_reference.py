@@ -136,6 +136,8 @@ def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
     assert len(calls) == 2  # checked at 16 and 32, widened both times; 64 is the last round
     assert [(w["d_sae"], w["narrow"]) for w in cmp.meta["widened"]] == [(16, ["rl"]), (32, ["rl"])]
     assert [c["probe_d_sae"] for c in cmp.meta["width_check"]] == [32, 64]
+    back = fd.Comparison.load(cmp.to_dir(tmp_path / "report", figures=False))  # meta.json keeps them
+    assert back.meta["widened"] == cmp.meta["widened"] and back.meta["width_check"] == cmp.meta["width_check"]
     assert {s.cfg.d_sae for s in [*cmp.dictionaries.values(), *cmp.extras["replica_saes"]["base"]]} == {64}
     calls.clear()
     kept = fd.compare_activations(acts, widen=0, **kw)

@@ -1,0 +1,74 @@
+"""The width check of compare_checkpoints / compare_activations (widen=1) on real activations: the base SAE's
+live share and how much less of the variance a base SAE twice as wide leaves unexplained (the numbers
+featdiff.pipeline.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~12 min
+
+lab: the demo's lab checkpoints and SAE run length (150 steps); smollm2: SmolLM2-135M-Instruct at its middle
+layer on benchmarks/real_model_defaults.py's 24,576 tokens with train_saes' defaults. The planted cases are
+in the known-answer grid's CSV (columns live_share, probe_reduction).
+"""
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+
+import featdiff as fd
+from featdiff.comparison import CompareConfig
+from featdiff.dictionaries.stats import sae_stats, scored_features
+
+
+def check(acts: fd.ActivationSet, name: str, **train_kwargs) -> dict:
+    train, held = acts.split(0.2, seed=0)
+    x = held.column(name)
+    out = {"checkpoint": name, "n_tokens": acts.n_tokens}
+    for factor in (4, 8):
+        t = time.perf_counter()
+        w = factor * acts.d_model
+        sae = fd.train_saes(train, names=[name], d_sae=w, seed=0, progress=False, **train_kwargs)[name]
+        out[f"fve_{w}"] = float(sae_stats(sae, x, where="width_check")["fve"])
+        if factor == 4:
+            live = scored_features(sae, x, CompareConfig().min_contribution)[2]
+            out["live_share"] = float(live.float().mean())
+        out[f"train_s_{w}"] = round(time.perf_counter() - t, 1)
+    a, b = out[f"fve_{4 * acts.d_model}"], out[f"fve_{8 * acts.d_model}"]
+    out["unexplained_reduction"] = 1 - (1 - b) / (1 - a)
+    return out
+
+
+def lab() -> list[dict]:
+    from featdiff.cli import DEMO_SAE_STEPS
+    from featdiff.models import default_hook, load_prompts
+
+    path = fd.lab.build(fd.lab.LabConfig(), progress=False)
+    models = dict(zip(("base", "rl", "sft"), (fd.load_model(p) for p in fd.lab.load(path)), strict=True))
+    pad = (getattr(models["base"], "featdiff_meta", None) or {}).get("pad_token_id")
+    acts = fd.collect_activations(
+        models, load_prompts(models["base"]), hook=default_hook(models["base"]), pad_token_id=pad, progress=False
+    )
+    return [check(acts, n, n_steps=DEMO_SAE_STEPS) for n in acts.names]
+
+
+def smollm2() -> list[dict]:
+    from _real_model import corpora, get_hf_dir, token_chunks
+
+    base = fd.load_model(str(get_hf_dir(None)))
+    hook = f"blocks.{base.cfg.n_layers // 2}.hook_resid_post"
+    tok, bos = base.tokenizer, base.tokenizer.bos_token_id
+    text = corpora()
+    tokens = torch.cat([token_chunks(tok, text[c], 128, 96, bos, start=256 * 63) for c in ("code", "prose")])
+    acts = fd.collect_activations({"base": base}, tokens, hook=hook, progress=False)
+    return [check(acts, "base", engine="batched")]
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    for which in sys.argv[1:] or ["lab"]:
+        for row in {"lab": lab, "smollm2": smollm2}[which]():
+            print(which, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
