@@ -3,13 +3,14 @@ live share and how much less of the variance a base SAE twice as wide leaves une
 featdiff.pipeline.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~12 min
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~15 min
 
 lab: the demo's lab checkpoints and SAE run length (150 steps); smollm2: SmolLM2-135M-Instruct at its middle
 layer on benchmarks/real_model_defaults.py's 24,576 tokens with train_saes' defaults. The planted cases are
 in the known-answer grid's CSV (columns live_share, probe_reduction).
 """
 
+import os
 import sys
 import time
 import warnings
@@ -63,7 +64,8 @@ def smollm2() -> list[dict]:
     text = corpora()
     tokens = torch.cat([token_chunks(tok, text[c], 128, 96, bos, start=256 * 63) for c in ("code", "prose")])
     acts = fd.collect_activations({"base": base}, tokens, hook=hook, progress=False)
-    return [check(acts, "base", engine="batched")]
+    engine = os.environ.get("FEATDIFF_ENGINE", "sae-lens")  # train_saes' default; "batched" is faster
+    return [check(acts, "base", engine=engine)]
 
 
 if __name__ == "__main__":
