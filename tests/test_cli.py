@@ -157,6 +157,8 @@ def test_compare_writes_the_comparison_folder(checkpoints, tmp_path, capsys):
             "4",
             "--n-steps",
             "10",
+            "--widen",
+            "0",
         ]
     )
     assert rc == 0
@@ -164,6 +166,7 @@ def test_compare_writes_the_comparison_folder(checkpoints, tmp_path, capsys):
 
     cmp = fd.Comparison.load(out)
     assert list(cmp.summary.index) == ["rl"] and cmp.meta["hook"] == "blocks.1.hook_resid_post"
+    assert "width_check" not in cmp.meta and cmp.meta["sae"]["d_sae"] == 32  # --widen 0: no width check
     assert (out / "figures" / "comparison.png").is_file()
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table" in page
