@@ -145,22 +145,28 @@ def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess
     )
 
 
-def narrow_reference(cmp, max_missed_excess: float = MAX_MISSED_EXCESS) -> dict[str, str]:
-    """{target: warning} for the targets whose comparison shows the reference SAE lacking features of its
-    own activations (the "narrow reference" check of ``diagnose``); empty when none does or the comparison
-    has no replicas (no floor to judge against). ``compare_checkpoints(widen=...)`` trains wider SAEs when
-    this is not empty."""
-    summary, meta = cmp.summary, cmp.meta
-    reference = meta.get("reference", "base")
-    if "reuse_floor" not in summary or not len(summary):
+def _narrow_messages(summary, meta: Mapping, max_missed_excess: float) -> dict[str, str]:
+    """{target: message} of the narrow-reference check, from a summary with a reuse floor and the meta's
+    ``reference_misses``."""
+    floor_col = "reuse_floor" if "reuse_floor" in summary else "noise_floor_reuse"
+    if floor_col not in summary or not len(summary):
         return {}
-    q = _num(summary["reuse_floor"].iloc[0])
+    q = _num(summary[floor_col].iloc[0])
+    reference = meta.get("reference", "base")
     out = {}
     for name, m in (meta.get("reference_misses") or {}).items():
         msg = _narrow_message(str(name), reference, m, q, max_missed_excess)
         if msg:
             out[str(name)] = msg
     return out
+
+
+def narrow_reference(cmp, max_missed_excess: float = MAX_MISSED_EXCESS) -> dict[str, str]:
+    """{target: warning} for the targets whose comparison shows the reference SAE lacking features of its
+    own activations (the "narrow reference" check of ``diagnose``); empty when none does or the comparison
+    has no replicas (no floor to judge against). ``compare_checkpoints(widen=...)`` trains wider SAEs when
+    this is not empty."""
+    return _narrow_messages(cmp.summary, cmp.meta, max_missed_excess)
 
 
 def diagnose(
@@ -242,12 +248,7 @@ def diagnose(
             )
 
     # a reference narrower than the features of its own activations (meta from compare_dictionaries)
-    if floor_col in summary and len(summary):
-        q = _num(summary[floor_col].iloc[0])
-        for name, m in (meta.get("reference_misses") or {}).items():
-            msg = _narrow_message(str(name), reference, m, q, max_missed_excess)
-            if msg:
-                out.append(msg)
+    out.extend(_narrow_messages(summary, meta, max_missed_excess).values())
 
     # evaluation tokens per live feature
     for name, row in summary.iterrows():

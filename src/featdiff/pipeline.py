@@ -23,11 +23,11 @@ from featdiff.score import compare_crosscoder, compare_dictionaries
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
 # widen when a reference SAE twice as wide leaves this share less of the variance unexplained: on planted
-# data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.09-0.14 at 1x, <= 0.06
-# at 2x, k = 2 or 8, power-law frequencies and the lab (docs/metrics.md, "Widening")
+# data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.02-0.15 at 1x with any
+# k; 0.06 on the lab (docs/metrics.md, "Widening")
 WIDEN_REDUCTION = 0.2
 # ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
-# spare (SmolLM2-135M at 24k tokens: 30-36 % live, and a 2x SAE still leaves 30 % less unexplained)
+# spare (SmolLM2-135M at 24k tokens: 31 % live, yet a 2x SAE left 29 % less unexplained)
 WIDEN_MIN_LIVE = 0.9
 METHODS = ("saes", "crosscoder")
 
@@ -62,6 +62,22 @@ def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
     if len(specs) < 2:
         raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
     return specs
+
+
+def _score(saes, replicas, evaluate, reference, metrics, config, progress, meta) -> Comparison:
+    """``compare_dictionaries`` as the pipeline calls it, keeping the replica SAEs for the feature cards."""
+    cmp = compare_dictionaries(
+        saes,
+        evaluate,
+        reference=reference,
+        replicas=replicas,
+        metrics=metrics,
+        config=config,
+        progress=progress,
+        meta=meta,
+    )
+    cmp.extras["replica_saes"] = replicas
+    return cmp
 
 
 def _train_and_compare(
@@ -132,17 +148,7 @@ def _train_and_compare(
             round_meta["width_check"] = list(checks)
         if distributed and not dist.is_main():
             return None
-        cmp = compare_dictionaries(
-            saes,
-            evaluate,
-            reference=reference,
-            replicas=replicas,
-            metrics=metrics,
-            config=config,
-            progress=progress,
-            meta=round_meta,
-        )
-        cmp.extras["replica_saes"] = replicas
+        cmp = _score(saes, replicas, evaluate, reference, metrics, config, progress, round_meta)
         if round_ == widen:
             break
         narrow = sorted(narrow_reference(cmp))
@@ -155,9 +161,8 @@ def _train_and_compare(
         if not narrow and not live_share >= WIDEN_MIN_LIVE:
             break
         probe = fit(2 * width, [reference], None, f"probe-d_sae{2 * width}")[reference]
-        x = evaluate.column(reference)
-        fve = float(sae_stats(saes[reference], x, where="the width probe")["fve"])
-        fve_probe = float(sae_stats(probe, x, where="the width probe")["fve"])
+        fve = float(cmp.summary["reference_fve"].iloc[0])  # scored on the same held-out tokens
+        fve_probe = float(sae_stats(probe, evaluate.column(reference), where="the width probe")["fve"])
         reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
         check.update(probe_d_sae=2 * width, reference_fve=fve, probe_fve=fve_probe, unexplained_reduction=reduction)
         if not narrow and reduction < WIDEN_REDUCTION:
@@ -446,17 +451,7 @@ def compare_checkpoints(
         replicas = {n: [load(s) for s in v] for n, v in given.items()}
         if distributed and not dist.is_main():
             return None
-        cmp = compare_dictionaries(
-            saes,
-            held_out,
-            reference=reference,
-            replicas=replicas,
-            metrics=metrics,
-            config=config,
-            progress=progress,
-            meta=meta,
-        )
-        cmp.extras["replica_saes"] = replicas
+        cmp = _score(saes, replicas, held_out, reference, metrics, config, progress, meta)
     cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
     return cmp
 
