@@ -122,7 +122,10 @@ def test_tables_have_pinned_columns(view, edited_view):
         "accuracy",
         "n",
         "n_controls",
+        "p_min",
         "p_value",
+        "p_holm",
+        "n_tests",
         "few_samples",
     ]
 
@@ -212,6 +215,15 @@ def test_interventions_are_scored_on_samples_that_did_not_select_the_features(ed
     assert (t.loc[t.subset == "full", "n_controls"] == cfg.n_random_full).all()
     assert edits["p_value"].between(1 / (1 + edits["n_controls"]) - 1e-12, 1).all()
     assert t.loc[t.condition != "edit", "p_value"].isna().all()
+    # Holm over one family per subset: both edits, every task; never below the raw p or n_tests * p_min
+    from featdiff.interventions import holm
+
+    for subset, fam in edits.groupby("subset"):
+        assert (fam.n_tests == len(fam)).all() and len(fam) == 2 * fam.task.nunique(), subset
+        np.testing.assert_allclose(fam.p_holm, holm(fam.p_value.tolist()))
+        assert (fam.p_holm >= fam.p_value).all() and (fam.p_holm >= np.minimum(1, fam.n_tests * fam.p_min) - 1e-12).all()
+    np.testing.assert_allclose(edits.p_min, 1 / (1 + edits.n_controls))
+    assert (t.loc[t.condition != "edit", "n_tests"] == 0).all()
     # the notes state the held-out effect with n and p, from the table's numbers
     e = crit[(crit.edit == "ablate_in_rl") & (crit.condition == "edit")].iloc[0]
     line = [
@@ -221,6 +233,7 @@ def test_interventions_are_scored_on_samples_that_did_not_select_the_features(ed
     ]
     line = [n for n in line if f" on {critical_task}:" in n]
     assert len(line) == 1 and f"n = {int(e.n)};" in line[0] and f"p = {e.p_value:.3f}" in line[0]
+    assert f"Holm over {int(e.n_tests)} tests: {e.p_holm:.3f}" in line[0]
     assert f"1.00 -> {e.accuracy:.2f}" in line[0]
 
 

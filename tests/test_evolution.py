@@ -177,7 +177,8 @@ def test_generalization_features_hand_computed():
         {"a": [0, 0, 1, 0], "b": [1, 1, 0, 0], "c": [1, 1, 1, 1]},
         {"a": [1, 1, 1, 0], "b": [1, 1, 0, 1], "c": [1, 1, 1, 1]},
     )
-    res = generalization_features(ref, tuned, corr, fraction=0.2)
+    # heldout_fraction=0: every critical sample scores (the arithmetic under test; the default holds half out)
+    res = generalization_features(ref, tuned, corr, fraction=0.2, heldout_fraction=0.0)
     assert res.selected("a") == [0, 1, 3]
     assert res.selected("b") == [0, 2]
     assert res.selected("c") == []
@@ -197,7 +198,7 @@ def test_generalization_features_hand_computed():
     assert list(res.scores.columns) == ["task", "feature", "score", "selected"]
     assert len(res.scores) == 15
     # a higher fraction keeps fewer features
-    assert generalization_features(ref, tuned, corr, fraction=0.6).selected("a") == [0]
+    assert generalization_features(ref, tuned, corr, fraction=0.6, heldout_fraction=0.0).selected("a") == [0]
 
 
 def test_generalization_bad_inputs():

@@ -18,6 +18,7 @@ from featdiff.interventions import (
     evaluate_intervention,
     feature_codes,
     generate_greedy,
+    holm,
     hooks,
     live_features,
     random_features,
@@ -194,6 +195,15 @@ def test_evaluate_intervention_table(setup):
     edited = table[(table.condition == "edit") & (table.subset == "full")].accuracy
     assert (edited < 1.0).any()  # the planted feature, amplified 50x, breaks the answers
     assert pd.api.types.is_integer_dtype(table.n)
+    # p-values: one Holm family per subset (critical: copy; full: copy and other), the floor 1/(1+2)
+    edits = table[table.condition == "edit"].set_index(["subset", "task"])
+    assert edits.n_tests.to_dict() == {("critical", "copy"): 1, ("full", "copy"): 2, ("full", "other"): 2}
+    assert edits.loc[("critical", "copy"), "p_holm"] == edits.loc[("critical", "copy"), "p_value"]
+    full = edits.loc["full"]
+    assert full.p_holm.tolist() == pytest.approx(holm(full.p_value.tolist()))
+    assert (full.p_holm >= full.p_value).all() and np.allclose(edits.p_min, 1 / 3)
+    rest = table[table.condition != "edit"]
+    assert rest[["p_min", "p_value", "p_holm"]].isna().all().all() and (rest.n_tests == 0).all()
     # per-task checker and generation length (the lab's tasks check a longer completion)
     seen = []
 
@@ -255,6 +265,23 @@ def test_bad_inputs_raise(setup):
 
 
 # ---- causal tests without selection bias ---------------------------------------------------------
+
+
+def test_holm_against_hand_computed_values():
+    from featdiff.interventions import add_holm
+
+    # Holm (1979) by hand: sorted 0.005, 0.01, 0.03, 0.04, 0.5 times 5, 4, 3, 2, 1 = 0.025, 0.04, 0.09,
+    # 0.08, 0.5; the running maximum lifts 0.08 to 0.09
+    assert holm([0.04, 0.5, 0.005, 0.03, 0.01]) == pytest.approx([0.09, 0.5, 0.025, 0.09, 0.04])
+    assert holm([0.3, 0.4]) == pytest.approx([0.6, 0.6])  # 0.3 * 2, then max(0.6, 0.4)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == [] and np.isnan(holm([float("nan")])[0])
+    # a single test is not adjusted; NaN rows do not count as tests
+    t = pd.DataFrame({"g": ["x", "y", "y", "y"], "p_value": [0.2, 0.01, float("nan"), 0.02]})
+    out = add_holm(t, by=["g"])
+    assert out.p_holm.tolist()[0] == 0.2 and out.n_tests.tolist() == [1, 2, 0, 2]
+    assert out.p_holm.tolist()[1:2] + out.p_holm.tolist()[3:] == pytest.approx([0.02, 0.02])
+    assert add_holm(t).n_tests.tolist() == [3, 3, 0, 3]  # one family: the whole table
 
 
 def test_empirical_p_value_counts_ties_against_the_effect():
@@ -389,9 +416,13 @@ def test_generalization_split_keeps_selection_and_heldout_disjoint():
     score = res.scores.set_index("feature")["score"].to_numpy()
     np.testing.assert_allclose(score, tuned["a"][sel].double().mean(0).numpy(), rtol=1e-12)
     assert not np.allclose(score, tuned["a"][:30].double().mean(0).numpy())
-    # another seed, another split; heldout_fraction=0 is the old in-sample selection
+    # another seed, another split; heldout_fraction=0 is the in-sample selection
     assert generalization_features(ref, tuned, corr, heldout_fraction=0.4, seed=4).heldout("a") != held
-    assert generalization_features(ref, tuned, corr).heldout("a") == []
+    assert generalization_features(ref, tuned, corr, heldout_fraction=0.0).heldout("a") == []
+    # the default holds half of each task's critical samples out of the selection
+    default = generalization_features(ref, tuned, corr)
+    assert (default.heldout("a"), default.selection_samples("a")) == split_samples(range(30), 0.5, seed=0)[::-1]
+    assert len(default.heldout("a")) == 15
     with pytest.warns(UserWarning, match="min_critical"):
         generalization_features(ref, tuned, corr, heldout_fraction=0.1)  # 3 held out < 10
     with pytest.raises(FeatdiffError, match="heldout_fraction"):

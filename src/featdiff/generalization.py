@@ -7,8 +7,8 @@ features whose score is positive and at least ``fraction`` of the task's largest
 features are the intersection of the tasks' selections (Shi et al. 2026, who use RL vs base on
 out-of-domain tasks).
 
-Selection without bias: with ``heldout_fraction > 0`` each task's critical samples are split by sample (a
-seeded permutation) into a *selection* part, the only one that scores features, and a *held-out* part
+Selection without bias: by default (``heldout_fraction=0.5``) each task's critical samples are split by
+sample (a seeded permutation) into a *selection* part, the only one that scores features, and a *held-out* part
 (``GeneralizationFeatures.heldout(task)``), on which interventions are then scored. Scoring an
 intervention on the samples that chose its features rewards the selection's own noise.
 """
@@ -214,7 +214,7 @@ def generalization_features(
     tuned: str = "rl",
     fraction: float = 0.2,
     tasks: Sequence[str] | None = None,
-    heldout_fraction: float = 0.0,
+    heldout_fraction: float = 0.5,
     seed: int = 0,
     min_critical: int = MIN_CRITICAL,
 ) -> GeneralizationFeatures:
@@ -223,19 +223,24 @@ def generalization_features(
     ``codes_ref`` / ``codes_tuned``: ``{task: per-sample feature activations}`` of the two models (e.g. from
     ``sample_codes``), row i = sample i of that task. ``correctness``: the lab's per-sample table, columns
     checkpoint, task, sample (row index into the codes), correct. ``tasks``: which tasks vote (default all
-    in ``codes_ref``). ``heldout_fraction``: the share of each task's critical samples held out of the
-    selection (split by sample, seeded by ``seed``; 0 keeps the old in-sample selection); a task with
-    fewer than ``min_critical`` samples in either part gets a warning.
+    in ``codes_ref``). ``heldout_fraction`` (default 0.5): the share of each task's critical samples held
+    out of the selection (split by sample, seeded by ``seed``), on which interventions are to be scored;
+    0 selects on every critical sample (in-sample: an effect scored on those samples is biased upward); a
+    task with fewer than ``min_critical`` samples in either part gets a warning.
 
     Examples
     --------
+    Two critical samples per task (base wrong, rl right): one selects, the other (sample 0) is held out
+    and does not move the selection.
+
     >>> import pandas as pd, torch
     >>> ref = {"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}
-    >>> tuned = {"a": torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]]), "b": torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]])}
-    >>> rows = [(c, t, s, c == "rl" and s == 0) for c in ("base", "rl") for t in ("a", "b") for s in (0, 1)]
-    >>> res = generalization_features(ref, tuned, pd.DataFrame(rows, columns=["checkpoint", "task", "sample", "correct"]))
-    >>> res.selected("a"), res.selected("b"), res.feature_ids
-    ([0, 1], [0, 2], [0])
+    >>> tuned = {"a": torch.tensor([[0.0, 0.0, 5.0], [1.0, 0.5, 0.0]]), "b": torch.tensor([[0.0, 5.0, 0.0], [1.0, 0.0, 2.0]])}
+    >>> rows = [(c, t, s, c == "rl") for c in ("base", "rl") for t in ("a", "b") for s in (0, 1)]
+    >>> correctness = pd.DataFrame(rows, columns=["checkpoint", "task", "sample", "correct"])
+    >>> res = generalization_features(ref, tuned, correctness, min_critical=1)
+    >>> res.selected("a"), res.selected("b"), res.feature_ids, res.heldout("a")
+    ([0, 1], [0, 2], [0], [0])
     """
     if not 0 <= fraction <= 1:
         raise FeatdiffError(

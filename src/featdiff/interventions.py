@@ -41,7 +41,18 @@ from featdiff.models import stop_layer
 MODES = ("ablate", "scale")
 CODES = ("joint", "single")
 EDIT_SITE = "hook_feature_edit"
-EVAL_COLUMNS = ["condition", "subset", "task", "accuracy", "n", "n_controls", "p_value"]
+EVAL_COLUMNS = [
+    "condition",
+    "subset",
+    "task",
+    "accuracy",
+    "n",
+    "n_controls",
+    "p_min",
+    "p_value",
+    "p_holm",
+    "n_tests",
+]
 ALTERNATIVES = ("less", "greater")
 N_CONTROLS = 20
 
@@ -639,6 +650,58 @@ def empirical_p_value(observed: float, controls: Sequence[float], alternative: s
     return (1 + hits) / (1 + len(c))
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (Holm 1979: step-down Bonferroni, family-wise error rate at any dependence).
+
+    The m finite p-values sorted ascending, p_(1) <= ... <= p_(m), are adjusted to
+    ``min(1, max_{j <= i} (m - j + 1) p_(j))`` and returned in the input's order; NaN stays NaN and is
+    not counted in m. Written by hand: scipy.stats.false_discovery_control is Benjamini-Hochberg (false
+    discovery rate), not Holm, and statsmodels is not a dependency.
+
+    Examples
+    --------
+    By hand: sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 give 0.04, 0.09, 0.08, 0.20; the running
+    maximum makes the third 0.09.
+
+    >>> [round(p, 6) for p in holm([0.01, 0.04, 0.03, 0.20])]
+    [0.04, 0.09, 0.09, 0.2]
+    >>> holm([0.5, float("nan"), 0.3])  # two tests: 0.3 * 2 = 0.6, then max(0.6, 0.5 * 1)
+    [0.6, nan, 0.6]
+    """
+    p = [float(x) for x in p_values]
+    finite = sorted((x, i) for i, x in enumerate(p) if math.isfinite(x))
+    m, out, running = len(finite), [math.nan] * len(p), 0.0
+    for rank, (x, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * x))
+        out[i] = running
+    return out
+
+
+def add_holm(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """``table`` with ``p_holm`` (Holm-adjusted ``p_value``, ``holm``) and ``n_tests`` (the number of
+    finite p-values in the row's family) set; a family is all rows with one value of the ``by`` columns
+    (``()``: the whole table). Rows without a p-value get NaN and 0. Returns a copy.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"subset": ["a", "a", "b", "a"], "p_value": [0.01, 0.04, 0.3, float("nan")]})
+    >>> r = add_holm(t, by=["subset"])
+    >>> r.p_holm.tolist(), r.n_tests.tolist()
+    ([0.02, 0.04, 0.3, nan], [2, 2, 1, 0])
+    """
+    out = table.copy()
+    out["p_holm"] = math.nan
+    out["n_tests"] = 0
+    groups = out.groupby(list(by), sort=False, dropna=False).groups if by else {None: out.index}
+    for idx in groups.values():
+        p = out.loc[idx, "p_value"]
+        out.loc[idx, "p_holm"] = holm(p.tolist())
+        out.loc[idx, "n_tests"] = int(p.notna().sum())
+    out.loc[out["p_value"].isna(), "n_tests"] = 0
+    return out.astype({"p_holm": "float64", "n_tests": "int64"})
+
+
 def default_alternative(edit: FeatureEdit) -> str:
     """The direction an edit of carrier features is expected to move accuracy: ``"less"`` for an
     ablation or a scale below 1, ``"greater"`` for amplification."""
@@ -702,11 +765,18 @@ def evaluate_intervention(
     empirical p-value per (task, subset) is ``(1 + #controls whose accuracy is at least as extreme) /
     (1 + n_random)`` (``empirical_p_value``) in the direction ``alternative`` (``"less"``: the edit lowers
     accuracy; ``"greater"``: it raises it; default: ``"less"`` for an ablation or alpha < 1, else
-    ``"greater"``). With 20 controls the smallest possible p is 1/21 = 0.048.
+    ``"greater"``). With 20 controls the smallest possible p is 1/21 = 0.048 (``p_min``).
+
+    Several tasks give several tests: ``p_holm`` is ``p_value`` Holm-adjusted (``holm``) within its
+    subset, one family per subset (the critical subset tests the features, the full subset their side
+    effects), and ``n_tests`` is the family's size. The smallest attainable ``p_holm`` is
+    ``n_tests * p_min``: with 4 tests a Holm-adjusted p below 0.05 needs ``n_random >= 80``.
 
     Returns a DataFrame with columns condition (``none`` | ``edit`` | ``random``), subset (``critical`` |
     ``full``), task, accuracy (float; ``random``: the mean over the controls), n (samples, int),
-    n_controls (int), p_value (float; on the ``edit`` rows, NaN elsewhere or without controls).
+    n_controls (int), p_min (float: 1 / (1 + n_controls), the smallest p the controls allow), p_value
+    (float), p_holm (float) and n_tests (int); the last four on the ``edit`` rows only (NaN or 0 elsewhere
+    and without controls).
 
     Examples
     --------
@@ -718,8 +788,8 @@ def evaluate_intervention(
     >>> edit = FeatureEdit(sae, [0], hook="blocks.0.hook_resid_post")
     >>> tasks = {"copy": (torch.tensor([[1, 2], [3, 4]]), torch.tensor([[2], [4]]))}
     >>> table = evaluate_intervention(model, edit, tasks, n_random=0, progress=False)
-    >>> list(table.columns), list(table.condition)
-    (['condition', 'subset', 'task', 'accuracy', 'n', 'n_controls', 'p_value'], ['none', 'edit'])
+    >>> list(table.condition), table.columns[-4:].tolist()
+    (['none', 'edit'], ['p_min', 'p_value', 'p_holm', 'n_tests'])
     """
 
     if not isinstance(edit, FeatureEdit):
@@ -804,9 +874,13 @@ def _evaluate_conditions(
             for j, subset, n in ((0, "critical", len(crit)), (1, "full", len(prompts))):
                 if subset == "critical" and task not in critical:
                     continue
-                p = math.nan
+                p = p_min = math.nan
                 if cond == "edit" and nc:
                     p = empirical_p_value(vals[0][j], [v[j] for v in acc["random"]], alternative)
-                rows.append((cond, subset, task, float(mean[j]), n, nc, p))
-    table = pd.DataFrame(rows, columns=EVAL_COLUMNS)
-    return table.astype({"n": "int64", "accuracy": "float64", "n_controls": "int64", "p_value": "float64"})
+                    p_min = 1 / (1 + nc)
+                rows.append((cond, subset, task, float(mean[j]), n, nc, p_min, p))
+    table = pd.DataFrame(rows, columns=EVAL_COLUMNS[:-2])
+    table = table.astype(
+        {"n": "int64", "accuracy": "float64", "n_controls": "int64", "p_min": "float64", "p_value": "float64"}
+    )
+    return add_holm(table, by=["subset"])[EVAL_COLUMNS]

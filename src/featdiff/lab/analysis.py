@@ -53,7 +53,7 @@ from featdiff.evolution import (
 )
 from featdiff.figures import plot_interventions, plot_mas, plot_nrn
 from featdiff.generalization import OVERLAP_COLUMNS, TASK_COLUMNS, generalization_features, sample_codes
-from featdiff.interventions import FeatureEdit, evaluate_intervention
+from featdiff.interventions import FeatureEdit, add_holm, evaluate_intervention
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, checkpoints, load
 from featdiff.lab.suite import task_groups, tasks
@@ -91,7 +91,10 @@ INTERVENTION_COLUMNS = [
     "accuracy",
     "n",
     "n_controls",
+    "p_min",
     "p_value",
+    "p_holm",
+    "n_tests",
     "few_samples",
 ]
 CROSSCODER_EVAL_COLUMNS = ["checkpoint", "fve", "mse", "l0", "dead_fraction"]
@@ -139,7 +142,9 @@ class CrosscoderViewConfig(Config):
     drawn from the live features outside it (``control="matched"``: each edited feature gets a partner
     among the ``match_width`` features nearest to it in firing frequency, so that a control removes as
     much activity; ``"live"``: any live feature); the edit's empirical p-value is (1 + #controls at least
-    as effective) / (1 + n_random), so 20 controls can give p >= 1/21 = 0.048. Evaluated on at most
+    as effective) / (1 + n_random), so 20 controls can give p >= 1/21 = 0.048 (``p_min``); ``p_holm``
+    adjusts the p-values for the number of tests ``n_tests`` (Holm, one family per subset over both edits
+    and every task), so it cannot fall below ``n_tests * p_min``. Evaluated on at most
     ``n_critical`` held-out critical samples per task (base wrong, rl right; a seeded draw), with
     ``n_random`` controls, and on ``n_full`` samples per task (the first of the lab's eval split that did
     not select the features), with the first ``n_random_full`` of those controls: the full subset shows
@@ -290,9 +295,10 @@ class CrosscoderView:
       (the number of selected features edited), condition (none | edit | random: the mean of the
       controls), subset (critical: held-out critical samples | full), task, group, n_selection (critical
       samples of the task that selected the features; never among the scored ones), accuracy (in [0, 1]),
-      n (scored samples), n_controls, p_value (on the edit rows: empirical, one-sided in the expected
-      direction: lower accuracy for ablate, higher for amplify), few_samples (n < ``min_critical`` on a
-      critical subset).
+      n (scored samples), n_controls, p_min (1 / (1 + n_controls): the smallest p the controls allow),
+      p_value (on the edit rows: empirical, one-sided in the expected direction: lower accuracy for
+      ablate, higher for amplify), p_holm (Holm-adjusted over the subset's tests), n_tests (that family's
+      size), few_samples (n < ``min_critical`` on a critical subset).
     - ``"crosscoder_eval"``: checkpoint, fve, mse, l0, dead_fraction.
 
     ``figures``: ``"mas"`` (ternary plot of the features' MAS and stacked bars of the categories per
@@ -764,7 +770,10 @@ def _interventions(
         "accuracy": "float64",
         "n": "int64",
         "n_controls": "int64",
+        "p_min": "float64",
         "p_value": "float64",
+        "p_holm": "float64",
+        "n_tests": "int64",
         "few_samples": bool,
     }
     if not features:
@@ -848,7 +857,8 @@ def _interventions(
             t["n_selection"] = [n_sel[x] for x in t.task]
             t["few_samples"] = (t.subset == "critical") & (t.n < cfg.min_critical)
             frames.append(t)
-    table = pd.concat(frames, ignore_index=True)[INTERVENTION_COLUMNS]
+    # one Holm family per subset over both edits and every task (evaluate_intervention's are per call)
+    table = add_holm(pd.concat(frames, ignore_index=True), by=["subset"])[INTERVENTION_COLUMNS]
     table = table.astype(dtypes)
     notes.extend(_intervention_sentences(table, "matched random" if cfg.control == "matched" else "random"))
     return table
@@ -862,7 +872,8 @@ def _intervention_sentences(table: pd.DataFrame, controls: str = "random") -> li
         acc = t.set_index("condition")["accuracy"]
         e = t[t.condition == "edit"].iloc[0]
         ctrl = (
-            f"; {int(e.n_controls)} {controls} controls {acc['random']:.2f} on average, p = {e.p_value:.3f}"
+            f"; {int(e.n_controls)} {controls} controls {acc['random']:.2f} on average, p = {e.p_value:.3f} "
+            f"(Holm over {int(e.n_tests)} tests: {e.p_holm:.3f}; the smallest p attainable: {e.p_min:.3f})"
             if "random" in acc
             else "; no random control"
         )
