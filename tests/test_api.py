@@ -21,6 +21,7 @@ def test_public_namespace_is_pinned():
         "MetricContext",
         "OnDiskActivationSet",
         "SAETrainConfig",
+        "WidthCheck",
         "__version__",
         "align",
         "available_metrics",

@@ -8,6 +8,7 @@ import torch
 
 import featdiff as fd
 from featdiff import FeatdiffError
+from featdiff.errors import FeatdiffWarning
 
 FAST = {"n_samples": 60_000, "batch_size": 512}
 
@@ -213,3 +214,21 @@ def test_checkpoints_as_one_mapping_cannot_collide_with_options(trio, tokens):
     assert old.summary.loc["dpo", "reuse_raw"] == cmp.summary.loc["seed", "reuse_raw"]
     with pytest.raises(fd.FeatdiffError, match="either as one mapping"):
         fd.compare_checkpoints({"base": base}, rl, tokens=tokens, progress=False)
+
+
+def test_distributed_run_warns_that_it_skips_the_width_check(trio, tokens, monkeypatch):
+    import warnings
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # no torchrun: distributed=True runs in this process
+    base, rl, _ = trio
+    kw = dict(tokens=tokens[:32], d_sae=32, k=2, n_replicas=0, metrics=[], progress=False, distributed=True)
+    kw["train_kwargs"] = {"n_steps": 20}
+    with pytest.warns(FeatdiffWarning, match="runs no width check") as caught:
+        cmp = fd.compare_checkpoints(base, rl, **kw)
+    assert sum("runs no width check" in str(w.message) for w in caught) == 1
+    assert cmp.meta["sae"]["d_sae"] == 32 and any("runs no width check" in w for w in cmp.meta["warnings"])
+    assert cmp.meta["width_check"] == [{"round": 0, "d_sae": 32, "decision": "skipped: distributed=True"}]
+    with warnings.catch_warnings(record=True) as quiet:  # widen=0: the user asked for no check
+        warnings.simplefilter("always")
+        kept = fd.compare_checkpoints(base, rl, widen=0, **kw)
+    assert not [w for w in quiet if "width check" in str(w.message)] and "width_check" not in kept.meta

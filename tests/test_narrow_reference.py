@@ -135,14 +135,70 @@ def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
         cmp = fd.compare_activations(acts, widen=2, **kw)
     assert len(calls) == 2  # checked at 16 and 32, widened both times; 64 is the last round
     assert [(w["d_sae"], w["narrow"]) for w in cmp.meta["widened"]] == [(16, ["rl"]), (32, ["rl"])]
-    assert [c["probe_d_sae"] for c in cmp.meta["width_check"]] == [32, 64]
+    rounds = cmp.meta["width_check"]  # every round, the last (unchecked) one too
+    assert [(r["round"], r["d_sae"], r.get("probe_d_sae")) for r in rounds] == [(0, 16, 32), (1, 32, 64), (2, 64, None)]
+    assert [r["decision"] for r in rounds] == [
+        "widen to d_sae 32 (narrow reference: rl)",
+        "widen to d_sae 64 (narrow reference: rl)",
+        "last round: no check",
+    ]
+    for r in rounds:  # each round's cost and its readings at that width
+        assert r["wall_s"] == pytest.approx(r["train_s"] + r["score_s"] + r.get("probe_s", 0.0)) and r["wall_s"] > 0
+        assert set(r["summary"]) == {"rl"} and 0 <= r["summary"]["rl"]["reuse_raw"] <= 1
+    assert rounds[-1]["summary"]["rl"] == {c: float(cmp.summary.loc["rl", c]) for c in rounds[-1]["summary"]["rl"]}
+    assert cmp.meta["width_check_config"] == fd.WidthCheck().to_dict()
     back = fd.Comparison.load(cmp.to_dir(tmp_path / "report", figures=False))  # meta.json keeps them
     assert back.meta["widened"] == cmp.meta["widened"] and back.meta["width_check"] == cmp.meta["width_check"]
     assert {s.cfg.d_sae for s in [*cmp.dictionaries.values(), *cmp.extras["replica_saes"]["base"]]} == {64}
     calls.clear()
     kept = fd.compare_activations(acts, widen=0, **kw)
     assert kept.meta["sae"]["d_sae"] == 16 and "widened" not in kept.meta and not calls  # no check at all
+    assert "width_check" not in kept.meta
     with pytest.raises(fd.FeatdiffError, match="widen must be a non-negative integer"):
         fd.compare_activations(acts, widen=-1, **kw)
     with pytest.raises(fd.FeatdiffError, match="no checkpoint 'sft'"):
         fd.compare_activations(acts, reference="sft", **kw)
+
+
+def test_width_check_thresholds_are_settable(monkeypatch):
+    import featdiff.diagnostics as diagnostics
+
+    calls = []
+    monkeypatch.setattr(diagnostics, "narrow_reference", lambda cmp: calls.append(1) or {"rl": "narrow"})
+    g = torch.Generator().manual_seed(0)
+    acts = fd.ActivationSet.from_tensors({"base": torch.randn(600, 8, generator=g), "rl": torch.randn(600, 8, generator=g)})
+    kw = dict(d_sae=16, k=2, n_replicas=0, metrics=[], progress=False, train_kwargs={"n_steps": 20, "batch_size": 64})
+    # the narrow-reference trigger off, and no reduction is enough: the width kept
+    never = fd.WidthCheck(min_live=1.0, min_reduction=1.0, narrow_reference=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cmp = fd.compare_activations(acts, width_check=never, **kw)
+    assert not [w for w in caught if "too narrow" in str(w.message)]  # no widening
+    (r,) = cmp.meta["width_check"]
+    live = r["reference_live_share"]
+    assert not calls and cmp.meta["sae"]["d_sae"] == 16 and r["narrow"] == []
+    if live < 1.0:  # below min_live: no probe
+        assert r["decision"] == "keep: live share below min_live=1" and r["probe_d_sae"] is None
+    else:
+        assert r["decision"].startswith("keep: unexplained-variance reduction") and r["probe_d_sae"] == 32
+    assert cmp.meta["width_check_config"] == never.to_dict()
+    # every live share probes (min_live=0); a reduction of 100 % is never reached: probed, not widened
+    probed = fd.compare_activations(
+        acts, width_check={"min_live": 0.0, "min_reduction": 1.0, "narrow_reference": False, "factor": 3}, **kw
+    )
+    (r,) = probed.meta["width_check"]
+    assert r["probe_d_sae"] == 48 and r["unexplained_reduction"] < 1.0 and probed.meta["sae"]["d_sae"] == 16
+    assert r["decision"] == "keep: unexplained-variance reduction below min_reduction=1"
+    assert r["wall_s"] == pytest.approx(r["train_s"] + r["score_s"] + r["probe_s"]) and r["probe_s"] > 0
+    # any reduction is enough (min_reduction=0): widened by the factor, the probe kept as the reference SAE
+    with pytest.warns(FeatdiffWarning, match="3 times as wide"):
+        wide = fd.compare_activations(
+            acts, width_check=fd.WidthCheck(min_live=0.0, min_reduction=0.0, narrow_reference=False, factor=3), **kw
+        )
+    assert wide.meta["sae"]["d_sae"] == 48 and [r["d_sae"] for r in wide.meta["width_check"]] == [16, 48]
+    assert wide.meta["width_check"][0]["reference_fve"] == pytest.approx(probed.meta["width_check"][0]["reference_fve"])
+    for bad, match in (({"min_live": 1.5}, "min_live"), ({"factor": 1}, "factor"), ({"narrow_reference": "yes"}, "narrow_reference")):
+        with pytest.raises(fd.FeatdiffError, match=match):
+            fd.WidthCheck(**bad)
+    with pytest.raises(fd.FeatdiffError, match="Unknown WidthCheck keys"):
+        fd.compare_activations(acts, width_check={"min_lve": 0.5}, **kw)

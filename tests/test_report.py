@@ -113,6 +113,26 @@ def test_html_report_states_the_measurement_and_the_warnings(tmp_path):
         assert canned not in text, canned
 
 
+def test_html_report_shows_every_round_of_the_width_check(tmp_path):
+    rounds = [
+        {"round": 0, "d_sae": 32, "train_s": 3.0, "score_s": 1.0, "probe_s": 2.5, "wall_s": 6.5,
+         "summary": {"rl": {"reuse": 0.61, "recombination": 0.03, "novelty": 0.36}},
+         "reference_live_share": 1.0, "reference_fve": 0.70, "probe_fve": 0.82, "unexplained_reduction": 0.4,
+         "narrow": [], "probe_d_sae": 64, "decision": "widen to d_sae 64"},
+        {"round": 1, "d_sae": 64, "train_s": 5.0, "score_s": 1.5, "wall_s": 6.5,
+         "summary": {"rl": {"reuse": 0.70, "recombination": 0.15, "novelty": 0.15}}, "decision": "last round: no check"},
+    ]  # fmt: skip
+    config = {"min_live": 0.9, "min_reduction": 0.2, "narrow_reference": True, "factor": 2}
+    cmp = cmp_of(contract_summary(), width_check=rounds, width_check_config=config)
+    text = " ".join(re.sub(r"<[^>]+>", " ", write_html_report(tmp_path / "r.html", cmp).read_text()).split())
+    assert "Width check" in text and "live share is at least 0.9" in text and "by at least 0.2" in text
+    assert "widen to d_sae 64" in text and "last round: no check" in text
+    assert "0.610 / 0.030 / 0.360" in text and "0.700 / 0.150 / 0.150" in text  # the first round's readings kept
+    assert "6.500" in text  # its seconds
+    plain = write_html_report(tmp_path / "p.html", cmp_of(contract_summary())).read_text()
+    assert "Width check" not in plain  # no check ran (widen=0 or an older Comparison)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_no_fixed_conclusion_whatever_the_data(tmp_path, seed):
     rng = np.random.default_rng(seed)

@@ -50,7 +50,7 @@ from featdiff.models import (  # noqa: E402
     load_prompts,
     save_model,
 )
-from featdiff.pipeline import compare_activations, compare_checkpoints  # noqa: E402
+from featdiff.pipeline import WidthCheck, compare_activations, compare_checkpoints  # noqa: E402
 from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "MetricContext",
     "OnDiskActivationSet",
     "SAETrainConfig",
+    "WidthCheck",
     "__version__",
     "align",
     "available_metrics",

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from featdiff import distributed as dist
+from featdiff._config import Config, check_int, check_number
 from featdiff._replicas import as_replicas
 from featdiff.activations import ActivationSet, collect_activations
 from featdiff.cards import Unembedding
@@ -30,6 +33,58 @@ WIDEN_REDUCTION = 0.2
 # spare (SmolLM2-135M at 24k tokens: 31 % live, yet a 2x SAE left 29 % less unexplained)
 WIDEN_MIN_LIVE = 0.9
 METHODS = ("saes", "crosscoder")
+# per round of the width check, the summary columns kept in meta["width_check"] (the round's tables are
+# otherwise replaced by the next round's)
+ROUND_SUMMARY = ("reuse", "recombination", "novelty", "reuse_raw", "recombination_raw", "novelty_raw")
+
+
+@dataclass
+class WidthCheck(Config):
+    """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
+    rounds; docs/design.md, "Width check"; docs/metrics.md, "Widening").
+
+    ``min_live``: the reference SAE's live share at or above which a probe ``factor`` times as wide is
+    trained (default ``WIDEN_MIN_LIVE`` = 0.9: an SAE with spare dead latents is not held back by its
+    width). ``min_reduction``: the share by which the probe must cut the reference's unexplained variance
+    on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
+    ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
+    (``featdiff.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
+    width multiplier of the probe and of each widening (default 2).
+
+    Examples
+    --------
+    >>> WidthCheck(min_reduction=0.3).to_dict()
+    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2}
+    >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
+    True
+    """
+
+    min_live: float = WIDEN_MIN_LIVE
+    min_reduction: float = WIDEN_REDUCTION
+    narrow_reference: bool = True
+    factor: int = 2
+
+    def __post_init__(self) -> None:
+        where = "WidthCheck"
+        check_number(where, "min_live", self.min_live, 0, 1)
+        check_number(where, "min_reduction", self.min_reduction, 0, 1)
+        check_int(where, "factor", self.factor, minimum=2)
+        if not isinstance(self.narrow_reference, bool):
+            raise FeatdiffError(
+                f"The 'narrow_reference' parameter of {where} must be True or False; got {self.narrow_reference!r}."
+            )
+
+
+def _width_check_config(width_check) -> WidthCheck:
+    if width_check is None:
+        return WidthCheck()
+    if isinstance(width_check, Mapping):
+        return WidthCheck.from_dict(width_check)
+    if not isinstance(width_check, WidthCheck):
+        raise FeatdiffError(
+            f"width_check must be a featdiff.WidthCheck (or its dict); got {type(width_check).__name__}."
+        )
+    return width_check
 
 
 def _describe(spec, model) -> str:
@@ -100,17 +155,21 @@ def _train_and_compare(
     meta: dict,
     widen: int,
     distributed: bool = False,
+    width_check: WidthCheck | None = None,
 ) -> Comparison | None:
     """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
-    the replicas and score them on ``held_out``. While ``widen`` rounds are left, the width check: where
-    the reference SAE uses nearly all its latents (live share >= ``WIDEN_MIN_LIVE``), a reference SAE
-    twice as wide (the probe) is trained; where that leaves at least ``WIDEN_REDUCTION`` less of the
-    reference's variance unexplained, or the comparison finds the reference lacking features of its own
-    activations (``diagnostics.narrow_reference``), every SAE is trained again at twice the width (the
-    probe is the new reference SAE) and scored again. ``meta["width_check"]`` records each check,
+    the replicas and score them on ``held_out``. While ``widen`` rounds are left, the width check
+    (thresholds in ``width_check``, a ``WidthCheck``): where the reference SAE uses nearly all its latents
+    (live share >= ``min_live``), a reference SAE ``factor`` times as wide (the probe) is trained; where
+    that leaves at least ``min_reduction`` less of the reference's variance unexplained, or the comparison
+    finds the reference lacking features of its own activations (``diagnostics.narrow_reference``, unless
+    ``narrow_reference=False``), every SAE is trained again ``factor`` times as wide (the probe is the new
+    reference SAE) and scored again. ``meta["width_check"]`` records every round (width, seconds, the
+    round's summary, the check's numbers and decision), ``meta["width_check_config"]`` the thresholds and
     ``meta["widened"]`` each widening."""
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
         raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
+    wc = _width_check_config(width_check)
     from featdiff.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
 
@@ -122,7 +181,7 @@ def _train_and_compare(
     extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
     evaluate = train if held_out is None else held_out
     width = d_sae or 4 * train.d_model
-    checks, widened, probe = [], [], None
+    rounds, widened, probe = [], [], None
 
     def fit(w: int, which: list[str], extra_: dict | None, folder: str) -> dict:
         kw = dict(train_kwargs)
@@ -134,7 +193,9 @@ def _train_and_compare(
     for round_ in range(widen + 1):
         # after a widening the probe is the reference SAE at this width (an SAE depends only on its
         # checkpoint, seed and the data order: train_saes would give the same one)
+        t0 = time.perf_counter()
         trained = fit(width, [n for n in names if probe is None or n != reference], extra or None, f"d_sae{width}" if round_ else "")
+        train_s = time.perf_counter() - t0
         if probe is not None:
             trained[reference] = probe
         saes = {n: trained[n] for n in names}
@@ -144,36 +205,67 @@ def _train_and_compare(
         sae_meta = {"architecture": architecture, "d_sae": width, "k": k, "seed": seed, "n_replicas": n_replicas}
         sae_meta.update({a: v for a, v in train_kwargs.items() if a != "checkpoint_dir"})
         round_meta = {**meta, "sae": sae_meta, **({"widened": list(widened)} if widened else {})}
-        if checks:
-            round_meta["width_check"] = list(checks)
         if distributed and not dist.is_main():
             return None
+        t0 = time.perf_counter()
         cmp = _score(saes, replicas, evaluate, reference, metrics, config, progress, round_meta)
-        if round_ == widen:
+        score_s = time.perf_counter() - t0
+        if widen == 0:
             break
-        narrow = sorted(narrow_reference(cmp))
+        s = cmp.summary
+        check = {
+            "round": round_,
+            "d_sae": width,
+            "train_s": train_s,
+            "score_s": score_s,
+            "summary": {
+                str(t): {c: float(s.loc[t, c]) for c in ROUND_SUMMARY if c in s.columns} for t in s.index
+            },
+        }
+        rounds.append(check)
+        if round_ == widen:
+            check.update(decision="last round: no check", wall_s=train_s + score_s)
+            break
+        narrow = sorted(narrow_reference(cmp)) if wc.narrow_reference else []
         n_feat = cmp.meta.get("reference_n_features") or 0
         live_share = cmp.meta.get("reference_n_live", 0) / n_feat if n_feat else float("nan")
-        check = {"d_sae": width, "reference_live_share": live_share, "narrow": narrow, "probe_d_sae": None}
-        checks.append(check)
-        cmp.meta["width_check"] = list(checks)
+        check.update(reference_live_share=live_share, narrow=narrow, probe_d_sae=None, probe_s=0.0)
         # a dictionary with spare (dead) latents is not held back by its width: no probe, no widening
-        if not narrow and not live_share >= WIDEN_MIN_LIVE:
+        if not narrow and not live_share >= wc.min_live:
+            check.update(decision=f"keep: live share below min_live={wc.min_live:g}", wall_s=train_s + score_s)
             break
-        probe = fit(2 * width, [reference], None, f"probe-d_sae{2 * width}")[reference]
+        t0 = time.perf_counter()
+        probe = fit(wc.factor * width, [reference], None, f"probe-d_sae{wc.factor * width}")[reference]
         fve = float(cmp.summary["reference_fve"].iloc[0])  # scored on the same held-out tokens
         fve_probe = float(sae_stats(probe, evaluate.column(reference), where="the width probe")["fve"])
+        probe_s = time.perf_counter() - t0
         reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
-        check.update(probe_d_sae=2 * width, reference_fve=fve, probe_fve=fve_probe, unexplained_reduction=reduction)
-        if not narrow and reduction < WIDEN_REDUCTION:
+        check.update(
+            probe_d_sae=wc.factor * width,
+            reference_fve=fve,
+            probe_fve=fve_probe,
+            unexplained_reduction=reduction,
+            probe_s=probe_s,
+            wall_s=train_s + score_s + probe_s,
+        )
+        if not narrow and reduction < wc.min_reduction:
+            check["decision"] = f"keep: unexplained-variance reduction below min_reduction={wc.min_reduction:g}"
             break
+        check["decision"] = f"widen to d_sae {wc.factor * width}" + (
+            f" (narrow reference: {', '.join(narrow)})" if narrow else ""
+        )
         widened.append({"d_sae": width, "reference_live_share": live_share, "unexplained_reduction": reduction, "narrow": narrow})
-        width *= 2
+        width *= wc.factor
+    if rounds:
+        cmp.meta["width_check"] = rounds
+        cmp.meta["width_check_config"] = wc.to_dict()
     if widened:
+        cmp.meta["widened"] = list(widened)
         w0 = widened[0]
         why = [
-            f"{w0['reference_live_share']:.0%} of the {reference} SAE's latents live, and one twice as wide left "
-            f"{w0['unexplained_reduction']:.0%} less of its variance unexplained"
+            f"{w0['reference_live_share']:.0%} of the {reference} SAE's latents live, and one "
+            f"{'twice' if wc.factor == 2 else f'{wc.factor} times'} as wide left {w0['unexplained_reduction']:.0%} "
+            "less of its variance unexplained"
         ]
         if w0["narrow"]:
             why.append(f"the narrow-reference check fired for {', '.join(w0['narrow'])}")
@@ -199,6 +291,7 @@ def compare_activations(
     n_replicas: int = DEFAULT_N_REPLICAS,
     eval_fraction: float = 0.2,
     widen: int = 1,
+    width_check: WidthCheck | None = None,
     metrics: list | None = None,
     config: CompareConfig | None = None,
     train_kwargs: dict | None = None,
@@ -211,13 +304,17 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check. Where the reference SAE uses >= 90 % of its latents (``WIDEN_MIN_LIVE``), one reference SAE
-    twice as wide (the probe) is trained; where it leaves >= 20 % less of the reference's variance
-    unexplained (``WIDEN_REDUCTION``), or the comparison finds the reference lacking features of its own
-    activations (``featdiff.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``:
-    an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
-    "Widening"). ``cmp.meta["width_check"]`` holds each check's numbers; where the tables are at a wider
-    width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps ``d_sae`` and checks nothing.
+    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Where the
+    reference SAE uses >= 90 % of its latents (``min_live``), one reference SAE twice as wide (the probe)
+    is trained; where it leaves >= 20 % less of the reference's variance unexplained (``min_reduction``),
+    or the comparison finds the reference lacking features of its own activations
+    (``featdiff.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
+    narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
+    ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
+    ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
+    their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
+    Where the tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps
+    ``d_sae`` and checks nothing.
 
     Examples
     --------
@@ -260,6 +357,7 @@ def compare_activations(
         fit_saes=train_saes,
         meta=meta,
         widen=widen,
+        width_check=width_check,
     )
 
 
@@ -292,6 +390,7 @@ def compare_checkpoints(
     activations_dir: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     widen: int = 1,
+    width_check: WidthCheck | None = None,
     **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
@@ -316,7 +415,9 @@ def compare_checkpoints(
     kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
     process): rounds of a width check that trains every SAE again at twice ``d_sae`` where a reference SAE
     twice as wide explains much more, or the reference lacks features of its own activations
-    (``compare_activations``); ``widen=0`` keeps ``d_sae`` and skips the check.
+    (``compare_activations``; thresholds in ``width_check``, a ``WidthCheck``); ``widen=0`` keeps ``d_sae``
+    and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning`` says so
+    unless ``widen=0``.
 
     Examples
     --------
@@ -414,6 +515,17 @@ def compare_checkpoints(
     if saes is None:
         if replicas is not None:
             raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
+        skipped = None
+        if distributed and widen:
+            # the probe and the retraining would need every rank again after rank 0 scored: not built
+            skipped = (
+                f"compare_checkpoints(distributed=True) runs no width check (widen={widen} asked for one): the "
+                f"tables are at d_sae {d_sae or 4 * train.d_model:,} whether or not that is too narrow for these "
+                "activations. Check the width in one process (compare_activations on the activations, "
+                "activations_dir=...) or pass widen=0 to keep d_sae without this warning."
+            )
+            if dist.is_main():
+                warnings.warn(skipped, FeatdiffWarning, stacklevel=2)
         cmp = _train_and_compare(
             train,
             held_out,
@@ -433,9 +545,13 @@ def compare_checkpoints(
             meta=meta,
             widen=0 if distributed else widen,
             distributed=distributed,
+            width_check=width_check,
         )
         if cmp is None:
             return None
+        if skipped:
+            cmp.meta.setdefault("warnings", []).append(skipped)
+            cmp.meta["width_check"] = [{"round": 0, "d_sae": cmp.meta["sae"]["d_sae"], "decision": "skipped: distributed=True"}]
     else:
         saes = dict(saes)
         old = saes.pop("__noise_floor__", None)

@@ -68,7 +68,7 @@ INTERVAL_COLUMNS = [
     "freq_shift",
     "transfer_fve",
 ]
-"""Summary columns that carry ``<col>_lo`` / ``<col>_hi`` intervals and a ``<col>_floor`` (DESIGN.md)."""
+"""Summary columns that carry ``<col>_lo`` / ``<col>_hi`` intervals and a ``<col>_floor`` (docs/design.md)."""
 
 
 def _key_columns(s: pd.DataFrame) -> list[str]:
@@ -331,6 +331,64 @@ def _warnings_html(meta: dict) -> str:
     )
 
 
+def width_check_table(meta: dict) -> pd.DataFrame:
+    """One row per round of the width check (``meta["width_check"]``, written by ``compare_activations`` /
+    ``compare_checkpoints``): round, d_sae, the reference's live share, its FVE and the probe's, the
+    unexplained-variance reduction, the decision, the seconds it took and, per target, reuse /
+    recombination / novelty at that width. Empty when no check ran.
+
+    Examples
+    --------
+    >>> rounds = [{"round": 0, "d_sae": 32, "train_s": 1.0, "score_s": 0.5, "probe_s": 0.5, "wall_s": 2.0,
+    ...            "summary": {"rl": {"reuse": 0.5, "recombination": 0.1, "novelty": 0.4}},
+    ...            "reference_live_share": 1.0, "unexplained_reduction": 0.4, "decision": "widen to d_sae 64"}]
+    >>> t = width_check_table({"width_check": rounds})
+    >>> print(t[["d_sae", "wall_s", "decision", "rl: reuse / recomb. / novelty"]].to_string(index=False))
+     d_sae  wall_s          decision rl: reuse / recomb. / novelty
+        32     2.0 widen to d_sae 64         0.500 / 0.100 / 0.400
+    """
+    rows = []
+    for r in meta.get("width_check") or []:
+        row = {
+            "round": r.get("round"),
+            "d_sae": r.get("d_sae"),
+            "reference_live_share": r.get("reference_live_share"),
+            "reference_fve": r.get("reference_fve"),
+            "probe_fve": r.get("probe_fve"),
+            "unexplained_reduction": r.get("unexplained_reduction"),
+            "decision": r.get("decision"),
+            "wall_s": r.get("wall_s"),
+        }
+        for target, v in (r.get("summary") or {}).items():
+            row[f"{target}: reuse / recomb. / novelty"] = " / ".join(
+                _f(v.get(c)) for c in ("reuse", "recombination", "novelty")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _width_check_html(meta: dict) -> str:
+    t = width_check_table(meta)
+    if t.empty:
+        return ""
+    cfg = meta.get("width_check_config") or {}
+    limits = (
+        f" Thresholds: a probe {cfg.get('factor', 2)}x as wide when the reference's live share is at least "
+        f"{cfg.get('min_live')}; widen when it cuts the unexplained variance by at least "
+        f"{cfg.get('min_reduction')}"
+        + (" or the narrow-reference check fires" if cfg.get("narrow_reference", True) else "")
+        + "."
+        if cfg
+        else ""
+    )
+    return (
+        "<h3>Width check</h3><p>Each round of the width check: the width the SAEs were trained at, what the "
+        "check measured and decided, the seconds the round took (training, scoring, probe) and the readings "
+        "at that width (the tables above are the last round's)." + html.escape(limits) + "</p>"
+        + _table(t, index=False)
+    )
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
@@ -459,6 +517,7 @@ def write_html_report(
         _img(png["comparison"], "feature status and drift"),
         _table(s),
         _explain(s.columns),
+        _width_check_html(meta),
     ]
     f = comparison.features
     if "status" in f and len(f):
