@@ -7,7 +7,7 @@ SmolLM2-135M-Instruct and two fine-tunes of it (benchmarks/bench_real_model.py's
 source, 10 on English READMEs), 24,576 evaluation tokens (the issue's data size), the hook at the middle
 layer. For each route named (default "saes") it prints every featdiff warning the default call raised and
 the summary; for the SAE route it re-scores the same SAEs with min_contribution 0 (every latent that fires
-is live, DESIGN.md's definition) and 0.01 (the default). Fine-tunes are cached in
+is live, docs/design.md's "fired at least once") and 0.01 (the default). Fine-tunes are cached in
 ~/.cache/featdiff-bench/finetunes (or $FEATDIFF_BENCH_OUT).
 """
 

@@ -235,7 +235,7 @@ def test_wide_sae_unused_latents_are_not_scored_as_novel():
     # The grid's width-2x cell (benchmarks/known_answer_grid.py): 128 latents for 64 planted atoms. The
     # latents that sit on no atom fire rarely and carry ~0.1 % of the decoded energy together; scored,
     # they read as novel (novelty ~0.44 against 0.16 planted). CompareConfig(min_contribution=0.01) leaves them
-    # out; the default (0) keeps DESIGN.md's definition of live (fired at least once).
+    # out; the default (0) keeps docs/design.md's "fired at least once".
     targets = {"mixed": {"reused": 0.7, "recombined": 0.15, "novel": 0.15}}
     p = plant_checkpoints(d_in=32, n_atoms=64, targets=targets, k=4, seed=0)
     train, held_out = p.sample(100_000, seed=1), p.sample(10_000, seed=2)

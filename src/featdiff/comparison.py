@@ -76,7 +76,7 @@ STATUSES = ["reused", "split", "recombined", "novel", "dead"]
 
 @dataclass
 class CompareConfig(Config):
-    """The thresholds and choices of a comparison, whichever method computes it (DESIGN.md's defaults).
+    """The thresholds and choices of a comparison, whichever method computes it (docs/design.md's defaults).
 
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
     ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
@@ -85,7 +85,7 @@ class CompareConfig(Config):
     featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
     the evaluation activations and carries at least this fraction of the mean live feature's share of the
-    decoded energy; default 0.01; 0 scores every feature that fires, DESIGN.md's "live";
+    decoded energy; default 0.01; 0 scores every feature that fires, docs/design.md's "fired at least once";
     featdiff.dictionaries.stats.scored_features),
     ``correct`` (apply the noise-floor correction).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which

@@ -1,5 +1,5 @@
 """Scoring: aligned dictionaries -> a ``Comparison``. ``compare_dictionaries`` scores one SAE per checkpoint
-against the reference's (DESIGN.md's definitions); ``compare_crosscoder`` scores one shared crosscoder."""
+against the reference's (docs/design.md's definitions); ``compare_crosscoder`` scores one shared crosscoder."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def compare_dictionaries(
     replicas: list | dict | None = None,
     **overrides,
 ) -> Comparison:
-    """Align every target dictionary to the reference one and score it (DESIGN.md's definitions).
+    """Align every target dictionary to the reference one and score it (docs/design.md's definitions).
 
     ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
     holds every checkpoint's activations on the same evaluation tokens: with them, dead features are

@@ -16,7 +16,7 @@ from featdiff.metrics.reuse import drift, split
 
 def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_reference=None) -> pd.DataFrame:
     """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (dead > reused > recombined > split
-    > novel, DESIGN.md's definitions with ``cfg``'s thresholds), match, similarity, drift, freq_shift and
+    > novel, docs/design.md's definitions with ``cfg``'s thresholds), match, similarity, drift, freq_shift and
     components. ``ref_freq`` / ``tgt_freq`` are firing frequencies on the same tokens (or None);
     ``extra_reference``: more rows recombinations may be fitted with (the reference replicas' live rows,
     ``metrics.recombination.recombination``)."""

@@ -152,7 +152,7 @@ def compute_metric(metric: Metric, ctx: MetricContext) -> tuple[dict, pd.DataFra
     )
 
 
-# Built-in extra metrics (the core columns of DESIGN.md are computed by compare_dictionaries itself).
+# Built-in extra metrics (the core columns of docs/design.md are computed by compare_dictionaries itself).
 
 
 @register_metric("mmcs", higher_is_better=True)

@@ -1,4 +1,4 @@
-"""Reuse and drift of matched features (DESIGN.md: reused = matched with similarity >= 0.7)."""
+"""Reuse and drift of matched features (docs/design.md: reused = matched with similarity >= 0.7)."""
 
 from __future__ import annotations
 
