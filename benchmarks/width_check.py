@@ -4,10 +4,13 @@ featdiff.pipeline.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metr
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~15 min
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py rounds     # ~2 min
 
 lab: the demo's lab checkpoints and SAE run length (150 steps); smollm2: SmolLM2-135M-Instruct at its middle
 layer on benchmarks/real_model_defaults.py's 24,576 tokens with train_saes' defaults. The planted cases are
-in the known-answer grid's CSV (columns live_share, probe_reduction).
+in the known-answer grid's CSV (columns live_share, probe_reduction). rounds: what compare_activations
+records per round (cmp.meta["width_check"]: width, seconds, readings, decision) on the grid's width-0.5x
+setting (d_in 32, 64 planted atoms, d_sae 32, 100k training and 10k held-out samples, seed 0).
 """
 
 import os
@@ -68,9 +71,31 @@ def smollm2() -> list[dict]:
     return [check(acts, "base", engine=engine)]
 
 
+def rounds() -> list[dict]:
+    from featdiff.synthetic import plant_checkpoints
+
+    targets = {
+        "mixed": {"reused": 0.7, "recombined": 0.15, "novel": 0.15},
+        "sft_like": {"reused": 0.45, "recombined": 0.2, "novel": 0.35},
+    }
+    p = plant_checkpoints(d_in=32, n_atoms=64, targets=targets, k=4, seed=0)
+    t = time.perf_counter()
+    cmp = fd.compare_activations(
+        p.sample(100_000, seed=1), held_out=p.sample(10_000, seed=2), d_sae=32, k=4, metrics=[], progress=False
+    )
+    print(f"rounds: {time.perf_counter() - t:.1f} s in all; planted fractions:\n{p.fractions.round(3)}")
+    out = []
+    for r in cmp.meta["width_check"]:
+        row = {k: v for k, v in r.items() if k not in ("summary", "narrow")}
+        for tgt, v in r["summary"].items():
+            row.update({f"{tgt}_{c}": v[c] for c in ("reuse_raw", "recombination_raw", "novelty_raw")})
+        out.append(row)
+    return out
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     for which in sys.argv[1:] or ["lab"]:
-        for row in {"lab": lab, "smollm2": smollm2}[which]():
+        for row in {"lab": lab, "smollm2": smollm2, "rounds": rounds}[which]():
             print(which, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

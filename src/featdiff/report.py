@@ -531,7 +531,9 @@ def write_html_report(
             "feature it is (specific when above 0.5, else shared); NRN = n<sup>T</sup> / (n<sup>base</sup> + "
             "n<sup>T</sup>) compares a checkpoint with the base; evolution follows the features across "
             "intermediate checkpoints; interventions switch the generalization features off in rl or "
-            "amplify them in base and measure the accuracy.</p>",
+            "amplify them in base and measure the accuracy on samples that took no part in choosing them. "
+            "Their p_value is empirical against random control edits (p_min: the smallest the controls "
+            "allow); p_holm adjusts it for the n_tests tests of its subset (Holm).</p>",
         ]
         for name in view.figures:
             parts.append(_img(png[f"crosscoder_{name}"], f"crosscoder view: {name}"))
