@@ -1,4 +1,4 @@
-"""Tests of featdiff.lab.analysis: the crosscoder view of a (small) lab."""
+"""Tests of featdiff.analyses.crosscoder_view: the crosscoder view of a (small) lab."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featdiff.errors import FeatdiffError
-from featdiff.lab.analysis import (
+from featdiff.analyses.crosscoder_view import (
     FIGURE_NAMES,
     META_FILE,
     TABLE_COLUMNS,
@@ -17,6 +16,7 @@ from featdiff.lab.analysis import (
     CrosscoderViewConfig,
     crosscoder_view,
 )
+from featdiff.errors import FeatdiffError
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder, CrosscoderConfig
 from featdiff.dictionaries.sae import sae_from_dictionary
 
 
 def test_old_module_paths_warn_and_give_the_same_objects():
     compare = importlib.import_module("featdiff.compare")
-    with pytest.warns(DeprecationWarning, match="featdiff.score.compare_dictionaries"):
+    with pytest.warns(DeprecationWarning, match="featdiff.comparison.scoring.compare_dictionaries"):
         assert compare.compare_dictionaries is fd.compare_dictionaries
-    with pytest.warns(DeprecationWarning, match="featdiff.comparison.Comparison"):
+    with pytest.warns(DeprecationWarning, match="featdiff.comparison.table.Comparison"):
         assert compare.Comparison is fd.Comparison
     analysis = importlib.import_module("featdiff.analysis")
-    with pytest.warns(DeprecationWarning, match="featdiff.lab.analysis.crosscoder_view"):
+    with pytest.warns(DeprecationWarning, match="featdiff.analyses.crosscoder_view.crosscoder_view"):
         assert analysis.crosscoder_view is fd.crosscoder_view
     with pytest.raises(AttributeError):
         compare.no_such_name  # noqa: B018

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import featdiff as fd
-from featdiff._checkpoint import KILL_ENV
+from featdiff.core.runstate import KILL_ENV
 from featdiff.errors import FeatdiffError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -69,7 +69,7 @@ def api_page(namespace: str) -> str:
     """The mkdocstrings page of one namespace: its public members, from their docstrings.
 
     A re-exported function that has the name of a submodule (``featdiff.align``, the function, shadows the
-    module ``featdiff/align.py``) is hidden from the namespace's listing by the static analysis; such names are
+    module ``featdiff/alignment/matching.py``) is hidden from the namespace's listing by the static analysis; such names are
     rendered explicitly from their defining module.
     """
     import importlib

@@ -1,5 +1,5 @@
 """Deprecated module path (featdiff < 0.2): the comparison now lives in ``featdiff.comparison`` (the table),
-``featdiff.score`` (compare_dictionaries, compare_crosscoder) and ``featdiff.pipeline``
+``featdiff.comparison.scoring`` (compare_dictionaries, compare_crosscoder) and ``featdiff.comparison.pipeline``
 (compare_checkpoints); every name is also at the top, ``featdiff.<name>``. Importing from here works for
 one release with a DeprecationWarning."""
 
@@ -13,10 +13,10 @@ _MOVED = {
     "STATUSES": "featdiff.comparison",
     "SUMMARY_COLUMNS": "featdiff.comparison",
     "code_stats": "featdiff.dictionaries.stats",
-    "compare_checkpoints": "featdiff.pipeline",
-    "compare_crosscoder": "featdiff.score",
-    "compare_dictionaries": "featdiff.score",
-    "correct_fractions": "featdiff.score",
+    "compare_checkpoints": "featdiff.comparison.pipeline",
+    "compare_crosscoder": "featdiff.comparison.scoring",
+    "compare_dictionaries": "featdiff.comparison.scoring",
+    "correct_fractions": "featdiff.comparison.scoring",
 }
 
 

@@ -168,7 +168,7 @@ def feature_records(features) -> list[dict[str, Any]]:
 
 
 def card_record(card) -> dict[str, Any]:
-    """The Neuronpedia-like fields of one feature's card (``featdiff.cards.FeatureCard``; docs/formats.md)."""
+    """The Neuronpedia-like fields of one feature's card (``featdiff.report.cards.FeatureCard``; docs/formats.md)."""
     logits = {}
     for side, items in (("pos", card.promoted), ("neg", card.suppressed)):
         logits[f"{side}_str"] = None if items is None else [x.token for x in items]
@@ -227,7 +227,7 @@ def export_features(
     acts = acts if acts is not None else extras.get("activations")
     dictionaries = dictionaries if dictionaries is not None else getattr(cmp, "dictionaries", None)
     if acts is not None and dictionaries is not None and len(features):
-        from featdiff.cards import LOGIT_METHOD, feature_cards
+        from featdiff.report.cards import LOGIT_METHOD, feature_cards
 
         # absorbed recombinations have no row in the dictionary: their records keep the table's columns
         has_row = ~features["absorbed"].fillna(False).astype(bool).to_numpy() if "absorbed" in features else None
@@ -303,7 +303,7 @@ def load_crosscoder(path: str | os.PathLike, names: Sequence[str] | None = None)
     becomes a featdiff l1 Crosscoder with unit ``norm_scale``. ``names``: the checkpoints in the order of
     the checkpoint's models (default "model_0", "model_1", ...). featdiff writes this converter itself.
     """
-    from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+    from featdiff.dictionaries.crosscoder.model import Crosscoder, CrosscoderConfig
 
     path = Path(path)
     if not (path / DICTIONARY_LEARNING_WEIGHTS).is_file():

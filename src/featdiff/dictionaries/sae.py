@@ -23,12 +23,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff import constants
-from featdiff._checkpoint import RunCheckpoint, data_fingerprint
-from featdiff._config import Config, check_int, check_number, run_steps
-from featdiff._io import atomic_dir
-from featdiff._output import progress_bar
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries._batched import BatchedTopK
+from featdiff.activations.activations import ActivationSet
+from featdiff.core.config import Config, check_int, check_number, run_steps
+from featdiff.core.io import atomic_dir
+from featdiff.core.output import progress_bar
+from featdiff.core.runstate import RunCheckpoint, data_fingerprint
+from featdiff.dictionaries.batched import BatchedTopK
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ DICTIONARY_ARCHITECTURES = ("topk", "standard", "jumprelu")
 
 ENGINES = ("sae-lens", "batched")
 """How ``train_saes`` steps the SAEs: sae-lens's ``SAETrainer`` per SAE, or all topk SAEs as one module
-(``featdiff.dictionaries._batched``: the same step with a sparse decode)."""
+(``featdiff.dictionaries.batched``: the same step with a sparse decode)."""
 
 
 def default_k(d_in: int) -> int:
@@ -241,7 +241,7 @@ def train_saes(
 
     ``checkpoint_dir`` makes the run resumable: every ``checkpoint_every`` steps (and at the end) it saves
     each SAE's weights and sae-lens trainer state (optimizer, lr scheduler, step counters, activation
-    scaler, dead-latent counters), the loss history and the RNG state there (see ``featdiff._checkpoint``);
+    scaler, dead-latent counters), the loss history and the RNG state there (see ``featdiff.core.runstate``);
     the same call after a kill continues from the last save and gives the weights of an uninterrupted run.
     A checkpoint of a call with other settings is refused. ``keep_checkpoint=False`` removes featdiff's
     checkpoint files after success; nothing else in the folder is touched.
@@ -454,7 +454,7 @@ class _LossHistory:
         self.ema_mse, self.ema_aux = float(state["ema_mse"]), float(state["ema_aux"])
 
     def record(self, trainer, n_steps: int, batch_size: int, lr_decay_start: int) -> dict[str, Any]:
-        """What ``featdiff.diagnostics`` reads from ``sae.featdiff_train``."""
+        """What ``featdiff.comparison.diagnostics`` reads from ``sae.featdiff_train``."""
         self.flush()
         dead = getattr(trainer, "dead_neurons", None)
         return {

@@ -21,8 +21,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import Crosscoder, _as_acts, stack
+from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.crosscoder.model import Crosscoder, _as_acts, stack
 from featdiff.dictionaries.stats import new_stats, update_stats
 from featdiff.errors import FeatdiffError
 

@@ -31,9 +31,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff._output import progress_bar
-from featdiff.activations import ActivationSet, collect_activations
-from featdiff.dictionaries.crosscoder import stack, train_crosscoder
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.core.output import progress_bar
+from featdiff.dictionaries.crosscoder.model import stack, train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.crosscoder import nrn
 

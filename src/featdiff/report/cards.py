@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import stack
+from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.crosscoder.model import stack
 from featdiff.dictionaries.stats import unit_decoder
 from featdiff.errors import FeatdiffError
 

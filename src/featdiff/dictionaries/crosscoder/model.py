@@ -34,12 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from featdiff import constants
-from featdiff._checkpoint import RunCheckpoint, data_fingerprint
-from featdiff._config import Config, check_int, check_number, run_steps
-from featdiff._io import atomic_dir, write_json
-from featdiff._output import progress_bar
 from featdiff._version import __version__
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
+from featdiff.core.config import Config, check_int, check_number, run_steps
+from featdiff.core.io import atomic_dir, write_json
+from featdiff.core.output import progress_bar
+from featdiff.core.runstate import RunCheckpoint, data_fingerprint
 from featdiff.dictionaries.stats import compute_stats, new_stats, update_stats
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 

@@ -12,10 +12,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from featdiff import constants
-from featdiff._io import atomic_dir, write_json
-from featdiff.activations import ActivationSet, _meta_json, _model_rows, _prepare_tokens, _ShardWriter
+from featdiff.activations.activations import (
+    ActivationSet,
+    _meta_json,
+    _model_rows,
+    _prepare_tokens,
+    _ShardWriter,
+)
+from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
-from featdiff.models import check_compatible, default_hook, load_model
+from featdiff.models.models import check_compatible, default_hook, load_model
 
 
 class ActivationStream(ActivationSet):

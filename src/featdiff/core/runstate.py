@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from featdiff._io import MARKER, write_json
 from featdiff._version import __version__
+from featdiff.core.io import MARKER, write_json
 from featdiff.errors import FeatdiffError
 
 KILL_ENV = "FEATDIFF_TEST_KILL_AT"

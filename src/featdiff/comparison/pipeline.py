@@ -9,16 +9,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from featdiff import distributed as dist
-from featdiff._replicas import as_replicas
-from featdiff.activations import ActivationSet, collect_activations
-from featdiff.cards import Unembedding
-from featdiff.comparison import CompareConfig, Comparison
-from featdiff.dictionaries.crosscoder import train_crosscoder
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.comparison.replicas import as_replicas
+from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
+from featdiff.comparison.table import CompareConfig, Comparison
+from featdiff.dictionaries.crosscoder.model import train_crosscoder
 from featdiff.dictionaries.sae import load_sae, train_saes
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
-from featdiff.models import default_hook, load_model, load_prompts
-from featdiff.score import compare_crosscoder, compare_dictionaries
+from featdiff.models.models import default_hook, load_model, load_prompts
+from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
@@ -111,7 +111,7 @@ def _train_and_compare(
     ``meta["widened"]`` each widening."""
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
         raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
-    from featdiff.diagnostics import narrow_reference
+    from featdiff.comparison.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
 
     # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
@@ -214,7 +214,7 @@ def compare_activations(
     check. Where the reference SAE uses >= 90 % of its latents (``WIDEN_MIN_LIVE``), one reference SAE
     twice as wide (the probe) is trained; where it leaves >= 20 % less of the reference's variance
     unexplained (``WIDEN_REDUCTION``), or the comparison finds the reference lacking features of its own
-    activations (``featdiff.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``:
+    activations (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``:
     an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
     "Widening"). ``cmp.meta["width_check"]`` holds each check's numbers; where the tables are at a wider
     width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps ``d_sae`` and checks nothing.

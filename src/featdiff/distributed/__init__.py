@@ -30,13 +30,13 @@ import torch.distributed as dist
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.activations import ActivationSet, _outliers, _prepare_tokens
-from featdiff.activations import collect_activations as _collect_activations
-from featdiff.dictionaries.crosscoder import Crosscoder
-from featdiff.dictionaries.crosscoder import train_crosscoder as _train_crosscoder
+from featdiff.activations.activations import ActivationSet, _outliers, _prepare_tokens
+from featdiff.activations.activations import collect_activations as _collect_activations
+from featdiff.dictionaries.crosscoder.model import Crosscoder
+from featdiff.dictionaries.crosscoder.model import train_crosscoder as _train_crosscoder
 from featdiff.dictionaries.sae import train_saes as _train_saes
 from featdiff.errors import FeatdiffError
-from featdiff.models import load_model
+from featdiff.models.models import load_model
 
 BACKENDS = ("gloo", "nccl")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from featdiff import constants
-from featdiff._io import atomic_dir, write_json
-from featdiff.activations import ActivationSet, OnDiskActivationSet, _meta_json, _ShardWriter
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, _meta_json, _ShardWriter
+from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
 
 
