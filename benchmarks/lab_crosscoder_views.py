@@ -21,7 +21,7 @@ import torch
 
 from featdiff import lab
 from featdiff.activations.activations import collect_activations
-from featdiff.dictionaries.crosscoder.model import train_crosscoder
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, mas, nrn
 from featdiff.models.models import default_hook, load_prompts
 

@@ -153,7 +153,7 @@ def test_train_saes_on_disk_equals_in_memory(tmp_path, no_loading):
 
 @pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
 def test_train_crosscoder_on_disk_equals_in_memory(tmp_path, no_loading):
-    from featdiff.dictionaries.crosscoder.model import train_crosscoder
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
 
     mem = paired(512)
     disk = on_disk(mem, tmp_path, buffer_tokens=10_000)
@@ -244,7 +244,7 @@ def test_stream_batches_are_the_collected_rows(tmp_path):
 def test_saes_and_crosscoder_train_on_a_stream():
     from featdiff.activations.activations import collect_activations
     from featdiff.activations.stream import ActivationStream
-    from featdiff.dictionaries.crosscoder.model import train_crosscoder
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
     from featdiff.dictionaries.sae import train_saes
     from test_activations import HOOK, make_tokens, tiny_tl
 

@@ -8,7 +8,8 @@ import torch
 import featdiff as fd
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.dictionaries.stats import encode
-from featdiff.report.cards import FeatureCard, Unembedding, pick_features
+from featdiff.report.card_html import pick_features
+from featdiff.report.cards import FeatureCard, Unembedding
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -19,7 +19,8 @@ from featdiff.analyses.evolution import (
     train_evolution_crosscoders,
 )
 from featdiff.analyses.generalization import generalization_features, sample_codes
-from featdiff.dictionaries.crosscoder.model import Crosscoder, CrosscoderConfig
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder
 from featdiff.errors import FeatdiffError
 
 D = 6

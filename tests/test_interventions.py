@@ -20,7 +20,8 @@ from featdiff.analyses.interventions import (
     live_features,
     random_features,
 )
-from featdiff.dictionaries.crosscoder.model import Crosscoder, CrosscoderConfig
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder
 from featdiff.errors import FeatdiffError
 
 HOOK = "blocks.0.hook_resid_post"

@@ -10,7 +10,8 @@ import torch
 from featdiff.comparison.scoring import compare_dictionaries
 from featdiff.comparison.table import Comparison
 from featdiff.core.io import MARKER, atomic_dir, is_featdiff_output
-from featdiff.dictionaries.sae import sae_from_dictionary, save_sae
+from featdiff.dictionaries.formats import save_sae
+from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffError
 
 

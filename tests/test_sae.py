@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.formats import load_sae, save_sae
 from featdiff.dictionaries.sae import (
     ARCHITECTURES,
     SAETrainConfig,
     default_k,
-    load_sae,
     sae_from_dictionary,
-    save_sae,
     train_saes,
 )
 from featdiff.dictionaries.stats import encode, explained_variance, firing_frequency, l0, unit_decoder

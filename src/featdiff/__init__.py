@@ -25,14 +25,11 @@ from featdiff.analyses.interventions import (  # noqa: E402
 from featdiff.comparison.pipeline import compare_activations, compare_checkpoints  # noqa: E402
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
 from featdiff.comparison.table import CompareConfig, Comparison  # noqa: E402
-from featdiff.dictionaries.crosscoder.model import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
-from featdiff.dictionaries.formats import export_features, load_crosscoder, load_sae, save_saes  # noqa: E402
-from featdiff.dictionaries.sae import (  # noqa: E402
-    SAETrainConfig,
-    sae_from_dictionary,
-    save_sae,
-    train_saes,
-)
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder  # noqa: E402
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.formats import load_crosscoder, load_sae, save_sae, save_saes
+from featdiff.dictionaries.sae import SAETrainConfig, sae_from_dictionary, train_saes  # noqa: E402
 from featdiff.errors import FeatdiffError  # noqa: E402
 from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn  # noqa: E402
 from featdiff.metrics.recombination import recombination  # noqa: E402
@@ -52,6 +49,7 @@ from featdiff.models.models import (  # noqa: E402
     save_model,
 )
 from featdiff.report.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
+from featdiff.report.export import export_features  # noqa: E402
 
 __all__ = [
     "ActivationSet",

@@ -57,7 +57,8 @@ from featdiff.core.config import Config, check_int, check_number
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.core.output import progress_bar
 from featdiff.core.threads import torch_threads
-from featdiff.dictionaries.crosscoder.model import stack, train_crosscoder
+from featdiff.dictionaries.crosscoder.model import stack
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, checkpoints, load

@@ -13,8 +13,9 @@ from featdiff.activations.activations import ActivationSet, collect_activations
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
 from featdiff.comparison.table import CompareConfig, Comparison
-from featdiff.dictionaries.crosscoder.model import train_crosscoder
-from featdiff.dictionaries.sae import load_sae, train_saes
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.formats import load_sae
+from featdiff.dictionaries.sae import train_saes
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
 from featdiff.models.models import default_hook, load_model, load_prompts

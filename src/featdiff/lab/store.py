@@ -30,7 +30,8 @@ from featdiff.lab.evaluation import accuracy_table, correctness
 from featdiff.lab.suite import task_groups, tasks
 from featdiff.lab.task import PAD, pad_right, vocabulary
 from featdiff.lab.train import grpo, pretrain, sft
-from featdiff.models.models import _load_featdiff_dir, save_model
+from featdiff.models import load_featdiff_dir
+from featdiff.models.models import save_model
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -208,7 +209,7 @@ def load(
     """
 
     _lab_info(path)
-    models = tuple(_load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)
+    models = tuple(load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)
     for m in models:
         m.featdiff_vocabulary = vocabulary()
     return models  # type: ignore[return-value]

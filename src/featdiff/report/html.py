@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff._version import __version__
-from featdiff.report.cards import report_section
+from featdiff.report.card_html import report_section
 from featdiff.report.figures import (
     ACCURACY_GROUPS,
     CHECKPOINT_ORDER,
@@ -360,7 +360,7 @@ def write_html_report(
     explanation of each number. ``figures`` (optional) maps names to matplotlib figures or PNG bytes
     already drawn (``"comparison"``, ``"accuracy"``, ``"crosscoder_<key>"``); missing ones are drawn here.
     ``cards``: how many features per group (most novel, drifted, recombined) the feature-card section shows
-    per checkpoint (``featdiff.report.cards.report_section``; 0 leaves the section out).
+    per checkpoint (``featdiff.report.card_html.report_section``; 0 leaves the section out).
     The file is written through a temporary name.
 
     Examples
