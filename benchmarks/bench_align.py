@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import featdiff as fd
-from featdiff.align import align
+from featdiff.alignment.matching import align
 from featdiff.metrics.recombination import omp
 
 

@@ -22,7 +22,7 @@ def one(n: int, d_in: int, noise: float) -> dict:
     import numpy as np
     import torch
 
-    from featdiff.align import align
+    from featdiff.alignment.matching import align
 
     g = torch.Generator().manual_seed(0)
     ref = torch.nn.functional.normalize(torch.randn(n, d_in, generator=g), dim=1)

@@ -22,7 +22,7 @@ import time
 
 def main() -> None:
     import featdiff as fd
-    from featdiff.lab.analysis import CrosscoderViewConfig, crosscoder_view
+    from featdiff.analyses.crosscoder_view import CrosscoderViewConfig, crosscoder_view
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

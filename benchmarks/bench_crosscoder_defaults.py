@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from featdiff.dictionaries.crosscoder import train_crosscoder
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.synthetic.crosscoder import plant_shared_specific, planted_recovery
 
 

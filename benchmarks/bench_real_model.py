@@ -29,7 +29,7 @@ import torch
 from _real_model import corpora, get_hf_dir, token_chunks
 
 import featdiff as fd
-from featdiff.report import write_html_report
+from featdiff.report.html import write_html_report
 
 ROWS: list[tuple[str, float, float, str]] = []
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import featdiff as fd
-from featdiff.comparison import CompareConfig
+from featdiff.comparison.table import CompareConfig
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
 from featdiff.synthetic.planted import known_answer_table, plant_checkpoints
 
@@ -125,7 +125,7 @@ def run_cell(
             float(cmp.summary.loc[c, f"{k}_floor"]) for c, k in zip(t.checkpoint, t.category, strict=True)
         ]
         t["saturated"] = [bool(cmp.summary.loc[c, "saturated"]) for c in t.checkpoint]
-        # the narrow-reference diagnostic (featdiff.diagnostics): the target's base-present latents, how
+        # the narrow-reference diagnostic (featdiff.comparison.diagnostics): the target's base-present latents, how
         # many the reference misses, and whether it warned
         misses = cmp.meta.get("reference_misses", {})
         t["n_present"] = [misses.get(c, {}).get("n_present") for c in t.checkpoint]

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from featdiff import lab
-from featdiff.activations import collect_activations
-from featdiff.dictionaries.crosscoder import train_crosscoder
+from featdiff.activations.activations import collect_activations
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, mas, nrn
-from featdiff.models import default_hook, load_prompts
+from featdiff.models.models import default_hook, load_prompts
 
 
 def describe(label: str, cc, acts) -> None:

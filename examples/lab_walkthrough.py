@@ -34,8 +34,8 @@ print(
 )
 
 # %% The two side by side (the demo's key table), and the per-feature table
-from featdiff.figures import plot_accuracy  # noqa: E402
-from featdiff.report import key_table, write_html_report  # noqa: E402
+from featdiff.report.figures import plot_accuracy  # noqa: E402
+from featdiff.report.html import key_table, write_html_report  # noqa: E402
 
 print(key_table(cmp, accuracy).round(3))
 print(cmp.features.groupby(["checkpoint", "status"], observed=True).size().unstack(fill_value=0))
@@ -46,7 +46,7 @@ fig_acc = plot_accuracy(accuracy)
 
 # %% The crosscoder view (Shi et al.'s analysis: MAS/NRN, evolution, generalization features, interventions)
 try:
-    from featdiff.lab.analysis import CrosscoderViewConfig, crosscoder_view
+    from featdiff.analyses.crosscoder_view import CrosscoderViewConfig, crosscoder_view
 except ImportError:
     view = None
 else:

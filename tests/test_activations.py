@@ -7,10 +7,10 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff import constants
-from featdiff._io import MARKER
-from featdiff.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.core.io import MARKER
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.models import save_model
+from featdiff.models.models import save_model
 
 VOCAB = 29
 HOOK = "blocks.0.hook_resid_post"

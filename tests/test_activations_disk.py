@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_sae, planted_saes
-from featdiff._shards import ActivationColumn, ShardStore
-from featdiff.activations import ActivationSet, OnDiskActivationSet
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet
+from featdiff.activations.shards import ActivationColumn, ShardStore
 from featdiff.dictionaries.stats import code_stats, encode, explained_variance
 from featdiff.errors import FeatdiffError
 
@@ -153,7 +153,7 @@ def test_train_saes_on_disk_equals_in_memory(tmp_path, no_loading):
 
 @pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
 def test_train_crosscoder_on_disk_equals_in_memory(tmp_path, no_loading):
-    from featdiff.dictionaries.crosscoder import train_crosscoder
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
 
     mem = paired(512)
     disk = on_disk(mem, tmp_path, buffer_tokens=10_000)
@@ -166,7 +166,7 @@ def test_train_crosscoder_on_disk_equals_in_memory(tmp_path, no_loading):
 
 @pytest.mark.parametrize("on", ["decoder", "activations"])
 def test_compare_dictionaries_on_disk_equals_in_memory(planted, tmp_path, on, no_loading):
-    from featdiff.score import compare_dictionaries
+    from featdiff.comparison.scoring import compare_dictionaries
 
     mem = planted.sample(1500, seed=1)
     disk = on_disk(mem, tmp_path, shard_tokens=400)
@@ -184,7 +184,7 @@ def test_compare_dictionaries_on_disk_equals_in_memory(planted, tmp_path, on, no
 
 
 def test_align_on_activations_streams_codes(planted, tmp_path, no_loading):
-    from featdiff.align import align
+    from featdiff.alignment.matching import align
 
     mem = planted.sample(800, seed=2)
     disk = on_disk(mem, tmp_path, shard_tokens=300)
@@ -201,7 +201,7 @@ def test_align_on_activations_streams_codes(planted, tmp_path, no_loading):
 
 
 def test_collect_to_disk_returns_an_on_disk_set(tmp_path):
-    from featdiff.activations import collect_activations
+    from featdiff.activations.activations import collect_activations
     from test_activations import HOOK, make_tokens, tiny_tl
 
     models = {"base": tiny_tl(0), "rl": tiny_tl(1)}
@@ -218,8 +218,8 @@ def test_collect_to_disk_returns_an_on_disk_set(tmp_path):
 
 
 def test_stream_batches_are_the_collected_rows(tmp_path):
-    from featdiff.activation_stream import ActivationStream
-    from featdiff.activations import collect_activations
+    from featdiff.activations.activations import collect_activations
+    from featdiff.activations.stream import ActivationStream
     from test_activations import HOOK, make_tokens, tiny_tl
 
     models = {"base": tiny_tl(0), "rl": tiny_tl(1)}
@@ -242,9 +242,9 @@ def test_stream_batches_are_the_collected_rows(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
 def test_saes_and_crosscoder_train_on_a_stream():
-    from featdiff.activation_stream import ActivationStream
-    from featdiff.activations import collect_activations
-    from featdiff.dictionaries.crosscoder import train_crosscoder
+    from featdiff.activations.activations import collect_activations
+    from featdiff.activations.stream import ActivationStream
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
     from featdiff.dictionaries.sae import train_saes
     from test_activations import HOOK, make_tokens, tiny_tl
 
@@ -285,7 +285,7 @@ def _write_sae_lens_cache(path, acts, token_ids, hook="blocks.1.hook_resid_post"
 
 
 def test_sae_lens_cached_activations_read_as_an_on_disk_set(tmp_path):
-    from featdiff.activation_formats import from_sae_lens_cache
+    from featdiff.activations.formats import from_sae_lens_cache
 
     g = torch.Generator().manual_seed(0)
     base, rl = torch.randn(7, 6, 5, generator=g), torch.randn(7, 6, 5, generator=g)

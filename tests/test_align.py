@@ -4,8 +4,8 @@ import torch
 from tests.conftest import make_sae
 
 from featdiff import FeatdiffError
-from featdiff.activations import ActivationSet
-from featdiff.align import align, correlation_matrix, mmcs
+from featdiff.activations.activations import ActivationSet
+from featdiff.alignment.matching import align, correlation_matrix, mmcs
 
 
 def unit(x):
@@ -92,7 +92,7 @@ def test_nan_decoders_raise_naming_the_rows():
 
 
 def test_svcca_known_answers():
-    from featdiff.align import svcca
+    from featdiff.alignment.matching import svcca
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2000, 8, generator=g)

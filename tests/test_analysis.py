@@ -1,4 +1,4 @@
-"""Tests of featdiff.lab.analysis: the crosscoder view of a (small) lab."""
+"""Tests of featdiff.analyses.crosscoder_view: the crosscoder view of a (small) lab."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featdiff.errors import FeatdiffError
-from featdiff.lab.analysis import (
+from featdiff.analyses.crosscoder_view import (
     FIGURE_NAMES,
     META_FILE,
     TABLE_COLUMNS,
@@ -17,6 +16,7 @@ from featdiff.lab.analysis import (
     CrosscoderViewConfig,
     crosscoder_view,
 )
+from featdiff.errors import FeatdiffError
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_interventions_are_scored_on_samples_that_did_not_select_the_features(ed
     assert edits["p_value"].between(1 / (1 + edits["n_controls"]) - 1e-12, 1).all()
     assert t.loc[t.condition != "edit", "p_value"].isna().all()
     # Holm over one family per subset: both edits, every task; never below the raw p or n_tests * p_min
-    from featdiff.interventions import holm
+    from featdiff.analyses.interventions import holm
 
     for subset, fam in edits.groupby("subset"):
         assert (fam.n_tests == len(fam)).all() and len(fam) == 2 * fam.task.nunique(), subset

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
 from featdiff.errors import FeatdiffError
 
 

@@ -1,4 +1,4 @@
-"""Feature cards (featdiff.cards): contexts, frequency, logits, related base features, HTML, JSON, report."""
+"""Feature cards (featdiff.report.cards): contexts, frequency, logits, related base features, HTML, JSON, report."""
 
 import json
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.cards import FeatureCard, Unembedding, pick_features
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.dictionaries.stats import encode
+from featdiff.report.card_html import pick_features
+from featdiff.report.cards import FeatureCard, Unembedding
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -156,7 +157,7 @@ def test_vocabulary_text():
 
 
 def test_report_has_the_card_section(setup, tmp_path):
-    from featdiff.report import write_html_report
+    from featdiff.report.html import write_html_report
 
     page = write_html_report(tmp_path / "r.html", setup["cmp"], cards=2).read_text()
     assert "<h2>Feature cards</h2>" in page

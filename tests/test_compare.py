@@ -9,8 +9,8 @@ import torch
 from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
-from featdiff.comparison import CompareConfig, Comparison
-from featdiff.score import compare_dictionaries, correct_fractions
+from featdiff.comparison.scoring import compare_dictionaries, correct_fractions
+from featdiff.comparison.table import CompareConfig, Comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_more_bad_inputs_name_the_problem(planted, tmp_path):
 
 
 def test_replicas_give_intervals_floors_and_the_reference_counts(planted):
-    from featdiff.comparison import UNCERTAINTY_COLUMNS
+    from featdiff.comparison.table import UNCERTAINTY_COLUMNS
 
     saes = planted_saes(planted)
     acts = planted.sample(3000)

@@ -11,16 +11,15 @@ import torch
 
 import featdiff as fd
 from featdiff import constants
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import (
-    Crosscoder,
+from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.crosscoder.config import (
     CrosscoderConfig,
     default_crosscoder_k,
     default_crosscoder_lr,
-    loss_settling,
-    stack,
-    train_crosscoder,
 )
+from featdiff.dictionaries.crosscoder.model import Crosscoder, stack
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.health import loss_settling
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.metrics.crosscoder import (
     decoder_cosine,
@@ -350,8 +349,9 @@ def test_planted_data_pairs_shared_codes():
 
 
 def test_explicit_arguments_override_a_config():
-    from featdiff.activations import ActivationSet
-    from featdiff.dictionaries.crosscoder import CrosscoderConfig, train_crosscoder
+    from featdiff.activations.activations import ActivationSet
+    from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
 
     acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
     cfg = CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=16, k=2, n_steps=3, batch_size=64)
@@ -362,8 +362,8 @@ def test_explicit_arguments_override_a_config():
 
 
 def test_device_argument():
-    from featdiff.activations import ActivationSet
-    from featdiff.dictionaries.crosscoder import train_crosscoder
+    from featdiff.activations.activations import ActivationSet
+    from featdiff.dictionaries.crosscoder.train import train_crosscoder
 
     acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
     a = train_crosscoder(acts, d_sae=16, k=2, n_steps=5, batch_size=64, progress=False)

@@ -1,38 +1,12 @@
-"""Old spellings keep working for one release and say what replaces them (issue: one home per idea)."""
-
-import importlib
+"""Old keyword spellings keep working until phase 2 of issue 17 removes them, and say what replaces them."""
 
 import pytest
 import torch
 
 import featdiff as fd
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder
 from featdiff.dictionaries.sae import sae_from_dictionary
-
-
-def test_old_module_paths_warn_and_give_the_same_objects():
-    compare = importlib.import_module("featdiff.compare")
-    with pytest.warns(DeprecationWarning, match="featdiff.score.compare_dictionaries"):
-        assert compare.compare_dictionaries is fd.compare_dictionaries
-    with pytest.warns(DeprecationWarning, match="featdiff.comparison.Comparison"):
-        assert compare.Comparison is fd.Comparison
-    analysis = importlib.import_module("featdiff.analysis")
-    with pytest.warns(DeprecationWarning, match="featdiff.lab.analysis.crosscoder_view"):
-        assert analysis.crosscoder_view is fd.crosscoder_view
-    with pytest.raises(AttributeError):
-        compare.no_such_name  # noqa: B018
-    dictionaries = importlib.import_module("featdiff.dictionaries")
-    with pytest.warns(DeprecationWarning, match="unit_decoder"):
-        assert dictionaries.decoder_directions is dictionaries.unit_decoder
-
-
-def test_crosscoder_metric_methods_warn_and_match_the_functions():
-    cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=4, d_sae=8, k=2))
-    with pytest.warns(DeprecationWarning, match=r"featdiff.nrn\(crosscoder"):
-        old = cc.nrn("rl")
-    assert old.equals(fd.nrn(cc, "rl"))
-    with pytest.warns(DeprecationWarning, match=r"featdiff.mas"):
-        assert cc.mas().equals(fd.mas(cc))
 
 
 def test_compare_crosscoder_thresholds_as_keywords_warn_and_equal_the_config():

@@ -1,4 +1,4 @@
-"""featdiff.diagnostics: each check fires where the reading is weak, stays silent where it is not, and
+"""featdiff.comparison.diagnostics: each check fires where the reading is weak, stays silent where it is not, and
 says what to change; compare_dictionaries emits them as FeatdiffWarnings and keeps them in meta."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.diagnostics import diagnose, emit_warnings, loss_settled
+from featdiff.comparison.diagnostics import diagnose, emit_warnings, loss_settled
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 

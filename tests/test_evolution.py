@@ -1,4 +1,4 @@
-"""Tests of featdiff.evolution (feature evolution over checkpoints) and featdiff.generalization."""
+"""Tests of featdiff.analyses.evolution (feature evolution over checkpoints) and featdiff.analyses.generalization."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
-from featdiff.errors import FeatdiffError
-from featdiff.evolution import (
+from featdiff.analyses.evolution import (
     EVOLUTION_COLUMNS,
     direction_overlap,
     feature_evolution,
@@ -20,7 +18,10 @@ from featdiff.evolution import (
     top_specific_features,
     train_evolution_crosscoders,
 )
-from featdiff.generalization import generalization_features, sample_codes
+from featdiff.analyses.generalization import generalization_features, sample_codes
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder
+from featdiff.errors import FeatdiffError
 
 D = 6
 

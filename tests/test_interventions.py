@@ -1,4 +1,4 @@
-"""Tests of featdiff.interventions: error-preserving feature edits, generation, the intervention table."""
+"""Tests of featdiff.analyses.interventions: error-preserving feature edits, generation, the intervention table."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
-from featdiff.errors import FeatdiffError
-from featdiff.interventions import (
+from featdiff.analyses.interventions import (
     EVAL_COLUMNS,
     FeatureEdit,
     edit_features,
@@ -23,6 +21,9 @@ from featdiff.interventions import (
     live_features,
     random_features,
 )
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder
+from featdiff.errors import FeatdiffError
 
 HOOK = "blocks.0.hook_resid_post"
 D, D_SAE, VOCAB = 16, 32, 20
@@ -268,7 +269,7 @@ def test_bad_inputs_raise(setup):
 
 
 def test_holm_against_hand_computed_values():
-    from featdiff.interventions import add_holm
+    from featdiff.analyses.interventions import add_holm
 
     # Holm (1979) by hand: sorted 0.005, 0.01, 0.03, 0.04, 0.5 times 5, 4, 3, 2, 1 = 0.025, 0.04, 0.09,
     # 0.08, 0.5; the running maximum lifts 0.08 to 0.09
@@ -285,7 +286,7 @@ def test_holm_against_hand_computed_values():
 
 
 def test_empirical_p_value_counts_ties_against_the_effect():
-    from featdiff.interventions import empirical_p_value
+    from featdiff.analyses.interventions import empirical_p_value
 
     assert empirical_p_value(0.9, [0.1] * 20) == pytest.approx(1 / 21)
     assert empirical_p_value(0.5, [0.1, 0.5, 0.7, 0.2]) == pytest.approx(3 / 5)  # 0.5 and 0.7 are >= 0.5
@@ -297,7 +298,7 @@ def test_empirical_p_value_counts_ties_against_the_effect():
 
 
 def test_matched_controls_match_size_and_firing_rate():
-    from featdiff.interventions import matched_controls
+    from featdiff.analyses.interventions import matched_controls
 
     rng = np.random.default_rng(0)
     freq = 10 ** rng.uniform(-4, -0.5, size=300)  # firing frequencies over 3.5 decades
@@ -385,7 +386,7 @@ def test_evaluate_intervention_matches_controls_to_firing_rate(setup):
         progress=False,
     )
     # with match_width=1 every control is the live feature nearest to feature 0 in frequency: one set, 4 times
-    from featdiff.interventions import matched_controls
+    from featdiff.analyses.interventions import matched_controls
 
     (nearest,) = matched_controls([0], freq, live, n_controls=1, width=1)[0]
     single = evaluate_intervention(
@@ -397,7 +398,7 @@ def test_evaluate_intervention_matches_controls_to_firing_rate(setup):
 
 
 def test_generalization_split_keeps_selection_and_heldout_disjoint():
-    from featdiff.generalization import generalization_features, split_samples
+    from featdiff.analyses.generalization import generalization_features, split_samples
 
     n, d = 40, 6
     g = torch.Generator().manual_seed(0)

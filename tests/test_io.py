@@ -7,11 +7,12 @@ import sys
 import pytest
 import torch
 
-from featdiff._io import MARKER, atomic_dir, is_featdiff_output
-from featdiff.comparison import Comparison
-from featdiff.dictionaries.sae import sae_from_dictionary, save_sae
+from featdiff.comparison.scoring import compare_dictionaries
+from featdiff.comparison.table import Comparison
+from featdiff.core.io import MARKER, atomic_dir, is_featdiff_output
+from featdiff.dictionaries.formats import save_sae
+from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffError
-from featdiff.score import compare_dictionaries
 
 
 def _cmp() -> Comparison:

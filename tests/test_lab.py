@@ -206,7 +206,7 @@ def test_evaluate_matches_stored_accuracy(lab_dir):
 
 
 def test_checkpoints_in_order(lab_dir):
-    from featdiff.models import _load_featdiff_dir
+    from featdiff.models.models import _load_featdiff_dir
 
     for run, final in (("rl", 1), ("sft", 2)):
         paths = checkpoints(lab_dir, run=run)

@@ -9,12 +9,12 @@ import torch
 from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
-from featdiff.align import align
-from featdiff.comparison import FEATURE_COLUMNS, SUMMARY_COLUMNS
+from featdiff.alignment.matching import align
+from featdiff.comparison.scoring import compare_dictionaries
+from featdiff.comparison.table import FEATURE_COLUMNS, SUMMARY_COLUMNS
 from featdiff.metrics.recombination import omp, recombination
 from featdiff.metrics.registry import available_metrics
 from featdiff.metrics.reuse import base_coverage, drift, reuse
-from featdiff.score import compare_dictionaries
 
 
 def unit(x):
@@ -158,7 +158,7 @@ def _omp_cos(x, atoms):
 
 
 def test_nan_activations_raise():
-    from featdiff.activations import ActivationSet
+    from featdiff.activations.activations import ActivationSet
 
     x = torch.randn(10, 4)
     x[3, 1] = float("nan")

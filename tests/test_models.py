@@ -9,7 +9,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff.errors import FeatdiffError
-from featdiff.models import (
+from featdiff.models.models import (
     SUPPORTED_ARCHITECTURES,
     check_compatible,
     default_hook,

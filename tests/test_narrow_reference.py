@@ -1,4 +1,4 @@
-"""The narrow-reference diagnostic (featdiff.metrics.coverage, featdiff.diagnostics): a reference SAE that
+"""The narrow-reference diagnostic (featdiff.metrics.coverage, featdiff.comparison.diagnostics): a reference SAE that
 lacks features of its own activations is detected through the targets' latents that fire on the
 reference's activations but have no match in its dictionary."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.diagnostics import diagnose
+from featdiff.comparison.diagnostics import diagnose
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffWarning
 from featdiff.metrics.coverage import paired_correlation, reference_misses
@@ -124,7 +124,7 @@ def test_compare_activations_widens_a_narrow_reference_and_then_reads_the_plante
 
 
 def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
-    import featdiff.diagnostics as diagnostics
+    import featdiff.comparison.diagnostics as diagnostics
 
     calls = []
     monkeypatch.setattr(diagnostics, "narrow_reference", lambda cmp: calls.append(1) or {"rl": "narrow"})
@@ -161,7 +161,7 @@ def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
 
 
 def test_width_check_thresholds_are_settable(monkeypatch):
-    import featdiff.diagnostics as diagnostics
+    import featdiff.comparison.diagnostics as diagnostics
 
     calls = []
     monkeypatch.setattr(diagnostics, "narrow_reference", lambda cmp: calls.append(1) or {"rl": "narrow"})

@@ -10,7 +10,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import featdiff._output as output
+import featdiff.core.output as output
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

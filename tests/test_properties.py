@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import featdiff as fd
-from featdiff.align import METHODS
+from featdiff.alignment.matching import METHODS
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffWarning
 

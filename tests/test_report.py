@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from featdiff.cli import _print_key_table
-from featdiff.report import findings, key_table, key_table_text, write_html_report
+from featdiff.report.html import findings, key_table, key_table_text, write_html_report
 
 CANNED = ["typically", "RL keeps", "SFT adds", "and forgets", "the most reuse a checkpoint identical"]
 

@@ -14,8 +14,8 @@ import torch
 
 import featdiff as fd
 from featdiff.dictionaries.sae import sae_from_dictionary
-from featdiff.figures import headless_pyplot, plot_accuracy, plot_comparison
-from featdiff.report import write_html_report
+from featdiff.report.figures import headless_pyplot, plot_accuracy, plot_comparison
+from featdiff.report.html import write_html_report
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -106,8 +106,8 @@ def _crosscoder_figure(which: str):
     import numpy as np
     import pandas as pd
 
-    from featdiff.evolution import plot_feature_evolution
-    from featdiff.figures import plot_interventions, plot_mas
+    from featdiff.analyses.evolution import plot_feature_evolution
+    from featdiff.report.figures import plot_interventions, plot_mas
 
     rng = np.random.default_rng(0)
     if which == "mas":

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import featdiff as fd
-from featdiff._checkpoint import KILL_ENV
+from featdiff.core.runstate import KILL_ENV
 from featdiff.errors import FeatdiffError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -151,7 +151,7 @@ def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp
     torch.save(tokens, tmp_path / "tokens.pt")
     ck, out = tmp_path / "ck", tmp_path / "acts"
     run = f"""
-    import torch, featdiff.activations as A
+    import torch, featdiff.activations.activations as A
     computed = []
     rows = A._model_rows
     A._model_rows = lambda *a, **k: (computed.append(1) or x for x in rows(*a, **k))

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.formats import load_sae, save_sae
 from featdiff.dictionaries.sae import (
     ARCHITECTURES,
     SAETrainConfig,
     default_k,
-    load_sae,
     sae_from_dictionary,
-    save_sae,
     train_saes,
 )
 from featdiff.dictionaries.stats import encode, explained_variance, firing_frequency, l0, unit_decoder
@@ -272,7 +271,7 @@ def test_explained_variance_matches_direct_formula(small):
 
 
 def test_too_few_tokens_raise():
-    from featdiff.activations import ActivationSet
+    from featdiff.activations.activations import ActivationSet
 
     acts = ActivationSet.from_tensors({"base": torch.randn(1, 8)})
     with pytest.raises(FeatdiffError, match="at least 2 tokens"):
@@ -280,7 +279,7 @@ def test_too_few_tokens_raise():
 
 
 def test_device_argument():
-    from featdiff.activations import ActivationSet
+    from featdiff.activations.activations import ActivationSet
 
     acts = ActivationSet.from_tensors({"base": torch.randn(256, 8)})
     a = train_saes(acts, k=2, n_steps=5, batch_size=64, progress=False)

@@ -8,11 +8,11 @@ import torch
 from tests.conftest import make_sae
 
 import featdiff as fd
-from featdiff.align import align
-from featdiff.comparison import CompareConfig
+from featdiff.alignment.matching import align
+from featdiff.comparison.scoring import compare_dictionaries
+from featdiff.comparison.table import CompareConfig
 from featdiff.metrics.recombination import recombination, subset_fit
 from featdiff.metrics.reuse import split
-from featdiff.score import compare_dictionaries
 from featdiff.synthetic import plant_checkpoints
 
 

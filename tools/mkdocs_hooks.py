@@ -68,9 +68,9 @@ def namespaces() -> list[str]:
 def api_page(namespace: str) -> str:
     """The mkdocstrings page of one namespace: its public members, from their docstrings.
 
-    A re-exported function that has the name of a submodule (``featdiff.align``, the function, shadows the
-    module ``featdiff/align.py``) is hidden from the namespace's listing by the static analysis; such names are
-    rendered explicitly from their defining module.
+    A re-exported function that has the name of a submodule (a function ``x`` re-exported beside a module
+    ``x.py`` of the same package shadows it) is hidden from the namespace's listing by the static analysis;
+    such names are rendered explicitly from their defining module.
     """
     import importlib
     import types

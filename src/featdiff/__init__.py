@@ -9,30 +9,28 @@ Examples
 
 from featdiff import distributed, lab, synthetic  # noqa: E402
 from featdiff._version import __version__
-from featdiff.activation_formats import from_sae_lens_cache  # noqa: E402
-from featdiff.activation_stream import ActivationStream  # noqa: E402
-from featdiff.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
-from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
-from featdiff.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
-from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
-from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
-from featdiff.dictionaries.formats import export_features, load_crosscoder, load_sae, save_saes  # noqa: E402
-from featdiff.dictionaries.sae import (  # noqa: E402
-    SAETrainConfig,
-    sae_from_dictionary,
-    save_sae,
-    train_saes,
-)
-from featdiff.errors import FeatdiffError  # noqa: E402
-from featdiff.evolution import feature_evolution, plot_feature_evolution  # noqa: E402
-from featdiff.generalization import generalization_features, sample_codes  # noqa: E402
-from featdiff.interventions import (  # noqa: E402
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
+from featdiff.activations.formats import from_sae_lens_cache  # noqa: E402
+from featdiff.activations.stream import ActivationStream  # noqa: E402
+from featdiff.alignment.matching import Alignment, align, mmcs, svcca  # noqa: E402
+from featdiff.analyses.crosscoder_view import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
+from featdiff.analyses.evolution import feature_evolution, plot_feature_evolution  # noqa: E402
+from featdiff.analyses.generalization import generalization_features, sample_codes  # noqa: E402
+from featdiff.analyses.interventions import (  # noqa: E402
     FeatureEdit,
     edit_features,
     evaluate_intervention,
     generate_greedy,
 )
-from featdiff.lab.analysis import CrosscoderView, CrosscoderViewConfig, crosscoder_view  # noqa: E402
+from featdiff.comparison.pipeline import WidthCheck, compare_activations, compare_checkpoints  # noqa: E402
+from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
+from featdiff.comparison.table import CompareConfig, Comparison  # noqa: E402
+from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+from featdiff.dictionaries.crosscoder.model import Crosscoder  # noqa: E402
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.formats import load_crosscoder, load_sae, save_sae, save_saes
+from featdiff.dictionaries.sae import SAETrainConfig, sae_from_dictionary, train_saes  # noqa: E402
+from featdiff.errors import FeatdiffError  # noqa: E402
 from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn  # noqa: E402
 from featdiff.metrics.recombination import recombination  # noqa: E402
 from featdiff.metrics.registry import (  # noqa: E402
@@ -42,7 +40,7 @@ from featdiff.metrics.registry import (  # noqa: E402
     unregister_metric,
 )
 from featdiff.metrics.reuse import base_coverage, drift, reuse  # noqa: E402
-from featdiff.models import (  # noqa: E402
+from featdiff.models.models import (  # noqa: E402
     check_compatible,
     default_hook,
     hook_name,
@@ -50,8 +48,8 @@ from featdiff.models import (  # noqa: E402
     load_prompts,
     save_model,
 )
-from featdiff.pipeline import WidthCheck, compare_activations, compare_checkpoints  # noqa: E402
-from featdiff.score import compare_crosscoder, compare_dictionaries, correct_fractions  # noqa: E402
+from featdiff.report.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
+from featdiff.report.export import export_features  # noqa: E402
 
 __all__ = [
     "ActivationSet",

@@ -1,6 +1,6 @@
 """The ``featdiff`` command: ``featdiff demo`` (the lab, end to end) and ``featdiff compare`` (your checkpoints).
 
-Both write one report folder atomically (``featdiff._io.atomic_dir``): the Comparison (summary.csv,
+Both write one report folder atomically (``featdiff.core.io.atomic_dir``): the Comparison (summary.csv,
 features.parquet, meta.json, figures/) plus a self-contained report.html. Bad input (a ``FeatdiffError``)
 prints one line and exits with status 2.
 """
@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import featdiff as fd
-from featdiff._io import atomic_dir, check_replaceable, write_json
+from featdiff.analyses import crosscoder_view as analysis
+from featdiff.core.io import atomic_dir, check_replaceable, write_json
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.figures import figure_png, ordered_accuracy, plot_accuracy
-from featdiff.lab import analysis
-from featdiff.report import findings, interval_level, key_table_text, write_html_report
+from featdiff.report.figures import figure_png, ordered_accuracy, plot_accuracy
+from featdiff.report.html import findings, interval_level, key_table_text, write_html_report
 
 DEFAULT_OUT = "featdiff-report"
 # SAE training steps of the demo's compare_checkpoints (the library default, 1M samples, is sized for real

@@ -22,3 +22,6 @@ SUMMARY = "summary.csv"
 FEATURES = "features.parquet"
 META = "meta.json"
 FIGURES = "figures"
+
+# How feature cards compute the logits a feature promotes (written into cards and the feature JSON).
+LOGIT_METHOD = "direct path: (W_dec[f] * ln_final.w) @ W_U"

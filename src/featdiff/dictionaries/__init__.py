@@ -1,15 +1,10 @@
 """Sparse dictionaries of activations: one SAE per checkpoint (sae-lens) or one shared crosscoder."""
 
-import warnings
-
-from featdiff.dictionaries.formats import load_sae  # every format (sae-lens, releases, ...)
-from featdiff.dictionaries.sae import (
-    SAETrainConfig,
-    default_k,
-    sae_from_dictionary,
+from featdiff.dictionaries.formats import (
+    load_sae,  # every format (sae-lens, releases, ...)
     save_sae,
-    train_saes,
 )
+from featdiff.dictionaries.sae import SAETrainConfig, default_k, sae_from_dictionary, train_saes
 from featdiff.dictionaries.stats import (
     code_stats,
     encode,
@@ -34,13 +29,3 @@ __all__ = [
     "unit_decoder",
 ]
 
-
-def __getattr__(name: str):
-    if name == "decoder_directions":  # renamed in 0.2; the old name works for one release
-        warnings.warn(
-            "featdiff.dictionaries.decoder_directions is deprecated; use featdiff.dictionaries.unit_decoder.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return unit_decoder
-    raise AttributeError(f"module 'featdiff.dictionaries' has no attribute {name!r}")

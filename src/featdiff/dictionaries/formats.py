@@ -3,13 +3,12 @@
 In: dictionary_learning checkpoints (``ae.pt`` + ``config.json``: AutoEncoder, BatchTopK), EleutherAI
 sparsify folders (``cfg.json`` + ``sae.safetensors``, read with sae-lens's own converter) and sae-lens
 pretrained releases (``SAE.from_pretrained``). Out: ``save_saes`` (sae-lens folders, one per checkpoint and
-replica) and ``export_features`` (a per-feature JSON for dashboard-style viewers). See docs/formats.md.
+replica); the per-feature JSON for dashboard-style viewers is ``featdiff.report.export``. See docs/formats.md.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from featdiff import constants
+from featdiff.core.io import atomic_dir
 from featdiff.errors import FeatdiffError
 
 if TYPE_CHECKING:
@@ -25,13 +26,10 @@ if TYPE_CHECKING:
 DICTIONARY_LEARNING_WEIGHTS = "ae.pt"
 SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"
-FEATURE_JSON_VERSION = 2  # 2: top contexts, logits and top components per feature (docs/formats.md)
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """The format of an SAE folder: "sae_lens", "dictionary_learning" or "sparsify"."""
-    from featdiff import constants
-
     path = Path(path)
     if (path / DICTIONARY_LEARNING_WEIGHTS).is_file():
         return "dictionary_learning"
@@ -141,8 +139,6 @@ def load_pretrained(release: str, sae_id: str, device: str = "cpu") -> SAE:
 def save_saes(saes: Mapping[str, Any], folder: str | os.PathLike, overwrite: bool | None = None) -> dict[str, Path]:
     """Write every SAE in sae-lens's format: ``folder/<checkpoint>`` for one SAE, ``folder/<checkpoint>/
     replica_<i>`` for a sequence of replicas. Returns {relative name: folder}."""
-    from featdiff.dictionaries.sae import save_sae
-
     if not isinstance(saes, Mapping) or not saes:
         raise FeatdiffError("save_saes takes a non-empty mapping {checkpoint: SAE or [SAE replicas]}.")
     folder, out = Path(folder), {}
@@ -154,109 +150,81 @@ def save_saes(saes: Mapping[str, Any], folder: str | os.PathLike, overwrite: boo
     return out
 
 
-def _clean(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool | None = None) -> Path:
+    """Write ``sae`` in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``), atomically.
 
+    Uses sae-lens's own ``save_model`` (``save_inference_model`` for a training SAE) into a temporary
+    folder that then replaces ``path``: only when ``path`` is empty or featdiff's own output (``overwrite=True``
+    replaces any folder, ``False`` none). Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
 
-def feature_records(features) -> list[dict[str, Any]]:
-    """One JSON-ready dict per row of a ``Comparison.features`` table (NaN -> null)."""
-    return [{str(k): _clean(v) for k, v in row.items()} for row in features.to_dict(orient="records")]
-
-
-def card_record(card) -> dict[str, Any]:
-    """The Neuronpedia-like fields of one feature's card (``featdiff.cards.FeatureCard``; docs/formats.md)."""
-    logits = {}
-    for side, items in (("pos", card.promoted), ("neg", card.suppressed)):
-        logits[f"{side}_str"] = None if items is None else [x.token for x in items]
-        logits[f"{side}_token_ids"] = None if items is None else [x.token_id for x in items]
-        logits[f"{side}_values"] = None if items is None else [_clean(x.value) for x in items]
-    return {
-        "frac_nonzero": _clean(card.frequency),
-        "max_activation": _clean(card.max_activation),
-        "activations": [
-            {
-                "tokens": c.tokens,
-                "token_ids": c.token_ids,
-                "values": [_clean(v) for v in c.values],
-                "max_value": _clean(c.value),
-                "max_value_token_index": c.center,
-                "row": c.row,
-                "sequence": c.sequence,
-            }
-            for c in card.contexts
-        ],
-        **logits,
-        "top_components": [
-            {"checkpoint": r.checkpoint, "feature": r.feature, "role": r.role, "weight": _clean(r.weight)}
-            for r in card.related
-        ],
-    }
-
-
-def export_features(
-    cmp,
-    path: str | os.PathLike,
-    *,
-    acts=None,
-    dictionaries=None,
-    models=None,
-    n_contexts: int = 10,
-    n_logits: int = 10,
-    before: int = 8,
-    after: int = 3,
-) -> Path:
-    """Write a per-feature JSON of a ``Comparison`` for dashboard-style viewers (schema: docs/formats.md).
-
-    Every row of ``cmp.features`` becomes one object with its columns; where the comparison keeps its
-    activations and dictionaries (``compare_checkpoints`` / ``compare_dictionaries`` do; a loaded one does
-    not: pass ``acts=`` and ``dictionaries=``), each also gets its top ``n_contexts`` contexts, firing
-    frequency, top components (the base features it matches, is built from or lies nearest to) and, with
-    models (kept by ``compare_checkpoints``, or ``models=``), the ``n_logits`` logits it promotes and
-    suppresses (``Comparison.feature_card`` gives the same data for one feature).
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
+    >>> folder = save_sae(sae, tempfile.mkdtemp() + "/sae")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['.featdiff', 'cfg.json', 'sae_weights.safetensors']
     """
-    features = getattr(cmp, "features", None)
-    if features is None:
-        raise FeatdiffError(f"export_features takes a Comparison; got {type(cmp).__name__}.")
-    records = feature_records(features)
-    doc: dict[str, Any] = {"featdiff_feature_json": FEATURE_JSON_VERSION, "cards": False}
-    extras = getattr(cmp, "extras", None) or {}
-    acts = acts if acts is not None else extras.get("activations")
-    dictionaries = dictionaries if dictionaries is not None else getattr(cmp, "dictionaries", None)
-    if acts is not None and dictionaries is not None and len(features):
-        from featdiff.cards import LOGIT_METHOD, feature_cards
+    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
+    from sae_lens.saes.sae import TrainingSAE  # deferred: sae-lens ~10 s to import
 
-        # absorbed recombinations have no row in the dictionary: their records keep the table's columns
-        has_row = ~features["absorbed"].fillna(False).astype(bool).to_numpy() if "absorbed" in features else None
-        carded = features if has_row is None else features[has_row]
-        keys = list(zip(carded["checkpoint"].astype(str), carded["feature"].astype(int), strict=True))
-        meta = getattr(cmp, "meta", None) or {}
-        cards = feature_cards(
-            dictionaries, acts, keys, features=features, reference=meta.get("reference", "base"),
-            models=models if models is not None else extras.get("unembeddings"), n_contexts=n_contexts,
-            n_logits=n_logits, before=before, after=after, related="list",
-        )  # fmt: skip
-        card_of = iter(cards)
-        rows_have = [True] * len(records) if has_row is None else has_row.tolist()
-        records = [{**r, **card_record(next(card_of))} if h else r for r, h in zip(records, rows_have, strict=True)]
-        doc.update(
-            cards=True,
-            reference=meta.get("reference", "base"),
-            hook=meta.get("hook"),
-            n_tokens=acts.n_tokens,
-            text_source=cards[0].text_source,
-            logit_method=LOGIT_METHOD,
-        )
-    doc["features"] = records
+    if not isinstance(sae, SAE):
+        raise FeatdiffError(f"save_sae needs a sae_lens SAE; got {type(sae).__name__}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        if isinstance(sae, TrainingSAE):
+            sae.save_inference_model(tmp)
+        else:
+            sae.save_model(tmp)
     return path
+
+
+def _load_sae_lens_folder(path: str | os.PathLike, device: str = "cpu") -> SAE:
+    """Read an SAE folder in sae-lens's format (written by ``save_sae`` or by sae-lens) in eval mode; the
+    reader ``featdiff.dictionaries.formats.load_sae`` (``fd.load_sae``, every format) uses for such folders.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from featdiff.dictionaries.sae import sae_from_dictionary
+    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
+    >>> loaded = _load_sae_lens_folder(save_sae(sae, tempfile.mkdtemp() + "/sae"))
+    >>> torch.equal(loaded.W_dec, sae.W_dec), loaded.cfg.k
+    (True, 1)
+    """
+    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FeatdiffError(
+            f"No SAE folder at {path}; pass a folder written by save_sae (or sae-lens's save_model)."
+        )
+    cfg_file, weights_file = path / constants.SAE_CFG, path / constants.SAE_WEIGHTS
+    if not cfg_file.is_file():
+        raise FeatdiffError(
+            f"{cfg_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        if not isinstance(cfg, dict) or "architecture" not in cfg:
+            raise ValueError("no 'architecture' entry")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FeatdiffError(
+            f"{cfg_file} is not a valid sae-lens config ({e}); re-save the SAE with save_sae."
+        ) from None
+    if not weights_file.is_file():
+        raise FeatdiffError(
+            f"{weights_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
+        )
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except Exception as e:  # safetensors / state-dict errors from a corrupted or mismatched file
+        raise FeatdiffError(
+            f"Cannot load the SAE in {path}: {type(e).__name__}: {e}. {weights_file.name} is corrupted or does "
+            f"not match {cfg_file.name}; re-save the SAE with save_sae or retrain it."
+        ) from None
+    return sae.eval()
 
 
 def load_sae(
@@ -268,11 +236,10 @@ def load_sae(
 ) -> SAE:
     """Read an SAE in any format featdiff knows, as a sae-lens SAE in eval mode (``fd.load_sae``).
 
-    ``path``: a sae-lens folder (``featdiff.dictionaries.sae.load_sae``, unchanged), a dictionary_learning
+    ``path``: a sae-lens folder (``_load_sae_lens_folder``), a dictionary_learning
     checkpoint folder, a sparsify folder, or a ``"release/sae_id"`` string that is not an existing path (a
     sae-lens pretrained SAE, as does ``release=..., sae_id=...``).
     """
-    from featdiff.dictionaries import sae as sae_module
 
     if release is not None or sae_id is not None:
         if path is not None or not (release and sae_id):
@@ -293,7 +260,7 @@ def load_sae(
             return load_dictionary_learning(p).to(device)
         if fmt == "sparsify":
             return load_sparsify(p).to(device)
-    return sae_module.load_sae(path, device=device)
+    return _load_sae_lens_folder(path, device=device)
 
 
 def load_crosscoder(path: str | os.PathLike, names: Sequence[str] | None = None):
@@ -303,7 +270,8 @@ def load_crosscoder(path: str | os.PathLike, names: Sequence[str] | None = None)
     becomes a featdiff l1 Crosscoder with unit ``norm_scale``. ``names``: the checkpoints in the order of
     the checkpoint's models (default "model_0", "model_1", ...). featdiff writes this converter itself.
     """
-    from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+    from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
+    from featdiff.dictionaries.crosscoder.model import Crosscoder
 
     path = Path(path)
     if not (path / DICTIONARY_LEARNING_WEIGHTS).is_file():

@@ -4,14 +4,13 @@
 ``SAETrainer`` steps and losses; every SAE (one per checkpoint, plus any ``extra`` replicas with other
 seeds) is stepped on each batch of paired rows, so the activations are read once. It returns sae-lens
 inference ``SAE`` objects in eval mode whose decoder rows have unit norm (sae-lens's ``fold_W_dec_norm``
-is applied), so feature activations are in the units of the input. ``save_sae`` / ``load_sae`` use
-sae-lens's on-disk format (``cfg.json`` + ``sae_weights.safetensors``).
+is applied), so feature activations are in the units of the input. ``save_sae`` / ``load_sae``
+(``featdiff.dictionaries.formats``) use sae-lens's on-disk format (``cfg.json`` + ``sae_weights.safetensors``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -22,13 +21,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff import constants
-from featdiff._checkpoint import RunCheckpoint, data_fingerprint
-from featdiff._config import Config, check_int, check_number, run_steps
-from featdiff._io import atomic_dir
-from featdiff._output import progress_bar
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries._batched import BatchedTopK
+from featdiff.activations.activations import ActivationSet
+from featdiff.core.config import Config, check_int, check_number, run_steps
+from featdiff.core.output import progress_bar
+from featdiff.core.runstate import RunCheckpoint, data_fingerprint, load_run_state, save_run_state
+from featdiff.dictionaries.batched import BatchedTopK
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:
@@ -42,7 +39,7 @@ DICTIONARY_ARCHITECTURES = ("topk", "standard", "jumprelu")
 
 ENGINES = ("sae-lens", "batched")
 """How ``train_saes`` steps the SAEs: sae-lens's ``SAETrainer`` per SAE, or all topk SAEs as one module
-(``featdiff.dictionaries._batched``: the same step with a sparse decode)."""
+(``featdiff.dictionaries.batched``: the same step with a sparse decode)."""
 
 
 def default_k(d_in: int) -> int:
@@ -241,7 +238,7 @@ def train_saes(
 
     ``checkpoint_dir`` makes the run resumable: every ``checkpoint_every`` steps (and at the end) it saves
     each SAE's weights and sae-lens trainer state (optimizer, lr scheduler, step counters, activation
-    scaler, dead-latent counters), the loss history and the RNG state there (see ``featdiff._checkpoint``);
+    scaler, dead-latent counters), the loss history and the RNG state there (see ``featdiff.core.runstate``);
     the same call after a kill continues from the last save and gives the weights of an uninterrupted run.
     A checkpoint of a call with other settings is refused. ``keep_checkpoint=False`` removes featdiff's
     checkpoint files after success; nothing else in the folder is touched.
@@ -387,31 +384,23 @@ def train_saes(
 
 
 def _save_run_state(folder: Path, trainers: Mapping[str, Any], history: Mapping[str, _LossHistory]) -> None:
-    """Each SAE's weights and sae-lens trainer state, its loss history, and the RNG state (``train_saes``)."""
-    from safetensors.torch import save_file  # deferred with sae-lens's own imports
-
-    for i, (key, trainer) in enumerate(trainers.items()):
-        sub = folder / f"sae{i}"
-        trainer.save_trainer_state(sub)  # sae-lens: optimizer, lr scheduler, counters, activation scaler
-        state = {k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()}
-        save_file(state, str(sub / constants.SAE_WEIGHTS))
-        history[key].flush()
-        (sub / "featdiff_history.json").write_text(json.dumps({"key": key, **history[key].state()}))
-    torch.save({"torch_rng": torch.get_rng_state()}, folder / "rng.pt")
+    """Each SAE's weights, sae-lens trainer state and loss history, and the RNG state (``train_saes``)."""
+    for i, trainer in enumerate(trainers.values()):
+        trainer.save_trainer_state(folder / f"sae{i}")  # sae-lens: optimizer, lr scheduler, counters, scaler
+    for h in history.values():
+        h.flush()
+    weights = {f"sae{i}/sae": trainer.sae.state_dict() for i, trainer in enumerate(trainers.values())}
+    save_run_state(folder, weights, {"keys": list(trainers), "history": {k: h.state() for k, h in history.items()}})
 
 
 def _load_run_state(folder: Path, trainers: Mapping[str, Any], history: Mapping[str, _LossHistory]) -> None:
-    from safetensors.torch import load_file  # deferred with sae-lens's own imports
-
+    weights, state = load_run_state(folder, [f"sae{i}/sae" for i in range(len(trainers))])
+    if state["keys"] != list(trainers):
+        raise FeatdiffError(f"The checkpoint in {folder} holds other SAEs; pass another checkpoint_dir.")
     for i, (key, trainer) in enumerate(trainers.items()):
-        sub = folder / f"sae{i}"
-        saved = json.loads((sub / "featdiff_history.json").read_text())
-        if saved.pop("key") != key:
-            raise FeatdiffError(f"The checkpoint in {folder} holds other SAEs; pass another checkpoint_dir.")
-        trainer.sae.load_state_dict(load_file(str(sub / constants.SAE_WEIGHTS), device=str(trainer.sae.device)))
-        trainer.load_trainer_state(sub)
-        history[key].load_state(saved)
-    torch.set_rng_state(torch.load(folder / "rng.pt")["torch_rng"])
+        trainer.sae.load_state_dict(weights[f"sae{i}/sae"])
+        trainer.load_trainer_state(folder / f"sae{i}")
+        history[key].load_state(state["history"][key])
 
 
 class _LossHistory:
@@ -454,7 +443,7 @@ class _LossHistory:
         self.ema_mse, self.ema_aux = float(state["ema_mse"]), float(state["ema_aux"])
 
     def record(self, trainer, n_steps: int, batch_size: int, lr_decay_start: int) -> dict[str, Any]:
-        """What ``featdiff.diagnostics`` reads from ``sae.featdiff_train``."""
+        """What ``featdiff.comparison.diagnostics`` reads from ``sae.featdiff_train``."""
         self.flush()
         dead = getattr(trainer, "dead_neurons", None)
         return {
@@ -480,80 +469,6 @@ def _progress_postfix(history: Mapping[str, _LossHistory], trainers: Mapping[str
     if dead:
         post["dead"] = f"{float(torch.stack(dead).mean()):.0%}"
     return post
-
-
-def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool | None = None) -> Path:
-    """Write ``sae`` in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``), atomically.
-
-    Uses sae-lens's own ``save_model`` (``save_inference_model`` for a training SAE) into a temporary
-    folder that then replaces ``path``: only when ``path`` is empty or featdiff's own output (``overwrite=True``
-    replaces any folder, ``False`` none). Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
-    >>> folder = save_sae(sae, tempfile.mkdtemp() + "/sae")
-    >>> sorted(p.name for p in folder.iterdir())
-    ['.featdiff', 'cfg.json', 'sae_weights.safetensors']
-    """
-    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
-    from sae_lens.saes.sae import TrainingSAE  # deferred: sae-lens ~10 s to import
-
-    if not isinstance(sae, SAE):
-        raise FeatdiffError(f"save_sae needs a sae_lens SAE; got {type(sae).__name__}.")
-    path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
-        if isinstance(sae, TrainingSAE):
-            sae.save_inference_model(tmp)
-        else:
-            sae.save_model(tmp)
-    return path
-
-
-def load_sae(path: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Read an SAE folder in sae-lens's format (written by ``save_sae`` or by sae-lens) in eval mode.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> sae = sae_from_dictionary(torch.eye(4), k=1)
-    >>> loaded = load_sae(save_sae(sae, tempfile.mkdtemp() + "/sae"))
-    >>> torch.equal(loaded.W_dec, sae.W_dec), loaded.cfg.k
-    (True, 1)
-    """
-    from sae_lens import SAE  # deferred: sae-lens ~10 s to import
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FeatdiffError(
-            f"No SAE folder at {path}; pass a folder written by save_sae (or sae-lens's save_model)."
-        )
-    cfg_file, weights_file = path / constants.SAE_CFG, path / constants.SAE_WEIGHTS
-    if not cfg_file.is_file():
-        raise FeatdiffError(
-            f"{cfg_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
-        )
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        if not isinstance(cfg, dict) or "architecture" not in cfg:
-            raise ValueError("no 'architecture' entry")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FeatdiffError(
-            f"{cfg_file} is not a valid sae-lens config ({e}); re-save the SAE with save_sae."
-        ) from None
-    if not weights_file.is_file():
-        raise FeatdiffError(
-            f"{weights_file} is missing; the SAE folder {path} is incomplete. Re-save it with save_sae."
-        )
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except Exception as e:  # safetensors / state-dict errors from a corrupted or mismatched file
-        raise FeatdiffError(
-            f"Cannot load the SAE in {path}: {type(e).__name__}: {e}. {weights_file.name} is corrupted or does "
-            f"not match {cfg_file.name}; re-save the SAE with save_sae or retrain it."
-        ) from None
-    return sae.eval()
 
 
 def sae_from_dictionary(
@@ -609,7 +524,8 @@ def sae_from_dictionary(
         raise FeatdiffError("W_dec and W_enc must be finite (no NaN or inf).")
     if architecture == "topk":
         k = default_k(d_in) if k is None else k
-        if not (isinstance(k, int) and 0 < k <= d_sae):
+        check_int("sae_from_dictionary", "k", k)
+        if k > d_sae:
             raise FeatdiffError(f"k must be an integer in [1, d_sae={d_sae}]; got {k!r}.")
         sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
     elif architecture == "standard":

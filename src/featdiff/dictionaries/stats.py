@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff._shards import ActivationColumn
+from featdiff.activations.shards import ActivationColumn
 from featdiff.errors import FeatdiffError
 
 

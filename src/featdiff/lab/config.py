@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from featdiff._config import Config
+from featdiff.core.config import Config
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.task import Task
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from featdiff._output import progress_bar
+from featdiff.core.output import progress_bar
 from featdiff.errors import FeatdiffError
 from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate

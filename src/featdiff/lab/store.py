@@ -6,7 +6,7 @@ A lab folder (``<cache>/lab/<key>``) holds::
     accuracy.csv        accuracy per task of base, rl, sft on the eval split (featdiff.lab.accuracy)
     trajectory.csv      the same for the base and every intermediate checkpoint (smaller eval split)
     correctness.csv     per-sample correctness of base, rl, sft (checkpoint, task, group, sample, correct)
-    base/ rl/ sft/      featdiff checkpoint folders (featdiff.models.save_model), carrying the prompts
+    base/ rl/ sft/      featdiff checkpoint folders (featdiff.models.models.save_model), carrying the prompts
     rl_checkpoints/ sft_checkpoints/   the intermediate checkpoints, in order (the last equals rl/ or sft/)
 """
 
@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from featdiff._io import atomic_dir, write_json
-from featdiff._threads import torch_threads
 from featdiff._version import __version__
+from featdiff.core.io import atomic_dir, write_json
+from featdiff.core.threads import torch_threads
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LAB_VERSION, LabConfig
 from featdiff.lab.evaluation import accuracy_table, correctness
 from featdiff.lab.suite import task_groups, tasks
 from featdiff.lab.task import PAD, pad_right, vocabulary
 from featdiff.lab.train import grpo, pretrain, sft
-from featdiff.models import _load_featdiff_dir, save_model
+from featdiff.models import load_featdiff_dir
+from featdiff.models.models import save_model
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -208,7 +209,7 @@ def load(
     """
 
     _lab_info(path)
-    models = tuple(_load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)
+    models = tuple(load_featdiff_dir(Path(path) / role, device=device) for role in ROLES)
     for m in models:
         m.featdiff_vocabulary = vocabulary()
     return models  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff._output import dependency_warnings_once, progress_bar
+from featdiff.core.output import dependency_warnings_once, progress_bar
 from featdiff.lab.config import LabConfig
 from featdiff.lab.decoding import generate
 from featdiff.lab.suite import task_groups, task_list, tasks

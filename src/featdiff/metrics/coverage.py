@@ -11,7 +11,7 @@ features that every reference SAE lacks: the reference is narrower than the feat
 
 Measured on the known-answer grid (d_in 32, 64 planted atoms, k 4, seed 0): with a 32-latent SAE (0.5x)
 the mixed target's base-present latents are missed 33 % of the time (8 of 24) against 17 % between
-replicas; with 64 latents 7.5 % (3 of 40) against 4.3 %. ``featdiff.diagnostics`` warns from these counts.
+replicas; with 64 latents 7.5 % (3 of 40) against 4.3 %. ``featdiff.comparison.diagnostics`` warns from these counts.
 """
 
 from __future__ import annotations

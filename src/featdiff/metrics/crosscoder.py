@@ -21,8 +21,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import Crosscoder, _as_acts, stack
+from featdiff.activations.activations import ActivationSet
+from featdiff.dictionaries.crosscoder.model import Crosscoder, as_acts, stack
 from featdiff.dictionaries.stats import new_stats, update_stats
 from featdiff.errors import FeatdiffError
 
@@ -136,7 +136,7 @@ def firing_frequency(
     cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor], batch_size: int = 4096
 ) -> pd.Series:
     """Fraction of tokens on which each feature fires (Series ``frequency``, index ``feature``)."""
-    acts = _as_acts(acts, cc.names)
+    acts = as_acts(acts, cc.names)
     stats = new_stats(cc.d_sae, cc.d_in, cc.n_models)
     with torch.no_grad():
         for b in acts.batches(batch_size, shuffle=False, names=cc.names):
@@ -214,7 +214,7 @@ def latent_scaling(
         feats = torch.as_tensor(list(features), dtype=torch.long)
         if feats.numel() and (feats.min() < 0 or feats.max() >= cc.d_sae):
             raise FeatdiffError(f"features must be in [0, {cc.d_sae}); got {features!r}.")
-    acts = _as_acts(acts, cc.names)
+    acts = as_acts(acts, cc.names)
 
     W = cc.W_dec.detach()
     d = W[i_t, feats]  # (K, d_in): the tuned decoder rows being fitted

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.align import Alignment
+from featdiff.alignment.matching import Alignment
 from featdiff.dictionaries.stats import best_match, unit_decoder
 from featdiff.metrics.reuse import REUSE_THRESHOLD, reuse
 

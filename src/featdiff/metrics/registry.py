@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
-from featdiff.align import Alignment, svcca
+from featdiff.activations.activations import ActivationSet
+from featdiff.alignment.matching import Alignment, svcca
 from featdiff.dictionaries.stats import encode
 from featdiff.errors import FeatdiffError
 

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from featdiff.align import Alignment
+from featdiff.alignment.matching import Alignment
 from featdiff.dictionaries.stats import best_match
 
 REUSE_THRESHOLD = 0.7

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import torch
 
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
 from featdiff.dictionaries.stats import unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.crosscoder import mas

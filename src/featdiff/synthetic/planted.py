@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
 from featdiff.errors import FeatdiffError, check_choice
 
 STATUSES = ("reused", "recombined", "novel")

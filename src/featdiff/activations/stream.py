@@ -12,10 +12,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from featdiff import constants
-from featdiff._io import atomic_dir, write_json
-from featdiff.activations import ActivationSet, _meta_json, _model_rows, _prepare_tokens, _ShardWriter
+from featdiff.activations.activations import (
+    ActivationSet,
+    _meta_json,
+    _model_rows,
+    _prepare_tokens,
+    _ShardWriter,
+)
+from featdiff.core.config import check_int
+from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
-from featdiff.models import check_compatible, default_hook, load_model
+from featdiff.models.models import check_compatible, default_hook, load_model
 
 
 class ActivationStream(ActivationSet):
@@ -61,14 +68,10 @@ class ActivationStream(ActivationSet):
             raise FeatdiffError(
                 "ActivationStream needs a non-empty dict {checkpoint name: model or checkpoint}."
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise FeatdiffError(
-                f"batch_size must be a positive int (sequences per forward pass); got {batch_size!r}."
-            )
+        check_int("ActivationStream", "batch_size", batch_size)  # sequences per forward pass
         if outlier_factor is not None and not outlier_factor > 1:
             raise FeatdiffError(f"outlier_factor must be > 1 or None; got {outlier_factor}.")
-        if buffer_tokens is not None and (isinstance(buffer_tokens, bool) or int(buffer_tokens) <= 0):
-            raise FeatdiffError(f"buffer_tokens must be a positive int; got {buffer_tokens!r}.")
+        check_int("ActivationStream", "buffer_tokens", buffer_tokens, optional=True)
         self.models = {str(n): load_model(spec, device=device) for n, spec in models.items()}
         self.hook = default_hook(next(iter(self.models.values()))) if hook is None else hook
         check_compatible(self.models, self.hook)

@@ -27,8 +27,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from featdiff.analyses.interventions import FeatureEdit, feature_codes
 from featdiff.errors import FeatdiffError, check_choice
-from featdiff.interventions import FeatureEdit, feature_codes
 
 POSITIONS = ("answer", "prompt", "last")
 CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]

@@ -13,7 +13,6 @@ Top contexts are found in one streamed pass over the activations (a running top 
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,12 +22,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
-from featdiff.dictionaries.crosscoder import stack
+from featdiff.activations.activations import ActivationSet
+from featdiff.constants import LOGIT_METHOD
+from featdiff.core.config import check_int
+from featdiff.dictionaries.crosscoder.model import is_crosscoder, stack
 from featdiff.dictionaries.stats import unit_decoder
 from featdiff.errors import FeatdiffError
 
-LOGIT_METHOD = "direct path: (W_dec[f] * ln_final.w) @ W_U"
 ROLES = ("match", "component", "nearest", "latent")
 """How a base feature relates to a card's feature: its match (reused / split), a component of its
 recombination (weight: the coefficient), a nearest base feature by decoder cosine (novel, dead, or no
@@ -165,6 +165,10 @@ class FeatureCard:
         return cls(**d)
 
     def _repr_html_(self) -> str:
+        from featdiff.report.card_html import (
+            card_html,  # the notebook display; card_html reads cards duck-typed
+        )
+
         return card_html(self)
 
 
@@ -193,16 +197,12 @@ def _clean(v: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- codes
-def _is_crosscoder(d) -> bool:
-    return hasattr(d, "encode_acts") and hasattr(d, "names")
-
-
 def _dictionary_for(dictionaries: Mapping, checkpoint: str):
     """(dictionary, is_crosscoder) for ``checkpoint``: its own SAE, or a crosscoder that holds it."""
-    if checkpoint in dictionaries and not _is_crosscoder(dictionaries[checkpoint]):
+    if checkpoint in dictionaries and not is_crosscoder(dictionaries[checkpoint]):
         return dictionaries[checkpoint], False
     for d in dictionaries.values():
-        if _is_crosscoder(d) and checkpoint in d.names:
+        if is_crosscoder(d) and checkpoint in d.names:
             return d, True
     raise FeatdiffError(
         f"No dictionary for checkpoint {checkpoint!r}: the dictionaries are {list(dictionaries)}. Pass the "
@@ -254,7 +254,7 @@ def top_activations(
     >>> vals.tolist(), rows[:, 0].tolist(), [round(v, 3) for v in freq.tolist()]
     ([[3.0, 2.0], [1.0, 0.0]], [1, 0], [0.667, 0.333])
     """
-    is_cc = _is_crosscoder(dictionary)
+    is_cc = is_crosscoder(dictionary)
     cols = None if features is None else torch.as_tensor(list(features), dtype=torch.long)
     best_v = best_r = None
     fired = None
@@ -370,7 +370,7 @@ def _related(
     if (
         checkpoint == reference
         or reference not in dictionaries
-        and not any(_is_crosscoder(d) and reference in d.names for d in dictionaries.values())
+        and not any(is_crosscoder(d) and reference in d.names for d in dictionaries.values())
     ):
         return []
     tgt, tgt_cc = _dictionary_for(dictionaries, checkpoint)
@@ -426,10 +426,7 @@ def feature_cards(
         ("after", after),
         ("n_logits", n_logits),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise FeatdiffError(
-                f"The {name!r} parameter of feature_cards must be an integer >= 0; got {value!r}."
-            )
+        check_int("feature_cards", name, value, minimum=0)
     if not isinstance(acts, ActivationSet):
         raise FeatdiffError(
             f"feature_cards needs the checkpoints' activations as an ActivationSet; got {type(acts).__name__}."
@@ -522,170 +519,3 @@ def feature_card(
     (['1', '2', '3'], [0.0, 1.0, 0.0], 2)
     """
     return feature_cards(dictionaries, acts, [(checkpoint, feature)], **kwargs)[0]
-
-
-# --------------------------------------------------------------------------- rendering
-CARD_CSS = """
-.fd-card{border:1px solid #ddd;border-radius:6px;padding:.5em .8em;margin:.4em 0;font-size:.85em;max-width:100%;
-box-sizing:border-box;overflow-x:auto}
-.fd-card h4{margin:.1em 0 .3em;font-size:1em}
-.fd-ctx{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all;margin:.15em 0}
-.fd-tok{padding:0 1px;margin-right:2px;border-radius:2px}.fd-top{outline:1px solid #c60}
-.fd-side{display:flex;flex-wrap:wrap;gap:.8em}.fd-side>div{flex:1 1 22em;min-width:0}
-.fd-logits{display:flex;flex-wrap:wrap;gap:1.5em}.fd-logits table{border-collapse:collapse}
-.fd-logits td{padding:0 .4em}.fd-muted{color:#666}
-"""
-
-
-def _tok(text: str, value: float, vmax: float, top: bool) -> str:
-    a = 0.0 if vmax <= 0 or not math.isfinite(value) else max(0.0, min(1.0, value / vmax))
-    cls = "fd-tok fd-top" if top else "fd-tok"
-    shown = html.escape(text.replace("\n", "\u21b5"))
-    return (
-        f'<span class="{cls}" style="background:rgba(255,140,0,{a:.2f})" title="{value:.3g}">{shown}</span>'
-    )
-
-
-def _logit_table(title: str, items: list[Logit] | None) -> str:
-    if not items:
-        return ""
-    rows = "".join(f"<tr><td>{html.escape(x.token)}</td><td>{x.value:+.3f}</td></tr>" for x in items)
-    return f"<div><b>{title}</b><table>{rows}</table></div>"
-
-
-def _card_body(card: FeatureCard) -> str:
-    vmax = card.max_activation if math.isfinite(card.max_activation) else 0.0
-    head = (
-        f"<h4>{html.escape(card.checkpoint)} feature {card.feature}"
-        + (f" · {html.escape(card.status)}" if card.status else "")
-        + "</h4>"
-        + f'<div class="fd-muted">fires on {card.frequency:.2%} of {card.n_tokens} tokens · max activation '
-        f"{card.max_activation:.3g} · token text: {html.escape(card.text_source)}</div>"
-    )
-    ctx = (
-        "".join(
-            '<div class="fd-ctx">'
-            + "".join(
-                _tok(t, v, vmax, i == c.center)
-                for i, (t, v) in enumerate(zip(c.tokens, c.values, strict=True))
-            )
-            + f' <span class="fd-muted">({c.value:.3g})</span></div>'
-            for c in card.contexts
-        )
-        or '<div class="fd-muted">never fires on these tokens</div>'
-    )
-    logits = (
-        f'<div class="fd-logits">{_logit_table("promotes", card.promoted)}'
-        f"{_logit_table('suppresses', card.suppressed)}</div>"
-        f'<div class="fd-muted">{html.escape(card.logit_method)}</div>'
-        if card.promoted is not None
-        else '<div class="fd-muted">logits: no model given (pass models=)</div>'
-    )
-    return head + "<div><b>top contexts</b></div>" + ctx + logits
-
-
-def card_html(card: FeatureCard, style: bool = True) -> str:
-    """The card as an HTML fragment: the feature beside its related base features (``_repr_html_``)."""
-    side = ""
-    if card.related:
-        side = "".join(
-            f'<div class="fd-card"><div class="fd-muted">{html.escape(r.role)} · weight {r.weight:.3f}</div>'
-            + (
-                _card_body(r.card)
-                if r.card is not None
-                else f"{html.escape(r.checkpoint)} feature {r.feature}"
-            )
-            + "</div>"
-            for r in card.related
-        )
-        side = f"<div><b>base features</b>{side}</div>"
-    css = f"<style>{CARD_CSS}</style>" if style else ""
-    return f'{css}<div class="fd-card"><div class="fd-side"><div>{_card_body(card)}</div>{side}</div></div>'
-
-
-# --------------------------------------------------------------------------- the report's section
-PICKS = {
-    "most novel": "novel features least like any base feature (lowest similarity to their best match)",
-    "most drifted": "reused features that moved most from their base feature (highest drift)",
-    "most recombined": "recombined features built from the most base features, best fitted first",
-}
-
-
-def pick_features(features, checkpoint: str, n: int = 5) -> dict[str, list[int]]:
-    """The features a report shows for ``checkpoint``: ``n`` per group of ``PICKS``, from a
-    ``Comparison.features`` table (a group is empty where no feature has its status).
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> t = pd.DataFrame({"checkpoint": "rl", "feature": [0, 1, 2], "status": ["novel", "reused", "reused"],
-    ...                   "similarity": [0.2, 0.9, 0.8], "drift": [None, 0.1, 0.2], "frequency": 0.1})
-    >>> pick_features(t, "rl", n=1)
-    {'most novel': [0], 'most drifted': [2], 'most recombined': []}
-    """
-    t = features[features["checkpoint"] == checkpoint]
-    status = t["status"].astype(str)
-
-    def top(mask, by, ascending):
-        cols = [c for c in by if c in t]
-        s = t[mask].sort_values(cols + ["feature"], ascending=[*ascending[: len(cols)], True], kind="stable")
-        return [int(f) for f in s["feature"].head(n)]
-
-    return {
-        "most novel": top(status == "novel", ["similarity", "frequency"], [True, False]),
-        "most drifted": top(status.isin(["reused", "split"]), ["drift", "frequency"], [False, False]),
-        # absorbed recombinations have no row of their own in the dictionary, so no card
-        "most recombined": top(
-            (status == "recombined") & ~(t["absorbed"].fillna(False).astype(bool) if "absorbed" in t else False),
-            ["n_components", "fit_cosine"],
-            [False, False],
-        ),
-    }
-
-
-def report_section(comparison, n: int = 5, **kwargs) -> str:
-    """The HTML report's browsable section: per compared checkpoint, the ``pick_features`` groups, each
-    feature's card in a ``<details>`` element (one self-contained fragment: inline CSS, no script). Where
-    the comparison keeps no activations or dictionaries (a loaded one) the section says so."""
-    head = "<h2>Feature cards</h2>"
-    features = getattr(comparison, "features", None)
-    if (
-        not hasattr(comparison, "feature_cards")
-        or features is None
-        or not {"checkpoint", "status"} <= set(features)
-    ):
-        return head + '<p class="note">No feature cards: this is not a Comparison with a features table.</p>'
-    targets = [str(c) for c in dict.fromkeys(features["checkpoint"])] if len(features) else []
-    picks = {c: pick_features(features, c, n) for c in targets}
-    keys = [(c, f) for c, groups in picks.items() for fs in groups.values() for f in fs]
-    try:
-        cards = dict(zip(keys, comparison.feature_cards(keys, **kwargs), strict=True)) if keys else {}
-    except FeatdiffError as e:
-        return head + f'<p class="note">No feature cards: {html.escape(str(e))}</p>'
-    parts = [
-        head,
-        f"<style>{CARD_CSS}</style>",
-        "<p>What a feature is: its top-activating contexts (each token shaded by the feature's activation, "
-        "the top token outlined), how often it fires, the logits its decoder row promotes and suppresses "
-        f"({html.escape(LOGIT_METHOD)}) and, beside it, the base features it matches, is built from or lies "
-        "nearest to, with their own contexts. Click a feature to open its card.</p>",
-    ]
-    for c, groups in picks.items():
-        parts.append(f"<h3>{html.escape(c)}</h3>")
-        for group, fs in groups.items():
-            parts.append(
-                f'<p><b>{html.escape(group)}</b> <span class="note">{html.escape(PICKS[group])}</span></p>'
-            )
-            if not fs:
-                parts.append('<p class="note">(none)</p>')
-            for f in fs:
-                card = cards[(c, f)]
-                summary = (
-                    f"{html.escape(c)} feature {f} · {html.escape(card.status or '')} · fires on "
-                    f"{card.frequency:.2%} · related: "
-                    + (", ".join(f"{r.role} {r.feature}" for r in card.related) or "none")
-                )
-                parts.append(
-                    f'<details class="fd-details"><summary>{summary}</summary>{card_html(card, style=False)}</details>'
-                )
-    return "\n".join(parts)

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from featdiff import constants
-from featdiff._io import atomic_dir, write_json
-from featdiff.activations import ActivationSet, OnDiskActivationSet, _meta_json, _ShardWriter
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, _meta_json, _ShardWriter
+from featdiff.core.config import check_int
+from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
 
 
@@ -51,8 +52,7 @@ def from_sae_lens_cache(
 
     if not isinstance(paths, Mapping) or not paths:
         raise FeatdiffError("from_sae_lens_cache needs a non-empty dict {checkpoint name: cache folder}.")
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens <= 0:
-        raise FeatdiffError(f"shard_tokens must be a positive int; got {shard_tokens!r}.")
+    check_int("from_sae_lens_cache", "shard_tokens", shard_tokens)
     sets, hooks = {}, {}
     for name, p in paths.items():
         try:

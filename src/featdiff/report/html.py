@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff._version import __version__
-from featdiff.cards import report_section
-from featdiff.figures import (
+from featdiff.report.card_html import report_section
+from featdiff.report.figures import (
     ACCURACY_GROUPS,
     CHECKPOINT_ORDER,
     figure_png,
@@ -317,7 +317,7 @@ def _held_out(meta: dict) -> str:
 
 
 def _warnings_html(meta: dict) -> str:
-    """The run's diagnostics (``meta["warnings"]``, written by ``featdiff.diagnostics``), or a line saying
+    """The run's diagnostics (``meta["warnings"]``, written by ``featdiff.comparison.diagnostics``), or a line saying
     there were none or that this Comparison predates them."""
     if "warnings" not in meta:
         return '<p class="note">Diagnostics: not recorded in this Comparison.</p>'
@@ -418,7 +418,7 @@ def write_html_report(
     explanation of each number. ``figures`` (optional) maps names to matplotlib figures or PNG bytes
     already drawn (``"comparison"``, ``"accuracy"``, ``"crosscoder_<key>"``); missing ones are drawn here.
     ``cards``: how many features per group (most novel, drifted, recombined) the feature-card section shows
-    per checkpoint (``featdiff.cards.report_section``; 0 leaves the section out).
+    per checkpoint (``featdiff.report.card_html.report_section``; 0 leaves the section out).
     The file is written through a temporary name.
 
     Examples
@@ -548,7 +548,7 @@ def write_html_report(
         if notes:
             parts.append("<ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
     if cards:
-        parts.append(report_section(comparison, n=cards))  # feature cards (featdiff.cards)
+        parts.append(report_section(comparison, n=cards))  # feature cards (featdiff.report.cards)
     parts += [
         '<p class="note">Written by featdiff. The full tables are next to this file: summary.csv, '
         "features.parquet, accuracy.csv, meta.json.</p>",

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from featdiff.activations import ActivationSet
+from featdiff.activations.activations import ActivationSet
 from featdiff.dictionaries.stats import encode, unit_decoder
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 

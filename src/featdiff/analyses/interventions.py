@@ -34,9 +34,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from featdiff._output import progress_bar
+from featdiff.core.output import progress_bar
 from featdiff.errors import FeatdiffError, check_choice
-from featdiff.models import stop_layer
+from featdiff.models.models import stop_layer
 
 MODES = ("ablate", "scale")
 CODES = ("joint", "single")

@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from featdiff._io import MARKER, write_json
 from featdiff._version import __version__
+from featdiff.core.io import MARKER, write_json
 from featdiff.errors import FeatdiffError
 
 KILL_ENV = "FEATDIFF_TEST_KILL_AT"
@@ -199,6 +199,46 @@ class RunCheckpoint:
         self.manifest.unlink(missing_ok=True)
         for p in self._ours():
             shutil.rmtree(p, ignore_errors=True)
+
+
+RUN_STATE = "run_state.pt"
+
+
+def save_run_state(
+    folder: Path, weights: Mapping[str, Mapping[str, Tensor]], state: Mapping[str, Any]
+) -> None:
+    """One training run's state in ``folder`` (what ``RunCheckpoint.save`` hands its callback): each
+    module's weights as ``folder/<name>.safetensors`` and the rest (optimizer states, counters, losses), with
+    the torch RNG state, in ``folder/run_state.pt``. ``train_saes`` and ``train_crosscoder`` both save so.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_run_state(Path(d), {"m/w": {"x": torch.ones(2)}}, {"step": 3})
+    ...     weights, state = load_run_state(Path(d), ["m/w"])
+    >>> weights["m/w"]["x"].tolist(), state
+    ([1.0, 1.0], {'step': 3})
+    """
+    for name, tensors in weights.items():
+        path = folder / f"{name}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    torch.save({**state, "torch_rng": torch.get_rng_state()}, folder / RUN_STATE)
+
+
+def load_run_state(folder: Path, names: Iterable[str]) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+    """Read what ``save_run_state`` wrote (on the CPU; ``load_state_dict`` copies to the module's device)
+    and restore the torch RNG state: ``(weights by name, the rest)``."""
+    state = torch.load(folder / RUN_STATE, map_location="cpu")
+    weights = {}
+    for name in names:
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise FeatdiffError(f"The checkpoint in {folder} holds another run (no {path.name}); pass another checkpoint_dir.")
+        weights[name] = load_file(str(path))
+    torch.set_rng_state(state.pop("torch_rng").cpu())
+    return weights, state
 
 
 class RowChunks:

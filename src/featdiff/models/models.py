@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from featdiff import constants
-from featdiff._io import atomic_dir, write_json
-from featdiff._output import dependency_warnings_once
 from featdiff._version import __version__
+from featdiff.core.io import atomic_dir, write_json
+from featdiff.core.output import dependency_warnings_once
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:

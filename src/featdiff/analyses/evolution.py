@@ -31,9 +31,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff._output import progress_bar
-from featdiff.activations import ActivationSet, collect_activations
-from featdiff.dictionaries.crosscoder import stack, train_crosscoder
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.core.output import progress_bar
+from featdiff.dictionaries.crosscoder.model import is_crosscoder, stack
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.crosscoder import nrn
 
@@ -200,7 +201,7 @@ def _overlap_fn(steps: Mapping[int, Any], run: Any, k: int, threshold: float, ba
 def _entry_kind(entry: Any, run: Any, step: Any) -> str:
     if isinstance(entry, tuple) and len(entry) == 2:
         entry = entry[0]
-    if callable(getattr(entry, "decoder", None)) and hasattr(entry, "names"):
+    if is_crosscoder(entry):
         return "crosscoder"
     if (
         isinstance(entry, (Tensor, np.ndarray, pd.Series, list))

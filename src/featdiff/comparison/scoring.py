@@ -9,18 +9,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff._output import progress_bar
-from featdiff._replicas import (
+from featdiff.activations.activations import ActivationSet
+from featdiff.alignment.matching import align
+from featdiff.comparison.diagnostics import emit_warnings
+from featdiff.comparison.replicas import (
     as_replicas,
     check_width,
     d_sae,
     reference_replica_profiles,
     uncertainty_columns,
 )
-from featdiff.activations import ActivationSet
-from featdiff.align import align
-from featdiff.comparison import STATUSES, CompareConfig, Comparison
-from featdiff.diagnostics import emit_warnings
+from featdiff.comparison.statuses import add_absorbed, feature_table
+from featdiff.comparison.table import STATUSES, CompareConfig, Comparison
+from featdiff.core.output import progress_bar
 from featdiff.dictionaries.stats import scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.coverage import reference_misses
@@ -29,7 +30,6 @@ from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
 from featdiff.metrics.uncertainty import fve_chunks
-from featdiff.statuses import add_absorbed, feature_table
 
 
 def correct_fractions(

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featdiff import distributed as dist
-from featdiff._config import Config, check_int, check_number
-from featdiff._replicas import as_replicas
-from featdiff.activations import ActivationSet, collect_activations
-from featdiff.cards import Unembedding
-from featdiff.comparison import CompareConfig, Comparison
-from featdiff.dictionaries.crosscoder import train_crosscoder
-from featdiff.dictionaries.sae import load_sae, train_saes
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.comparison.replicas import as_replicas
+from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
+from featdiff.comparison.table import CompareConfig, Comparison
+from featdiff.core.config import Config, check_int, check_number
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.formats import load_sae
+from featdiff.dictionaries.sae import train_saes
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
-from featdiff.models import default_hook, load_model, load_prompts
-from featdiff.score import compare_crosscoder, compare_dictionaries
+from featdiff.models.models import default_hook, load_model, load_prompts
+from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
@@ -48,7 +49,7 @@ class WidthCheck(Config):
     width). ``min_reduction``: the share by which the probe must cut the reference's unexplained variance
     on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
     ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
-    (``featdiff.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
+    (``featdiff.comparison.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
     width multiplier of the probe and of each widening (default 2).
 
     Examples
@@ -170,7 +171,7 @@ def _train_and_compare(
     if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
         raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
     wc = _width_check_config(width_check)
-    from featdiff.diagnostics import narrow_reference
+    from featdiff.comparison.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
 
     # replica SAEs train in the same pass as the others: the reference's with seeds seed + 1, ...; the
@@ -308,7 +309,7 @@ def compare_activations(
     reference SAE uses >= 90 % of its latents (``min_live``), one reference SAE twice as wide (the probe)
     is trained; where it leaves >= 20 % less of the reference's variance unexplained (``min_reduction``),
     or the comparison finds the reference lacking features of its own activations
-    (``featdiff.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
+    (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
     narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and

@@ -18,13 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featdiff import constants
-from featdiff._checkpoint import RowChunks, model_fingerprint, tensor_hash
-from featdiff._io import atomic_dir, write_json
-from featdiff._output import progress_bar
-from featdiff._shards import ActivationColumn, ShardStore, compose_rows, view_batches
 from featdiff._version import __version__
+from featdiff.activations.shards import ActivationColumn, ShardStore, compose_rows, view_batches
+from featdiff.core.io import atomic_dir, write_json
+from featdiff.core.output import progress_bar
+from featdiff.core.runstate import RowChunks, model_fingerprint, tensor_hash
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.models import check_compatible, default_hook, load_model, stop_layer
+from featdiff.models.models import check_compatible, default_hook, load_model, stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -363,7 +363,7 @@ class OnDiskActivationSet(ActivationSet):
     ``ActivationColumn`` that the library's own passes (training, scoring, alignment) stream over;
     ``acts[name]`` *loads* that checkpoint's rows of the view into memory (use ``column`` or ``rows`` to
     avoid it); ``batches(shuffle=True)`` shuffles through a bounded buffer of ``buffer_tokens`` rows
-    (``featdiff._shards.view_batches``): where the view fits in the buffer the batches equal an in-memory
+    (``featdiff.activations.shards.view_batches``): where the view fits in the buffer the batches equal an in-memory
     set's, beyond it the order differs (a random order of pieces, mixed within each buffer).
     """
 
@@ -822,7 +822,7 @@ def collect_activations(
     (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
 
     ``checkpoint_dir`` makes the collection resumable: every ``checkpoint_every`` batches of sequences (and
-    at each checkpoint's last batch) the rows collected so far are saved there (``featdiff._checkpoint.
+    at each checkpoint's last batch) the rows collected so far are saved there (``featdiff.core.runstate.
     RowChunks``); the same call after a kill reads them back and runs only the batches that are missing.
     ``keep_checkpoint=False`` removes featdiff's checkpoint files after success.
 

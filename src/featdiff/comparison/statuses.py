@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff.align import Alignment
-from featdiff.comparison import STATUSES, CompareConfig
+from featdiff.alignment.matching import Alignment
+from featdiff.comparison.table import STATUSES, CompareConfig
 from featdiff.dictionaries.stats import cofiring
 from featdiff.metrics.recombination import absorbed_recombination, recombination
 from featdiff.metrics.reuse import drift, split

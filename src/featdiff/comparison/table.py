@@ -11,12 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff import constants
-from featdiff._config import Config, check_int, check_number
-from featdiff._io import atomic_dir, write_json
 from featdiff._version import __version__
-from featdiff.cards import FeatureCard, feature_cards
+from featdiff.core.config import Config, check_int, check_number
+from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError, check_choice
-from featdiff.figures import headless_pyplot, plot_comparison
 from featdiff.metrics.uncertainty import (
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
@@ -25,6 +23,8 @@ from featdiff.metrics.uncertainty import (
     MEAN_COLUMNS,
     N_BOOTSTRAP,
 )
+from featdiff.report.cards import FeatureCard, feature_cards
+from featdiff.report.figures import headless_pyplot, plot_comparison
 
 SUMMARY_COLUMNS = [
     "reuse",
@@ -169,7 +169,7 @@ class Comparison:
     >>> import tempfile
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
     >>> from featdiff.synthetic import plant_checkpoints
-    >>> from featdiff.score import compare_dictionaries
+    >>> from featdiff.comparison.scoring import compare_dictionaries
     >>> p = plant_checkpoints(d_in=16, n_atoms=32, targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
     >>> saes = {n: sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
     >>> cmp = compare_dictionaries(saes, p.sample(1000), progress=False)
@@ -201,7 +201,7 @@ class Comparison:
     def feature_card(
         self, checkpoint: str, feature: int, *, acts=None, dictionaries=None, models=None, **kwargs
     ) -> FeatureCard:
-        """The card of one feature (``featdiff.cards``): top contexts, frequency, logits, status and the base
+        """The card of one feature (``featdiff.report.cards``): top contexts, frequency, logits, status and the base
         features it matches or is built from, with theirs. ``acts``, ``dictionaries`` and ``models`` default
         to what the comparison kept in memory (``compare_checkpoints`` keeps all three; a loaded Comparison
         none); ``kwargs`` go to ``feature_cards`` (``n_contexts``, ``before``, ``after``, ``n_logits``).
@@ -210,7 +210,7 @@ class Comparison:
         --------
         >>> import torch
         >>> from featdiff.dictionaries.sae import sae_from_dictionary
-        >>> from featdiff.score import compare_dictionaries
+        >>> from featdiff.comparison.scoring import compare_dictionaries
         >>> from featdiff.activations import ActivationSet
         >>> x = torch.eye(6).repeat(10, 1)
         >>> acts = ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=torch.arange(60) % 6)

@@ -6,15 +6,15 @@ a ``CrosscoderView`` (tables, figures, meta):
 1. paired activations of base / rl / sft at the middle layer on the lab's stored prompts (padding and BOS
    dropped), and one 3-model BatchTopK crosscoder trained on them (``compare_crosscoder`` scores it);
 2. model attribution scores (MAS) per feature and their categories, NRN of rl and sft vs base;
-3. feature evolution over the intermediate checkpoints of each run (``featdiff.evolution``);
+3. feature evolution over the intermediate checkpoints of each run (``featdiff.analyses.evolution``);
 4. generalization features: features whose activation rises from base to rl on the samples the base gets
    wrong and rl right, on every task outside RL's training task where RL beats the base (by default the
-   near-domain tasks), ``featdiff.generalization``;
+   near-domain tasks), ``featdiff.analyses.generalization``;
 5. the intervention table: those features ablated in rl and amplified in base, against equal-size random
    feature sets of matched firing frequency (an empirical p-value), on held-out critical samples (the
    features are selected on the other part of each task's critical samples) and on a full sample of each
    task (the selection samples left out), on the generalization tasks and on the in-domain task
-   (``featdiff.interventions``).
+   (``featdiff.analyses.interventions``).
 
 Every step is seeded; the same lab, config and seed give the same numbers.
 """
@@ -35,32 +35,38 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff._config import Config, check_int, check_number
-from featdiff._io import atomic_dir, write_json
-from featdiff._output import progress_bar
-from featdiff._threads import torch_threads
 from featdiff._version import __version__
-from featdiff.activations import ActivationSet, collect_activations
-from featdiff.comparison import CompareConfig
-from featdiff.dictionaries.crosscoder import stack, train_crosscoder
-from featdiff.errors import FeatdiffError, check_choice
-from featdiff.evolution import (
+from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.analyses.evolution import (
     CheckpointCrosscoder,
     direction_overlap,
     feature_evolution,
     plot_feature_evolution,
     top_specific_features,
 )
-from featdiff.figures import plot_interventions, plot_mas, plot_nrn
-from featdiff.generalization import OVERLAP_COLUMNS, TASK_COLUMNS, generalization_features, sample_codes
-from featdiff.interventions import FeatureEdit, add_holm, evaluate_intervention
+from featdiff.analyses.generalization import (
+    OVERLAP_COLUMNS,
+    TASK_COLUMNS,
+    generalization_features,
+    sample_codes,
+)
+from featdiff.analyses.interventions import FeatureEdit, add_holm, evaluate_intervention
+from featdiff.comparison.scoring import compare_crosscoder
+from featdiff.comparison.table import CompareConfig
+from featdiff.core.config import Config, check_int, check_number
+from featdiff.core.io import atomic_dir, write_json
+from featdiff.core.output import progress_bar
+from featdiff.core.threads import torch_threads
+from featdiff.dictionaries.crosscoder.model import stack
+from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.errors import FeatdiffError, check_choice
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, checkpoints, load
 from featdiff.lab.suite import task_groups, tasks
 from featdiff.lab.task import PAD
 from featdiff.metrics.crosscoder import firing_frequency, mas, nrn
-from featdiff.models import default_hook, load_model, load_prompts
-from featdiff.score import compare_crosscoder
+from featdiff.models.models import default_hook, load_model, load_prompts
+from featdiff.report.figures import plot_interventions, plot_mas, plot_nrn
 
 EVOLUTION_METHODS = ("decoders", "shared", "none")
 ANSWER_FORMATS = ("base", "teacher")
@@ -124,7 +130,7 @@ class CrosscoderViewConfig(Config):
     ``nrn_shared`` (NRN bounds of "shared" in the pairwise views).
 
     Evolution: ``evolution`` is ``"decoders"`` (one small (base, checkpoint) crosscoder per intermediate
-    checkpoint, directions matched: the faithful definition of ``featdiff.evolution``), ``"shared"`` (the
+    checkpoint, directions matched: the faithful definition of ``featdiff.analyses.evolution``), ``"shared"`` (the
     3-model crosscoder scores every checkpoint: cheap, biased toward "settled") or ``"none"``;
     ``evolution_d_sae``, ``evolution_k``, ``evolution_n_steps`` size the per-checkpoint crosscoders;
     ``evolution_top_k`` features per set, matched at cosine >= ``evolution_threshold``.
@@ -281,7 +287,7 @@ class CrosscoderView:
       sums to 1 per view).
     - ``"nrn"``: checkpoint (rl | sft), feature, nrn (n^T / (n^base + n^T), in [0, 1]; NaN if dead), dead.
     - ``"evolution"``: run (rl | sft), step (training step), checkpoint_index (1..n), overlap_prev,
-      overlap_final (see ``featdiff.evolution``), noise_floor (overlap of the final checkpoint's set with
+      overlap_final (see ``featdiff.analyses.evolution``), noise_floor (overlap of the final checkpoint's set with
       that of a crosscoder trained with another seed on the same activations; NaN for
       ``evolution="shared"``). The per-checkpoint crosscoders share one seed, hence one initialisation, so
       overlaps between checkpoints are partly inherited from it; the noise floor says how reproducible a

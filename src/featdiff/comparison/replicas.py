@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featdiff.activations import ActivationSet, OnDiskActivationSet
-from featdiff.align import Alignment, align
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet
+from featdiff.alignment.matching import Alignment, align
+from featdiff.comparison.statuses import add_absorbed, feature_table
 from featdiff.dictionaries.stats import scored_features
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
@@ -19,7 +20,6 @@ from featdiff.metrics.uncertainty import (
     summarize_uncertainty,
     union_reused,
 )
-from featdiff.statuses import add_absorbed, feature_table
 
 
 def check_width(dictionary, acts: ActivationSet, name: str) -> None:
