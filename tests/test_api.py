@@ -21,6 +21,7 @@ def test_public_namespace_is_pinned():
         "MetricContext",
         "OnDiskActivationSet",
         "SAETrainConfig",
+        "TextCorpus",
         "__version__",
         "align",
         "available_metrics",

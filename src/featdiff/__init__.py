@@ -15,6 +15,7 @@ from featdiff.activations import ActivationSet, OnDiskActivationSet, collect_act
 from featdiff.align import Alignment, align, mmcs, svcca  # noqa: E402
 from featdiff.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
 from featdiff.comparison import CompareConfig, Comparison  # noqa: E402
+from featdiff.corpus import TextCorpus  # noqa: E402
 from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig, train_crosscoder  # noqa: E402
 from featdiff.dictionaries.formats import export_features, load_crosscoder, load_sae, save_saes  # noqa: E402
 from featdiff.dictionaries.sae import (  # noqa: E402
@@ -69,6 +70,7 @@ __all__ = [
     "MetricContext",
     "OnDiskActivationSet",
     "SAETrainConfig",
+    "TextCorpus",
     "__version__",
     "align",
     "available_metrics",
