@@ -552,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "quiet", False):  # nor the bars transformers draws while it loads a Hugging Face folder
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         check_replaceable(Path(args.out), args.overwrite or None)  # before minutes of work, not after
         return {"demo": demo, "compare": compare}[args.command](args)
