@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import WORDS, make_documents, make_text_checkpoint, make_word_tokenizer
 
 import featdiff as fd
+from conftest import WORDS, make_documents, make_text_checkpoint, make_word_tokenizer
 from featdiff.cli import _checkpoint_specs, main
 from featdiff.errors import FeatdiffError
 
