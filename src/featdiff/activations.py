@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from featdiff._io import atomic_dir, write_json
 from featdiff._output import progress_bar
 from featdiff._shards import ActivationColumn, ShardStore, compose_rows, view_batches
 from featdiff._version import __version__
+from featdiff.corpus import TensorWindows, TextWindows, as_data, is_text, scan, text_windows, with_keep
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models import check_compatible, default_hook, load_model, stop_layer
 
@@ -631,44 +631,13 @@ class _ShardWriter:
 # ----------------------------------------------------------------------------------- collect_activations
 
 
-def _is_text(tokens) -> bool:
-    """Whether ``tokens`` is text (a TextCorpus, a string, or a non-empty list of strings), not token ids."""
-    from featdiff.corpus import TextCorpus
-
-    if isinstance(tokens, (str, TextCorpus)):
-        return True
-    return isinstance(tokens, Sequence) and len(tokens) > 0 and all(isinstance(t, str) for t in tokens)
-
-
-def _as_corpus(tokens, texts):
-    """The data of collect_activations: token ids as given, or text as a TextCorpus (``texts=``: a path, a
-    list of strings or a TextCorpus; text given as ``tokens``: a string or a list of strings, documents)."""
-    from featdiff.corpus import TextCorpus, as_corpus
-
-    if texts is not None:
-        if tokens is not None:
-            raise FeatdiffError("Give the data once: token ids (tokens=) or text (texts=), not both.")
-        return as_corpus(texts)
-    if tokens is None:
-        raise FeatdiffError("collect_activations needs data: token ids (tokens=) or text (texts=).")
-    if isinstance(tokens, TextCorpus):
-        return tokens
-    if _is_text(tokens):
-        return TextCorpus([tokens] if isinstance(tokens, str) else list(tokens))
-    return tokens
-
-
 def _prepare_tokens(
     tokens, models: dict[str, HookedTransformer], attention_mask, pad_token_id
 ) -> tuple[Tensor, Tensor]:
     """Token ids (batch, seq) and a boolean mask of the real (non-pad) positions; text is tokenized into
     windows with the base checkpoint's tokenizer (``featdiff.corpus``) and held in memory."""
-    from featdiff.corpus import TextCorpus, text_windows
-
-    if _is_text(tokens):
-        tokens = _as_corpus(tokens, None)
-    if isinstance(tokens, TextCorpus):
-        return text_windows(tokens, models).materialize()
+    if is_text(tokens):
+        return text_windows(as_data(tokens, None), models).materialize()
     if not isinstance(tokens, Tensor):
         try:
             tokens = torch.as_tensor(tokens)
@@ -697,31 +666,6 @@ def _prepare_tokens(
     if pad_token_id is not None:
         mask &= tokens != pad_token_id
     return tokens, mask
-
-
-class _TensorWindows:
-    """Token ids in memory, served batch by batch like a ``featdiff.corpus.TextWindows``."""
-
-    def __init__(self, tokens: Tensor, mask: Tensor):
-        self.tokens, self.mask = tokens, mask
-
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        for s in range(start * batch_size, self.tokens.shape[0], batch_size):
-            yield self.tokens[s : s + batch_size], self.mask[s : s + batch_size]
-
-
-def _keep(mask: Tensor, drop_bos: bool) -> Tensor:
-    """The positions collect_activations keeps: the real ones, less each sequence's first with drop_bos."""
-    keep = mask.clone()
-    if drop_bos:
-        rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
-        keep[rows, mask.int().argmax(dim=1)[rows]] = False
-    return keep
-
-
-def _with_keep(batches, drop_bos: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    for ids, mask in batches:
-        yield ids, mask, _keep(mask, drop_bos)
 
 
 def _model_rows(
@@ -849,14 +793,11 @@ def collect_activations(
     ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
     and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
 
-    ``texts`` gives text instead of token ids: a path (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets``
-    ``save_to_disk`` folder), a list of strings, or a ``featdiff.TextCorpus`` that sets the text field, the
-    context length (default: the checkpoints' ``n_ctx``), BOS, packing or truncation and ``max_tokens``
-    (docs/cli.md, "Text input"). It is tokenized with the tokenizer of the checkpoint named "base" (else
-    the first); every checkpoint must have a tokenizer that encodes text the same way. The corpus is read
-    and tokenized a chunk at a time, once to count and check it and once per checkpoint, so only the kept
-    token ids (8 bytes a token, as the returned set keeps them) are ever in memory; ``meta["text"]`` holds
-    the corpus's settings and counts. A list of strings given as ``tokens`` is read the same way. With ``out_dir`` the
+    ``texts`` gives text instead: a path (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets`` folder), a list
+    of strings (also as ``tokens``) or a ``featdiff.TextCorpus`` (text field, context length, BOS, packing,
+    ``max_tokens``), tokenized with the tokenizer of the checkpoint named "base" (else the first), which every
+    checkpoint must share. It is read a chunk at a time, once to check it and once per checkpoint: only the
+    kept token ids are held (docs/cli.md, "Text input"); ``meta["text"]`` has its settings and counts. With ``out_dir`` the
     activations stream to disk as shards (the ``ActivationSet.save`` format) and the returned set stays there
     (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
 
@@ -894,16 +835,13 @@ def collect_activations(
         raise FeatdiffError(
             f"outlier_factor must be > 1 (a multiple of the median norm) or None to keep all; got {outlier_factor}."
         )
-    data = _as_corpus(tokens, texts)
+    data = as_data(tokens, texts)
     loaded = {str(name): load_model(spec, device=device) for name, spec in models.items()}
     hook = default_hook(next(iter(loaded.values()))) if hook is None else hook
     check_compatible(loaded, hook)
     d_vocab = next(iter(loaded.values())).cfg.d_vocab
-    text_meta, is_text = None, _is_text(data)
-    if is_text:
-        from featdiff.corpus import TextWindows, text_windows
-
-        source: TextWindows | _TensorWindows = text_windows(data, loaded)
+    if is_text(data):
+        source: TextWindows | TensorWindows = text_windows(data, loaded)
         seq_len = source.context_length
     else:
         ids_all, mask_all = _prepare_tokens(data, loaded, attention_mask, pad_token_id)
@@ -920,40 +858,12 @@ def collect_activations(
                 f"tokens hold ids in [{int(real.min())}, {int(real.max())}] but the vocabulary has d_vocab={d_vocab} "
                 "ids; were the tokens made with another tokenizer?"
             )
-        source = _TensorWindows(ids_all, mask_all)
-
-    # One pass over the data (for text: reading and tokenizing the corpus, no forward pass): the kept token
-    # ids and sequence ids, the counts, and a check of every window before minutes of forward passes.
+        source = TensorWindows(ids_all, mask_all)
     bos_id = _bos_token_id(loaded)
-    id_parts, seq_parts = [], []
-    n_seq = n_batches = n_dropped_pad = n_dropped_first = n_dropped_bos = 0
-    hashes = (hashlib.sha256(), hashlib.sha256())
-    scan_bar = progress_bar(desc="read and tokenize the corpus", unit="batch", disable=not (progress and is_text))
-    for ids, mask, keep in _with_keep(source.batches(batch_size), drop_bos):
-        if is_text:
-            real = ids[mask]
-            if int(real.max()) >= d_vocab:
-                raise FeatdiffError(
-                    f"The tokenizer gives token id {int(real.max())} but the checkpoints' vocabulary has d_vocab="
-                    f"{d_vocab} ids; the tokenizer does not belong to these checkpoints."
-                )
-            hashes[0].update(ids.numpy().tobytes())
-            hashes[1].update(mask.numpy().tobytes())
-        n_dropped_pad += int((~mask).sum())
-        if drop_bos:
-            rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
-            n_dropped_first += len(rows)
-            if bos_id is not None:
-                n_dropped_bos += int((ids[rows, mask.int().argmax(dim=1)[rows]] == bos_id).sum())
-        id_parts.append(ids[keep])
-        seq_parts.append((torch.arange(ids.shape[0]) + n_seq)[:, None].expand_as(ids)[keep])
-        n_seq += ids.shape[0]
-        n_batches += 1
-        scan_bar.update(1)
-    scan_bar.close()
-    flat_ids, flat_seq = torch.cat(id_parts), torch.cat(seq_parts)
-    if is_text:
-        text_meta = {**data.describe(), **source.stats}
+    # one pass before any forward pass (for text: reading and tokenizing the corpus): the kept ids, counts, checks
+    found = scan(source, batch_size, drop_bos, bos_id, d_vocab, progress)
+    flat_ids, flat_seq, n_batches = found.token_ids, found.sequence_ids, found.n_batches
+    n_dropped_pad, n_dropped_first, n_dropped_bos = found.n_dropped_pad, found.n_dropped_first, found.n_dropped_bos
     if not len(flat_ids):
         raise FeatdiffError(
             f"No token is left after dropping {n_dropped_pad} padding positions and the first position of "
@@ -961,12 +871,10 @@ def collect_activations(
         )
     chunks_ckpt = None
     if checkpoint_dir is not None:
-        if isinstance(source, _TensorWindows):
-            fingerprint = {"tokens": tensor_hash(source.tokens), "mask": tensor_hash(source.mask)}
-        else:
-            fingerprint = {"tokens": hashes[0].hexdigest()[:16], "mask": hashes[1].hexdigest()[:16]}
+        if isinstance(source, TensorWindows):
+            found.fingerprint = {"tokens": tensor_hash(source.tokens), "mask": tensor_hash(source.mask)}
         settings = {
-            "names": list(loaded), "hook": hook, "batch_size": batch_size, **fingerprint,
+            "names": list(loaded), "hook": hook, "batch_size": batch_size, **found.fingerprint,
             "models": {n: model_fingerprint(m) for n, m in loaded.items()},
         }
         chunks_ckpt = RowChunks(
@@ -975,7 +883,7 @@ def collect_activations(
 
     def model_rows(m_index: int, name: str, model) -> Iterator[Tensor]:
         def compute(b0: int) -> Iterator[Tensor]:
-            batches = _with_keep(source.batches(batch_size, start=b0), drop_bos)
+            batches = with_keep(source.batches(batch_size, start=b0), drop_bos)
             return _model_rows(name, model, batches, hook, first_seq=b0 * batch_size)
 
         return compute(0) if chunks_ckpt is None else chunks_ckpt.rows(m_index, compute)
@@ -1020,7 +928,7 @@ def collect_activations(
         token_ids = flat_ids[kept]
         sequence_ids = flat_seq[kept]
         meta = {
-            "n_sequences": n_seq,
+            "n_sequences": found.n_sequences,
             "seq_len": seq_len,
             "n_dropped_pad": n_dropped_pad,
             "n_dropped_first": n_dropped_first,
@@ -1032,8 +940,8 @@ def collect_activations(
             "outlier_factor": outlier_factor,
             "drop_bos": drop_bos,
         }
-        if text_meta is not None:
-            meta["text"] = text_meta
+        if is_text(data):
+            meta["text"] = {**data.describe(), **source.stats}
         if progress and (n_dropped_outlier or n_dropped_first or n_dropped_pad):
             tqdm.write(_dropped_message(int(kept.sum()), meta))
         if chunks_ckpt is not None and not keep_checkpoint:

@@ -528,14 +528,6 @@ class TextWindows:
                 yield batch
         self.stats = stats
 
-    def fingerprint(self, batch_size: int) -> dict:
-        """Hashes of every window's ids and mask, for a resumable collection's settings (one pass)."""
-        h_ids, h_mask = hashlib.sha256(), hashlib.sha256()
-        for ids, mask in self.batches(batch_size):
-            h_ids.update(ids.numpy().tobytes())
-            h_mask.update(mask.numpy().tobytes())
-        return {"tokens": h_ids.hexdigest()[:16], "mask": h_mask.hexdigest()[:16]}
-
     def materialize(self, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """All windows in memory: ids (n_windows, longest window) right-padded with 0, and the mask."""
         parts = list(self.batches(batch_size))
@@ -562,3 +554,106 @@ def text_windows(corpus: TextCorpus, models: Mapping[str, Any], reference: str |
     if length < 2:
         raise FeatdiffError(f"context_length must be at least 2 tokens; the checkpoints' n_ctx is {n_ctx}.")
     return TextWindows(corpus, models[reference].tokenizer, length)
+
+
+# ---------------------------------------------------------------------------- the data of collect_activations
+
+
+def is_text(data) -> bool:
+    """Whether ``data`` is text (a TextCorpus, a string, or a non-empty list of strings), not token ids."""
+    if isinstance(data, (str, TextCorpus)):
+        return True
+    return isinstance(data, Sequence) and len(data) > 0 and all(isinstance(t, str) for t in data)
+
+
+def as_data(tokens, texts):
+    """collect_activations' data: token ids as given, or text as a TextCorpus (``texts=``: a path, a list of
+    strings or a TextCorpus; text given as ``tokens``: a string or a list of strings, each a document)."""
+    if texts is not None:
+        if tokens is not None:
+            raise FeatdiffError("Give the data once: token ids (tokens=) or text (texts=), not both.")
+        return as_corpus(texts)
+    if tokens is None:
+        raise FeatdiffError("collect_activations needs data: token ids (tokens=) or text (texts=).")
+    if is_text(tokens) and not isinstance(tokens, TextCorpus):
+        return TextCorpus([tokens] if isinstance(tokens, str) else list(tokens))
+    return tokens
+
+
+class TensorWindows:
+    """Token ids in memory, served batch by batch like a ``TextWindows``."""
+
+    def __init__(self, tokens: Tensor, mask: Tensor):
+        self.tokens, self.mask = tokens, mask
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        for s in range(start * batch_size, self.tokens.shape[0], batch_size):
+            yield self.tokens[s : s + batch_size], self.mask[s : s + batch_size]
+
+
+def kept_positions(mask: Tensor, drop_bos: bool) -> Tensor:
+    """The positions collect_activations keeps: the real ones, less each sequence's first with drop_bos."""
+    keep = mask.clone()
+    if drop_bos:
+        rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+        keep[rows, mask.int().argmax(dim=1)[rows]] = False
+    return keep
+
+
+def with_keep(batches, drop_bos: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(ids, mask)`` batches as ``(ids, mask, kept positions)``."""
+    for ids, mask in batches:
+        yield ids, mask, kept_positions(mask, drop_bos)
+
+
+@dataclass
+class Scan:
+    """What one pass over the data found: the kept token ids and sequence ids (in collection order), the
+    counts collect_activations reports, and hashes of the windows (for a resumable run's settings)."""
+
+    token_ids: Tensor
+    sequence_ids: Tensor
+    n_sequences: int
+    n_batches: int
+    n_dropped_pad: int
+    n_dropped_first: int
+    n_dropped_bos: int
+    fingerprint: dict
+
+
+def scan(source, batch_size: int, drop_bos: bool, bos_id: int | None, d_vocab: int, progress: bool) -> Scan:
+    """One pass over ``source`` (a TextWindows or TensorWindows) before any forward pass; for text it reads
+    and tokenizes the whole corpus, checking every window's ids against ``d_vocab``."""
+    from featdiff._output import progress_bar
+
+    text = isinstance(source, TextWindows)
+    ids_parts, seq_parts = [], []
+    n_seq = n_batches = n_pad = n_first = n_bos = 0
+    h_ids, h_mask = hashlib.sha256(), hashlib.sha256()
+    bar = progress_bar(desc="read and tokenize the corpus", unit="batch", disable=not (progress and text))
+    for ids, mask, keep in with_keep(source.batches(batch_size), drop_bos):
+        if text:
+            top = int(ids[mask].max())
+            if top >= d_vocab:
+                raise FeatdiffError(
+                    f"The tokenizer gives token id {top} but the checkpoints' vocabulary has d_vocab={d_vocab} ids; "
+                    "the tokenizer does not belong to these checkpoints."
+                )
+            h_ids.update(ids.numpy().tobytes())
+            h_mask.update(mask.numpy().tobytes())
+        n_pad += int((~mask).sum())
+        if drop_bos:
+            rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+            n_first += len(rows)
+            if bos_id is not None:
+                n_bos += int((ids[rows, mask.int().argmax(dim=1)[rows]] == bos_id).sum())
+        ids_parts.append(ids[keep])
+        seq_parts.append((torch.arange(ids.shape[0]) + n_seq)[:, None].expand_as(ids)[keep])
+        n_seq += ids.shape[0]
+        n_batches += 1
+        bar.update(1)
+    bar.close()
+    return Scan(
+        torch.cat(ids_parts), torch.cat(seq_parts), n_seq, n_batches, n_pad, n_first, n_bos,
+        {"tokens": h_ids.hexdigest()[:16], "mask": h_mask.hexdigest()[:16]},
+    )  # fmt: skip
