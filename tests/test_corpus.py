@@ -247,3 +247,15 @@ def test_collect_on_text_streams_and_equals_the_same_windows_as_token_ids(ckpts,
     assert meta["n_documents"] == 30 and meta["n_windows"] == tok.shape[0] and meta["bos_token_id"] == ID["<bos>"]
     assert got.meta["n_dropped_bos"] == got.meta["n_dropped_first"] == tok.shape[0]  # every window starts with BOS
     assert json.loads(json.dumps(disk.meta))["text"] == meta  # JSON all the way (meta.json)
+
+
+def test_a_featdiff_folder_carries_its_tokenizer(ckpts, tmp_path):
+    from featdiff.models import save_model
+
+    folder = save_model(load_model(ckpts["rl"]), tmp_path / "rl_featdiff")  # tokenizer/ travels with it
+    docs = make_documents(12, seed=3)
+    hf = collect_activations({"base": ckpts["base"], "rl": ckpts["rl"]}, texts=docs, hook=HOOK, progress=False)
+    fd_ = collect_activations({"base": ckpts["base"], "rl": folder}, texts=docs, hook=HOOK, progress=False)
+    assert torch.equal(hf.token_ids, fd_.token_ids) and torch.allclose(hf["rl"], fd_["rl"], atol=1e-6)
+    alone = collect_activations({"base": folder}, texts=docs, hook=HOOK, progress=False)  # its tokenizer tokenizes
+    assert torch.equal(alone.token_ids, hf.token_ids) and alone.meta["text"]["context_length"] == 32
