@@ -8,6 +8,7 @@ from transformer_lens import HookedTransformer
 
 from featdiff import constants
 from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.corpus import TextCorpus
 from featdiff.core.io import MARKER
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.models.models import save_model
@@ -264,12 +265,19 @@ def test_texts_are_tokenized_once_for_all_models(tmp_path):
         ).save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     specs = {"base": tmp_path / "base", "rl": tmp_path / "rl"}
-    acts = collect_activations(specs, ["hello world the cat", "the cat sat"], "blocks.0.hook_resid_post",
+    docs = ["hello world the cat", "the cat sat"]
+    # packed (the default): <bos> hello world the cat <sep> the cat sat, one window (EOS is <bos> here)
+    acts = collect_activations(specs, docs, "blocks.0.hook_resid_post", outlier_factor=None, progress=False)
+    assert acts.token_ids.tolist() == [3, 4, 5, 6, 1, 5, 6, 7]  # the window's BOS dropped
+    assert acts.meta["n_dropped_pad"] == 0 and acts.meta["n_dropped_first"] == acts.meta["n_dropped_bos"] == 1
+    assert acts.meta["text"]["n_documents"] == 2 and acts.meta["text"]["n_windows"] == 1
+    # truncated: one window per document, padded
+    acts = collect_activations(specs, texts=TextCorpus(docs, packing="truncate"), hook="blocks.0.hook_resid_post",
                                outlier_factor=None, progress=False)  # fmt: skip
     assert acts.token_ids.tolist() == [3, 4, 5, 6, 5, 6, 7]  # BOS and padding dropped
     assert acts.meta["n_dropped_pad"] == 1 and acts.meta["n_dropped_first"] == acts.meta["n_dropped_bos"] == 2
     assert acts.meta["bos_token_id"] == 1 and acts.sequence_ids.tolist() == [0, 0, 0, 0, 1, 1, 1]
-    with pytest.raises(FeatdiffError, match=r"Texts need a tokenizer, and checkpoints \['bare'\] have none"):
+    with pytest.raises(FeatdiffError, match=r"needs each checkpoint's tokenizer, and checkpoint 'bare' has none"):
         bare = HookedTransformer(dict(n_layers=1, d_model=16, n_ctx=16, d_head=8, d_vocab=8, act_fn="gelu"))
         collect_activations({"base": specs["base"], "bare": bare}, ["hello"], "blocks.0.hook_resid_post",
                             progress=False)  # fmt: skip

@@ -22,6 +22,7 @@ def test_public_namespace_is_pinned():
         "OnDiskActivationSet",
         "SAETrainConfig",
         "WidthCheck",
+        "TextCorpus",
         "__version__",
         "align",
         "available_metrics",

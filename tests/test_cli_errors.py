@@ -65,6 +65,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for w in broken.glob("*.safetensors"):
         w.write_bytes(w.read_bytes()[:100])
     f["broken_ckpt"] = broken
+    (root / "docs.txt").write_text("some text\nmore text\n")
     (root / "a_file").write_text("x\n")
     f["a_file"] = root / "a_file"
     f["missing"] = root / "missing"
@@ -108,6 +109,13 @@ CASES = [
     ("--out pointing at a file", "compare", lambda f: _compare(f, "--out", str(f["a_file"]))),
     ("unknown device", "compare", lambda f: _compare(f, "--device", "tpu7")),
     ("missing positional rl", "compare", lambda f: ["compare", str(f["base"]), "--out", str(f["out"])]),
+    ("text corpus missing", "compare", lambda f: _compare(f, "--text", str(f["missing"]), tokens=None)),
+    ("text and a checkpoint without a tokenizer", "compare",
+     lambda f: _compare(f, "--text", str(f["a_file"].with_name("docs.txt")), tokens=None)),
+    ("two checkpoints named base", "compare",
+     lambda f: ["compare", f"base={f['base']}", f"base={f['rl']}", "--out", str(f["out"])]),
+    ("a fourth checkpoint without a name", "compare",
+     lambda f: ["compare", *(str(f[n]) for n in ("base", "rl", "rl", "rl")), "--out", str(f["out"])]),
     ("unknown option", "compare", lambda f: _compare(f, "--frobnicate")),
     ("demo --out pointing at a file", "demo", lambda f: ["demo", "--small", "--out", str(f["a_file"])]),
     ("demo --cache-dir pointing at a file", "demo",

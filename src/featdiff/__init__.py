@@ -10,6 +10,7 @@ Examples
 from featdiff import distributed, lab, synthetic  # noqa: E402
 from featdiff._version import __version__
 from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
+from featdiff.activations.corpus import TextCorpus  # noqa: E402
 from featdiff.activations.formats import from_sae_lens_cache  # noqa: E402
 from featdiff.activations.stream import ActivationStream  # noqa: E402
 from featdiff.alignment.matching import Alignment, align, mmcs, svcca  # noqa: E402
@@ -68,6 +69,7 @@ __all__ = [
     "OnDiskActivationSet",
     "SAETrainConfig",
     "WidthCheck",
+    "TextCorpus",
     "__version__",
     "align",
     "available_metrics",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import re
 import sys
 import time
 import warnings
@@ -20,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import featdiff as fd
+from featdiff._version import __version__
 from featdiff.analyses import crosscoder_view as analysis
 from featdiff.core.io import atomic_dir, check_replaceable, write_json
 from featdiff.errors import FeatdiffError, FeatdiffWarning
@@ -64,15 +67,46 @@ cached; --small takes seconds. No network access is needed.
 """
 
 COMPARE_DESCRIPTION = """\
-Compare your own checkpoints: a base and one or two post-trained checkpoints (anything featdiff.load_model
-takes: a folder written by featdiff.save_model, a local Hugging Face folder, or a hub name where a network
-exists). Collects their activations on the same tokens at --hook (default: the middle layer's residual
-stream), trains one SAE per checkpoint (or one crosscoder, --method crosscoder), aligns them to the base's
-and writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to
---out. Checkpoints made by featdiff.lab carry their own prompts; others need --tokens.
+Compare your own checkpoints: a base and any number of checkpoints post-trained from it, each anything
+featdiff.load_model takes (a folder written by featdiff.save_model, a local Hugging Face folder, or a hub
+name where a network exists):
+
+  featdiff compare base=PATH rl=PATH sft=PATH dpo=PATH ... --text corpus.jsonl --out report/
+
+Each checkpoint is NAME=PATH (NAME: letters, digits, _ . -); a bare PATH keeps its place's name (the
+first is base, the second rl, the third sft). The reference is the one named base (else the first).
+Collects their activations on the same tokens at --hook (default: the middle layer's residual stream),
+trains one SAE per checkpoint (or one crosscoder, --method crosscoder), aligns them to the base's and
+writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to --out.
+
+The data: --text FILE (a .txt, .jsonl or .parquet file, or a Hugging Face datasets save_to_disk folder),
+tokenized with the base checkpoint's own tokenizer (every checkpoint must share it), or --tokens FILE
+(token ids). Text is packed by default: documents joined by the tokenizer's EOS token and cut into windows
+of --context-length tokens (default: the model's n_ctx), each starting with BOS when the tokenizer has one;
+--packing truncate makes one window per document. The corpus is read a chunk at a time, up to
+--max-tokens. Checkpoints made by featdiff.lab carry their own prompts and need neither.
 Under torchrun (python -m torch.distributed.run --nproc_per_node N -m featdiff compare ...) the ranks share
 collection and training (gloo on CPUs, NCCL on GPUs, --device cuda: one GPU per rank) and rank 0 writes --out.
 """
+
+# the Python parameters named in featdiff's error messages, and the flags that set them
+_FLAGS = {
+    "texts": "--text",
+    "tokens": "--tokens",
+    "text_field": "--text-field",
+    "context_length": "--context-length",
+    "max_tokens": "--max-tokens",
+    "packing": "--packing",
+    "txt_documents": "--txt-documents",
+    "checkpoint_dir": "--checkpoint-dir",
+    "activations_dir": "--activations-dir",
+    "pad_token_id": "--pad-token-id",
+    "d_sae": "--d-sae",
+    "n_steps": "--n-steps",
+    "widen": "--widen",
+}
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+POSITIONAL_NAMES = ("base", "rl", "sft")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="featdiff",
         description="featdiff: what post-training did to a language model's features, feature by feature.",
     )
+    p.add_argument("--version", action="version", version=f"featdiff {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="{demo,compare}")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
@@ -141,10 +176,52 @@ def _parser() -> argparse.ArgumentParser:
         description=COMPARE_DESCRIPTION,
         formatter_class=fmt,
     )
-    c.add_argument("base", help="the base checkpoint")
-    c.add_argument("rl", help="a post-trained checkpoint (named rl)")
-    c.add_argument("sft", nargs="?", default=None, help="optional second post-trained checkpoint (named sft)")
+    c.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="[NAME=]PATH",
+        help="two or more checkpoints: NAME=PATH (base=..., rl=..., dpo=...), or a bare PATH named by its place "
+        "(base, rl, sft)",
+    )
     c.add_argument("--tokens", default=None, help="token ids, shape (batch, seq): a .safetensors or .pt file")
+    c.add_argument(
+        "--text",
+        "--texts",
+        dest="text",
+        default=None,
+        metavar="FILE",
+        help="a text corpus: .txt, .jsonl, .parquet, or a datasets save_to_disk folder (instead of --tokens)",
+    )
+    c.add_argument(
+        "--text-field", default=None, help="the JSON key / column of a --text corpus that holds the text (default: text)"
+    )
+    c.add_argument(
+        "--context-length",
+        type=_positive_int,
+        default=None,
+        help="tokens per window of --text (default: the checkpoints' n_ctx)",
+    )
+    c.add_argument(
+        "--max-tokens", type=_positive_int, default=None, help="read --text up to this many tokens (default: all)"
+    )
+    c.add_argument(
+        "--packing",
+        choices=["pack", "truncate"],
+        default=None,
+        help="pack: documents joined by EOS, cut into full windows (default); truncate: one window per document",
+    )
+    c.add_argument(
+        "--txt-documents",
+        choices=["auto", "lines", "paragraphs"],
+        default=None,
+        help="a .txt corpus's documents: its lines, its blank-line separated paragraphs, or auto (paragraphs "
+        "when a blank line separates text; default)",
+    )
+    c.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="do not start each --text window with the tokenizer's BOS token (default: BOS when it has one)",
+    )
     c.add_argument("--out", required=True, help="report folder to write (replaced atomically)")
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c.add_argument("--hook", default=None, help="TransformerLens hook name (default: middle resid_post)")
@@ -354,22 +431,86 @@ def _load_tokens(spec: str | None):
     return t.long()
 
 
+def _checkpoint_specs(args: list[str]) -> dict[str, str]:
+    """{name: path} from the command line's checkpoints: NAME=PATH, or a bare PATH named by its place."""
+    specs: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        name, sep, path = arg.partition("=")
+        named = sep and not os.path.exists(arg) and "/" not in name and os.sep not in name
+        if not named:
+            if i >= len(POSITIONAL_NAMES):
+                raise FeatdiffError(
+                    f"Checkpoint {arg!r} is number {i + 1} and has no name; name every checkpoint after the third: "
+                    f"NAME=PATH, e.g. dpo={arg}."
+                )
+            name, path = POSITIONAL_NAMES[i], arg
+        elif not name:
+            raise FeatdiffError(f"Checkpoint {arg!r} has an empty name; write NAME=PATH, e.g. dpo{arg}.")
+        elif not _NAME.match(name):
+            raise FeatdiffError(
+                f"Checkpoint name {name!r} (in {arg!r}) may hold only letters, digits, _ . and -; write NAME=PATH."
+            )
+        if not path:
+            raise FeatdiffError(f"Checkpoint {name!r} has no path ({arg!r}); write NAME=PATH.")
+        if name in specs:
+            raise FeatdiffError(
+                f"Two checkpoints are named {name!r} ({name}={specs[name]} and {arg}); give each its own name "
+                "(a bare PATH is named by its place: base, rl, sft)."
+            )
+        specs[name] = path
+    if len(specs) < 2:
+        raise FeatdiffError(
+            "featdiff compare needs the base and at least one post-trained checkpoint: base=PATH rl=PATH ..."
+        )
+    return specs
+
+
+def _text_corpus(args: argparse.Namespace):
+    """The --text corpus with its options (None without --text; the options without it are an error)."""
+    options = {
+        "text_field": args.text_field,
+        "context_length": args.context_length,
+        "max_tokens": args.max_tokens,
+        "packing": args.packing,
+        "txt_documents": args.txt_documents,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    if args.no_bos:
+        given["prepend_bos"] = False
+    if args.text is None:
+        if given:
+            flags = [_FLAGS.get(k, "--no-bos") for k in given]
+            raise FeatdiffError(f"{', '.join(flags)} set(s) how --text is read; give --text FILE too.")
+        return None
+    if args.tokens is not None:
+        raise FeatdiffError("Give --tokens or --text, not both.")
+    return fd.TextCorpus(args.text, **given)
+
+
+def _cli_advice(message: str) -> str:
+    """An error message with the Python parameters it names (``texts=``) replaced by their flags."""
+    for param, flag in _FLAGS.items():
+        message = re.sub(rf"\b{param}=(?=[\w'\"\[-])", f"{flag} ", message)  # context_length=4096
+        message = re.sub(rf"\b{param}=", flag, message)  # pass tokens= (...)
+    return message
+
+
 def compare(args: argparse.Namespace) -> int:
 
     distributed = fd.distributed.init()  # under torchrun: ranks share the work, rank 0 writes the report
     quiet = args.quiet or not fd.distributed.is_main()
     progress = not quiet
     steps = _Steps(3, quiet)
+    specs = _checkpoint_specs(args.checkpoints)
+    texts = _text_corpus(args)
     tokens = _load_tokens(args.tokens)
-    specs = {"base": args.base, "rl": args.rl, "sft": args.sft}
-    steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items() if s)} ({args.method})")
+    steps(f"compare: {', '.join(f'{n}={s}' for n, s in specs.items())} ({args.method})")
     train_kwargs = {"n_steps": args.n_steps} if args.n_steps else None
     with _collected_warnings():  # kept in cmp.meta["warnings"] and printed once, with the summary
         cmp = fd.compare_checkpoints(
-            args.base,
-            args.rl,
-            args.sft,
+            specs,
             tokens=tokens,
+            texts=texts,
             hook=args.hook,
             method=args.method,
             d_sae=args.d_sae,
@@ -391,7 +532,7 @@ def compare(args: argparse.Namespace) -> int:
     out = _write_report(
         Path(args.out),
         cmp,
-        title="featdiff report: " + " vs ".join(n for n, s in specs.items() if s),
+        title="featdiff report: " + " vs ".join(specs),
         overwrite=args.overwrite,
     )
     steps.done()
@@ -411,11 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    if getattr(args, "quiet", False):  # nor the bars transformers draws while it loads a Hugging Face folder
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         check_replaceable(Path(args.out), args.overwrite or None)  # before minutes of work, not after
         return {"demo": demo, "compare": compare}[args.command](args)
     except FeatdiffError as e:
-        msg = " ".join(str(e).split())
+        msg = _cli_advice(" ".join(str(e).split()))
         print(f"featdiff {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +19,15 @@ from tqdm.auto import tqdm
 
 from featdiff import constants
 from featdiff._version import __version__
+from featdiff.activations.corpus import (
+    TensorWindows,
+    TextWindows,
+    as_data,
+    is_text,
+    scan,
+    text_windows,
+    with_keep,
+)
 from featdiff.activations.shards import ActivationColumn, ShardStore, compose_rows, view_batches
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.core.output import progress_bar
@@ -633,11 +642,10 @@ class _ShardWriter:
 def _prepare_tokens(
     tokens, models: dict[str, HookedTransformer], attention_mask, pad_token_id
 ) -> tuple[Tensor, Tensor]:
-    """Token ids (batch, seq) and a boolean mask of the real (non-pad) positions."""
-    if isinstance(tokens, str):
-        tokens = [tokens]
-    if isinstance(tokens, Sequence) and len(tokens) > 0 and all(isinstance(t, str) for t in tokens):
-        return _tokenize_texts(list(tokens), models)
+    """Token ids (batch, seq) and a boolean mask of the real (non-pad) positions; text is tokenized into
+    windows with the base checkpoint's tokenizer (``featdiff.activations.corpus``) and held in memory."""
+    if is_text(tokens):
+        return text_windows(as_data(tokens, None), models).materialize()
     if not isinstance(tokens, Tensor):
         try:
             tokens = torch.as_tensor(tokens)
@@ -668,66 +676,40 @@ def _prepare_tokens(
     return tokens, mask
 
 
-def _tokenize_texts(texts: list[str], models: dict[str, HookedTransformer]) -> tuple[Tensor, Tensor]:
-    from transformer_lens.utilities.tokenize_utils import (
-        get_attention_mask,  # deferred: transformer-lens ~12 s to import
-    )
-
-    missing = [n for n, m in models.items() if m.tokenizer is None]
-    if missing:
-        raise FeatdiffError(
-            f"Texts need a tokenizer, and checkpoints {missing} have none; pass token ids instead."
-        )
-    out = {}
-    for name, model in models.items():
-        toks = model.to_tokens(texts, padding_side="right").cpu()
-        mask = get_attention_mask(model.tokenizer, toks, model.cfg.default_prepend_bos, padding_side="right")
-        out[name] = (toks, mask.bool().cpu())
-    (first, (toks, mask)), *rest = out.items()
-    for name, (t, _) in rest:
-        if t.shape != toks.shape or not torch.equal(t, toks):
-            raise FeatdiffError(
-                f"Checkpoints {first!r} and {name!r} tokenize the texts differently; paired activations need "
-                "one tokenization: pass token ids instead."
-            )
-    return toks, mask
-
-
 def _model_rows(
     name: str,
     model: HookedTransformer,
-    tokens: Int[Tensor, "batch seq"],
-    mask: Tensor,
-    keep_flat: Tensor,
+    batches,
     hook: str,
-    batch_size: int,
+    first_seq: int = 0,
 ) -> Iterator[Float[Tensor, "rows d_in"]]:
-    """The kept rows of ``model``'s activations at ``hook``, one batch of sequences at a time (float32, CPU);
-    the forward pass stops after the hook's block."""
-    stop, dev, seq_len = stop_layer(hook), model.cfg.device, tokens.shape[1]
-    for start in range(0, tokens.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
+    """The kept rows of ``model``'s activations at ``hook`` for each batch ``(ids, mask, keep)`` of
+    sequences (float32, CPU); padding is fed as id 0 and masked; the forward pass stops after the hook's
+    block. ``first_seq``: the index of the first batch's first sequence (for error messages)."""
+    stop, dev = stop_layer(hook), model.cfg.device
+    start = first_seq
+    for ids, mask, keep in batches:
         with torch.inference_mode():
             _, cache = model.run_with_cache(
-                tokens[sl].to(dev),
+                ids.masked_fill(~mask, 0).to(dev),
                 names_filter=hook,
                 stop_at_layer=stop,
-                attention_mask=mask[sl].long().to(dev),
+                attention_mask=mask.long().to(dev),
                 return_cache_object=False,
             )
         x = cache[hook]
-        if x.shape[:2] != tokens[sl].shape:
+        if x.shape[:2] != ids.shape:
             raise FeatdiffError(
                 f"Hook {hook!r} gives activations of shape {tuple(x.shape)}, not (batch, pos, ...); "
                 "pick a hook with one vector per token, e.g. featdiff.hook_name(layer)."
             )
-        rows = keep_flat[start * seq_len : (start + batch_size) * seq_len]
-        x = x.reshape(-1, x[0, 0].numel())[rows.to(x.device)].float().cpu()
+        x = x.reshape(-1, x[0, 0].numel())[keep.reshape(-1).to(x.device)].float().cpu()
         if not torch.isfinite(x).all():
             raise FeatdiffError(
                 f"Checkpoint {name!r} gives NaN or infinite activations at {hook!r} in the batch of sequences "
                 f"starting at {start}; load it in float32 (load_model(..., dtype='float32')) or check its weights."
             )
+        start += ids.shape[0]
         yield x
 
 
@@ -788,7 +770,7 @@ def _dropped_message(n_kept: int, meta: dict) -> str:
 
 def collect_activations(
     models: Mapping[str, object],
-    tokens: Int[Tensor, "batch seq"] | list[str],
+    tokens: Int[Tensor, "batch seq"] | list[str] | None = None,
     hook: str | None = None,
     batch_size: int = 32,
     drop_bos: bool = True,
@@ -802,6 +784,7 @@ def collect_activations(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     keep_checkpoint: bool = True,
+    texts=None,
 ) -> ActivationSet:
     """Run the same tokens through every checkpoint and keep the activations at ``hook``, paired by token.
 
@@ -817,7 +800,12 @@ def collect_activations(
 
     ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
     and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
-    ``tokens`` may be a list of strings when every checkpoint has a tokenizer. With ``out_dir`` the
+
+    ``texts`` gives text instead: a path (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets`` folder), a list
+    of strings (also as ``tokens``) or a ``featdiff.TextCorpus`` (text field, context length, BOS, packing,
+    ``max_tokens``), tokenized with the tokenizer of the checkpoint named "base" (else the first), which every
+    checkpoint must share. It is read a chunk at a time, once to check it and once per checkpoint: only the
+    kept token ids are held (docs/cli.md, "Text input"); ``meta["text"]`` has its settings and counts. With ``out_dir`` the
     activations stream to disk as shards (the ``ActivationSet.save`` format) and the returned set stays there
     (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
 
@@ -855,50 +843,47 @@ def collect_activations(
         raise FeatdiffError(
             f"outlier_factor must be > 1 (a multiple of the median norm) or None to keep all; got {outlier_factor}."
         )
+    data = as_data(tokens, texts)
     loaded = {str(name): load_model(spec, device=device) for name, spec in models.items()}
     hook = default_hook(next(iter(loaded.values()))) if hook is None else hook
     check_compatible(loaded, hook)
-    tokens, mask = _prepare_tokens(tokens, loaded, attention_mask, pad_token_id)
-    n_seq, seq_len = tokens.shape
-    for name, model in loaded.items():
-        if seq_len > model.cfg.n_ctx:
-            raise FeatdiffError(
-                f"Sequences have {seq_len} tokens but checkpoint {name!r} takes at most n_ctx={model.cfg.n_ctx}; "
-                "cut them shorter."
-            )
     d_vocab = next(iter(loaded.values())).cfg.d_vocab
-    real = tokens[mask]
-    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= d_vocab):
-        raise FeatdiffError(
-            f"tokens hold ids in [{int(real.min())}, {int(real.max())}] but the vocabulary has d_vocab={d_vocab} "
-            "ids; were the tokens made with another tokenizer?"
-        )
-    fwd_tokens = tokens.masked_fill(~mask, 0)  # pad ids may lie outside the vocabulary; they are masked
-
-    keep = mask.clone()
-    n_dropped_pad = int((~mask).sum())
-    n_dropped_first = n_dropped_bos = 0
+    if is_text(data):
+        source: TextWindows | TensorWindows = text_windows(data, loaded)
+        seq_len = source.context_length
+    else:
+        ids_all, mask_all = _prepare_tokens(data, loaded, attention_mask, pad_token_id)
+        seq_len = ids_all.shape[1]
+        for name, model in loaded.items():
+            if seq_len > model.cfg.n_ctx:
+                raise FeatdiffError(
+                    f"Sequences have {seq_len} tokens but checkpoint {name!r} takes at most n_ctx={model.cfg.n_ctx}; "
+                    "cut them shorter."
+                )
+        real = ids_all[mask_all]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= d_vocab):
+            raise FeatdiffError(
+                f"tokens hold ids in [{int(real.min())}, {int(real.max())}] but the vocabulary has d_vocab={d_vocab} "
+                "ids; were the tokens made with another tokenizer?"
+            )
+        source = TensorWindows(ids_all, mask_all)
     bos_id = _bos_token_id(loaded)
-    if drop_bos:
-        has_real = mask.any(dim=1)
-        first = mask.int().argmax(dim=1)
-        rows = torch.nonzero(has_real).squeeze(1)
-        keep[rows, first[rows]] = False
-        n_dropped_first = len(rows)
-        if bos_id is not None:
-            n_dropped_bos = int((tokens[rows, first[rows]] == bos_id).sum())
-    if not keep.any():
+    # one pass before any forward pass (for text: reading and tokenizing the corpus): the kept ids, counts, checks
+    found = scan(source, batch_size, drop_bos, bos_id, d_vocab, progress)
+    flat_ids, flat_seq, n_batches = found.token_ids, found.sequence_ids, found.n_batches
+    n_dropped_pad, n_dropped_first, n_dropped_bos = found.n_dropped_pad, found.n_dropped_first, found.n_dropped_bos
+    if not len(flat_ids):
         raise FeatdiffError(
             f"No token is left after dropping {n_dropped_pad} padding positions and the first position of "
             f"each of {n_dropped_first} sequences; pass longer sequences or drop_bos=False."
         )
-    keep_flat = keep.reshape(-1)
-    n_batches = -(-n_seq // batch_size)
     chunks_ckpt = None
     if checkpoint_dir is not None:
+        if isinstance(source, TensorWindows):
+            found.fingerprint = {"tokens": tensor_hash(source.tokens), "mask": tensor_hash(source.mask)}
         settings = {
-            "names": list(loaded), "hook": hook, "batch_size": batch_size, "tokens": tensor_hash(tokens),
-            "mask": tensor_hash(mask), "models": {n: model_fingerprint(m) for n, m in loaded.items()},
+            "names": list(loaded), "hook": hook, "batch_size": batch_size, **found.fingerprint,
+            "models": {n: model_fingerprint(m) for n, m in loaded.items()},
         }
         chunks_ckpt = RowChunks(
             checkpoint_dir, "collect_activations", settings, checkpoint_every, len(loaded), n_batches
@@ -906,8 +891,8 @@ def collect_activations(
 
     def model_rows(m_index: int, name: str, model) -> Iterator[Tensor]:
         def compute(b0: int) -> Iterator[Tensor]:
-            first, rows = slice(b0 * batch_size, None), keep_flat[b0 * batch_size * seq_len :]
-            return _model_rows(name, model, fwd_tokens[first], mask[first], rows, hook, batch_size)
+            batches = with_keep(source.batches(batch_size, start=b0), drop_bos)
+            return _model_rows(name, model, batches, hook, first_seq=b0 * batch_size)
 
         return compute(0) if chunks_ckpt is None else chunks_ckpt.rows(m_index, compute)
 
@@ -932,6 +917,11 @@ def collect_activations(
                     raw_writers[name].add({name: x})
                 bar.update(1)
             norms[name] = torch.cat(chunk_norms)
+            if len(norms[name]) != len(flat_ids):
+                raise FeatdiffError(
+                    f"Checkpoint {name!r} gave {len(norms[name])} rows for {len(flat_ids)} kept tokens: the data "
+                    "changed while it was read (a corpus file written to during the run?); run again."
+                )
             if tmp is None:
                 raw[name] = torch.cat(chunks)
             else:
@@ -943,12 +933,10 @@ def collect_activations(
         kept = ~outlier
         if not kept.any():
             raise FeatdiffError("Every token was dropped as an outlier; raise outlier_factor or pass None.")
-        flat_ids = tokens.reshape(-1)[keep_flat]
         token_ids = flat_ids[kept]
-        flat_seq = torch.arange(n_seq).repeat_interleave(seq_len)[keep_flat]
         sequence_ids = flat_seq[kept]
         meta = {
-            "n_sequences": n_seq,
+            "n_sequences": found.n_sequences,
             "seq_len": seq_len,
             "n_dropped_pad": n_dropped_pad,
             "n_dropped_first": n_dropped_first,
@@ -960,6 +948,8 @@ def collect_activations(
             "outlier_factor": outlier_factor,
             "drop_bos": drop_bos,
         }
+        if is_text(data):
+            meta["text"] = {**data.describe(), **source.stats}
         if progress and (n_dropped_outlier or n_dropped_first or n_dropped_pad):
             tqdm.write(_dropped_message(int(kept.sum()), meta))
         if chunks_ckpt is not None and not keep_checkpoint:

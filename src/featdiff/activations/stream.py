@@ -100,11 +100,13 @@ class ActivationStream(ActivationSet):
 
     def _forward(self, seqs: Tensor, names: list[str]) -> dict[str, Tensor]:
         """The kept rows of sequences ``seqs`` through each model in ``names`` (outliers dropped)."""
-        tok, mask, keep = self.fwd_tokens[seqs], self.mask[seqs], self.keep[seqs].reshape(-1)
-        out = {
-            n: torch.cat(list(_model_rows(n, self.models[n], tok, mask, keep, self.hook, self.batch_size)))
-            for n in names
-        }
+        tok, mask, keep = self.fwd_tokens[seqs], self.mask[seqs], self.keep[seqs]
+        bs = self.batch_size
+
+        def batches():
+            return ((tok[s : s + bs], mask[s : s + bs], keep[s : s + bs]) for s in range(0, len(tok), bs))
+
+        out = {n: torch.cat(list(_model_rows(n, self.models[n], batches(), self.hook))) for n in names}
         if self.outlier_factor is not None and getattr(self, "median_norm", None):
             bad = torch.zeros(len(next(iter(out.values()))), dtype=torch.bool)
             for n, x in out.items():

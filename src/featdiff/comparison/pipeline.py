@@ -12,6 +12,7 @@ from pathlib import Path
 
 from featdiff import distributed as dist
 from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.corpus import as_corpus
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
 from featdiff.comparison.table import CompareConfig, Comparison
@@ -399,8 +400,11 @@ def compare_checkpoints(
 
     ``base``, ``rl``, ``sft`` take whatever ``load_model`` takes; any number of checkpoints can instead come
     as one mapping ``{"base": ..., "dpo": ..., ...}`` in the first argument (the reference is ``"base"``, or
-    the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (or ``texts``) give the data; checkpoints from ``featdiff.lab`` carry their own
-    prompts (and their pad token). ``distributed=True`` (under ``torchrun``) shares
+    the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (token ids, shape (batch, seq)) or ``texts`` give the data: ``texts`` is a path
+    (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets`` ``save_to_disk`` folder), a list of strings, or a
+    ``featdiff.TextCorpus`` (text field, context length, packing or truncation, ``max_tokens``), tokenized with
+    the reference checkpoint's tokenizer and read chunk by chunk (docs/cli.md, "Text input"); checkpoints from
+    ``featdiff.lab`` carry their own prompts (and their pad token). ``distributed=True`` (under ``torchrun``) shares
     collection and training across the ranks (``featdiff.distributed``, docs/distributed.md): rank 0 returns the
     Comparison a single process would, the other ranks None. ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
     checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
@@ -452,6 +456,10 @@ def compare_checkpoints(
     collect = dist.collect_activations if distributed else collect_activations
     fit_crosscoder = dist.train_crosscoder if distributed else train_crosscoder
     fit_saes = dist.train_saes if distributed else train_saes
+    if tokens is not None and texts is not None:
+        raise FeatdiffError("compare_checkpoints takes token ids (tokens=) or text (texts=), not both.")
+    if texts is not None:
+        texts = as_corpus(texts)  # a path is checked before any checkpoint is loaded
     models = {n: load_model(s, device=device) for n, s in specs.items()}
     if tokens is None and texts is None:
         tokens = load_prompts(models[reference])
