@@ -81,7 +81,10 @@ def test_exact_dictionaries_read_exactly(name, settings):
         assert cmp.summary.loc[t, "n_absorbed"] == 0  # the heuristic is off by default
 
 
-@pytest.mark.parametrize("name", ["absorbed", "mix", "replaced_new", "replaced_recombination", "dense", "merged"])
+ABSORBED_CASES = ["absorbed", "mix", "replaced_new", "replaced_recombination", "dense", "merged"]
+
+
+@pytest.mark.parametrize("name", ABSORBED_CASES)
 def test_absorbed_option_reports_beside_the_fractions(name):
     """absorbed=True lists absorbed reference features with status "absorbed", in no fraction: the fractions
     stay exact; it finds the planted ones, and none where nothing was absorbed (a replaced feature is not
@@ -143,7 +146,8 @@ def test_the_issues_repro_reads_exactly_with_the_heuristic_on():
             D1[s] = u
     D1 /= np.linalg.norm(D1, axis=1, keepdims=True)
     freq = rng.uniform(2 / n, 6 / n, n)
-    code = torch.tensor((rng.random((20000, n)) < freq) * rng.uniform(0.5, 1.5, (20000, n)), dtype=torch.float32)
+    code = (rng.random((20000, n)) < freq) * rng.uniform(0.5, 1.5, (20000, n))
+    code = torch.tensor(code, dtype=torch.float32)
     Dt0, Dt1 = torch.tensor(D0, dtype=torch.float32), torch.tensor(D1, dtype=torch.float32)
     acts = fd.ActivationSet({"base": code @ Dt0, "sft": code @ Dt1}, hook="planted")
     saes = {"base": fd.sae_from_dictionary(Dt0), "sft": fd.sae_from_dictionary(Dt1)}

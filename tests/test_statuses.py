@@ -184,9 +184,11 @@ def test_absorbed_recombinations_are_found_where_the_target_has_no_row_for_them(
         assert len(found & comps) >= 2, (row.match, found, comps)
     scored = ~f.status.isin(["dead", "absorbed"])
     assert cmp.summary.loc["t", "n_absorbed"] == len(ab) and cmp.summary.loc["t", "n_live"] == scored.sum()
-    assert cmp.summary.loc["t", "recombination_raw"] == pytest.approx((f.status == "recombined").sum() / scored.sum())
+    recombined = (f.status == "recombined").sum()
+    assert cmp.summary.loc["t", "recombination_raw"] == pytest.approx(recombined / scored.sum())
     pair = fd.ActivationSet.from_tensors({"base": acts["base"], "b": acts["base"]})
-    same = compare_dictionaries({"base": saes["base"], "b": saes["base"]}, pair, metrics=[], progress=False, absorbed=True)
+    same_saes = {"base": saes["base"], "b": saes["base"]}
+    same = compare_dictionaries(same_saes, pair, metrics=[], progress=False, absorbed=True)
     assert not same.features.absorbed.any()
     off = compare_dictionaries(saes, acts, metrics=[], progress=False)  # the default: off
     assert not off.features.absorbed.any() and len(off.features) == len(keep)

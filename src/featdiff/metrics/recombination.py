@@ -332,8 +332,8 @@ def absorbed_recombination(
     ...           "ref_x_on": zr[:, rows].T.double() @ xr, "tgt_x_on": zr[:, rows].T.double() @ xt,
     ...           "ref_x_all": xr.sum(0), "tgt_x_all": xt.sum(0)}
     >>> eye = torch.eye(3)
-    >>> t = absorbed_recombination(counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), np.array([], int),
-    ...                            eye, eye[[0]])
+    >>> none = np.array([], int)
+    >>> t = absorbed_recombination(counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), none, eye, eye[[0]])
     >>> t.reference_feature.tolist(), [[c for c, _ in comps] for comps in t.components]
     ([0], [[1, 2]])
     """
@@ -391,7 +391,12 @@ def absorbed_recombination(
 
 
 def _fitted_by(
-    x: Tensor, C: Tensor, eligible: np.ndarray, min_components: int, max_components: int, fit_threshold: float,
+    x: Tensor,
+    C: Tensor,
+    eligible: np.ndarray,
+    min_components: int,
+    max_components: int,
+    fit_threshold: float,
     margin: float,
 ) -> np.ndarray:
     """The fewest (``min_components``-``max_components``) of the ``eligible`` rows of unit ``C`` whose best

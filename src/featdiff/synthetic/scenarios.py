@@ -209,15 +209,10 @@ def exact_sae(W_dec: Float[Tensor, "d_sae d_in"], threshold: float = EXACT_THRES
 # ---- construction ------------------------------------------------------------------------------------
 
 
-def _rotate(v: np.ndarray, cosine: float, rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
+def _rotate(v: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
     """A unit vector at exactly ``cosine`` with unit ``v`` (rotated towards a random orthogonal direction)."""
     u = rng.standard_normal(len(v))
-    u -= (u @ v) * v
-    if avoid is not None:
-        for a in avoid:
-            u -= (u @ a) * a
-        u -= (u @ v) * v
-    u = _unit(u)
+    u = _unit(u - (u @ v) * v)
     return cosine * v + math.sqrt(max(0.0, 1 - cosine**2)) * u
 
 
@@ -227,8 +222,8 @@ def _novel(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if np.abs(base @ v).max() < 0.5 and _best_fit_cosine(v, base) < 0.8:
             return v
     raise FeatdiffError(
-        f"Could not draw a new direction far from {len(base)} base atoms in d_in={base.shape[1]}; use a larger "
-        "d_in or fewer atoms."
+        f"Could not draw a new direction far from {len(base)} base atoms in d_in={base.shape[1]}; use a "
+        "larger d_in or fewer atoms."
     )
 
 
@@ -244,7 +239,9 @@ def _recombination(base: np.ndarray, pool: np.ndarray, drawn: set, rng: np.rando
         if np.abs(base @ v).max() < 0.65 and frozenset(idx.tolist()) not in drawn:
             drawn.add(frozenset(idx.tolist()))
             return v, idx, coef
-    raise FeatdiffError("Could not draw a recombination below cosine 0.65 with every base atom; use a larger d_in.")
+    raise FeatdiffError(
+        "Could not draw a recombination below cosine 0.65 with every base atom; use a larger d_in."
+    )
 
 
 FATES = (
@@ -333,7 +330,8 @@ def _target(
     kept = np.flatnonzero(fate == "kept")
     kept_feature: dict[int, int] = {}
     for s in kept:
-        kept_feature[int(s)] = b.add(_rotate(base[s], b.kept_cosine, rng), [(int(s), 1.0, ALL)], "reused", "kept", s)
+        v = _rotate(base[s], b.kept_cosine, rng)
+        kept_feature[int(s)] = b.add(v, [(int(s), 1.0, ALL)], "reused", "kept", s)
     drawn: set = set()
     for s in np.flatnonzero(fate == "replaced_new"):
         b.add(_novel(base, rng), [(int(s), 1.0, ALL)], "novel", "replaced_new", s)
@@ -384,13 +382,12 @@ def _target(
         norm = float(np.linalg.norm(v))
         for i, c in zip(idx, coef, strict=True):
             b.terms[kept_feature[int(i)]].append((int(s), float(c) / norm, ALL))
-        b.absorbed.append(
-            {"checkpoint": name, "reference_feature": int(s), "components": [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]}
-        )
+        comps = [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]
+        b.absorbed.append({"checkpoint": name, "reference_feature": int(s), "components": comps})
     return b
 
 
-def _frequencies(n_atoms: int, k: float, rng: np.random.Generator, kind: str = "uniform", exponent: float = 1.0):
+def _frequencies(n_atoms: int, k: float, rng: np.random.Generator, kind: str = "uniform", exponent=1.0):
     check_choice("frequencies", kind, ("uniform", "power_law"), "make_scenario")
     if kind == "uniform":
         lo = 0.5 * k / n_atoms
@@ -427,7 +424,9 @@ def _scenario(name, description, base, freqs, parents, builders, seed, noise, pa
 
 def _check(d_in: int, n_atoms: int) -> None:
     if not (isinstance(d_in, int) and isinstance(n_atoms, int)) or d_in < 16 or n_atoms < 16:
-        raise FeatdiffError(f"A scenario needs integers d_in >= 16 and n_atoms >= 16; got {d_in!r}, {n_atoms!r}.")
+        raise FeatdiffError(
+            f"A scenario needs integers d_in >= 16 and n_atoms >= 16; got {d_in!r}, {n_atoms!r}."
+        )
 
 
 # one plan per named scenario: {target: {fate: fraction}} (kept takes the rest), and frequency settings
@@ -572,11 +571,13 @@ def make_scenario(
     check_choice("name", name, SCENARIOS, "make_scenario")
     _check(d_in, n_atoms)
     if not 0 <= angle < 45:
-        raise FeatdiffError(f"angle must be in [0, 45) degrees (a kept atom has cosine > 0.7); got {angle!r}.")
+        raise FeatdiffError(
+            f"angle must be in [0, 45) degrees (a kept atom has cosine > 0.7); got {angle!r}."
+        )
     if not 0.8 <= split_cosine <= 1 or not 0.7 < merge_cosine <= 1 or not 0 < absorption_alpha < 1:
         raise FeatdiffError(
-            "make_scenario needs 0.8 <= split_cosine <= 1, 0.7 < merge_cosine <= 1 and 0 < absorption_alpha < 1; "
-            f"got {split_cosine}, {merge_cosine}, {absorption_alpha}."
+            "make_scenario needs 0.8 <= split_cosine <= 1, 0.7 < merge_cosine <= 1 and "
+            f"0 < absorption_alpha < 1; got {split_cosine}, {merge_cosine}, {absorption_alpha}."
         )
     params = {
         "d_in": d_in, "n_atoms": n_atoms, "seed": seed, "angle": angle, "k": k, "split_cosine": split_cosine,
@@ -604,7 +605,9 @@ def make_scenario(
         more = rng.choice(np.flatnonzero(fate == "kept"), n_more, replace=False)
         for s in np.concatenate([replaced, more]):
             freqs[s] = float(rare_frequency)
-    kw = dict(angle=angle, split_cosine=split_cosine, merge_cosine=merge_cosine, frequency_factors=frequency_factors)
+    kw = dict(
+        angle=angle, split_cosine=split_cosine, merge_cosine=merge_cosine, frequency_factors=frequency_factors
+    )
     builders = [_target(t, base, freqs, rng, fates[t], **kw) for t in plan["targets"]]
     return _scenario(name, DESCRIPTIONS[name], base, freqs, parents, builders, seed, noise, params)
 
