@@ -10,7 +10,7 @@ from tests.conftest import make_sae
 import featdiff as fd
 from featdiff.align import align
 from featdiff.comparison import CompareConfig
-from featdiff.metrics.recombination import recombination, subset_fit
+from featdiff.metrics.recombination import absorbed_recombination, recombination, subset_fit
 from featdiff.metrics.reuse import split
 from featdiff.score import compare_dictionaries
 from featdiff.synthetic import plant_checkpoints
@@ -194,3 +194,46 @@ def test_absorbed_recombinations_are_found_where_the_target_has_no_row_for_them(
     assert not off.features.absorbed.any() and len(off.features) == len(keep)
     for c in ("reuse_raw", "recombination_raw", "novelty_raw"):  # the option reports beside the fractions
         assert off.summary.loc["t", c] == cmp.summary.loc["t", c]
+
+
+def _null_counts(n=200):
+    """cofiring counts of a base-vs-replica null: both sides see the same activations; reference feature 0
+    fires on tokens 0-49, where the activations point along e1 + e2 (features 1 and 2 fire there too)."""
+    zr = torch.zeros(n, 3)
+    zr[:50, 0] = 1
+    zr[100:150, 1] = 1
+    zr[120:170, 2] = 1
+    zt = zr.clone()
+    zt[:50, 1:] = 1
+    zt[:50, 0] = 0
+    x = zt.double()  # the same activations on both sides
+    rows = torch.tensor([0])
+    return {
+        "n": torch.tensor(float(n)), "on": zr[:, rows].sum(0).double(),
+        "ref_all": zr.sum(0).double(), "tgt_all": zt.sum(0).double(),
+        "ref_on": (zr[:, rows].T @ zr).double(), "tgt_on": (zr[:, rows].T @ zt).double(),
+        "ref_x_on": zr[:, rows].T.double() @ x, "tgt_x_on": zr[:, rows].T.double() @ x,
+        "ref_x_all": x.sum(0), "tgt_x_all": x.sum(0),
+    }
+
+
+def test_the_absorbed_check_can_fail_on_a_null():
+    """Issue 16: a replica is scored on the reference's activations on both sides, so the old test (the two
+    checkpoints' shifts differ) passed trivially and the null could never show a false positive. The test
+    now reads the dictionaries: where the reference's row for feature 0 does not point where its tokens go
+    (e0 while they carry e1 + e2), the null calls it absorbed, and the floor can see it; where the row does
+    point there, it does not."""
+    counts = _null_counts()
+    eye = torch.eye(3)
+    args = (counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), np.array([], int), eye)
+    assert absorbed_recombination(*args, eye[[0]]).reference_feature.tolist() == [0]
+    along = torch.tensor([[0.0, 1.0, 1.0]]) / 2**0.5  # the reference's row along its tokens' direction
+    assert absorbed_recombination(*args, along).empty
+    # and a target that replaced feature 0 by a new direction (e0 on its tokens) is not a recombination of
+    # the features that respond there, whatever their excess
+    moved = dict(counts)
+    step = torch.tensor([50.0, -50.0, -50.0])  # tokens 0-49 now carry e0 instead of e1 + e2
+    moved["tgt_x_on"] = counts["tgt_x_on"] + step
+    moved["tgt_x_all"] = counts["tgt_x_all"] + step
+    new_row = torch.tensor([[0.6, 0.0, 0.8]])  # the reference row of 0, not along e0
+    assert absorbed_recombination(moved, *args[1:], new_row).empty

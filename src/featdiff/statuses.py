@@ -66,10 +66,10 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
 
 
 def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, ref_x, tgt, tgt_x) -> pd.DataFrame:
-    """``table`` with one more row per absorbed recombination (``metrics.recombination.absorbed_recombination``;
-    only with ``cfg.absorbed``): a reference feature that no target feature reuses and that the target carries
-    by firing 2-3 of its reused features together on that feature's tokens (``ref_x`` / ``tgt_x``: paired
-    activations).
+    """``table`` with one more row per absorbed recombination (only with ``cfg.absorbed``;
+    ``metrics.recombination.absorbed_recombination``): a reference feature that no target feature reuses and
+    that the target carries by firing 2-3 of its reused features together on that feature's tokens
+    (``ref_x`` / ``tgt_x``: paired activations).
 
     Such a recombination has no decoder row of its own, so it is not one of the target's dictionary features:
     its row has status "absorbed" (counted in the summary's ``n_absorbed``, in no fraction), ``feature`` = the
