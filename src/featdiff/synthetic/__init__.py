@@ -8,9 +8,9 @@ from featdiff.synthetic.scenarios import (
     SCENARIOS,
     TUNING,
     Scenario,
+    all_scenarios,
     exact_sae,
     make_scenario,
-    scenarios,
 )
 
 __all__ = [
@@ -19,9 +19,9 @@ __all__ = [
     "TUNING",
     "PlantedCheckpoints",
     "Scenario",
+    "all_scenarios",
     "exact_sae",
     "make_scenario",
     "plant_checkpoints",
     "plant_shared_specific",
-    "scenarios",
 ]

@@ -11,28 +11,19 @@ dictionaries. Each construction is chosen so that the definitions (docs/metrics.
 decoder cosine >= 0.7; recombined = not reused and fitted by 2-3 reference rows at cosine >= 0.9; a split
 counts toward reuse; fractions are over the target's live dictionary features) give one definite answer:
 
-======================== ======================================================== ============
-change (``kind``)        construction                                             truth
-======================== ======================================================== ============
-kept                     the base atom rotated by ``angle`` (default 20 deg)       reused
-replaced_new             a new direction (|cos| < 0.5 with every base atom, no     novel
-                         3 of them fit it at >= 0.8) on the base atom's tokens
-replaced_recombination   a positive combination of 3 base atoms the target keeps   recombined
-                         (cosine < 0.65 with every base atom; 3 atoms fit it
-                         exactly) on the replaced atom's tokens
-absorbed                 no row: on the base atom's tokens the target fires 3 of   (not a target
-                         its kept features together                               feature)
-split                    2-3 children at cosine ``split_cosine`` (0.9, then 0.8)   reused, split
-                         with the parent, each on one partition of its tokens
-merged                   two base atoms a, b -> one row at cosine ``merge_cosine`` reused
-                         (0.8) with a, on the union of their tokens; b has none
-frequency_shift          the kept direction firing on a subset (x0.3) or a         reused
-                         superset (x3) of the base atom's tokens
-absorbing_child          child c of parent p (c fires only where p fires); the     reused
-                         target's child row absorbs the parent's direction
-                         (cos 1/sqrt(1 + alpha^2) = 0.86 with c) and its parent
-                         row (``absorbed_parent``, kept) does not fire there
-======================== ======================================================== ============
+| change (``kind``) | construction | truth |
+|---|---|---|
+| kept | the base atom rotated by ``angle`` (20 deg) | reused |
+| replaced_new | a new direction far from every base atom, on its tokens | novel |
+| replaced_recombination | 3 kept base atoms combined (cos < 0.65 with each), on its tokens | recombined |
+| absorbed | no row: 3 kept target features fire together on its tokens | no target feature |
+| split | 2-3 children at cos 0.9 / 0.8 with it, on partitions of its tokens | reused, split |
+| merged | atoms a, b -> one row at cos 0.8 with a, on both atoms' tokens | reused |
+| frequency_down / _up | the kept direction on a subset (x0.3) / superset (x3) of its tokens | reused |
+| absorbing_child | the child's row takes in the parent's direction (cos 0.86 with the child) | reused |
+| absorbed_parent | the parent's kept row, silent where its child fires | reused |
+
+(docs/scenarios.md gives every construction and why its answer is definite.)
 
 An absorbed base atom is not one of the target's dictionary features, so it is in no fraction: it is
 listed in ``absorbed`` (reference feature, components). A merged-away atom likewise has no target feature.
@@ -511,6 +502,7 @@ SCENARIOS: tuple[str, ...] = (
     "contrast",
     "contrast_mirror",
 )
+"""The names of every scenario (``make_scenario``'s ``name``)."""
 # fixed halves (issue 16, item 4): thresholds are chosen on TUNING (seeds 0-3) only; HELD_OUT (and seeds >= 4)
 # is run once, after the code is final. Each half holds kept, replaced, recombined and frequency cases.
 TUNING: tuple[str, ...] = (
@@ -522,6 +514,7 @@ TUNING: tuple[str, ...] = (
     "mix",
     "contrast",
 )
+"""The tuning half of ``SCENARIOS``: thresholds may be chosen on these (seeds 0-3) only."""
 HELD_OUT: tuple[str, ...] = (
     "replaced_new",
     "absorbed",
@@ -530,6 +523,7 @@ HELD_OUT: tuple[str, ...] = (
     "rare",
     "contrast_mirror",
 )
+"""The held-out half of ``SCENARIOS``: run once (with seeds >= 4), after the code is final, reported apart."""
 
 
 def make_scenario(
@@ -651,14 +645,14 @@ def _feature_absorption(base, rng, parents, params) -> Scenario:
     )
 
 
-def scenarios(names=SCENARIOS, **params) -> dict[str, Scenario]:
+def all_scenarios(names=SCENARIOS, **params) -> dict[str, Scenario]:
     """Every named scenario (or those ``names``) at the same settings (``make_scenario``'s keywords).
 
     Examples
     --------
     >>> sorted(TUNING + HELD_OUT) == sorted(SCENARIOS)
     True
-    >>> list(scenarios(["kept", "merged"], d_in=64, n_atoms=32))
+    >>> list(all_scenarios(["kept", "merged"], d_in=64, n_atoms=32))
     ['kept', 'merged']
     """
     return {n: make_scenario(n, **params) for n in names}
