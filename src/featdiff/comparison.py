@@ -85,7 +85,8 @@ class CompareConfig(Config):
     than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
     (off by default: also list the reference features the target carries by firing kept features together,
     found from paired activations, as rows of status "absorbed" that no fraction counts, with their number
-    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
+    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` /
+    ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
     the evaluation activations and carries at least this fraction of the mean live feature's share of the
     decoded energy; default 0.01; 0 scores every feature that fires, DESIGN.md's "live";
