@@ -1,6 +1,6 @@
 """Each target feature's status against the reference (reused, split, recombined, novel or dead; absorbed
-rows with CompareConfig.absorbed): the one
-place the metrics of an alignment are combined into the features table."""
+rows with CompareConfig.absorbed): the one place the metrics of an alignment are combined into the features
+table."""
 
 from __future__ import annotations
 
