@@ -116,10 +116,9 @@ def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 def _with_absorbed(reused: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-    """Per live target feature, union-reused or not, with the table's absorbed recombinations (never reused)
-    appended, so that union reuse has the same denominator as the other fractions."""
-    n_absorbed = int(table["absorbed"].sum()) if "absorbed" in table else 0
-    return np.concatenate([reused, np.zeros(n_absorbed, bool)])
+    """Per live target feature, union-reused or not: absorbed reference features (status "absorbed") are in
+    no fraction, so nothing is appended for them and union reuse keeps the other fractions' denominator."""
+    return reused
 
 
 def d_sae(dictionary) -> int:

@@ -152,7 +152,9 @@ def compare_dictionaries(
             table = add_absorbed(
                 table, al, cfg, saes[reference], acts.column(reference), saes[name], acts.column(name)
             )
-        live = table["status"] != "dead"
+        # absorbed reference features (CompareConfig.absorbed) are no target feature: in no fraction
+        absorbed = table["status"] == "absorbed"
+        live = (table["status"] != "dead") & ~absorbed
         n_live = int(live.sum())
         frac = {
             s: float((table["status"] == s).sum() / n_live) if n_live else float("nan")
@@ -169,9 +171,10 @@ def compare_dictionaries(
             "reference_fve": own_fve[reference],
             "target_fve": float("nan"),
             "noise_floor_reuse": float("nan"),
-            "n_features": len(table),
+            "n_features": int((~absorbed).sum()),
             "n_live": n_live,
-            "n_dead": int((~live).sum()),
+            "n_dead": int((table["status"] == "dead").sum()),
+            "n_absorbed": int(absorbed.sum()),
         }
         transfer = None
         if acts is not None:
@@ -384,6 +387,7 @@ def compare_crosscoder(
                 "n_features": cc.d_sae,
                 "n_live": n_own,
                 "n_dead": int(dead.sum()),
+                "n_absorbed": 0,  # one shared latent per feature: nothing is carried without a row
                 "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
                 "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
                 "n_artefacts": int(artefact.sum()),

@@ -1,5 +1,6 @@
-"""Each target feature's status against the reference (reused, split, recombined, novel or dead): the one
-place the metrics of an alignment are combined into the features table."""
+"""Each target feature's status against the reference (reused, split, recombined, novel or dead; absorbed
+rows with CompareConfig.absorbed): the one place the metrics of an alignment are combined into the features
+table."""
 
 from __future__ import annotations
 
@@ -66,14 +67,16 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
 
 
 def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, ref_x, tgt, tgt_x) -> pd.DataFrame:
-    """``table`` with one more row per absorbed recombination (``metrics.recombination.absorbed_recombination``):
-    a reference feature that no target feature reuses and that the target carries by firing 2-3 of its
-    reused features together on that feature's tokens (``ref_x`` / ``tgt_x``: paired activations).
+    """``table`` with one more row per absorbed recombination (only with ``cfg.absorbed``;
+    ``metrics.recombination.absorbed_recombination``): a reference feature that no target feature reuses and
+    that the target carries by firing 2-3 of its reused features together on that feature's tokens
+    (``ref_x`` / ``tgt_x``: paired activations).
 
-    Such a recombination has no decoder row of its own, so its row has ``feature`` = the target's width +
-    j (an id past the dictionary, never an index into it), ``absorbed`` True, status "recombined", ``match``
-    the reference feature it carries, ``components`` (reference feature, excess firing rate) of the
-    carriers and ``frequency`` the share of tokens the reference feature fires on."""
+    Such a recombination has no decoder row of its own, so it is not one of the target's dictionary features:
+    its row has status "absorbed" (counted in the summary's ``n_absorbed``, in no fraction), ``feature`` = the
+    target's width + j (an id past the dictionary, never an index into it), ``absorbed`` True, ``match`` the
+    reference feature it carries, ``components`` (reference feature, excess firing rate) of the carriers and
+    ``frequency`` the share of tokens the reference feature fires on."""
     if not cfg.absorbed:
         return table
     status = table["status"].astype(str).to_numpy()
@@ -91,10 +94,14 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
         carriers,
         carrier_match,
         own,
+        tgt.W_dec.detach().float().cpu(),
+        ref.W_dec.detach().float().cpu()[torch.as_tensor(rows)],
         cfg.absorbed_threshold,
         cfg.max_components,
         cfg.min_components,
         max_shift_cosine=cfg.reuse_threshold,
+        fit_threshold=cfg.fit_threshold,
+        margin=cfg.recombination_margin,
     )
     if ab.empty:
         return table
@@ -103,7 +110,7 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
         {
             "checkpoint": al.target,
             "feature": len(table) + np.arange(len(ab), dtype=np.int64),
-            "status": pd.Categorical(["recombined"] * len(ab), categories=STATUSES),
+            "status": pd.Categorical(["absorbed"] * len(ab), categories=STATUSES),
             "match": ab["reference_feature"].to_numpy(),
             "similarity": np.nan,
             "drift": np.nan,

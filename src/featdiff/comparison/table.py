@@ -44,6 +44,7 @@ SUMMARY_COLUMNS = [
     "n_features",
     "n_live",
     "n_dead",
+    "n_absorbed",
 ]
 # the uncertainty of every summary number (featdiff.metrics.uncertainty): an interval and a base-vs-base floor
 UNCERTAINTY_COLUMNS = [
@@ -69,8 +70,9 @@ FEATURE_COLUMNS = [
     "frequency",
     "absorbed",
 ]
-# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse
-STATUSES = ["reused", "split", "recombined", "novel", "dead"]
+# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse; "absorbed" (a
+# reference feature the target carries with no row of its own, CompareConfig.absorbed) is in no fraction
+STATUSES = ["reused", "split", "recombined", "novel", "dead", "absorbed"]
 
 
 
@@ -81,8 +83,10 @@ class CompareConfig(Config):
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
     ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
     than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
-    (recombinations the target carries by firing kept features together, found from paired activations:
-    featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
+    (off by default: also list the reference features the target carries by firing kept features together,
+    found from paired activations, as rows of status "absorbed" that no fraction counts, with their number
+    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` /
+    ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
     the evaluation activations and carries at least this fraction of the mean live feature's share of the
     decoded energy; default 0.01; 0 scores every feature that fires, docs/design.md's "fired at least once";
@@ -111,7 +115,7 @@ class CompareConfig(Config):
     max_components: int = 3
     min_components: int = 2
     recombination_margin: float = 0.15
-    absorbed: bool = True
+    absorbed: bool = False
     absorbed_threshold: float = 0.15
     method: str = "hungarian"
     on: str = "decoder"

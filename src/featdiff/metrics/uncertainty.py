@@ -85,7 +85,7 @@ def profile_of(table: pd.DataFrame, ref_live: np.ndarray) -> Profile:
     ([0, 0, 2], [True, False], [0.667, 0.0, 0.333])
     """
     status = table["status"].astype(str).to_numpy()
-    live = status != "dead"
+    live = ~np.isin(status, ["dead", "absorbed"])  # an absorbed reference feature is no target feature
     code = np.select(
         [np.isin(status, ["reused", "split"]), status == "recombined"], [_REUSED, _RECOMBINED], _NOVEL
     )[live]
