@@ -78,7 +78,8 @@ def compare_dictionaries(
 
     ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
     holds every checkpoint's activations on the same evaluation tokens: with them, features that never
-    fire (``dead``) or fire below ``min_contribution`` of the decoded energy (``faint``) are counted, not scored, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
+    fire (``dead``) or fire below ``min_contribution`` of the decoded energy (``faint``) are counted, not
+    scored, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
     other seeds on the same data: a list of reference replicas, or ``{checkpoint: [SAEs]}`` (targets may
     have replicas too). Each reference replica compared with the reference gives the base-vs-base value of
     every summary column (``<col>_floor``) and the null profile that corrects the fractions

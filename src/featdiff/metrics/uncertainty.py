@@ -334,7 +334,8 @@ def summarize_uncertainty(
     spread widens the interval); ``q_target`` the reuse of each target replica against the target
     (``symmetric``); ``union_null`` per reference replica, its live features' union flags against the
     reference and the other replicas (``union``; default: each replica Profile's ``union_reused``; the
-    target's are ``target.union_reused``); ``transfer`` the reference dictionary's ``fve_chunks`` on the
+    target's are ``target.union_reused``; where either is missing, ``union`` reads as ``ratio``, as it does
+    without replicas); ``transfer`` the reference dictionary's ``fve_chunks`` on the
     target's activations. Intervals are percentile intervals at ``level`` of ``n_bootstrap`` draws, each of
     which picks one SAE of the target (itself or a replica) and one reference replica at random and
     resamples their features (with their union flags) and the token chunks with replacement.
