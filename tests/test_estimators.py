@@ -158,3 +158,13 @@ def test_faint_latents_have_their_own_status_and_count():
     s = cmp.summary.loc["rl"]
     assert (s["n_live"], s["n_faint"], s["n_dead"]) == (5, 1, 2)
     assert s["reuse"] == 1.0  # the fractions are over the 5 scored features
+
+
+def test_report_marks_a_clipped_interval_end():
+    import pandas as pd
+
+    from featdiff.report import _with_interval
+
+    row = pd.Series({"reuse": 0.95, "reuse_lo": 0.8, "reuse_hi": 1.0, "saturated": False, "interval_saturated": True})
+    assert _with_interval(row, "reuse") == "0.950 [0.80, 1.00]*"
+    assert _with_interval(row.drop("interval_saturated"), "reuse") == "0.950 [0.80, 1.00]"

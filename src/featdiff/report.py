@@ -78,7 +78,8 @@ def _key_columns(s: pd.DataFrame) -> list[str]:
     cols = []
     for c in KEY_FEATURE_COLUMNS:
         cols += [x for x in (f"{c}_raw", f"{c}_floor", c, f"{c}_lo", f"{c}_hi") if x in s]
-    cols += [c for c in ("saturated", "indistinguishable_from_reference") if c in s]
+    flags = ("saturated", "interval_saturated", "uncorrected", "indistinguishable_from_reference")
+    cols += [c for c in flags if c in s]
     return cols
 
 
@@ -131,7 +132,8 @@ def _with_interval(row: pd.Series, col: str) -> str:
     if value != "-" and col in ("reuse", "recombination", "novelty") and _flag(row, "saturated"):
         value += "*"
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{value} [{lo:.2f}, {hi:.2f}]"
+        clipped = col in ("reuse", "recombination", "novelty") and _flag(row, "interval_saturated")
+        return f"{value} [{lo:.2f}, {hi:.2f}]" + ("*" if clipped else "")
     return f"{value} [n/a]" if value != "-" else value
 
 
@@ -428,7 +430,8 @@ def write_html_report(
                 if interval_level(comparison) is not None
                 else "[n/a]: this Comparison has no intervals (no replica SAEs, or made by an older featdiff)."
             )
-            + " *: the correction hit a bound (saturated); read the raw value."
+            + " *: the correction hit a bound (saturated; after the brackets: an interval end did,"
+            " interval_saturated); read the raw value."
         )
         + "</p>",
         _explain(
