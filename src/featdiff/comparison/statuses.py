@@ -1,6 +1,6 @@
-"""Each target feature's status against the reference (reused, split, recombined, novel or dead; absorbed
-rows with CompareConfig.absorbed): the one place the metrics of an alignment are combined into the features
-table."""
+"""Each target feature's status against the reference (reused, split, recombined, novel, faint or dead;
+absorbed rows with CompareConfig.absorbed): the one place the metrics of an alignment are combined into the
+features table."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from featdiff.metrics.reuse import drift, split
 
 
 def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_reference=None) -> pd.DataFrame:
-    """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (dead > reused > recombined > split
-    > novel, docs/design.md's definitions with ``cfg``'s thresholds), match, similarity, drift, freq_shift and
+    """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (faint > dead > reused > recombined >
+    split > novel, docs/design.md's definitions with ``cfg``'s thresholds; a feature outside ``al.tgt_live`` is
+    ``faint`` where ``tgt_freq`` says it fired, else ``dead``), match, similarity, drift, freq_shift and
     components. ``ref_freq`` / ``tgt_freq`` are firing frequencies on the same tokens (or None);
     ``extra_reference``: more rows recombinations may be fitted with (the reference replicas' live rows,
     ``metrics.recombination.recombination``)."""
@@ -33,9 +34,11 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
     )
     sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
     t = al.table()
+    # not live: "faint" where it fired (below min_contribution), "dead" where it never fired
+    fired = np.ones(len(t), bool) if tgt_freq is None else tgt_freq.double().numpy() > 0
     status = np.select(
-        [~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
-        ["dead", "reused", "recombined", "split"],
+        [~t["live"] & fired, ~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
+        ["faint", "dead", "reused", "recombined", "split"],
         "novel",
     )
     is_split = status == "split"
