@@ -51,7 +51,9 @@ class WidthCheck(Config):
     on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
     ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
     (``featdiff.comparison.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
-    width multiplier of the probe and of each widening (default 2).
+    width multiplier of the probe and of each widening (default 2). ``targets``: whether the targets' SAEs
+    are probed too (default True): a target with more features than the reference (SFT adds them) outgrows
+    a width that fits the reference, and its recombinations then read as its kept features firing together.
 
     Examples
     --------
@@ -65,16 +67,18 @@ class WidthCheck(Config):
     min_reduction: float = WIDEN_REDUCTION
     narrow_reference: bool = True
     factor: int = 2
+    targets: bool = True
 
     def __post_init__(self) -> None:
         where = "WidthCheck"
         check_number(where, "min_live", self.min_live, 0, 1)
         check_number(where, "min_reduction", self.min_reduction, 0, 1)
         check_int(where, "factor", self.factor, minimum=2)
-        if not isinstance(self.narrow_reference, bool):
-            raise FeatdiffError(
-                f"The 'narrow_reference' parameter of {where} must be True or False; got {self.narrow_reference!r}."
-            )
+        for name in ("narrow_reference", "targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise FeatdiffError(
+                    f"The {name!r} parameter of {where} must be True or False; got {getattr(self, name)!r}."
+                )
 
 
 def _width_check_config(width_check) -> WidthCheck:
@@ -119,6 +123,21 @@ def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
     if len(specs) < 2:
         raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
     return specs
+
+
+def _live_shares(cmp: Comparison, reference: str) -> dict[str, float]:
+    """Per checkpoint: the share of its SAE's latents that are scored (live, not faint) on the held-out
+    tokens."""
+    out = {}
+    n_ref = cmp.meta.get("reference_n_features") or 0
+    if n_ref:
+        out[reference] = cmp.meta.get("reference_n_live", 0) / n_ref
+    s = cmp.summary
+    for n in s.index:
+        total = float(s.loc[n, "n_features"])  # its dictionary's latents (absorbed rows are none of them)
+        if total > 0:
+            out[str(n)] = float(s.loc[n, "n_live"]) / total
+    return out
 
 
 def _score(saes, replicas, evaluate, reference, metrics, config, progress, meta) -> Comparison:
@@ -183,7 +202,7 @@ def _train_and_compare(
     extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
     evaluate = train if held_out is None else held_out
     width = d_sae or 4 * train.d_model
-    rounds, widened, probe = [], [], None
+    rounds, widened, probe, kept_probes = [], [], None, {}
 
     def fit(w: int, which: list[str], extra_: dict | None, folder: str) -> dict:
         kw = dict(train_kwargs)
@@ -196,8 +215,10 @@ def _train_and_compare(
         # after a widening the probe is the reference SAE at this width (an SAE depends only on its
         # checkpoint, seed and the data order: train_saes would give the same one)
         t0 = time.perf_counter()
-        trained = fit(width, [n for n in names if probe is None or n != reference], extra or None, f"d_sae{width}" if round_ else "")
+        todo = [n for n in names if n not in kept_probes and (probe is None or n != reference)]
+        trained = fit(width, todo, extra or None, f"d_sae{width}" if round_ else "") if todo or extra else {}
         train_s = time.perf_counter() - t0
+        trained.update(kept_probes)
         if probe is not None:
             trained[reference] = probe
         saes = {n: trained[n] for n in names}
@@ -229,34 +250,57 @@ def _train_and_compare(
             check.update(decision="last round: no check", wall_s=train_s + score_s)
             break
         narrow = sorted(narrow_reference(cmp)) if wc.narrow_reference else []
-        n_feat = cmp.meta.get("reference_n_features") or 0
-        live_share = cmp.meta.get("reference_n_live", 0) / n_feat if n_feat else float("nan")
-        check.update(reference_live_share=live_share, narrow=narrow, probe_d_sae=None, probe_s=0.0)
-        # a dictionary with spare (dead) latents is not held back by its width: no probe, no widening
-        if not narrow and not live_share >= wc.min_live:
+        live_share = _live_shares(cmp, reference)
+        # a dictionary with spare (dead) latents is not held back by its width: only SAEs that use nearly
+        # all their latents are probed, the reference's and (``targets``) every target's: a target with
+        # more features than the reference (SFT adds them) outgrows a width that fits the reference
+        probed = [n for n in names if (n == reference or wc.targets) and live_share.get(n, 0.0) >= wc.min_live]
+        check.update(
+            reference_live_share=live_share.get(reference, float("nan")),
+            live_share=live_share,
+            narrow=narrow,
+            probed=probed,
+            probe_d_sae=None,
+            probe_s=0.0,
+        )
+        if narrow and reference not in probed:
+            probed = [reference, *probed]
+        if not probed:
             check.update(decision=f"keep: live share below min_live={wc.min_live:g}", wall_s=train_s + score_s)
             break
         t0 = time.perf_counter()
-        probe = fit(wc.factor * width, [reference], None, f"probe-d_sae{wc.factor * width}")[reference]
-        fve = float(cmp.summary["reference_fve"].iloc[0])  # scored on the same held-out tokens
-        fve_probe = float(sae_stats(probe, evaluate.column(reference), where="the width probe")["fve"])
+        probes = fit(wc.factor * width, probed, None, f"probe-d_sae{wc.factor * width}")
+        reductions = {}
+        for n in probed:  # each SAE and its probe, on the same held-out tokens
+            fve = float(cmp.summary["reference_fve"].iloc[0] if n == reference else cmp.summary.loc[n, "target_fve"])
+            fve_probe = float(sae_stats(probes[n], evaluate.column(n), where="the width probe")["fve"])
+            reductions[n] = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
+            if n == reference:
+                check.update(reference_fve=fve, probe_fve=fve_probe, unexplained_reduction=reductions[n])
         probe_s = time.perf_counter() - t0
-        reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
-        check.update(
-            probe_d_sae=wc.factor * width,
-            reference_fve=fve,
-            probe_fve=fve_probe,
-            unexplained_reduction=reduction,
-            probe_s=probe_s,
-            wall_s=train_s + score_s + probe_s,
-        )
-        if not narrow and reduction < wc.min_reduction:
+        check.update(probe_d_sae=wc.factor * width, unexplained_reductions=reductions, probe_s=probe_s,
+                     wall_s=train_s + score_s + probe_s)
+        wide = [n for n, r in reductions.items() if r >= wc.min_reduction]
+        if not narrow and not wide:
             check["decision"] = f"keep: unexplained-variance reduction below min_reduction={wc.min_reduction:g}"
             break
         check["decision"] = f"widen to d_sae {wc.factor * width}" + (
             f" (narrow reference: {', '.join(narrow)})" if narrow else ""
+        ) + (f" (probe: {', '.join(wide)})" if wide else "")
+        widened.append(
+            {
+                "d_sae": width,
+                "reference_live_share": live_share.get(reference, float("nan")),
+                "unexplained_reduction": reductions.get(reference, float("nan")),
+                "live_share": live_share,
+                "unexplained_reductions": reductions,
+                "wide": wide,
+                "narrow": narrow,
+            }
         )
-        widened.append({"d_sae": width, "reference_live_share": live_share, "unexplained_reduction": reduction, "narrow": narrow})
+        # the probes are those checkpoints' SAEs at the next width (same checkpoint, seed and data order)
+        probe = probes.get(reference)
+        kept_probes = {n: probes[n] for n in probed if n != reference}
         width *= wc.factor
     if rounds:
         cmp.meta["width_check"] = rounds
@@ -264,10 +308,11 @@ def _train_and_compare(
     if widened:
         cmp.meta["widened"] = list(widened)
         w0 = widened[0]
+        times = "twice" if wc.factor == 2 else f"{wc.factor} times"
         why = [
-            f"{w0['reference_live_share']:.0%} of the {reference} SAE's latents live, and one "
-            f"{'twice' if wc.factor == 2 else f'{wc.factor} times'} as wide left {w0['unexplained_reduction']:.0%} "
-            "less of its variance unexplained"
+            f"{w0['live_share'][n]:.0%} of the {n} SAE's latents live, and one {times} as wide left "
+            f"{w0['unexplained_reductions'][n]:.0%} less of its variance unexplained"
+            for n in w0["wide"]
         ]
         if w0["narrow"]:
             why.append(f"the narrow-reference check fired for {', '.join(w0['narrow'])}")

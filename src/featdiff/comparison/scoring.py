@@ -389,8 +389,8 @@ def compare_crosscoder(
                 "n_features": cc.d_sae,
                 "n_live": n_own,
                 "n_dead": int(dead.sum()),
-                "n_absorbed": 0,  # one shared latent per feature: nothing is carried without a row
                 "n_faint": 0,  # a crosscoder latent is scored when it fires
+                "n_absorbed": 0,  # one shared latent per feature: nothing is carried without a row
                 "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
                 "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
                 "n_artefacts": int(artefact.sum()),

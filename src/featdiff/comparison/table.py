@@ -46,8 +46,8 @@ SUMMARY_COLUMNS = [
     "n_features",
     "n_live",
     "n_dead",
-    "n_absorbed",
     "n_faint",
+    "n_absorbed",
 ]
 # the uncertainty of every summary number (featdiff.metrics.uncertainty): an interval and a base-vs-base floor
 UNCERTAINTY_COLUMNS = [
