@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -72,7 +73,10 @@ VARIANTS = {
     "min_contribution_0": {"min_contribution": 0.0},
     "margin_0": {"recombination_margin": 0.0},
     "ratio": {"estimator": "ratio"},
-    "mixture": {"estimator": "mixture"},
+    # the default config at other interval levels: the calibration figure (nominal vs observed coverage)
+    "level_0.5": {"interval_level": 0.5},
+    "level_0.8": {"interval_level": 0.8},
+    "level_0.95": {"interval_level": 0.95},
 }
 
 
@@ -168,6 +172,53 @@ def calibration(r: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+LEVELS = {"level_0.5": 0.5, "level_0.8": 0.8, "default": 0.9, "level_0.95": 0.95}
+
+
+def coverage_by_level(r: pd.DataFrame, widths=("1x", "2x", "4x")) -> pd.DataFrame:
+    """Observed coverage of the truth at each nominal interval level (widths 1x-4x): over every reading,
+    and over the readings whose truth is not at a bound (0 or 1, where a clipped [0, 0] or [1, 1] interval
+    covers it by construction)."""
+    d = r[r.width.isin(widths) & r.variant.isin(list(LEVELS))]
+    inner = (d.truth > 1e-9) & (d.truth < 1 - 1e-9)
+    rows = []
+    for v, level in LEVELS.items():
+        m = d.variant == v
+        rows.append(
+            {
+                "nominal": level,
+                "observed": float(d.loc[m, "covered"].mean()),
+                "observed_inside_bounds": float(d.loc[m & inner, "covered"].mean()),
+                "readings": int(m.sum()),
+                "readings_inside_bounds": int((m & inner).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def calibration_figure(tables: dict[str, pd.DataFrame], path: str) -> None:
+    """Nominal vs observed coverage (``coverage_by_level``) per set of runs, saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([0.4, 1], [0.4, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    for (name, t), color in zip(tables.items(), ("C0", "C1", "C2", "C3"), strict=False):
+        ax.plot(t.nominal, t.observed, "o-", color=color, label=f"{name}: all readings")
+        ax.plot(t.nominal, t.observed_inside_bounds, "s:", color=color, label=f"{name}: truth inside (0, 1)")
+    ax.set_xlabel("nominal interval level")
+    ax.set_ylabel("observed coverage of the truth")
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.4, 1.02)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Scenario library, trained SAEs, widths 1x-4x", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def heuristics(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
     """Per variant: worst and mean absolute error over the library (widths 1x-4x), and how often each
     heuristic's status fires on the base-vs-replica null."""
@@ -175,8 +226,11 @@ def heuristics(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
     g = d.groupby("variant")
     out = pd.DataFrame({"worst_abs_error": g.abs_error.max(), "mean_abs_error": g.abs_error.mean()})
     null = f[f.checkpoint == "base_vs_replica"].groupby("variant")[["n_live", "n_split", "n_recombined", "n_novel", "n_absorbed", "n_faint"]].sum()
-    for c in ("n_split", "n_recombined", "n_novel", "n_absorbed", "n_faint"):
+    for c in ("n_split", "n_recombined", "n_novel"):  # shares of the scored latents
         out[f"null_{c[2:]}_rate"] = null[c] / null["n_live"].clip(lower=1)
+    # absorbed: reference features called absorbed per scored latent; faint: share of the latents that fired
+    out["null_absorbed_rate"] = null["n_absorbed"] / null["n_live"].clip(lower=1)
+    out["null_faint_rate"] = null["n_faint"] / (null["n_live"] + null["n_faint"]).clip(lower=1)
     return out.reset_index()
 
 
@@ -191,14 +245,21 @@ def main() -> None:
     ap.add_argument("--n-replicas", type=int, default=2)
     ap.add_argument("--csv", default=None, help="prefix: writes PREFIX.readings.csv and PREFIX.firing.csv")
     ap.add_argument("--report", nargs="*", default=None, help="print the tables of these CSV prefixes")
+    ap.add_argument("--figure", default=None, help="with --report: save the calibration figure here (PNG)")
     args = ap.parse_args()
     if args.report:
+        levels = {}
         for prefix in args.report:
             r, f = pd.read_csv(f"{prefix}.readings.csv"), pd.read_csv(f"{prefix}.firing.csv")
             print(f"\n# {prefix}\n\n## Calibration (default config)\n")
             print(markdown(calibration(r)))
+            print("\n## Coverage by nominal level (widths 1x-4x)\n")
+            levels[Path(prefix).name] = coverage_by_level(r)
+            print(markdown(levels[Path(prefix).name]))
             print("\n## Heuristics\n")
             print(markdown(heuristics(r, f)))
+        if args.figure:
+            calibration_figure(levels, args.figure)
         return
     torch.set_num_threads(1)
     names = args.scenarios or {"tuning": TUNING, "held_out": HELD_OUT, "all": SCENARIOS}[args.half]
