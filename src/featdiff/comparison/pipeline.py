@@ -43,22 +43,27 @@ ROUND_SUMMARY = ("reuse", "recombination", "novelty", "reuse_raw", "recombinatio
 @dataclass
 class WidthCheck(Config):
     """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
-    rounds; docs/design.md, "Width check"; docs/metrics.md, "Widening").
+    rounds; docs/design.md, "Thresholds, their defaults and why"; docs/metrics.md, "Widening").
 
-    ``min_live``: the reference SAE's live share at or above which a probe ``factor`` times as wide is
-    trained (default ``WIDEN_MIN_LIVE`` = 0.9: an SAE with spare dead latents is not held back by its
-    width). ``min_reduction``: the share by which the probe must cut the reference's unexplained variance
-    on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
-    ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
-    (``featdiff.comparison.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
-    width multiplier of the probe and of each widening (default 2). ``targets``: whether the targets' SAEs
-    are probed too (default True): a target with more features than the reference (SFT adds them) outgrows
-    a width that fits the reference, and its recombinations then read as its kept features firing together.
+    In each round, every SAE whose live share (scored latents over its width: ``n_live / n_features``) is
+    at least ``min_live`` gets a probe ``factor`` times as wide: the reference's, and with ``targets`` each
+    target's. Where ``narrow_reference`` is on and the narrow-reference diagnostic
+    (``featdiff.comparison.diagnostics.narrow_reference``) fires, the reference is probed whatever its live
+    share. Where any probe cuts its own SAE's unexplained variance on that checkpoint's held-out tokens by
+    at least ``min_reduction``, or the diagnostic fires, every SAE (reference, targets, replicas) is
+    trained again ``factor`` times as wide, the probes serving as their checkpoints' SAEs.
+
+    ``min_live``: default ``WIDEN_MIN_LIVE`` = 0.9 (an SAE with spare latents is not held back by its
+    width). ``min_reduction``: default ``WIDEN_REDUCTION`` = 0.2. ``narrow_reference``: whether the
+    diagnostic triggers the probe and the widening (default True). ``factor``: the width multiplier of the
+    probes and of each widening (default 2). ``targets``: whether the targets' SAEs are probed too (default
+    True): a target with more features than the reference (SFT adds them) outgrows a width that fits the
+    reference, and its recombinations then read as its kept features firing together.
 
     Examples
     --------
     >>> WidthCheck(min_reduction=0.3).to_dict()
-    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2}
+    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2, 'targets': True}
     >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
     True
     """
@@ -351,12 +356,13 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Where the
-    reference SAE uses >= 90 % of its latents (``min_live``), one reference SAE twice as wide (the probe)
-    is trained; where it leaves >= 20 % less of the reference's variance unexplained (``min_reduction``),
-    or the comparison finds the reference lacking features of its own activations
-    (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
-    narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
+    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Every SAE that
+    uses >= 90 % of its latents (``min_live``), the reference's and (``targets``, on by default) each
+    target's, gets a probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance
+    unexplained (``min_reduction``), or the comparison finds the reference lacking features of its own
+    activations (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice
+    ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
+    "Widening").
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
     their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
@@ -463,8 +469,9 @@ def compare_checkpoints(
     ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
     in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
     kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
-    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where a reference SAE
-    twice as wide explains much more, or the reference lacks features of its own activations
+    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where an SAE twice as
+    wide as the reference's or (by default) a target's explains much more, or the reference lacks features
+    of its own activations
     (``compare_activations``; thresholds in ``width_check``, a ``WidthCheck``); ``widen=0`` keeps ``d_sae``
     and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning`` says so
     unless ``widen=0``.

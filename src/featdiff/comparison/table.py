@@ -98,13 +98,16 @@ class CompareConfig(Config):
     carries at least this fraction of the mean share of the decoded energy of the live features; the others
     get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
     scores every live feature; featdiff.dictionaries.stats.scored_features),
-    ``correct`` (apply the noise-floor correction).
+    ``correct`` (apply the noise-floor correction; False prints the raw fractions as the corrected ones,
+    flagged ``uncorrected``).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
     norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
-    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; see
-    featdiff.metrics.uncertainty and docs/metrics.md), ``interval_level`` and ``n_bootstrap`` (the
-    ``<col>_lo`` / ``<col>_hi`` intervals).
+    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; default
+    ``union``: reuse = ``reuse_union`` / ``reuse_union_floor``, recombination = (recombination_raw - reuse
+    x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
+    docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
+    ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
 
     Examples
     --------
