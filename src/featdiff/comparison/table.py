@@ -73,11 +73,15 @@ FEATURE_COLUMNS = [
     "fit_cosine",
     "frequency",
     "absorbed",
+    "parent",
 ]
 # "split" (a near-duplicate of an already-matched reference feature) counts toward reuse; "faint" (fired on
 # the evaluation activations but carries less than min_contribution of the decoded energy) and "dead" (never
 # fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
 # CompareConfig.absorbed) is in no fraction
+# a live latent that fires (nearly) only where a reused latent fires, and with it rebuilds that latent's
+# reference feature, is a child of it (status split; featdiff.comparison.statuses.add_children)
+CHILD_COFIRING = 0.9
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
 
 
@@ -125,6 +129,7 @@ class CompareConfig(Config):
     max_components: int = 3
     min_components: int = 2
     recombination_margin: float = 0.15
+    child_cofiring: float = CHILD_COFIRING
     absorbed: bool = False
     absorbed_threshold: float = 0.15
     method: str = "hungarian"
@@ -151,6 +156,7 @@ class CompareConfig(Config):
         for name in ("reuse_threshold", "fit_threshold"):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
+        check_number(where, "child_cofiring", self.child_cofiring, 0, 1)
         check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
         check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
         for name in ("mas_threshold", "pair_share"):
