@@ -47,7 +47,8 @@ def check(acts: fd.ActivationSet, name: str, **train_kwargs) -> dict:
 
 def lab() -> list[dict]:
     from featdiff.cli import DEMO_SAE_STEPS
-    from featdiff.models.models import default_hook, load_prompts
+    from featdiff.models.folder import load_prompts
+    from featdiff.models.hooks import default_hook
 
     path = fd.lab.build(fd.lab.LabConfig(), progress=False)
     models = dict(zip(("base", "rl", "sft"), (fd.load_model(p) for p in fd.lab.load(path)), strict=True))

@@ -7,11 +7,12 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff import constants
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import TextCorpus
 from featdiff.core.io import MARKER
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.models.models import save_model
+from featdiff.models.folder import save_model
 
 VOCAB = 29
 HOOK = "blocks.0.hook_resid_post"

@@ -9,7 +9,8 @@ Examples
 
 from featdiff import distributed, lab, synthetic  # noqa: E402
 from featdiff._version import __version__
-from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, collect_activations  # noqa: E402
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet  # noqa: E402
+from featdiff.activations.collect import collect_activations  # noqa: E402
 from featdiff.activations.corpus import TextCorpus  # noqa: E402
 from featdiff.activations.formats import from_sae_lens_cache  # noqa: E402
 from featdiff.activations.stream import ActivationStream  # noqa: E402
@@ -41,14 +42,9 @@ from featdiff.metrics.registry import (  # noqa: E402
     unregister_metric,
 )
 from featdiff.metrics.reuse import base_coverage, drift, reuse  # noqa: E402
-from featdiff.models.models import (  # noqa: E402
-    check_compatible,
-    default_hook,
-    hook_name,
-    load_model,
-    load_prompts,
-    save_model,
-)
+from featdiff.models.folder import load_prompts, save_model  # noqa: E402
+from featdiff.models.hooks import check_compatible, default_hook, hook_name  # noqa: E402
+from featdiff.models.load import load_model  # noqa: E402
 from featdiff.report.cards import FeatureCard, feature_card, feature_cards  # noqa: E402
 from featdiff.report.export import export_features  # noqa: E402
 

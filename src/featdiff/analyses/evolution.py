@@ -31,7 +31,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
 from featdiff.core.output import progress_bar
 from featdiff.dictionaries.crosscoder.model import is_crosscoder, stack
 from featdiff.dictionaries.crosscoder.train import train_crosscoder

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featdiff import distributed as dist
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import as_corpus
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
@@ -22,7 +23,9 @@ from featdiff.dictionaries.formats import load_sae
 from featdiff.dictionaries.sae import train_saes
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
-from featdiff.models.models import default_hook, load_model, load_prompts
+from featdiff.models.folder import load_prompts
+from featdiff.models.hooks import default_hook
+from featdiff.models.load import load_model
 from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
