@@ -351,5 +351,5 @@ def test_open_of_a_broken_folder_names_the_problem(tmp_path):
     meta["n_tokens"] = 100
     (disk.path / "activations.json").write_text(json.dumps(meta))
     assert ActivationSet.open(disk.path).n_tokens == 100
-    with pytest.raises(FeatdiffError, match="buffer_tokens must be a positive int"):
+    with pytest.raises(FeatdiffError, match="'buffer_tokens' parameter of OnDiskActivationSet must be a positive integer"):
         ActivationSet.open(disk.path, buffer_tokens=0)

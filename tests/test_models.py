@@ -223,5 +223,5 @@ def test_hook_name_and_default_hook():
     )
     with pytest.raises(FeatdiffError, match="'site' parameter of hook_name must be one of .*resid_post"):
         hook_name(0, "residual")
-    with pytest.raises(FeatdiffError, match="int >= 0"):
+    with pytest.raises(FeatdiffError, match="integer >= 0"):
         hook_name(-1)

@@ -16,6 +16,7 @@ from torch import Tensor
 from featdiff import constants
 from featdiff.activations.folder import SEQUENCE_IDS, TOKEN_IDS, ShardWriter, meta_json, read_meta
 from featdiff.activations.shards import ActivationColumn, ShardStore, compose_rows, view_batches
+from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 
@@ -344,8 +345,7 @@ class OnDiskActivationSet(ActivationSet):
     ):
         self._store, self._rows, self._names = store, rows, list(names)
         self.hook, self.token_ids, self.meta, self.sequence_ids = hook, token_ids, meta, sequence_ids
-        if buffer_tokens is not None and (isinstance(buffer_tokens, bool) or int(buffer_tokens) <= 0):
-            raise FeatdiffError(f"buffer_tokens must be a positive int; got {buffer_tokens!r}.")
+        check_int("OnDiskActivationSet", "buffer_tokens", buffer_tokens, optional=True)
         self.buffer_tokens = buffer_tokens
         self._keys: dict[str, str] = {}  # a name -> the checkpoint it reads (aliases, see _aliased)
 

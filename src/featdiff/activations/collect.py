@@ -30,6 +30,7 @@ from featdiff.activations.tokens import (
     text_windows,
     with_keep,
 )
+from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.core.output import progress_bar
 from featdiff.core.runstate import RowChunks, model_fingerprint, tensor_hash
@@ -145,10 +146,8 @@ def collect_activations(
         raise FeatdiffError(
             "collect_activations needs a non-empty dict {checkpoint name: model or checkpoint}."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise FeatdiffError(f"batch_size must be a positive int; got {batch_size!r}.")
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens <= 0:
-        raise FeatdiffError(f"shard_tokens must be a positive int; got {shard_tokens!r}.")
+    check_int("collect_activations", "batch_size", batch_size)
+    check_int("collect_activations", "shard_tokens", shard_tokens)
     if outlier_factor is not None and not outlier_factor > 1:
         raise FeatdiffError(
             f"outlier_factor must be > 1 (a multiple of the median norm) or None to keep all; got {outlier_factor}."

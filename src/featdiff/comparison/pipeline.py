@@ -30,12 +30,11 @@ from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
-# widen when a reference SAE twice as wide leaves this share less of the variance unexplained: on planted
-# data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.02-0.15 at 1x with any
-# k; 0.06 on the lab (docs/metrics.md, "Widening")
+# widen when a reference SAE twice as wide leaves this share less of the variance unexplained (the
+# reductions measured on planted data, the lab and SmolLM2: docs/metrics.md, "Widening")
 WIDEN_REDUCTION = 0.2
 # ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
-# spare (SmolLM2-135M at 24k tokens: 31 % live, yet a 2x SAE left 29 % less unexplained)
+# spare (docs/metrics.md, "Widening")
 WIDEN_MIN_LIVE = 0.9
 METHODS = ("saes", "crosscoder")
 # per round of the width check, the summary columns kept in meta["width_check"] (the round's tables are
@@ -99,25 +98,17 @@ def _describe(spec, model) -> str:
     return str(getattr(model, "featdiff_path", None) or f"<in-memory {type(spec).__name__}>")
 
 
-def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
-    """{name: spec} from a mapping in the first argument or from base / rl / sft (/ **more, deprecated)."""
+def _checkpoint_specs(base, rl, sft) -> dict:
+    """{name: spec} from a mapping in the first argument or from base / rl / sft."""
     if isinstance(base, Mapping):
-        if rl is not None or sft is not None or more:
+        if rl is not None or sft is not None:
             raise FeatdiffError(
                 "compare_checkpoints takes the checkpoints either as one mapping {name: checkpoint} or as "
                 "base, rl, sft; not both."
             )
         specs = dict(base)
     else:
-        if more:
-            warnings.warn(
-                f"compare_checkpoints(..., {', '.join(f'{k}=' for k in more)}) is deprecated: a checkpoint "
-                "name could collide with an option; pass every checkpoint in one mapping, "
-                "compare_checkpoints({'base': ..., 'rl': ..., " + ", ".join(f"'{k}': ..." for k in more) + "}, ...).",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-        specs = {"base": base, "rl": rl, "sft": sft, **more}
+        specs = {"base": base, "rl": rl, "sft": sft}
     specs = {n: s for n, s in specs.items() if s is not None}
     if len(specs) < 2:
         raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
@@ -172,8 +163,6 @@ def _train_and_compare(
     reference SAE) and scored again. ``meta["width_check"]`` records every round (width, seconds, the
     round's summary, the check's numbers and decision), ``meta["width_check_config"]`` the thresholds and
     ``meta["widened"]`` each widening."""
-    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
-        raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
     wc = _width_check_config(width_check)
     from featdiff.comparison.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
@@ -335,8 +324,8 @@ def compare_activations(
             f"compare_activations needs an ActivationSet; got {type(acts).__name__}. "
             "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
         )
-    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
-        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    check_int("compare_activations", "n_replicas", n_replicas, minimum=0)
+    check_int("compare_activations", "widen", widen, minimum=0)  # rounds of doubling d_sae
     reference = reference or ("base" if "base" in acts.names else acts.names[0])
     if reference not in acts.names:
         raise FeatdiffError(f"compare_activations: no checkpoint {reference!r}; the activations have {acts.names}.")
@@ -382,7 +371,6 @@ def compare_checkpoints(
     seed: int = 0,
     n_replicas: int = DEFAULT_N_REPLICAS,
     replicas: list | dict | None = None,
-    noise_floor: bool | None = None,
     eval_fraction: float = 0.2,
     metrics: list | None = None,
     config: CompareConfig | None = None,
@@ -396,7 +384,6 @@ def compare_checkpoints(
     checkpoint_dir: str | os.PathLike | None = None,
     widen: int = 1,
     width_check: WidthCheck | None = None,
-    **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
@@ -413,7 +400,6 @@ def compare_checkpoints(
     checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
     correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (then
     ``replicas=`` may give the replicas: a list of reference SAEs, or ``{checkpoint: [SAEs]}``);
-    ``noise_floor=True/False`` is the deprecated form of ``n_replicas=1/0``;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
     ``activations_dir`` streams the activations to that folder and leaves them there (an
@@ -443,7 +429,7 @@ def compare_checkpoints(
     True
     """
     check_choice("method", method, METHODS, "compare_checkpoints")
-    specs = _checkpoint_specs(base, rl, sft, more)
+    specs = _checkpoint_specs(base, rl, sft)
     reference = "base" if "base" in specs else next(iter(specs))
     stage_ckpt = {}
     if checkpoint_dir is not None:
@@ -514,16 +500,8 @@ def compare_checkpoints(
         cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
         return cmp
 
-    if noise_floor is not None:
-        warnings.warn(
-            "compare_checkpoints(noise_floor=...) is deprecated; pass n_replicas= (reference replica SAEs to "
-            "train; noise_floor=True means n_replicas=1, False means 0).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        n_replicas = int(bool(noise_floor))
-    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
-        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    check_int("compare_checkpoints", "n_replicas", n_replicas, minimum=0)
+    check_int("compare_checkpoints", "widen", widen, minimum=0)  # rounds of doubling d_sae
     if saes is None:
         if replicas is not None:
             raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
@@ -565,15 +543,7 @@ def compare_checkpoints(
             cmp.meta.setdefault("warnings", []).append(skipped)
             cmp.meta["width_check"] = [{"round": 0, "d_sae": cmp.meta["sae"]["d_sae"], "decision": "skipped: distributed=True"}]
     else:
-        saes = dict(saes)
-        old = saes.pop("__noise_floor__", None)
-        if old is not None:
-            warnings.warn(
-                "compare_checkpoints(saes={..., '__noise_floor__': sae}) is deprecated; pass replicas=[sae].",
-                FutureWarning,
-                stacklevel=2,
-            )
-        given = as_replicas(replicas, old, reference)
+        given = as_replicas(replicas, None, reference)
         load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
         saes = {n: load(s) for n, s in saes.items()}
         replicas = {n: [load(s) for s in v] for n, v in given.items()}

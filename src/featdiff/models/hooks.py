@@ -7,6 +7,7 @@ import difflib
 import re
 from typing import TYPE_CHECKING
 
+from featdiff.core.config import check_int
 from featdiff.errors import FeatdiffError, check_choice
 
 if TYPE_CHECKING:
@@ -35,8 +36,7 @@ def hook_name(layer: int, site: str = "resid_post") -> str:
     >>> hook_name(0, "mlp_post")
     'blocks.0.mlp.hook_post'
     """
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise FeatdiffError(f"The 'layer' parameter of hook_name must be an int >= 0; got {layer!r}.")
+    check_int("hook_name", "layer", layer, minimum=0)
     check_choice("site", site, _SITES, where="hook_name")
     return _SITES[site].format(layer=layer)
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.analyses.interventions.edit_hooks import check_model_hook, other_activations
+from featdiff.core.config import check_int
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.models.hooks import stop_layer
 
@@ -95,10 +96,8 @@ def matched_controls(
         freq = frequency.detach().cpu().double().numpy()
     else:
         freq = np.asarray(frequency, dtype=float)
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise FeatdiffError(f"The 'width' of matched_controls must be a positive int; got {width!r}.")
-    if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 0:
-        raise FeatdiffError(f"n_controls must be an int >= 0; got {n_controls!r}.")
+    check_int("matched_controls", "width", width)
+    check_int("matched_controls", "n_controls", n_controls, minimum=0)
     bad = [k for k in [*feats, *pool] if not 0 <= int(k) < len(freq)]
     if bad:
         raise FeatdiffError(

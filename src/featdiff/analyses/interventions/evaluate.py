@@ -25,6 +25,7 @@ from featdiff.analyses.interventions.controls import (
 from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.analyses.interventions.edit_hooks import check_model_hook, edit_features, remember_others
 from featdiff.analyses.interventions.generation import exact_match, generate_greedy, prompt_groups
+from featdiff.core.config import check_int
 from featdiff.core.output import progress_bar
 from featdiff.errors import FeatdiffError, check_choice
 
@@ -137,10 +138,7 @@ def evaluate_intervention(
     unknown = sorted(set(critical) - set(tasks))
     if unknown:
         raise FeatdiffError(f"critical names tasks {unknown} that are not in tasks {list(tasks)}.")
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise FeatdiffError(
-            f"The 'n_random' parameter of evaluate_intervention must be an int >= 0; got {n_random!r}."
-        )
+    check_int("evaluate_intervention", "n_random", n_random, minimum=0)
     alternative = default_alternative(edit) if alternative is None else alternative
     check_choice("alternative", alternative, ALTERNATIVES, where="evaluate_intervention")
     controls: list[list[int]] = []

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.analyses.interventions.edit_hooks import edit_features
+from featdiff.core.config import check_int
 from featdiff.errors import FeatdiffError
 
 
@@ -55,8 +56,7 @@ def generate_greedy(
     >>> generate_greedy(model, torch.tensor([[1, 2], [3, 4]]), 3).shape
     torch.Size([2, 3])
     """
-    if isinstance(n_new_tokens, bool) or not isinstance(n_new_tokens, int) or n_new_tokens < 1:
-        raise FeatdiffError(f"n_new_tokens must be a positive int; got {n_new_tokens!r}.")
+    check_int("generate_greedy", "n_new_tokens", n_new_tokens)
     groups = prompt_groups(prompts)
     n = sum(len(idx) for idx, _ in groups)
     device = next(model.parameters()).device
