@@ -8,8 +8,24 @@ import featdiff
 GROUPS = [
     ["compare_checkpoints"],
     ["hook_name", "load_model", "save_model"],
-    ["ActivationSet", "ActivationStream", "OnDiskActivationSet", "TextCorpus", "collect_activations", "from_sae_lens_cache"],
-    ["Crosscoder", "load_crosscoder", "load_sae", "sae_from_dictionary", "save_sae", "save_saes", "train_crosscoder", "train_saes"],
+    [
+        "ActivationSet",
+        "ActivationStream",
+        "OnDiskActivationSet",
+        "TextCorpus",
+        "collect_activations",
+        "from_sae_lens_cache",
+    ],
+    [
+        "Crosscoder",
+        "load_crosscoder",
+        "load_sae",
+        "sae_from_dictionary",
+        "save_sae",
+        "save_saes",
+        "train_crosscoder",
+        "train_saes",
+    ],
     ["align", "mmcs", "svcca"],
     ["base_coverage", "decoder_cosine", "drift", "latent_scaling", "mas", "nrn", "recombination", "reuse"],
     ["compare_activations", "compare_crosscoder", "compare_dictionaries"],
@@ -71,9 +87,8 @@ def test_stage_helpers_stay_in_their_packages():
     from featdiff.models import check_compatible, default_hook, load_prompts
 
     assert all(callable(f) for f in (sample_codes, check_compatible, default_hook, load_prompts))
-    assert not {"correct_fractions", "sample_codes", "check_compatible", "default_hook", "load_prompts"} & set(
-        featdiff.__all__
-    )
+    helpers = {"correct_fractions", "sample_codes", "check_compatible", "default_hook", "load_prompts"}
+    assert not helpers & set(featdiff.__all__)
 
 
 def test_import_does_no_heavy_work():

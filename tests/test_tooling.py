@@ -210,6 +210,19 @@ def test_no_module_imports_another_packages_private_name():
     assert sorted(set((a, b, tuple(c)) for a, b, c in offenders)) == []
 
 
+def test_modules_import_names_from_the_module_that_defines_them():
+    # a package's namespace (its __init__) only re-exports; a module reads a name from its defining module,
+    # so no module depends on a whole namespace (and no namespace is a bridge between two modules)
+    offenders = sorted(
+        {
+            (name, target, tuple(imported))
+            for name, target, imported in _import_nodes()
+            if imported and target in _PACKAGES and name not in _PACKAGES
+        }
+    )
+    assert offenders == []
+
+
 def test_import_featdiff_leaves_the_heavy_libraries_unloaded():
     # import time itself is measured in benchmarks/bench_import.py; here: nothing slow is imported eagerly
     heavy = ["sae_lens", "transformer_lens", "transformers", "matplotlib", "scipy.optimize"]

@@ -108,7 +108,8 @@ def api_page(namespace: str) -> str:
     module = importlib.import_module(namespace)
     groups = api_groups(namespace)
     if any(title for title, _ in groups):
-        blocks = [f"# `{namespace}`", f"::: {namespace}\n    options:\n      show_root_heading: false\n      members: false\n"]
+        head = f"::: {namespace}\n    options:\n      show_root_heading: false\n      members: false\n"
+        blocks = [f"# `{namespace}`", head]
         for title, names in groups:
             heading, _, what = title.partition(": ")
             blocks.append(f"## {heading[0].upper()}{heading[1:]}")
@@ -120,10 +121,8 @@ def api_page(namespace: str) -> str:
                     summary = (obj.__doc__ or "").strip().splitlines()[0]
                     blocks.append(f"- [`{obj.__name__}`]({obj.__name__}.md): {summary}")
                 elif hasattr(obj, "__qualname__") and hasattr(obj, "__module__"):
-                    blocks.append(
-                        f"::: {obj.__module__}.{obj.__qualname__}\n    options:\n      show_root_full_path: false\n"
-                        "      heading_level: 3\n"
-                    )
+                    options = "    options:\n      show_root_full_path: false\n      heading_level: 3\n"
+                    blocks.append(f"::: {obj.__module__}.{obj.__qualname__}\n{options}")
                 elif not name.startswith("__"):
                     blocks.append(f"::: {namespace}.{name}\n    options:\n      heading_level: 3\n")
         return "\n\n".join(blocks) + "\n"

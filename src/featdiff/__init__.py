@@ -76,7 +76,7 @@ __all__ = [
     "align",
     "mmcs",
     "svcca",
-    # metrics: reuse, drift, recombination, coverage; the crosscoder's MAS, NRN, decoder cosine, latent scaling
+    # metrics: reuse, drift, recombination, coverage; a crosscoder's MAS, NRN, decoder cosine, latent scaling
     "base_coverage",
     "decoder_cosine",
     "drift",
@@ -93,7 +93,7 @@ __all__ = [
     "export_features",
     "feature_card",
     "feature_cards",
-    # analyses: features over checkpoints, generalization features, feature edits, the crosscoder view of a lab
+    # analyses: features over checkpoints, generalization features, feature edits, a lab's crosscoder view
     "crosscoder_view",
     "edit_features",
     "evaluate_intervention",

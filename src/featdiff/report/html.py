@@ -142,10 +142,10 @@ def _flag(row: pd.Series, col: str) -> bool | None:
 
 
 def interval_level(comparison) -> float | None:
-    """The level of the summary's ``*_lo`` / ``*_hi`` intervals, from the comparison: ``meta["interval_level"]``,
-    else its config's (``meta["config"]["interval_level"]``), else CompareConfig's default (``INTERVAL_LEVEL``,
-    featdiff.metrics.uncertainty); None when the summary has no intervals (a Comparison from before they
-    existed).
+    """The level of the summary's ``*_lo`` / ``*_hi`` intervals, from the comparison:
+    ``meta["interval_level"]``, else its config's (``meta["config"]["interval_level"]``), else CompareConfig's
+    default (``INTERVAL_LEVEL``, featdiff.metrics.uncertainty); None when the summary has no intervals (a
+    Comparison from before they existed).
 
     Examples
     --------
