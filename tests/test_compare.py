@@ -61,8 +61,11 @@ def test_noise_floor_enters_the_summary(planted):
     nf = cmp.summary["noise_floor_reuse"]
     assert (nf > 0.45).all() and (nf < 0.6).all()
     s = cmp.summary
-    np.testing.assert_allclose(s["reuse"], np.minimum(1, s["reuse_raw"] / nf))
+    # the default (union): the target's union share over the replicas' (docs/metrics.md)
+    np.testing.assert_allclose(s["reuse"], np.minimum(1, s["reuse_union"] / s["reuse_union_floor"]))
     np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
+    s = compare_dictionaries(saes, acts, replicas=[make_sae(D, k=8)], progress=False, estimator="ratio").summary
+    np.testing.assert_allclose(s["reuse"], np.minimum(1, s["reuse_raw"] / nf))
 
 
 def test_round_trip_is_exact(planted, tmp_path):

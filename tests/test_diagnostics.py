@@ -36,8 +36,11 @@ def test_a_clean_reading_gives_no_warning():
 def test_dead_latents_warn_above_the_share_and_say_what_to_change():
     assert diagnose(summary(n_live=[50], n_dead=[50])) == []  # exactly half: not above
     (msg,) = diagnose(summary(n_live=[49], n_dead=[51]))
-    assert msg.startswith("rl: 51% of its dictionary's 100 latents (51) never fired")
-    assert "over the 49 live ones" in msg and "smaller d_sae (about 49)" in msg
+    assert msg.startswith("rl: 51% of its dictionary's 100 latents (51) are not scored: never fired")
+    assert "over the 49 scored ones" in msg and "smaller d_sae (about 49)" in msg
+    # faint latents (fired, below min_contribution) are not scored either, and the message counts each kind
+    (msg,) = diagnose(summary(n_live=[49], n_dead=[30], n_faint=[21]))
+    assert "(51) are not scored: 30 never fired (dead) and 21 fired but carried less than" in msg
     assert diagnose(summary(n_live=[49], n_dead=[51]), max_dead_fraction=0.6) == []
     # the reference's own dead count comes from meta
     msgs = diagnose(fake_cmp(summary(), reference_n_features=2304, reference_n_live=788))
@@ -122,7 +125,7 @@ def test_compare_dictionaries_emits_and_stores_the_warnings():
     assert [str(w.message) for w in rec if w.category is FeatdiffWarning] == msgs
     assert (cmp.meta["reference_n_features"], cmp.meta["reference_n_live"]) == (8, 3)
     assert [m.split(":")[0] for m in msgs] == ["base (reference)", "rl", "noise floor"]
-    assert "62% of its dictionary's 8 latents (5) never fired on the 400 evaluation tokens" in msgs[0]
+    assert "62% of its dictionary's 8 latents (5) are not scored: 5 never fired on the 400 evaluation tokens" in msgs[0]
     assert "share only 0.0% of their live features, so the correction is undefined (q = 0)" in msgs[2]
 
 

@@ -4,10 +4,11 @@
 problem it finds; ``emit_warnings`` runs it, issues each sentence as a ``FeatdiffWarning`` and stores them
 in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their defaults:
 
-- **dead latents** (``max_dead_fraction=0.5``): a dictionary whose latents did not fire on the evaluation
-  tokens for more than half of them. Its fractions are over the live ones only, and live counts that
-  differ between checkpoints move every fraction. Half is where a 4x-wide SAE has fewer live latents than
-  twice the model width.
+- **dead latents** (``max_dead_fraction=0.5``): a dictionary more than half of whose latents are not
+  scored: ``dead`` (never fired on the evaluation tokens) or ``faint`` (fired, the definition of live, but
+  carried less than ``min_contribution`` of the decoded energy). Its fractions are over the scored ones
+  only, and scored counts that differ between checkpoints move every fraction. Half is where a 4x-wide SAE
+  has fewer live latents than twice the model width.
 - **low noise floor** (``max_correction=3.0``): two reference SAEs that share a fraction q of their
   features make the correction divide raw fractions by q; above 3x (q < 0.33) the corrected numbers are
   mostly SAE noise.
@@ -57,16 +58,28 @@ def _num(x) -> float:
     return v
 
 
-def _dead_message(name: str, n_features: int, n_dead: int, n_tokens, limit: float) -> str | None:
-    if not n_features or not math.isfinite(n_dead) or n_dead / n_features <= limit:
+def _dead_message(
+    name: str, n_features: int, n_dead: int, n_tokens, limit: float, n_faint=None
+) -> str | None:
+    """``n_dead``: latents not scored (never fired, or, where ``n_faint`` is given separately, only those);
+    ``n_faint``: latents that fired but carry less than min_contribution of the decoded energy."""
+    n_out = int(n_dead) + (int(n_faint) if n_faint is not None and math.isfinite(n_faint) else 0)
+    if not n_features or n_out / n_features <= limit:
         return None
     on = f" on the {int(n_tokens):,} evaluation tokens" if n_tokens else ""
-    n_live = n_features - int(n_dead)
+    n_live = n_features - n_out
+    if n_faint is not None and math.isfinite(n_faint):
+        what = (
+            f"{int(n_dead):,} never fired{on} (dead) and {int(n_faint):,} fired but carried less than "
+            "min_contribution of the decoded energy (faint)"
+        )
+    else:
+        what = f"never fired{on} (dead) or carried less than min_contribution of the decoded energy (faint)"
     return (
-        f"{name}: {n_dead / n_features:.0%} of its dictionary's {n_features:,} latents ({int(n_dead):,}) never "
-        f"fired{on} or carried less than min_contribution of the decoded energy; its fractions are over the {n_live:,} live ones, and live counts that differ between "
-        f"checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_live):,}), train longer "
-        f"(more n_samples), or evaluate on more tokens (more than {limit:.0%} dead warns)."
+        f"{name}: {n_out / n_features:.0%} of its dictionary's {n_features:,} latents ({n_out:,}) are not "
+        f"scored: {what}; its fractions are over the {n_live:,} scored ones, and scored counts that differ "
+        f"between checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_live):,}), train "
+        f"longer (more n_samples), or evaluate on more tokens (more than {limit:.0%} unscored warns)."
     )
 
 
@@ -222,15 +235,19 @@ def diagnose(
     # dead latents: the reference's (from meta), then each target's
     ref_n, ref_live = meta.get("reference_n_features"), meta.get("reference_n_live")
     if ref_n is not None and ref_live is not None:
-        msg = _dead_message(
-            f"{reference} (reference)", int(ref_n), int(ref_n) - int(ref_live), n_tokens, max_dead_fraction
-        )
+        n_out, ref_faint = int(ref_n) - int(ref_live), None
+        faint = _num(summary["reference_n_faint"].iloc[0]) if "reference_n_faint" in summary and len(summary) else None
+        if faint is not None and math.isfinite(faint):
+            ref_faint, n_out = faint, n_out - int(faint)
+        msg = _dead_message(f"{reference} (reference)", int(ref_n), n_out, n_tokens, max_dead_fraction, ref_faint)
         if msg:
             out.append(msg)
     for name, row in summary.iterrows():
         n_feat, n_dead = _num(row.get("n_features")), _num(row.get("n_dead"))
+        n_faint = _num(row.get("n_faint"))
         if math.isfinite(n_feat) and math.isfinite(n_dead):
-            msg = _dead_message(str(name), int(n_feat), int(n_dead), n_tokens, max_dead_fraction)
+            faint = n_faint if math.isfinite(n_faint) else None
+            msg = _dead_message(str(name), int(n_feat), int(n_dead), n_tokens, max_dead_fraction, faint)
             if msg:
                 out.append(msg)
 

@@ -45,20 +45,27 @@ ROUND_SUMMARY = ("reuse", "recombination", "novelty", "reuse_raw", "recombinatio
 @dataclass
 class WidthCheck(Config):
     """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
-    rounds; docs/design.md, "Width check"; docs/metrics.md, "Widening").
+    rounds; docs/design.md, "Thresholds, their defaults and why"; docs/metrics.md, "Widening").
 
-    ``min_live``: the reference SAE's live share at or above which a probe ``factor`` times as wide is
-    trained (default ``WIDEN_MIN_LIVE`` = 0.9: an SAE with spare dead latents is not held back by its
-    width). ``min_reduction``: the share by which the probe must cut the reference's unexplained variance
-    on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
-    ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
-    (``featdiff.comparison.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
-    width multiplier of the probe and of each widening (default 2).
+    In each round, every SAE whose live share (scored latents over its width: ``n_live / n_features``) is
+    at least ``min_live`` gets a probe ``factor`` times as wide: the reference's, and with ``targets`` each
+    target's. Where ``narrow_reference`` is on and the narrow-reference diagnostic
+    (``featdiff.comparison.diagnostics.narrow_reference``) fires, the reference is probed whatever its live
+    share. Where any probe cuts its own SAE's unexplained variance on that checkpoint's held-out tokens by
+    at least ``min_reduction``, or the diagnostic fires, every SAE (reference, targets, replicas) is
+    trained again ``factor`` times as wide, the probes serving as their checkpoints' SAEs.
+
+    ``min_live``: default ``WIDEN_MIN_LIVE`` = 0.9 (an SAE with spare latents is not held back by its
+    width). ``min_reduction``: default ``WIDEN_REDUCTION`` = 0.2. ``narrow_reference``: whether the
+    diagnostic triggers the probe and the widening (default True). ``factor``: the width multiplier of the
+    probes and of each widening (default 2). ``targets``: whether the targets' SAEs are probed too (default
+    True): a target with more features than the reference (SFT adds them) outgrows a width that fits the
+    reference, and its recombinations then read as its kept features firing together.
 
     Examples
     --------
     >>> WidthCheck(min_reduction=0.3).to_dict()
-    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2}
+    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2, 'targets': True}
     >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
     True
     """
@@ -67,16 +74,18 @@ class WidthCheck(Config):
     min_reduction: float = WIDEN_REDUCTION
     narrow_reference: bool = True
     factor: int = 2
+    targets: bool = True
 
     def __post_init__(self) -> None:
         where = "WidthCheck"
         check_number(where, "min_live", self.min_live, 0, 1)
         check_number(where, "min_reduction", self.min_reduction, 0, 1)
         check_int(where, "factor", self.factor, minimum=2)
-        if not isinstance(self.narrow_reference, bool):
-            raise FeatdiffError(
-                f"The 'narrow_reference' parameter of {where} must be True or False; got {self.narrow_reference!r}."
-            )
+        for name in ("narrow_reference", "targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise FeatdiffError(
+                    f"The {name!r} parameter of {where} must be True or False; got {getattr(self, name)!r}."
+                )
 
 
 def _width_check_config(width_check) -> WidthCheck:
@@ -113,6 +122,21 @@ def _checkpoint_specs(base, rl, sft) -> dict:
     if len(specs) < 2:
         raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
     return specs
+
+
+def _live_shares(cmp: Comparison, reference: str) -> dict[str, float]:
+    """Per checkpoint: the share of its SAE's latents that are scored (live, not faint) on the held-out
+    tokens."""
+    out = {}
+    n_ref = cmp.meta.get("reference_n_features") or 0
+    if n_ref:
+        out[reference] = cmp.meta.get("reference_n_live", 0) / n_ref
+    s = cmp.summary
+    for n in s.index:
+        total = float(s.loc[n, "n_features"])  # its dictionary's latents (absorbed rows are none of them)
+        if total > 0:
+            out[str(n)] = float(s.loc[n, "n_live"]) / total
+    return out
 
 
 def _score(saes, replicas, evaluate, reference, metrics, config, progress, meta) -> Comparison:
@@ -175,7 +199,7 @@ def _train_and_compare(
     extra = {f"{n} replica {i + 1}": spec for (n, i), spec in jobs.items()}
     evaluate = train if held_out is None else held_out
     width = d_sae or 4 * train.d_model
-    rounds, widened, probe = [], [], None
+    rounds, widened, probe, kept_probes = [], [], None, {}
 
     def fit(w: int, which: list[str], extra_: dict | None, folder: str) -> dict:
         kw = dict(train_kwargs)
@@ -188,8 +212,10 @@ def _train_and_compare(
         # after a widening the probe is the reference SAE at this width (an SAE depends only on its
         # checkpoint, seed and the data order: train_saes would give the same one)
         t0 = time.perf_counter()
-        trained = fit(width, [n for n in names if probe is None or n != reference], extra or None, f"d_sae{width}" if round_ else "")
+        todo = [n for n in names if n not in kept_probes and (probe is None or n != reference)]
+        trained = fit(width, todo, extra or None, f"d_sae{width}" if round_ else "") if todo or extra else {}
         train_s = time.perf_counter() - t0
+        trained.update(kept_probes)
         if probe is not None:
             trained[reference] = probe
         saes = {n: trained[n] for n in names}
@@ -221,34 +247,57 @@ def _train_and_compare(
             check.update(decision="last round: no check", wall_s=train_s + score_s)
             break
         narrow = sorted(narrow_reference(cmp)) if wc.narrow_reference else []
-        n_feat = cmp.meta.get("reference_n_features") or 0
-        live_share = cmp.meta.get("reference_n_live", 0) / n_feat if n_feat else float("nan")
-        check.update(reference_live_share=live_share, narrow=narrow, probe_d_sae=None, probe_s=0.0)
-        # a dictionary with spare (dead) latents is not held back by its width: no probe, no widening
-        if not narrow and not live_share >= wc.min_live:
+        live_share = _live_shares(cmp, reference)
+        # a dictionary with spare (dead) latents is not held back by its width: only SAEs that use nearly
+        # all their latents are probed, the reference's and (``targets``) every target's: a target with
+        # more features than the reference (SFT adds them) outgrows a width that fits the reference
+        probed = [n for n in names if (n == reference or wc.targets) and live_share.get(n, 0.0) >= wc.min_live]
+        check.update(
+            reference_live_share=live_share.get(reference, float("nan")),
+            live_share=live_share,
+            narrow=narrow,
+            probed=probed,
+            probe_d_sae=None,
+            probe_s=0.0,
+        )
+        if narrow and reference not in probed:
+            probed = [reference, *probed]
+        if not probed:
             check.update(decision=f"keep: live share below min_live={wc.min_live:g}", wall_s=train_s + score_s)
             break
         t0 = time.perf_counter()
-        probe = fit(wc.factor * width, [reference], None, f"probe-d_sae{wc.factor * width}")[reference]
-        fve = float(cmp.summary["reference_fve"].iloc[0])  # scored on the same held-out tokens
-        fve_probe = float(sae_stats(probe, evaluate.column(reference), where="the width probe")["fve"])
+        probes = fit(wc.factor * width, probed, None, f"probe-d_sae{wc.factor * width}")
+        reductions = {}
+        for n in probed:  # each SAE and its probe, on the same held-out tokens
+            fve = float(cmp.summary["reference_fve"].iloc[0] if n == reference else cmp.summary.loc[n, "target_fve"])
+            fve_probe = float(sae_stats(probes[n], evaluate.column(n), where="the width probe")["fve"])
+            reductions[n] = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
+            if n == reference:
+                check.update(reference_fve=fve, probe_fve=fve_probe, unexplained_reduction=reductions[n])
         probe_s = time.perf_counter() - t0
-        reduction = 1.0 - (1.0 - fve_probe) / (1.0 - fve) if fve < 1.0 else 0.0
-        check.update(
-            probe_d_sae=wc.factor * width,
-            reference_fve=fve,
-            probe_fve=fve_probe,
-            unexplained_reduction=reduction,
-            probe_s=probe_s,
-            wall_s=train_s + score_s + probe_s,
-        )
-        if not narrow and reduction < wc.min_reduction:
+        check.update(probe_d_sae=wc.factor * width, unexplained_reductions=reductions, probe_s=probe_s,
+                     wall_s=train_s + score_s + probe_s)
+        wide = [n for n, r in reductions.items() if r >= wc.min_reduction]
+        if not narrow and not wide:
             check["decision"] = f"keep: unexplained-variance reduction below min_reduction={wc.min_reduction:g}"
             break
         check["decision"] = f"widen to d_sae {wc.factor * width}" + (
             f" (narrow reference: {', '.join(narrow)})" if narrow else ""
+        ) + (f" (probe: {', '.join(wide)})" if wide else "")
+        widened.append(
+            {
+                "d_sae": width,
+                "reference_live_share": live_share.get(reference, float("nan")),
+                "unexplained_reduction": reductions.get(reference, float("nan")),
+                "live_share": live_share,
+                "unexplained_reductions": reductions,
+                "wide": wide,
+                "narrow": narrow,
+            }
         )
-        widened.append({"d_sae": width, "reference_live_share": live_share, "unexplained_reduction": reduction, "narrow": narrow})
+        # the probes are those checkpoints' SAEs at the next width (same checkpoint, seed and data order)
+        probe = probes.get(reference)
+        kept_probes = {n: probes[n] for n in probed if n != reference}
         width *= wc.factor
     if rounds:
         cmp.meta["width_check"] = rounds
@@ -256,10 +305,11 @@ def _train_and_compare(
     if widened:
         cmp.meta["widened"] = list(widened)
         w0 = widened[0]
+        times = "twice" if wc.factor == 2 else f"{wc.factor} times"
         why = [
-            f"{w0['reference_live_share']:.0%} of the {reference} SAE's latents live, and one "
-            f"{'twice' if wc.factor == 2 else f'{wc.factor} times'} as wide left {w0['unexplained_reduction']:.0%} "
-            "less of its variance unexplained"
+            f"{w0['live_share'][n]:.0%} of the {n} SAE's latents live, and one {times} as wide left "
+            f"{w0['unexplained_reductions'][n]:.0%} less of its variance unexplained"
+            for n in w0["wide"]
         ]
         if w0["narrow"]:
             why.append(f"the narrow-reference check fired for {', '.join(w0['narrow'])}")
@@ -298,12 +348,13 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Where the
-    reference SAE uses >= 90 % of its latents (``min_live``), one reference SAE twice as wide (the probe)
-    is trained; where it leaves >= 20 % less of the reference's variance unexplained (``min_reduction``),
-    or the comparison finds the reference lacking features of its own activations
-    (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
-    narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
+    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Every SAE that
+    uses >= 90 % of its latents (``min_live``), the reference's and (``targets``, on by default) each
+    target's, gets a probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance
+    unexplained (``min_reduction``), or the comparison finds the reference lacking features of its own
+    activations (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice
+    ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
+    "Widening").
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
     their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
@@ -407,8 +458,9 @@ def compare_checkpoints(
     ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
     in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
     kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
-    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where a reference SAE
-    twice as wide explains much more, or the reference lacks features of its own activations
+    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where an SAE twice as
+    wide as the reference's or (by default) a target's explains much more, or the reference lacks features
+    of its own activations
     (``compare_activations``; thresholds in ``width_check``, a ``WidthCheck``); ``widen=0`` keeps ``d_sae``
     and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning`` says so
     unless ``widen=0``.

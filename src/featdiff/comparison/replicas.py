@@ -116,10 +116,9 @@ def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 def _with_absorbed(reused: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-    """Per live target feature, union-reused or not, with the table's absorbed recombinations (never reused)
-    appended, so that union reuse has the same denominator as the other fractions."""
-    n_absorbed = int(table["absorbed"].sum()) if "absorbed" in table else 0
-    return np.concatenate([reused, np.zeros(n_absorbed, bool)])
+    """Per live target feature, union-reused or not: absorbed reference features (status "absorbed") are in
+    no fraction, so nothing is appended for them and union reuse keeps the other fractions' denominator."""
+    return reused
 
 
 def d_sae(dictionary) -> int:
@@ -156,9 +155,11 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
             cfg.max_components,
             cfg.min_components,
             seed=len(profiles),
+            extra_reference=others,  # as the replica's own fit (and a target's) may use them
         )
+    # each replica against the N others (the reference and the other replicas): the union estimator's null
     union_null = []
-    for i, (_, al) in enumerate(tables):
+    for i, (table, al) in enumerate(tables):
         others = [reference_sae.W_dec[torch.as_tensor(np.flatnonzero(al.ref_live))]]
         others += [
             t_al.tgt_decoder[torch.as_tensor(np.flatnonzero(t_al.tgt_live))]
@@ -166,8 +167,20 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
             if j != i
         ]
         reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
-        union_null.append(float(_with_absorbed(reused, tables[i][0]).mean()))
+        union_null.append(_with_absorbed(reused, table))
+        profiles[i].union_reused = union_null[-1]
     return profiles, union_null, rows
+
+
+def target_union(decoder, live: np.ndarray, table: pd.DataFrame, base_rows: list[torch.Tensor], cfg):
+    """Per live feature of a target dictionary (or of a target replica), the share of the N-of-(N + 1)
+    subsets of the base dictionaries' live rows (``base_rows``: the reference's, then its N replicas')
+    that match it many-to-one: the same number of dictionaries each replica is matched against
+    (featdiff.metrics.uncertainty.union_reused). None without replicas."""
+    if len(base_rows) < 2:
+        return None
+    shares = union_reused(decoder, live, base_rows, cfg.reuse_threshold, size=len(base_rows) - 1)
+    return _with_absorbed(shares.astype(float), table)
 
 
 def uncertainty_columns(
@@ -192,17 +205,17 @@ def uncertainty_columns(
     reference = al.reference
     target = profile_of(table, ref_live)
     ref_decs = [saes[reference].W_dec[torch.as_tensor(np.flatnonzero(ref_live))], *rep_rows]
-    target.union_reused = _with_absorbed(
-        union_reused(saes[name].W_dec, al.tgt_live, ref_decs, cfg.reuse_threshold), table
-    )
+    target.union_reused = target_union(saes[name].W_dec, al.tgt_live, table, ref_decs, cfg)
     tgt_profiles, q_target = [], []
     for rep in replicas.get(name, []):
         if acts is not None:
             check_width(rep, acts, f"{name} (replica)")
-        t_rep, _ = _replica_table(
+        t_rep, t_al = _replica_table(
             saes[reference], rep, acts, name, cfg, live_mask[reference], freqs[reference], reference, _cat(rep_rows)
         )
         tgt_profiles.append(profile_of(t_rep, ref_live))
+        # its union share as the target's, so that a draw on a target replica is corrected as the target is
+        tgt_profiles[-1].union_reused = target_union(rep.W_dec, t_al.tgt_live, t_rep, ref_decs, cfg)
         t_tt, _ = _replica_table(saes[name], rep, acts, name, cfg, live_mask[name], freqs[name])
         q_target.append(profile_of(t_tt, al.tgt_live).fractions()[0])
     out = summarize_uncertainty(
@@ -220,6 +233,8 @@ def uncertainty_columns(
     )
     out["noise_floor_reuse"] = out["reuse_floor"]
     out["reference_n_live"] = int(ref_live.sum())
-    out["reference_n_dead"] = int((~ref_live).sum())
+    fired = np.ones(len(ref_live), bool) if freqs[reference] is None else freqs[reference].numpy() > 0
+    out["reference_n_dead"] = int((~fired).sum())  # never fired
+    out["reference_n_faint"] = int((fired & ~ref_live).sum())  # fired, below min_contribution
     out["n_replicas"] = len(replicas.get(reference, []))
     return out

@@ -29,7 +29,7 @@ from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent
 from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
-from featdiff.metrics.uncertainty import fve_chunks
+from featdiff.metrics.uncertainty import UNSCORED, fve_chunks
 
 
 def correct_fractions(
@@ -77,8 +77,9 @@ def compare_dictionaries(
     """Align every target dictionary to the reference one and score it (docs/design.md's definitions).
 
     ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
-    holds every checkpoint's activations on the same evaluation tokens: with them, dead features are
-    found, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
+    holds every checkpoint's activations on the same evaluation tokens: with them, features that never
+    fire (``dead``) or fire below ``min_contribution`` of the decoded energy (``faint``) are counted, not
+    scored, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
     other seeds on the same data: a list of reference replicas, or ``{checkpoint: [SAEs]}`` (targets may
     have replicas too). Each reference replica compared with the reference gives the base-vs-base value of
     every summary column (``<col>_floor``) and the null profile that corrects the fractions
@@ -152,7 +153,9 @@ def compare_dictionaries(
             table = add_absorbed(
                 table, al, cfg, saes[reference], acts.column(reference), saes[name], acts.column(name)
             )
-        live = table["status"] != "dead"
+        # absorbed reference features (CompareConfig.absorbed) are no target feature; faint and dead are not scored
+        absorbed = table["status"] == "absorbed"
+        live = ~table["status"].isin(UNSCORED)
         n_live = int(live.sum())
         frac = {
             s: float((table["status"] == s).sum() / n_live) if n_live else float("nan")
@@ -169,9 +172,11 @@ def compare_dictionaries(
             "reference_fve": own_fve[reference],
             "target_fve": float("nan"),
             "noise_floor_reuse": float("nan"),
-            "n_features": len(table),
+            "n_features": int((~absorbed).sum()),
             "n_live": n_live,
-            "n_dead": int((~live).sum()),
+            "n_dead": int((table["status"] == "dead").sum()),  # never fired
+            "n_faint": int((table["status"] == "faint").sum()),  # fired, below min_contribution
+            "n_absorbed": int(absorbed.sum()),
         }
         transfer = None
         if acts is not None:
@@ -384,6 +389,8 @@ def compare_crosscoder(
                 "n_features": cc.d_sae,
                 "n_live": n_own,
                 "n_dead": int(dead.sum()),
+                "n_faint": 0,  # a crosscoder latent is scored when it fires
+                "n_absorbed": 0,  # one shared latent per feature: nothing is carried without a row
                 "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
                 "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
                 "n_artefacts": int(artefact.sum()),

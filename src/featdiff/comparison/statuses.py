@@ -1,5 +1,6 @@
-"""Each target feature's status against the reference (reused, split, recombined, novel or dead): the one
-place the metrics of an alignment are combined into the features table."""
+"""Each target feature's status against the reference (reused, split, recombined, novel, faint or dead;
+absorbed rows with CompareConfig.absorbed): the one place the metrics of an alignment are combined into the
+features table."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from featdiff.metrics.reuse import drift, split
 
 
 def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_reference=None) -> pd.DataFrame:
-    """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (dead > reused > recombined > split
-    > novel, docs/design.md's definitions with ``cfg``'s thresholds), match, similarity, drift, freq_shift and
+    """One row per target feature of ``al`` (FEATURE_COLUMNS): its status (faint > dead > reused > recombined >
+    split > novel, docs/design.md's definitions with ``cfg``'s thresholds; a feature outside ``al.tgt_live`` is
+    ``faint`` where ``tgt_freq`` says it fired, else ``dead``), match, similarity, drift, freq_shift and
     components. ``ref_freq`` / ``tgt_freq`` are firing frequencies on the same tokens (or None);
     ``extra_reference``: more rows recombinations may be fitted with (the reference replicas' live rows,
     ``metrics.recombination.recombination``)."""
@@ -32,9 +34,11 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
     )
     sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
     t = al.table()
+    # not live: "faint" where it fired (below min_contribution), "dead" where it never fired
+    fired = np.ones(len(t), bool) if tgt_freq is None else tgt_freq.double().numpy() > 0
     status = np.select(
-        [~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
-        ["dead", "reused", "recombined", "split"],
+        [~t["live"] & fired, ~t["live"], d["drift"].notna(), rc["recombined"], sp["split"]],
+        ["faint", "dead", "reused", "recombined", "split"],
         "novel",
     )
     is_split = status == "split"
@@ -66,14 +70,16 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
 
 
 def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, ref_x, tgt, tgt_x) -> pd.DataFrame:
-    """``table`` with one more row per absorbed recombination (``metrics.recombination.absorbed_recombination``):
-    a reference feature that no target feature reuses and that the target carries by firing 2-3 of its
-    reused features together on that feature's tokens (``ref_x`` / ``tgt_x``: paired activations).
+    """``table`` with one more row per absorbed recombination (only with ``cfg.absorbed``;
+    ``metrics.recombination.absorbed_recombination``): a reference feature that no target feature reuses and
+    that the target carries by firing 2-3 of its reused features together on that feature's tokens
+    (``ref_x`` / ``tgt_x``: paired activations).
 
-    Such a recombination has no decoder row of its own, so its row has ``feature`` = the target's width +
-    j (an id past the dictionary, never an index into it), ``absorbed`` True, status "recombined", ``match``
-    the reference feature it carries, ``components`` (reference feature, excess firing rate) of the
-    carriers and ``frequency`` the share of tokens the reference feature fires on."""
+    Such a recombination has no decoder row of its own, so it is not one of the target's dictionary features:
+    its row has status "absorbed" (counted in the summary's ``n_absorbed``, in no fraction), ``feature`` = the
+    target's width + j (an id past the dictionary, never an index into it), ``absorbed`` True, ``match`` the
+    reference feature it carries, ``components`` (reference feature, excess firing rate) of the carriers and
+    ``frequency`` the share of tokens the reference feature fires on."""
     if not cfg.absorbed:
         return table
     status = table["status"].astype(str).to_numpy()
@@ -91,10 +97,14 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
         carriers,
         carrier_match,
         own,
+        tgt.W_dec.detach().float().cpu(),
+        ref.W_dec.detach().float().cpu()[torch.as_tensor(rows)],
         cfg.absorbed_threshold,
         cfg.max_components,
         cfg.min_components,
         max_shift_cosine=cfg.reuse_threshold,
+        fit_threshold=cfg.fit_threshold,
+        margin=cfg.recombination_margin,
     )
     if ab.empty:
         return table
@@ -103,7 +113,7 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
         {
             "checkpoint": al.target,
             "feature": len(table) + np.arange(len(ab), dtype=np.int64),
-            "status": pd.Categorical(["recombined"] * len(ab), categories=STATUSES),
+            "status": pd.Categorical(["absorbed"] * len(ab), categories=STATUSES),
             "match": ab["reference_feature"].to_numpy(),
             "similarity": np.nan,
             "drift": np.nan,

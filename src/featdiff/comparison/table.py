@@ -18,10 +18,12 @@ from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.uncertainty import (
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
+    FLAG_COLUMNS,
     FRACTION_COLUMNS,
     INTERVAL_LEVEL,
     MEAN_COLUMNS,
     N_BOOTSTRAP,
+    SHARE_COLUMNS,
 )
 from featdiff.report.cards import FeatureCard, feature_cards
 from featdiff.report.figures import headless_pyplot, plot_comparison
@@ -44,15 +46,18 @@ SUMMARY_COLUMNS = [
     "n_features",
     "n_live",
     "n_dead",
+    "n_faint",
+    "n_absorbed",
 ]
 # the uncertainty of every summary number (featdiff.metrics.uncertainty): an interval and a base-vs-base floor
 UNCERTAINTY_COLUMNS = [
-    "saturated",
-    "indistinguishable_from_reference",
+    *FLAG_COLUMNS,
+    *SHARE_COLUMNS,
     *[f"{c}_{s}" for c in (*FRACTION_COLUMNS, *MEAN_COLUMNS) for s in ("lo", "hi", "floor")],
     *[f"{c}_raw_{s}" for c in ("reuse", "recombination", "novelty") for s in ("lo", "hi")],
     "reference_n_live",
     "reference_n_dead",
+    "reference_n_faint",
     "n_replicas",
 ]
 FEATURE_COLUMNS = [
@@ -69,8 +74,11 @@ FEATURE_COLUMNS = [
     "frequency",
     "absorbed",
 ]
-# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse
-STATUSES = ["reused", "split", "recombined", "novel", "dead"]
+# "split" (a near-duplicate of an already-matched reference feature) counts toward reuse; "faint" (fired on
+# the evaluation activations but carries less than min_contribution of the decoded energy) and "dead" (never
+# fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
+# CompareConfig.absorbed) is in no fraction
+STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
 
 
 
@@ -81,19 +89,25 @@ class CompareConfig(Config):
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
     ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
     than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
-    (recombinations the target carries by firing kept features together, found from paired activations:
-    featdiff.metrics.recombination.absorbed_recombination), ``method`` / ``on`` (how dictionaries are aligned), ``eps``
-    (firing-frequency smoothing of freq_shift), ``min_contribution`` (a feature is live, i.e. scored, when it fires on
-    the evaluation activations and carries at least this fraction of the mean live feature's share of the
-    decoded energy; default 0.01; 0 scores every feature that fires, docs/design.md's "fired at least once";
-    featdiff.dictionaries.stats.scored_features),
-    ``correct`` (apply the noise-floor correction).
+    (off by default: also list the reference features the target carries by firing kept features together,
+    found from paired activations, as rows of status "absorbed" that no fraction counts, with their number
+    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` /
+    ``on`` (how dictionaries are aligned), ``eps``
+    (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a feature
+    is live when it fired at least once on the evaluation activations, and a live feature is scored when it
+    carries at least this fraction of the mean share of the decoded energy of the live features; the others
+    get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
+    scores every live feature; featdiff.dictionaries.stats.scored_features),
+    ``correct`` (apply the noise-floor correction; False prints the raw fractions as the corrected ones,
+    flagged ``uncorrected``).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
     norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
-    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; see
-    featdiff.metrics.uncertainty and docs/metrics.md), ``interval_level`` and ``n_bootstrap`` (the
-    ``<col>_lo`` / ``<col>_hi`` intervals).
+    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; default
+    ``union``: reuse = ``reuse_union`` / ``reuse_union_floor``, recombination = (recombination_raw - reuse
+    x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
+    docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
+    ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
 
     Examples
     --------
@@ -111,7 +125,7 @@ class CompareConfig(Config):
     max_components: int = 3
     min_components: int = 2
     recombination_margin: float = 0.15
-    absorbed: bool = True
+    absorbed: bool = False
     absorbed_threshold: float = 0.15
     method: str = "hungarian"
     on: str = "decoder"

@@ -73,7 +73,7 @@ def reference_misses(
     missed = []
     n_present = 0
     for j, s in status.items():
-        if s == "dead" or not (0 <= j < len(corr)) or not corr[j] >= threshold:
+        if s in ("dead", "faint") or not (0 <= j < len(corr)) or not corr[j] >= threshold:
             continue
         n_present += 1
         if s in ("novel", "recombined"):

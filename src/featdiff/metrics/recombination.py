@@ -271,12 +271,16 @@ def absorbed_recombination(
     carriers: np.ndarray,
     carrier_match: np.ndarray,
     own: np.ndarray,
+    tgt_decoder: Float[Tensor, "d_tgt d_in"],
+    reference_decoder: Float[Tensor, "n_rows d_in"],
     threshold: float = ABSORBED_THRESHOLD,
     max_components: int = 3,
     min_components: int = 2,
     min_tokens: int = ABSORBED_MIN_TOKENS,
     own_rate: float = OWN_FEATURE_RATE,
     max_shift_cosine: float = REUSE_THRESHOLD,
+    fit_threshold: float = FIT_THRESHOLD,
+    margin: float = RECOMBINATION_MARGIN,
 ) -> pd.DataFrame:
     """Reference features that the target carries by a combination of features it kept: recombinations with
     no decoder row of their own (an SAE reconstructs a combination of kept features by firing them together,
@@ -285,18 +289,28 @@ def absorbed_recombination(
     ``counts`` are ``featdiff.dictionaries.stats.cofiring`` of the reference and the target on paired tokens
     for the reference features ``rows`` (those no target feature reuses). ``carriers`` are target features
     that reuse (or split) a reference feature, ``carrier_match`` that feature; ``own`` the target's other
-    live features. On the tokens where reference feature s fires, carrier i's excess is its firing rate
+    live features; ``tgt_decoder`` the target's decoder and ``reference_decoder`` the reference's decoder
+    rows of ``rows``. On the tokens where reference feature s fires, carrier i's excess is its firing rate
     there minus its matched reference feature's rate on the same tokens, less the same difference on the
     other tokens (a carrier that fires more everywhere is not carrying s). s is an absorbed recombination of
-    the ``min_components``-``max_components`` carriers with the largest excess when each is >= ``threshold``,
-    s fires on at least ``min_tokens`` tokens, no ``own`` target feature is as tied to s's tokens (its firing
-    rate there less its rate elsewhere >= ``own_rate`` or >= the best carrier's excess: then s has a feature
-    of its own, novel, recombined or drifted, not absorbed), and the target's
-    activations moved away from the reference's on those tokens: the cosine between the two checkpoints'
-    mean shifts (mean activation on s's tokens minus the mean on the others) is below
-    ``max_shift_cosine``. The last condition tells a recombination from an SAE that merely lacks s and
-    approximates it with neighbouring features (on the reference's own activations the two shifts are
-    the same).
+    the ``min_components``-``max_components`` carriers with the largest excess when
+
+    - each excess is >= ``threshold`` and s fires on at least ``min_tokens`` tokens;
+    - no ``own`` target feature is as tied to s's tokens (its firing rate there less its rate elsewhere >=
+      ``own_rate`` or >= the best carrier's excess), and none points along the shift below (its decoder row
+      at cosine >= ``max_shift_cosine`` with it, whatever it fires elsewhere): then s has a feature of its
+      own, novel, recombined or drifted, not absorbed;
+    - the direction the target's activations take on s's tokens (its mean there minus its mean on the
+      others, the *shift*) is a recombination of those carriers by the definition of ``recombination``: their
+      decoder rows fit it with cosine >= ``fit_threshold``, by at least ``margin`` more than the single
+      carrier row that fits it best (a target that replaced s by a new direction on its tokens moves them
+      along a direction no kept features fit);
+    - the shift is not s's own direction: its cosine with s's reference decoder row is below
+      ``max_shift_cosine`` (a target SAE that merely lacks a row for a feature the target kept fires
+      neighbouring features there, along s).
+
+    Every condition reads the target's own activations and the dictionaries, so a reference replica compared
+    on the reference's activations is held to the same test (it can fail there: the null measures it).
 
     Returns one row per absorbed reference feature: reference_feature, n_tokens, components (list of
     (reference feature, excess) of the carriers, largest excess first).
@@ -317,7 +331,9 @@ def absorbed_recombination(
     ...           "ref_on": (zr[:, rows].T @ zr).double(), "tgt_on": (zr[:, rows].T @ zt).double(),
     ...           "ref_x_on": zr[:, rows].T.double() @ xr, "tgt_x_on": zr[:, rows].T.double() @ xt,
     ...           "ref_x_all": xr.sum(0), "tgt_x_all": xt.sum(0)}
-    >>> t = absorbed_recombination(counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), np.array([], int))
+    >>> eye = torch.eye(3)
+    >>> none = np.array([], int)
+    >>> t = absorbed_recombination(counts, np.array([0]), np.array([1, 2]), np.array([1, 2]), none, eye, eye[[0]])
     >>> t.reference_feature.tolist(), [[c for c, _ in comps] for comps in t.components]
     ([0], [[1, 2]])
     """
@@ -328,27 +344,43 @@ def absorbed_recombination(
         ref_on = counts["ref_on"].numpy()
         tgt_on = counts["tgt_on"].numpy()
         ref_all, tgt_all = counts["ref_all"].numpy(), counts["tgt_all"].numpy()
-        shift_cos = _shift_cosine(counts)
+        shift = _shift(counts, "tgt")
+        T = unit_decoder(tgt_decoder).double()
+        C = T[torch.as_tensor(carriers, dtype=torch.long)]
+        R = unit_decoder(reference_decoder).double()
+        own_cos = torch.nn.functional.cosine_similarity(shift, R, dim=1).numpy()
+        # per row: the best |cosine| of an own target row with the shift (a row of its own for s's tokens)
+        unit_shift = shift / shift.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        own_dir = (
+            (unit_shift @ T[torch.as_tensor(own, dtype=torch.long)].T).abs().amax(1).numpy()
+            if len(own)
+            else np.zeros(len(rows))
+        )
         for r, s in enumerate(rows):
             if on[r] < max(min_tokens, 1) or on[r] >= n:
                 continue
             off = n - on[r]
-            if not shift_cos[r] < max_shift_cosine:
+            if not abs(own_cos[r]) < max_shift_cosine:
                 continue
             t_in, b_in = tgt_on[r, carriers], ref_on[r, carrier_match]
             t_out, b_out = tgt_all[carriers] - t_in, ref_all[carrier_match] - b_in
             excess = (t_in - b_in) / on[r] - (t_out - b_out) / off
-            best = np.argsort(-excess, kind="stable")[:max_components]
-            best = best[excess[best] >= threshold]
+            eligible = np.flatnonzero(excess >= threshold)
+            best = eligible[np.argsort(-excess[eligible], kind="stable")]
             # a feature of its own: one that fires on s's tokens more than elsewhere, by at least
             # ``own_rate`` or by as much as the best carrier
             own_in = tgt_on[r, own] / on[r] if len(own) else np.zeros(1)
             own_out = (tgt_all[own] - tgt_on[r, own]) / off if len(own) else np.zeros(1)
             has_own = len(best) and (own_in - own_out).max() >= min(own_rate, excess[best[0]])
-            if len(best) >= min_components and not has_own:
+            has_own = has_own or own_dir[r] >= max_shift_cosine
+            if len(best) < min_components or has_own:
+                continue
+            chosen = _fitted_by(shift[r], C, best, min_components, max_components, fit_threshold, margin)
+            if len(chosen):
+                chosen = chosen[np.argsort(-excess[chosen], kind="stable")]
                 cols["reference_feature"].append(int(s))
                 cols["n_tokens"].append(int(on[r]))
-                cols["components"].append([(int(carrier_match[i]), float(excess[i])) for i in best])
+                cols["components"].append([(int(carrier_match[i]), float(excess[i])) for i in chosen])
     return pd.DataFrame(
         {
             "reference_feature": np.asarray(cols["reference_feature"], dtype=np.int64),
@@ -358,14 +390,30 @@ def absorbed_recombination(
     )
 
 
-def _shift_cosine(counts: dict[str, Tensor]) -> np.ndarray:
-    """Per conditioning row: cosine between the reference's and the target's mean activation shift (mean
-    on the row's tokens minus mean on the others)."""
+def _fitted_by(
+    x: Tensor,
+    C: Tensor,
+    eligible: np.ndarray,
+    min_components: int,
+    max_components: int,
+    fit_threshold: float,
+    margin: float,
+) -> np.ndarray:
+    """The fewest (``min_components``-``max_components``) of the ``eligible`` rows of unit ``C`` whose best
+    least-squares fit of ``x`` (``subset_fit``) has cosine >= ``fit_threshold`` and >= ``margin`` above the
+    best single row of ``C``; empty if none."""
+    single = float((C @ x).abs().max() / x.norm().clamp_min(1e-12))
+    k = min(max_components, len(eligible))
+    idx, _, cos = subset_fit(x[None].float(), C[torch.as_tensor(eligible)].float(), k)
+    for m in range(min_components, k + 1):
+        if cos[0, m - 1] >= fit_threshold and cos[0, m - 1] - single >= margin:
+            return eligible[idx[0, m - 1, :m]]
+    return np.zeros(0, dtype=np.int64)
+
+
+def _shift(counts: dict[str, Tensor], key: str) -> Tensor:
+    """Per conditioning row: the mean activation on the row's tokens minus the mean on the others."""
     n, on = counts["n"].double(), counts["on"].double().clamp_min(1)[:, None]
     off = (n - counts["on"].double()).clamp_min(1)[:, None]
-
-    def shift(key: str) -> Tensor:
-        x_on = counts[f"{key}_x_on"]
-        return x_on / on - (counts[f"{key}_x_all"][None] - x_on) / off
-
-    return torch.nn.functional.cosine_similarity(shift("ref"), shift("tgt"), dim=1).numpy()
+    x_on = counts[f"{key}_x_on"].double()
+    return x_on / on - (counts[f"{key}_x_all"].double()[None] - x_on) / off

@@ -45,18 +45,20 @@ EXPLANATIONS = {
     "freq_shift": "mean |log ratio| of a reused feature's firing frequency to its base feature's",
     "base_coverage": "fraction of the base's live features that are reused in the checkpoint",
     "noise_floor_reuse": "reuse between two base SAEs trained on the same data with different seeds (q): how "
-    "much SAE noise alone leaves unmatched; the correction divides raw fractions by it, and a raw reuse within "
-    "its interval cannot be told from the base (= reuse_floor)",
+    "much SAE noise alone leaves unmatched; the correction divides raw fractions by it (= reuse_floor)",
     "*_raw": "the fractions before the noise-floor correction",
     "*_floor": "the same number measured base against base (the reference SAE against its replicas trained "
     "with other seeds, mean over replicas): what SAE noise alone gives",
     "*_lo": "lower end of the number's interval (level in the report's notes; from replica SAEs and a "
     "bootstrap over features and tokens)",
     "*_hi": "upper end of the number's interval",
-    "indistinguishable_from_reference": "True where the raw reuse lies within the floor's interval: the data "
-    "cannot tell this checkpoint's features from the base's",
-    "saturated": "True where the correction hit 0 or 1 (the corrected value is a bound, not a measurement; "
+    "indistinguishable_from_reference": "True where the raw reuse is not below the floor beyond noise (the "
+    "interval of raw reuse minus the floor reaches 0 or above): the data cannot tell this checkpoint's features "
+    "from the base's",
+    "saturated": "True where the correction hit a bound (the corrected value is a bound, not a measurement; "
     "read the raw value)",
+    "interval_saturated": "True where an end of a corrected interval hit a bound (that end is a bound)",
+    "uncorrected": "True where the corrected columns are the raw ones (no replicas, or no finite correction)",
     "split": "fraction of live features that near-duplicate a base feature already matched to another feature "
     "(counted in reuse)",
 }
@@ -77,7 +79,8 @@ def _key_columns(s: pd.DataFrame) -> list[str]:
     cols = []
     for c in KEY_FEATURE_COLUMNS:
         cols += [x for x in (f"{c}_raw", f"{c}_floor", c, f"{c}_lo", f"{c}_hi") if x in s]
-    cols += [c for c in ("saturated", "indistinguishable_from_reference") if c in s]
+    flags = ("saturated", "interval_saturated", "uncorrected", "indistinguishable_from_reference")
+    cols += [c for c in flags if c in s]
     return cols
 
 
@@ -130,7 +133,8 @@ def _with_interval(row: pd.Series, col: str) -> str:
     if value != "-" and col in ("reuse", "recombination", "novelty") and _flag(row, "saturated"):
         value += "*"
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{value} [{lo:.2f}, {hi:.2f}]"
+        clipped = col in ("reuse", "recombination", "novelty") and _flag(row, "interval_saturated")
+        return f"{value} [{lo:.2f}, {hi:.2f}]" + ("*" if clipped else "")
     return f"{value} [n/a]" if value != "-" else value
 
 
@@ -500,7 +504,8 @@ def write_html_report(
                 if interval_level(comparison) is not None
                 else "[n/a]: this Comparison has no intervals (no replica SAEs, or made by an older featdiff)."
             )
-            + " *: the correction hit a bound (saturated); read the raw value."
+            + " *: the correction hit a bound (saturated; after the brackets: an interval end did,"
+            " interval_saturated); read the raw value."
         )
         + "</p>",
         _explain(
