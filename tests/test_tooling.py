@@ -86,7 +86,7 @@ LAYERS = [
     ["report.figures", "report.card_html"],
     ["report.cards"],
     ["comparison.table", "comparison.diagnostics"],
-    ["comparison.statuses"],
+    ["comparison.statuses", "comparison.width"],
     ["comparison.replicas"],
     ["comparison.scoring"],
     ["comparison.pipeline"],
