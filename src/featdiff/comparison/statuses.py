@@ -156,7 +156,8 @@ def _parent_stats(sae, x, rows: Tensor, batch_size: int = 4096) -> dict[str, Ten
 def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tgt_x) -> pd.DataFrame:
     """``table`` with the target's child latents called ``split``: a live target latent that is neither
     reused nor recombined, fires (on the target's own activations) only where a latent that reuses a
-    reference feature also fires (on at least ``cfg.child_cofiring`` of its tokens), and whose decoded
+    reference feature also fires (on at least ``cfg.child_cofiring`` of its tokens, and at least
+    ``cfg.child_lift`` times as often as that latent fires overall), and whose decoded
     direction together with that parent's on those tokens (the mean-code-weighted sum of their decoder
     rows) is within ``reuse_threshold`` of the parent's reference feature. A trained SAE wider than the
     features may represent a feature split into children as the parent's latent plus a weak residual
@@ -174,6 +175,8 @@ def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tg
     st = _parent_stats(tgt, tgt_x, torch.as_tensor(cand, dtype=torch.long))
     on = st["on"].clamp_min(1)[:, None]
     share = (st["co"][:, parents] / on).numpy()  # P(parent fires | candidate fires)
+    parent_freq = table.set_index("feature")["frequency"].reindex(parents).to_numpy(dtype=float)
+    parent_freq = np.nan_to_num(parent_freq, nan=1.0)
     W = tgt.W_dec.detach().double().cpu()  # the decoded contributions, at their own norms
     R = al.ref_decoder.double()
     match = table.set_index("feature")["match"]
@@ -181,9 +184,12 @@ def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tg
     for r, j in enumerate(cand):
         if st["on"][r] < 1:
             continue
-        best = int(np.argmax(share[r]))
-        if share[r, best] < cfg.child_cofiring:
+        # a parent fires on nearly all of the child's tokens, and far more there than elsewhere (a dense
+        # latent that fires on most tokens is no one's parent)
+        ok = (share[r] >= cfg.child_cofiring) & (share[r] >= cfg.child_lift * parent_freq)
+        if not ok.any():
             continue
+        best = int(np.argmax(np.where(ok, share[r], -1.0)))
         i = int(parents[best])
         zi, zj = float(st["z"][r, i] / on[r, 0]), float(st["z"][r, j] / on[r, 0])
         v = zi * W[i] + zj * W[j]

@@ -82,6 +82,8 @@ FEATURE_COLUMNS = [
 # a live latent that fires (nearly) only where a reused latent fires, and with it rebuilds that latent's
 # reference feature, is a child of it (status split; featdiff.comparison.statuses.add_children)
 CHILD_COFIRING = 0.9
+# ... and there at least this many times as often as it fires overall (a dense latent is no one's parent)
+CHILD_LIFT = 2.0
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
 
 
@@ -102,6 +104,10 @@ class CompareConfig(Config):
     carries at least this fraction of the mean share of the decoded energy of the live features; the others
     get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
     scores every live feature; featdiff.dictionaries.stats.scored_features),
+    ``child_cofiring`` / ``child_lift`` (a live latent that fires on at least ``child_cofiring`` of its tokens
+    together with a reused latent, at least ``child_lift`` times that latent's overall rate, and with it
+    rebuilds that latent's reference feature is a child of it, status ``split``:
+    featdiff.comparison.statuses.add_children; ``child_cofiring=0`` switches it off),
     ``correct`` (apply the noise-floor correction; False prints the raw fractions as the corrected ones,
     flagged ``uncorrected``).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
@@ -130,6 +136,7 @@ class CompareConfig(Config):
     min_components: int = 2
     recombination_margin: float = 0.15
     child_cofiring: float = CHILD_COFIRING
+    child_lift: float = CHILD_LIFT
     absorbed: bool = False
     absorbed_threshold: float = 0.15
     method: str = "hungarian"
@@ -157,6 +164,7 @@ class CompareConfig(Config):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
         check_number(where, "child_cofiring", self.child_cofiring, 0, 1)
+        check_number(where, "child_lift", self.child_lift, 1)
         check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
         check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
         for name in ("mas_threshold", "pair_share"):
