@@ -84,7 +84,9 @@ LAYERS = [
     ["alignment"],
     ["metrics.reuse", "metrics.recombination", "metrics.coverage", "metrics.crosscoder", "metrics.registry", "metrics.uncertainty"],
     ["metrics"],
-    ["synthetic.planted", "synthetic.crosscoder", "synthetic.scenarios"],
+    ["synthetic.planted", "synthetic.crosscoder", "synthetic.scenario"],
+    ["synthetic.constructions"],
+    ["synthetic.scenarios"],
     ["synthetic"],
     # the report's views of single objects (drawn by the table's own methods: Comparison.plot, feature_card)
     ["report.figures", "report.card_html"],
