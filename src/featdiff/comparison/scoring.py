@@ -3,8 +3,6 @@ against the reference's (docs/design.md's definitions); ``compare_crosscoder`` s
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import torch
@@ -66,7 +64,6 @@ def compare_dictionaries(
     saes: dict,
     acts: ActivationSet | None = None,
     reference: str = "base",
-    noise_floor=None,
     metrics: list | None = None,
     config: CompareConfig | None = None,
     progress: bool = True,
@@ -85,8 +82,8 @@ def compare_dictionaries(
     every summary column (``<col>_floor``) and the null profile that corrects the fractions
     (``CompareConfig.estimator``, see featdiff.metrics.uncertainty); replicas and a bootstrap over features
     and token chunks give each column's interval (``<col>_lo``, ``<col>_hi`` at ``interval_level``).
-    ``noise_floor=sae`` is the deprecated form of ``replicas=[sae]``. ``metrics`` lists registered metric
-    names or callables to compute (default: every registered metric). ``overrides`` set CompareConfig fields.
+    ``metrics`` lists registered metric names or callables to compute (default: every registered metric).
+    ``overrides`` set CompareConfig fields.
 
     Examples
     --------
@@ -113,7 +110,7 @@ def compare_dictionaries(
             )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else list(available_metrics().index))]
     targets = [n for n in saes if n != reference]
-    replicas = as_replicas(replicas, noise_floor, reference)
+    replicas = as_replicas(replicas, None, reference)
     unknown = set(replicas) - set(saes)
     if unknown:
         raise FeatdiffError(f"replicas= names checkpoints {sorted(unknown)} that are not among {list(saes)}.")
@@ -241,24 +238,6 @@ def compare_dictionaries(
     return cmp
 
 
-def _crosscoder_config(config: CompareConfig | None, deprecated: dict) -> CompareConfig:
-    """The config of compare_crosscoder; its thresholds as keywords are the pre-0.2 spelling."""
-    allowed = {"nrn_shared", "mas_threshold", "pair_share", "p"}
-    unknown = sorted(set(deprecated) - allowed)
-    if unknown:
-        raise FeatdiffError(f"compare_crosscoder got unknown arguments {unknown}; see its docstring.")
-    cfg = config or CompareConfig()
-    if deprecated:
-        warnings.warn(
-            f"compare_crosscoder({', '.join(f'{k}=' for k in sorted(deprecated))}) is deprecated; pass "
-            f"config=CompareConfig({', '.join(f'{k}=...' for k in sorted(deprecated))}).",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        cfg = cfg.replace(**deprecated)
-    return cfg
-
-
 def compare_crosscoder(
     cc,
     acts: ActivationSet | None = None,
@@ -266,7 +245,6 @@ def compare_crosscoder(
     config: CompareConfig | None = None,
     progress: bool = True,
     meta: dict | None = None,
-    **deprecated,
 ) -> Comparison:
     """Score one shared crosscoder as a Comparison (the ``method="crosscoder"`` view).
 
@@ -284,7 +262,7 @@ def compare_crosscoder(
     ``nu_reconstruction`` and ``sparsity_artefact`` (the base does carry the feature; the crosscoder's
     sparsity penalty made it look specific). The summary counts those as ``n_artefacts``.
     """
-    cfg = _crosscoder_config(config, deprecated)
+    cfg = config or CompareConfig()
     if reference not in cc.names:
         raise FeatdiffError(
             f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}."
