@@ -15,10 +15,10 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
 - **few evaluation tokens** (``min_tokens_per_feature=10``): fewer than 10 evaluation tokens per live
   feature. A feature that fires on one token in 10 x n_live is then likely to be called dead, and
   ``freq_shift`` compares frequencies counted on a handful of firings.
-- **unsettled training** (``settle_tolerance=0.05``): the reconstruction loss recorded by ``train_saes``
-  (``sae.featdiff_train["losses"]``) still fell by more than 5 % between the two quarters of the run
-  before its learning-rate decay (``loss_settled``). On the lab the drop is 15 % at 60 steps, 10 % at
-  150, 5.7 % at 400, 3.2 % at 1,000 and 2.2 % at 2,000, with final losses 6.5, 4.9, 4.1, 3.7 and 3.5.
+- **unsettled training** (``settle_window=0.2``, ``settle_tolerance=0.02``): the reconstruction loss
+  recorded by ``train_saes`` (``sae.featdiff_train["losses"]``) still fell by more than 2 % across the
+  last 20 % of the steps before its learning-rate decay (the rule of featdiff.dictionaries.health, the
+  crosscoder's too; docs/diagnostics.md has the measurements that chose it).
 - **narrow reference** (``max_missed_excess=0.1``): a target's latents that fire on the reference's own
   activations as on the target's (``featdiff.metrics.coverage``) have no match in the reference dictionary
   more often than the noise floor explains: more than ``1 - q + 0.1`` of them, and a binomial test against
@@ -38,12 +38,13 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from featdiff.core.config import check_number
+from featdiff.dictionaries.health import SETTLE_TOLERANCE, SETTLE_WINDOW, loss_settling
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 
 MAX_DEAD_FRACTION = 0.5
 MAX_CORRECTION = 3.0
 MIN_TOKENS_PER_FEATURE = 10.0
-SETTLE_TOLERANCE = 0.05
 MAX_MISSED_EXCESS = 0.1
 MISSED_P_VALUE = 0.05
 MIN_UNEXPLAINED = 0.1
@@ -83,35 +84,7 @@ def _dead_message(
     )
 
 
-def loss_settled(losses, tolerance: float = SETTLE_TOLERANCE, end: int | None = None) -> tuple[bool, float]:
-    """Whether a per-step loss curve had settled before its learning rate decayed: the relative drop
-    between the mean loss over the two quarters before step ``end`` (default: the last step; ``train_saes``
-    records where its linear lr decay starts), i.e. steps [end/2, 3end/4) against [3end/4, end), and
-    whether it is at most ``tolerance``. The decay phase is left out: annealing lowers the loss there by a
-    few percent however long the run was (measured on the lab: 4-6 % from 60 to 2,000 steps).
-
-    Examples
-    --------
-    >>> loss_settled([10.0 / (1 + i) for i in range(100)])[0]
-    False
-    >>> ok, drop = loss_settled([1.0 + 0.01 * (i % 2) for i in range(100)])
-    >>> ok, abs(round(drop, 3))
-    (True, 0.0)
-    """
-    losses = list(losses)
-    end = len(losses) if end is None else min(int(end), len(losses))
-    w = end // 4
-    if w < 2:
-        return False, float("nan")
-    prev = sum(losses[end - 2 * w : end - w]) / w
-    last = sum(losses[end - w : end]) / w
-    if not (math.isfinite(prev) and math.isfinite(last)) or prev <= 0:
-        return False, float("nan")
-    drop = (prev - last) / prev
-    return drop <= tolerance, drop
-
-
-def _training_message(name: str, record: Mapping, tolerance: float) -> str | None:
+def _training_message(name: str, record: Mapping, window: float, tolerance: float) -> str | None:
     losses = list(record.get("losses") or [])
     n_steps = int(record.get("n_steps") or len(losses))
     if n_steps < MIN_STEPS:
@@ -119,15 +92,15 @@ def _training_message(name: str, record: Mapping, tolerance: float) -> str | Non
             f"{name}: its dictionary trained for only {n_steps} steps, too few to tell whether the loss settled; "
             "train longer (n_samples or n_steps)."
         )
-    ok, drop = loss_settled(losses, tolerance, record.get("lr_decay_start"))
-    if ok:
+    drop = loss_settling(losses, window, record.get("lr_decay_start"))
+    if drop <= tolerance:
         return None
     if not math.isfinite(drop):
         return f"{name}: its training loss is not finite at the end of the run; lower lr or check the activations."
     return (
-        f"{name}: its dictionary's reconstruction loss still fell by {drop:.1%} between the two quarters "
-        f"before the learning-rate decay of its {n_steps}-step run (more than {tolerance:.0%}): the training "
-        "had not settled. Train longer (raise n_samples or n_steps) before reading the fractions."
+        f"{name}: its dictionary's reconstruction loss still fell by {drop:.1%} over the last {window:.0%} of "
+        f"the steps before the learning-rate decay of its {n_steps}-step run (more than {tolerance:.0%}): the "
+        "training had not settled. Train longer (raise n_samples or n_steps) before reading the fractions."
     )
 
 
@@ -188,6 +161,7 @@ def diagnose(
     max_dead_fraction: float = MAX_DEAD_FRACTION,
     max_correction: float = MAX_CORRECTION,
     min_tokens_per_feature: float = MIN_TOKENS_PER_FEATURE,
+    settle_window: float = SETTLE_WINDOW,
     settle_tolerance: float = SETTLE_TOLERANCE,
     max_missed_excess: float = MAX_MISSED_EXCESS,
 ) -> list[str]:
@@ -217,8 +191,8 @@ def diagnose(
         ("settle_tolerance", settle_tolerance),
         ("max_missed_excess", max_missed_excess),
     ):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise FeatdiffError(f"The '{pname}' parameter of diagnose must be a number >= 0; got {v!r}.")
+        check_number("diagnose", pname, v, low=0)
+    check_number("diagnose", "settle_window", settle_window, low=0, high=1, strict_low=True)
     if isinstance(cmp_or_summary, pd.DataFrame):
         summary, meta, dictionaries = cmp_or_summary, {}, {}
     elif hasattr(cmp_or_summary, "summary") and hasattr(cmp_or_summary, "meta"):
@@ -286,13 +260,13 @@ def diagnose(
     for name, d in dictionaries.items():
         record = getattr(d, "featdiff_train", None)
         if isinstance(record, Mapping):
-            msg = _training_message(str(name), record, settle_tolerance)
+            msg = _training_message(str(name), record, settle_window, settle_tolerance)
             if msg:
                 out.append(msg)
     for name, d in (getattr(cmp_or_summary, "extras", None) or {}).items():
         record = getattr(d, "featdiff_train", None)
         if isinstance(record, Mapping):
-            msg = _training_message(str(name), record, settle_tolerance)
+            msg = _training_message(str(name), record, settle_window, settle_tolerance)
             if msg:
                 out.append(msg)
     return out

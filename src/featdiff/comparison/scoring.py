@@ -20,26 +20,28 @@ from featdiff.comparison.replicas import (
 from featdiff.comparison.statuses import add_absorbed, feature_table
 from featdiff.comparison.table import STATUSES, CompareConfig, Comparison
 from featdiff.core.output import progress_bar
-from featdiff.dictionaries.stats import scored_features, unit_decoder
+from featdiff.dictionaries.stats import firing_frequency, scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.coverage import reference_misses
-from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
+from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn
 from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
-from featdiff.metrics.uncertainty import UNSCORED, fve_chunks
+from featdiff.metrics.uncertainty import UNSCORED, correct, fve_chunks
 
 
 def correct_fractions(
     reuse_raw: float, recombination_raw: float, noise_floor: float
 ) -> tuple[float, float, float]:
-    """Correct raw fractions for imperfect dictionary learning, using the noise floor.
+    """Correct raw fractions for imperfect dictionary learning with one number, the noise floor q (the
+    reuse of a reference replica against the reference): featdiff.metrics.uncertainty.correct's ``ratio``
+    estimator with no recombination floor, the one implementation.
 
-    Two reference SAEs trained on the same data with different seeds match only a fraction q (the noise
-    floor) of their features, although every feature is shared: a feature present in both checkpoints is
-    detected as such with probability about q, and a missed one looks novel. So the detected fractions are
-    divided by q: reuse = min(1, reuse_raw / q), recombination = min(recombination_raw / q, 1 - reuse),
-    novelty = 1 - reuse - recombination. Without a noise floor (NaN) the raw fractions are returned.
+    Two reference SAEs trained on the same data with different seeds match only a fraction q of their
+    features, although every feature is shared: a feature present in both checkpoints is detected as such
+    with probability about q, and a missed one looks novel. So reuse = min(1, reuse_raw / q),
+    recombination = min(recombination_raw / q, 1 - reuse), novelty = 1 - reuse - recombination (q is capped
+    at 1). Without a noise floor (NaN, None or <= 0) the raw fractions are returned.
 
     Examples
     --------
@@ -49,9 +51,9 @@ def correct_fractions(
     if noise_floor is None or not np.isfinite(noise_floor) or noise_floor <= 0:
         return reuse_raw, recombination_raw, max(0.0, 1.0 - reuse_raw - recombination_raw)
     q = min(1.0, noise_floor)
-    r = min(1.0, reuse_raw / q)
-    c = min(recombination_raw / q, 1.0 - r)
-    return r, c, max(0.0, 1.0 - r - c)
+    raw = np.array([reuse_raw, recombination_raw, 1.0 - reuse_raw - recombination_raw])
+    r, c, n, _ = correct(raw, np.array([q, 0.0, 1.0 - q]), "ratio")
+    return float(r), float(c), float(n)
 
 
 def _fractions(frac: dict, split: float) -> dict:
@@ -273,7 +275,7 @@ def compare_crosscoder(
     dead = np.zeros(cc.d_sae, bool)
     freqs = None
     if acts is not None:
-        freqs = firing_frequency(cc, acts).to_numpy()
+        freqs = firing_frequency(cc, acts).double().numpy()
         dead = freqs == 0
         m.loc[dead, "category"] = "dead"
     fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None

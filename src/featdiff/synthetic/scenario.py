@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featdiff.activations.activations import ActivationSet
+from featdiff.core.config import check_int
 from featdiff.errors import FeatdiffError
 
 TRUTH_COLUMNS = ["checkpoint", "feature", "status", "kind", "source", "components", "frequency_ratio"]
@@ -94,8 +95,7 @@ class Scenario:
     def codes(self, n_tokens: int, seed: int = 1) -> tuple[Tensor, Tensor]:
         """The shared codes over the slots (n_tokens, n_slots) and the shared uniforms (same shape) that
         partition a split atom's tokens and thin a less frequent one."""
-        if not isinstance(n_tokens, int) or n_tokens <= 0:
-            raise FeatdiffError(f"n_tokens must be a positive integer; got {n_tokens!r}.")
+        check_int("Scenario.codes", "n_tokens", n_tokens)
         g = torch.Generator().manual_seed(seed)
         n_slots = len(self.frequencies)
         freq = torch.as_tensor(self.frequencies, dtype=torch.float32)

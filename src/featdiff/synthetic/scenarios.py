@@ -12,18 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from featdiff.core.config import check_int
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.synthetic.constructions import _assign, _feature_absorption, _frequencies, _scenario, _target
 from featdiff.synthetic.planted import _unit
 from featdiff.synthetic.scenario import Scenario
-
-
-def _check(d_in: int, n_atoms: int) -> None:
-    if not (isinstance(d_in, int) and isinstance(n_atoms, int)) or d_in < 16 or n_atoms < 16:
-        raise FeatdiffError(
-            f"A scenario needs integers d_in >= 16 and n_atoms >= 16; got {d_in!r}, {n_atoms!r}."
-        )
-
 
 # one plan per named scenario: {target: {fate: fraction}} (kept takes the rest), and frequency settings
 PLANS: dict[str, dict] = {
@@ -168,7 +161,8 @@ def make_scenario(
     6
     """
     check_choice("name", name, SCENARIOS, "make_scenario")
-    _check(d_in, n_atoms)
+    check_int("make_scenario", "d_in", d_in, minimum=16)
+    check_int("make_scenario", "n_atoms", n_atoms, minimum=16)
     if not 0 <= angle < 45:
         raise FeatdiffError(
             f"angle must be in [0, 45) degrees (a kept atom has cosine > 0.7); got {angle!r}."
