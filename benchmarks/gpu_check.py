@@ -21,6 +21,7 @@ import warnings
 import torch
 
 import featdiff as fd
+from featdiff.analyses.generalization import sample_codes
 
 
 def models(d_model: int, n_layers: int, device: str) -> dict:
@@ -158,7 +159,7 @@ def main() -> int:
     assert sae.W_dec.device.type == "cpu" and cc.W_dec.device.type == "cpu"
 
     prompts, answers = tokens[:16, :8], tokens[:16, 8:12]
-    codes = {d: fd.sample_codes(sae, ms[d]["rl"], prompts, answers, hook=hook) for d in (dev, "cpu")}
+    codes = {d: sample_codes(sae, ms[d]["rl"], prompts, answers, hook=hook) for d in (dev, "cpu")}
     diff = float((codes[dev] - codes["cpu"]).abs().max())
     check("sample_codes", codes[dev].device.type == "cpu" and diff < 1e-2, f"max |diff| {diff:.2e}")
 

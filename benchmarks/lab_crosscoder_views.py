@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from featdiff import lab
-from featdiff.activations.activations import collect_activations
+from featdiff.activations.collect import collect_activations
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.stats import firing_frequency
 from featdiff.metrics.crosscoder import decoder_cosine, mas, nrn
-from featdiff.models.models import default_hook, load_prompts
+from featdiff.models.folder import load_prompts
+from featdiff.models.hooks import default_hook
 
 
 def describe(label: str, cc, acts) -> None:

@@ -72,6 +72,7 @@ VARIANTS = {
     "absorbed_on": {"absorbed": True},
     "min_contribution_0": {"min_contribution": 0.0},
     "margin_0": {"recombination_margin": 0.0},
+    "children_off": {"child_cofiring": 0.0},
     "ratio": {"estimator": "ratio"},
     # the default config at other interval levels: the calibration figure (nominal vs observed coverage)
     "level_0.5": {"interval_level": 0.5},
@@ -145,6 +146,8 @@ def run(name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas:
         x = held_out[scenario.reference]
         null_acts = fd.ActivationSet({"base": x, "replica": x}, hook="planted")
         for variant, over in variants.items():
+            if "estimator" in over or "interval_level" in over:
+                continue  # the null's statuses do not depend on them
             c = fd.compare_dictionaries(
                 {"base": saes[scenario.reference], "replica": base_reps[0]}, null_acts,
                 replicas=base_reps[1:], config=CompareConfig(**over), metrics=[], progress=False,
@@ -234,6 +237,65 @@ def heuristics(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+# scenarios holding each change (the others are where a heuristic for it must not fire)
+HAS = {
+    "absorbed": ("absorbed", "mix"),
+    "recombination": ("replaced_recombination", "dense", "rare", "mix", "contrast", "contrast_mirror"),
+    "split": ("split", "mix"),
+}
+
+
+def heuristic_table(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
+    """One row per heuristic: how often its status fires where the change it targets is not planted (the
+    base-vs-replica null, and the scenarios without that change), what it recovers where it is, and the
+    worst / mean absolute error over the library (widths 1x-4x) with it on and off."""
+    d = r[r.width != "0.5x"].assign(abs_error=lambda x: x.error.abs())
+    t = f[f.width != "0.5x"]
+    null, tgt = t[t.checkpoint == "base_vs_replica"], t[t.checkpoint != "base_vs_replica"]
+
+    def err(variant):
+        e = d[d.variant == variant].abs_error
+        return (float(e.max()), float(e.mean())) if len(e) else (float("nan"), float("nan"))
+
+    def rate(frame, variant, col, den="n_live"):
+        x = frame[frame.variant == variant]
+        return float(x[col].sum() / max(1, x[den].sum())) if len(x) else float("nan")
+
+    def recovered(variant, category, scenarios):
+        x = d[(d.variant == variant) & (d.category == category) & d.scenario.isin(scenarios)]
+        return float((x.estimate.sum()) / max(1e-12, x.truth.sum())) if len(x) else float("nan")
+
+    rows = []
+    without = {k: tgt[~tgt.scenario.isin(v)] for k, v in HAS.items()}
+    for name, on, off, status, change, category in (
+        ("absorbed (opt-in)", "absorbed_on", "default", "n_absorbed", "absorbed", None),
+        ("recombination_margin 0.15", "default", "margin_0", "n_recombined", "recombination", "recombination"),
+        ("children (child_cofiring 0.9)", "default", "children_off", "n_split", "split", "reuse"),
+        ("min_contribution 0.01 (faint)", "default", "min_contribution_0", "n_novel", None, None),
+        ("union estimator (vs ratio)", "default", "ratio", None, None, None),
+    ):
+        row = {"heuristic": name}
+        for lab, v in (("on", on), ("off", off)):
+            if status:
+                row[f"null_rate_{lab}"] = rate(null, v, status)
+                if change:
+                    row[f"fp_rate_{lab}"] = rate(without[change], v, status)
+            if category:
+                row[f"recovered_{lab}"] = recovered(v, category, HAS[change])
+            row[f"worst_{lab}"], row[f"mean_{lab}"] = err(v)
+        if change == "absorbed":  # absorbed base atoms found, over those planted (in `absorbed` / `mix`)
+            for lab, v in (("on", on), ("off", off)):
+                x = tgt[(tgt.variant == v) & tgt.scenario.isin(HAS["absorbed"])]
+                planted = sum(
+                    len(make_scenario(sc, d_in=D_IN, n_atoms=N_ATOMS, k=K, seed=int(sd)).absorbed)
+                    for sc, sd in x[["scenario", "seed"]].itertuples(index=False)
+                )
+                row[f"recovered_{lab}"] = float(x.n_absorbed.sum() / planted) if planted else float("nan")
+        rows.append(row)
+    cols = ["heuristic"] + [f"{m}_{lab}" for m in ("null_rate", "fp_rate", "recovered", "worst", "mean") for lab in ("on", "off")]
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--half", choices=["tuning", "held_out", "all"], default="tuning")
@@ -258,6 +320,8 @@ def main() -> None:
             print(markdown(levels[Path(prefix).name]))
             print("\n## Heuristics\n")
             print(markdown(heuristics(r, f)))
+            print("\n## Heuristics, on and off\n")
+            print(markdown(heuristic_table(r, f)))
         if args.figure:
             calibration_figure(levels, args.figure)
         return

@@ -1,6 +1,6 @@
 """The width check of compare_checkpoints / compare_activations (widen=1) on real activations: the base SAE's
 live share and how much less of the variance a base SAE twice as wide leaves unexplained (the numbers
-featdiff.comparison.pipeline.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
+featdiff.comparison.width.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~15 min
@@ -47,7 +47,8 @@ def check(acts: fd.ActivationSet, name: str, **train_kwargs) -> dict:
 
 def lab() -> list[dict]:
     from featdiff.cli import DEMO_SAE_STEPS
-    from featdiff.models.models import default_hook, load_prompts
+    from featdiff.models.folder import load_prompts
+    from featdiff.models.hooks import default_hook
 
     path = fd.lab.build(fd.lab.LabConfig(), progress=False)
     models = dict(zip(("base", "rl", "sft"), (fd.load_model(p) for p in fd.lab.load(path)), strict=True))

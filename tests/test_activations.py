@@ -7,11 +7,12 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff import constants
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import TextCorpus
 from featdiff.core.io import MARKER
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.models.models import save_model
+from featdiff.models.folder import save_model
 
 VOCAB = 29
 HOOK = "blocks.0.hook_resid_post"
@@ -300,7 +301,7 @@ def test_collect_activations_rejects_bad_input():
         collect_activations({"m": model}, tokens, "blocks.9.hook_resid_post", progress=False)
     with pytest.raises(FeatdiffError, match="not \\(batch, pos, ...\\)"):
         collect_activations({"m": model}, tokens, "blocks.0.attn.hook_pattern", progress=False)
-    with pytest.raises(FeatdiffError, match="batch_size must be a positive int"):
+    with pytest.raises(FeatdiffError, match="'batch_size' parameter of collect_activations must be a positive integer"):
         collect_activations({"m": model}, tokens, HOOK, batch_size=0, progress=False)
     with pytest.raises(FeatdiffError, match="outlier_factor must be > 1"):
         collect_activations({"m": model}, tokens, HOOK, outlier_factor=0.5, progress=False)

@@ -201,7 +201,7 @@ def test_align_on_activations_streams_codes(planted, tmp_path, no_loading):
 
 
 def test_collect_to_disk_returns_an_on_disk_set(tmp_path):
-    from featdiff.activations.activations import collect_activations
+    from featdiff.activations.collect import collect_activations
     from test_activations import HOOK, make_tokens, tiny_tl
 
     models = {"base": tiny_tl(0), "rl": tiny_tl(1)}
@@ -218,7 +218,7 @@ def test_collect_to_disk_returns_an_on_disk_set(tmp_path):
 
 
 def test_stream_batches_are_the_collected_rows(tmp_path):
-    from featdiff.activations.activations import collect_activations
+    from featdiff.activations.collect import collect_activations
     from featdiff.activations.stream import ActivationStream
     from test_activations import HOOK, make_tokens, tiny_tl
 
@@ -242,7 +242,7 @@ def test_stream_batches_are_the_collected_rows(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:train_crosscoder had not settled")
 def test_saes_and_crosscoder_train_on_a_stream():
-    from featdiff.activations.activations import collect_activations
+    from featdiff.activations.collect import collect_activations
     from featdiff.activations.stream import ActivationStream
     from featdiff.dictionaries.crosscoder.train import train_crosscoder
     from featdiff.dictionaries.sae import train_saes
@@ -351,5 +351,5 @@ def test_open_of_a_broken_folder_names_the_problem(tmp_path):
     meta["n_tokens"] = 100
     (disk.path / "activations.json").write_text(json.dumps(meta))
     assert ActivationSet.open(disk.path).n_tokens == 100
-    with pytest.raises(FeatdiffError, match="buffer_tokens must be a positive int"):
+    with pytest.raises(FeatdiffError, match="'buffer_tokens' parameter of OnDiskActivationSet must be a positive integer"):
         ActivationSet.open(disk.path, buffer_tokens=0)

@@ -3,78 +3,92 @@ import sys
 
 import featdiff
 
-
-def test_public_namespace_is_pinned():
-    assert sorted(featdiff.__all__) == [
+# featdiff.__all__, group by group as its comments say (the pipeline; the stages in data-flow order; the tables
+# and configs; the extension points; the namespaces; the error and the version), each group sorted
+GROUPS = [
+    ["compare_checkpoints"],
+    ["hook_name", "load_model", "save_model"],
+    [
         "ActivationSet",
         "ActivationStream",
+        "OnDiskActivationSet",
+        "TextCorpus",
+        "collect_activations",
+        "from_sae_lens_cache",
+    ],
+    [
+        "Crosscoder",
+        "load_crosscoder",
+        "load_sae",
+        "sae_from_dictionary",
+        "save_sae",
+        "save_saes",
+        "train_crosscoder",
+        "train_saes",
+    ],
+    ["align", "mmcs", "svcca"],
+    ["base_coverage", "decoder_cosine", "drift", "latent_scaling", "mas", "nrn", "recombination", "reuse"],
+    ["compare_activations", "compare_crosscoder", "compare_dictionaries"],
+    ["export_features", "feature_card", "feature_cards"],
+    [
+        "crosscoder_view",
+        "edit_features",
+        "evaluate_intervention",
+        "feature_evolution",
+        "generalization_features",
+        "generate_greedy",
+        "plot_feature_evolution",
+    ],
+    [
         "Alignment",
         "CompareConfig",
         "Comparison",
-        "Crosscoder",
         "CrosscoderConfig",
         "CrosscoderView",
         "CrosscoderViewConfig",
-        "FeatdiffError",
         "FeatureCard",
         "FeatureEdit",
-        "MetricContext",
-        "OnDiskActivationSet",
         "SAETrainConfig",
         "WidthCheck",
-        "TextCorpus",
-        "__version__",
-        "align",
-        "available_metrics",
-        "base_coverage",
-        "check_compatible",
-        "collect_activations",
-        "compare_activations",
-        "compare_checkpoints",
-        "compare_crosscoder",
-        "compare_dictionaries",
-        "correct_fractions",
-        "crosscoder_view",
-    "decoder_cosine",
-        "default_hook",
-        "distributed",
-        "drift",
-        "edit_features",
-        "evaluate_intervention",
-        "export_features",
-        "feature_card",
-        "feature_cards",
-        "feature_evolution",
-        "from_sae_lens_cache",
-        "generalization_features",
-        "generate_greedy",
-        "hook_name",
-        "lab",
-        "latent_scaling",
-        "load_crosscoder",
-        "load_model",
-        "load_prompts",
-        "load_sae",
-    "mas",
-        "mmcs",
-    "nrn",
-        "plot_feature_evolution",
-        "recombination",
-        "register_metric",
-        "reuse",
-        "sae_from_dictionary",
-        "sample_codes",
-        "save_model",
-        "save_sae",
-        "save_saes",
-        "svcca",
-        "synthetic",
-        "train_crosscoder",
-        "train_saes",
-        "unregister_metric",
-    ]
+    ],
+    ["MetricContext", "available_metrics", "register_metric", "unregister_metric"],
+    ["distributed", "lab", "synthetic"],
+    ["FeatdiffError", "__version__"],
+]
+
+
+def test_public_namespace_is_pinned():
+    assert featdiff.__all__ == [name for group in GROUPS for name in group]
+    assert all(group == sorted(group) for group in GROUPS)
+    assert len(set(featdiff.__all__)) == len(featdiff.__all__)
     for name in featdiff.__all__:
         assert hasattr(featdiff, name), name
+
+
+def test_the_groups_of_all_are_commented_in_the_source():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", root / "tools" / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("mkdocs_hooks", hooks)
+    spec.loader.exec_module(hooks)
+    groups = hooks.api_groups("featdiff")
+    assert [names for _, names in groups] == GROUPS
+    assert all(title for title, _ in groups)
+    assert groups[0][1] == ["compare_checkpoints"]  # the API page opens on the pipeline
+
+
+def test_stage_helpers_stay_in_their_packages():
+    # not for users at the top, still public in their stage's package
+    from featdiff.analyses import sample_codes
+    from featdiff.models import check_compatible, default_hook, load_prompts
+
+    assert all(callable(f) for f in (sample_codes, check_compatible, default_hook, load_prompts))
+    helpers = {"correct_fractions", "sample_codes", "check_compatible", "default_hook", "load_prompts"}
+    assert not helpers & set(featdiff.__all__)
 
 
 def test_import_does_no_heavy_work():

@@ -201,17 +201,6 @@ def test_checkpoints_as_one_mapping_cannot_collide_with_options(trio, tokens):
         progress=False,
     )
     assert list(cmp.summary.index) == ["seed"] and cmp.meta["seed"] == 3
-    with pytest.warns(DeprecationWarning, match=r"one mapping"):
-        old = fd.compare_checkpoints(
-            base,
-            tokens=tokens,
-            hook="blocks.0.hook_resid_post",
-            saes={"base": saes["base"], "dpo": saes["seed"]},
-            seed=3,
-            progress=False,
-            dpo=rl,
-        )
-    assert old.summary.loc["dpo", "reuse_raw"] == cmp.summary.loc["seed", "reuse_raw"]
     with pytest.raises(fd.FeatdiffError, match="either as one mapping"):
         fd.compare_checkpoints({"base": base}, rl, tokens=tokens, progress=False)
 

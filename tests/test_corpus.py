@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import WORDS, make_documents, make_text_checkpoint, make_word_tokenizer
-from featdiff.activations.activations import collect_activations
-from featdiff.activations.corpus import TextCorpus, check_tokenizers
+from featdiff.activations.collect import collect_activations
+from featdiff.activations.corpus import TextCorpus
+from featdiff.activations.tokens import check_tokenizers
 from featdiff.errors import FeatdiffError
-from featdiff.models.models import load_model
+from featdiff.models.load import load_model
 
 HOOK = "blocks.0.hook_resid_post"
 ID = {w: i for i, w in enumerate(WORDS)}
@@ -250,7 +251,7 @@ def test_collect_on_text_streams_and_equals_the_same_windows_as_token_ids(ckpts,
 
 
 def test_a_featdiff_folder_carries_its_tokenizer(ckpts, tmp_path):
-    from featdiff.models.models import save_model
+    from featdiff.models.folder import save_model
 
     folder = save_model(load_model(ckpts["rl"]), tmp_path / "rl_featdiff")  # tokenizer/ travels with it
     docs = make_documents(12, seed=3)

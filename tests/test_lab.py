@@ -206,14 +206,14 @@ def test_evaluate_matches_stored_accuracy(lab_dir):
 
 
 def test_checkpoints_in_order(lab_dir):
-    from featdiff.models.models import _load_featdiff_dir
+    from featdiff.models.folder import load_featdiff_dir
 
     for run, final in (("rl", 1), ("sft", 2)):
         paths = checkpoints(lab_dir, run=run)
         assert len(paths) == 5 and all(p.is_dir() for p in paths)
-        steps = [_load_featdiff_dir(p).featdiff_meta["step"] for p in paths]
+        steps = [load_featdiff_dir(p).featdiff_meta["step"] for p in paths]
         assert steps == sorted(steps) and len(set(steps)) == 5
-        last = _load_featdiff_dir(paths[-1])
+        last = load_featdiff_dir(paths[-1])
         assert torch.equal(last.W_U, load(lab_dir)[final].W_U)
     with pytest.raises(FeatdiffError, match="must be one of"):
         checkpoints(lab_dir, run="ppo")

@@ -9,15 +9,10 @@ import torch
 from transformer_lens import HookedTransformer
 
 from featdiff.errors import FeatdiffError
-from featdiff.models.models import (
-    SUPPORTED_ARCHITECTURES,
-    check_compatible,
-    default_hook,
-    hook_name,
-    load_model,
-    load_prompts,
-    save_model,
-)
+from featdiff.models.folder import load_prompts, save_model
+from featdiff.models.hf import SUPPORTED_ARCHITECTURES
+from featdiff.models.hooks import check_compatible, default_hook, hook_name
+from featdiff.models.load import load_model
 
 VOCAB = 37
 
@@ -228,5 +223,5 @@ def test_hook_name_and_default_hook():
     )
     with pytest.raises(FeatdiffError, match="'site' parameter of hook_name must be one of .*resid_post"):
         hook_name(0, "residual")
-    with pytest.raises(FeatdiffError, match="int >= 0"):
+    with pytest.raises(FeatdiffError, match="integer >= 0"):
         hook_name(-1)

@@ -154,7 +154,7 @@ def test_widen_trains_every_sae_again_at_twice_the_width(monkeypatch, tmp_path):
     kept = fd.compare_activations(acts, widen=0, **kw)
     assert kept.meta["sae"]["d_sae"] == 16 and "widened" not in kept.meta and not calls  # no check at all
     assert "width_check" not in kept.meta
-    with pytest.raises(fd.FeatdiffError, match="widen must be a non-negative integer"):
+    with pytest.raises(fd.FeatdiffError, match="'widen' parameter of compare_activations must be an integer >= 0"):
         fd.compare_activations(acts, widen=-1, **kw)
     with pytest.raises(fd.FeatdiffError, match="no checkpoint 'sft'"):
         fd.compare_activations(acts, reference="sft", **kw)

@@ -220,8 +220,11 @@ def test_compare_permuting_target_features_changes_nothing_but_indices(p, with_a
     fb = b.features.drop(columns="feature")
     fa, fb = fa[fb.columns], fb
     for col in fb.columns:
-        if col == "components":
-            assert [sorted(c) for c in fa[col]] == [sorted(c) for c in fb[col]]
+        if col == "components":  # (reference feature, weight) pairs: the same features, weights to float noise
+            for ca, cb in zip(fa[col], fb[col], strict=True):
+                ca, cb = sorted(ca), sorted(cb)
+                assert [i for i, _ in ca] == [i for i, _ in cb]
+                np.testing.assert_allclose([w for _, w in ca], [w for _, w in cb], atol=1e-9)
         elif pd.api.types.is_float_dtype(fb[col]):
             np.testing.assert_allclose(fa[col].to_numpy(float), fb[col].to_numpy(float), atol=1e-5, err_msg=col)
         else:

@@ -151,10 +151,10 @@ def test_collect_activations_resumes_after_sigkill_from_the_last_saved_chunk(tmp
     torch.save(tokens, tmp_path / "tokens.pt")
     ck, out = tmp_path / "ck", tmp_path / "acts"
     run = f"""
-    import torch, featdiff.activations.activations as A
+    import torch, featdiff.activations.collect as A
     computed = []
-    rows = A._model_rows
-    A._model_rows = lambda *a, **k: (computed.append(1) or x for x in rows(*a, **k))
+    rows = A.model_rows
+    A.model_rows = lambda *a, **k: (computed.append(1) or x for x in rows(*a, **k))
     models = {{n: {str(tmp_path)!r} + "/" + n for n in ["base", "rl"]}}
     fd.collect_activations(models, torch.load({str(tmp_path / "tokens.pt")!r}), "blocks.0.hook_resid_post",
                            batch_size=2, out_dir={str(out)!r}, shard_tokens=40, progress=False,

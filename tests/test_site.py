@@ -213,6 +213,8 @@ def test_site_api_reference_covers_the_public_namespaces(site):
             assert f"{ns}.{name}" in ids or f"{obj.__module__}.{obj.__qualname__}" in ids, (ns, name)
     api = _text(site_dir / "api" / "featdiff" / "index.html")
     assert "Everything in one call" in api  # compare_checkpoints's docstring
+    # the page opens on the pipeline (the first group of featdiff.__all__), not on the alphabet's ActivationSet
+    assert api.index("Everything in one call") < api.index("Activations of several checkpoints at one hook")
     assert "Match target features to reference features" in api  # align (shadowed by its module's name)
 
 

@@ -6,7 +6,7 @@
   build. The examples run in their small mode (``FEATDIFF_EXAMPLE_SMALL=1``) unless the environment sets
   that variable; their files go to a temporary folder (``FEATDIFF_EXAMPLE_OUT``), never into the repository.
 - One API page ``api/<namespace>.md`` (mkdocstrings) per public namespace: ``featdiff`` and each subpackage
-  named in ``featdiff.__all__``.
+  named in ``featdiff.__all__``; ``featdiff``'s follows the groups of its ``__all__`` (the pipeline first).
 - Every ``docs/*.md`` page missing from ``nav`` joins its "Guides" section, so a new page is built and
   linked without editing mkdocs.yml; "Examples" and "API" sections are appended.
 
@@ -65,17 +65,67 @@ def namespaces() -> list[str]:
     return ["featdiff", *subs]
 
 
+def api_groups(namespace: str) -> list[tuple[str, list[str]]]:
+    """The groups of a namespace's ``__all__``: (the comment above a group, its names), in order.
+
+    A namespace whose ``__all__`` has no comments is one untitled group. Read from the source, since the
+    comments are not in the module object.
+    """
+    import importlib
+
+    module = importlib.import_module(namespace)
+    source = Path(module.__file__).read_text()
+    start = source.find("__all__ = [")
+    if start < 0:
+        return [("", list(getattr(module, "__all__", [])))]
+    groups: list[tuple[str, list[str]]] = []
+    for line in source[start:].splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("]"):
+            break
+        if line.startswith("#"):
+            groups.append((line.lstrip("# ").strip(), []))
+        elif line.startswith(("'", '"')):
+            if not groups:
+                groups.append(("", []))
+            groups[-1][1].append(line.strip("\"',"))
+    return groups
+
+
 def api_page(namespace: str) -> str:
     """The mkdocstrings page of one namespace: its public members, from their docstrings.
 
-    A re-exported function that has the name of a submodule (a function ``x`` re-exported beside a module
-    ``x.py`` of the same package shadows it) is hidden from the namespace's listing by the static analysis;
-    such names are rendered explicitly from their defining module.
+    A namespace whose ``__all__`` is grouped by comments (``featdiff``'s) is rendered group by group in that
+    order, each name from its defining module, so the page opens on the pipeline (``compare_checkpoints``);
+    a public subpackage is a link to its own page. Otherwise the namespace's members are listed by
+    mkdocstrings; there a re-exported function that has the name of a submodule (a function ``x``
+    re-exported beside a module ``x.py`` of the same package shadows it) is hidden by the static analysis,
+    so such names are rendered explicitly from their defining module.
     """
     import importlib
     import types
 
     module = importlib.import_module(namespace)
+    groups = api_groups(namespace)
+    if any(title for title, _ in groups):
+        head = f"::: {namespace}\n    options:\n      show_root_heading: false\n      members: false\n"
+        blocks = [f"# `{namespace}`", head]
+        for title, names in groups:
+            heading, _, what = title.partition(": ")
+            blocks.append(f"## {heading[0].upper()}{heading[1:]}")
+            if what:
+                blocks.append(f"{what[0].upper()}{what[1:]}.")
+            for name in names:
+                obj = getattr(module, name, None)
+                if isinstance(obj, types.ModuleType):
+                    summary = (obj.__doc__ or "").strip().splitlines()[0]
+                    blocks.append(f"- [`{obj.__name__}`]({obj.__name__}.md): {summary}")
+                elif hasattr(obj, "__qualname__") and hasattr(obj, "__module__"):
+                    options = "    options:\n      show_root_full_path: false\n      heading_level: 3\n"
+                    blocks.append(f"::: {obj.__module__}.{obj.__qualname__}\n{options}")
+                elif not name.startswith("__"):
+                    blocks.append(f"::: {namespace}.{name}\n    options:\n      heading_level: 3\n")
+        return "\n\n".join(blocks) + "\n"
     options = "    options:\n      show_root_heading: false\n"
     blocks = [f"# `{namespace}`", f"::: {namespace}\n{options}"]
     root = Path(module.__file__).parent

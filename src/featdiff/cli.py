@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 import featdiff as fd
 from featdiff._version import __version__
-from featdiff.analyses import crosscoder_view as analysis
+from featdiff.analyses.crosscoder_view.config import CrosscoderViewConfig
+from featdiff.analyses.crosscoder_view.run import crosscoder_view
 from featdiff.core.io import atomic_dir, check_replaceable, write_json
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 from featdiff.report.figures import figure_png, ordered_accuracy, plot_accuracy
@@ -378,9 +379,9 @@ def demo(args: argparse.Namespace) -> int:
     view = None
     if with_view:
         steps("crosscoder view: MAS/NRN, feature evolution, generalization features, interventions")
-        vcfg = analysis.CrosscoderViewConfig.small() if args.small else None
+        vcfg = CrosscoderViewConfig.small() if args.small else None
         with _collected_warnings() as caught:
-            view = analysis.crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
+            view = crosscoder_view(path, vcfg, progress=progress, seed=args.seed)
         cmp.meta["warnings"] = [*cmp.meta.get("warnings", []), *(f"crosscoder view: {w}" for w in caught)]
         steps.done()
 

@@ -1,45 +1,24 @@
-"""Paired activations: the same tokens through every checkpoint, row i of every model from the same token."""
+"""Paired activations: the same tokens through every checkpoint, row i of every model from the same token,
+held in memory (ActivationSet) or left in their shards on disk (OnDiskActivationSet)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from featdiff import constants
-from featdiff._version import __version__
-from featdiff.activations.corpus import (
-    TensorWindows,
-    TextWindows,
-    as_data,
-    is_text,
-    scan,
-    text_windows,
-    with_keep,
-)
+from featdiff.activations.folder import SEQUENCE_IDS, TOKEN_IDS, ShardWriter, meta_json, read_meta
 from featdiff.activations.shards import ActivationColumn, ShardStore, compose_rows, view_batches
+from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
-from featdiff.core.output import progress_bar
-from featdiff.core.runstate import RowChunks, model_fingerprint, tensor_hash
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-from featdiff.models.models import check_compatible, default_hook, load_model, stop_layer
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
-
-_TOKEN_IDS = "__token_ids__"  # key of the token ids in a shard
-_SEQUENCE_IDS = "__sequence_ids__"  # key of the sequence ids (which input row each token came from)
 
 
 def _check_acts(name: str, x: Tensor) -> Tensor:
@@ -248,14 +227,14 @@ class ActivationSet:
             raise FeatdiffError(f"shard_tokens must be positive; got {shard_tokens}.")
         path = Path(path)
         with atomic_dir(path) as tmp:
-            writer = _ShardWriter(tmp, self.names, shard_tokens)
+            writer = ShardWriter(tmp, self.names, shard_tokens)
             writer.add(self.acts, self.token_ids, self.sequence_ids)
             n_shards = writer.close()
             write_json(tmp / constants.ACTS_META, self._meta_json(n_shards))
         return path
 
     def _meta_json(self, n_shards: int) -> dict:
-        return _meta_json(self.names, self.hook, self.n_tokens, self.d_model, n_shards, self.meta)
+        return meta_json(self.names, self.hook, self.n_tokens, self.d_model, n_shards, self.meta)
 
     @classmethod
     def open(cls, path: str | os.PathLike, buffer_tokens: int | None = None) -> OnDiskActivationSet:
@@ -275,7 +254,7 @@ class ActivationSet:
         True
         """
         path = Path(path)
-        meta, n_shards, n_tokens = _read_meta(path)
+        meta, n_shards, n_tokens = read_meta(path)
         files = [path / constants.ACTS_SHARD.format(index=i) for i in range(n_shards)]
         return OnDiskActivationSet._from_files(files, meta, n_tokens, buffer_tokens)
 
@@ -286,7 +265,7 @@ class ActivationSet:
         if not in_memory:
             return cls.open(path)
         path = Path(path)
-        meta, n_shards, n_tokens = _read_meta(path)
+        meta, n_shards, n_tokens = read_meta(path)
         names = meta["names"]
         parts: dict[str, list[Tensor]] = {n: [] for n in names}
         tids: list[Tensor] = []
@@ -306,10 +285,10 @@ class ActivationSet:
                 )
             for n in parts:
                 parts[n].append(tensors[n])
-            if _TOKEN_IDS in tensors:
-                tids.append(tensors[_TOKEN_IDS])
-            if _SEQUENCE_IDS in tensors:
-                sids.append(tensors[_SEQUENCE_IDS])
+            if TOKEN_IDS in tensors:
+                tids.append(tensors[TOKEN_IDS])
+            if SEQUENCE_IDS in tensors:
+                sids.append(tensors[SEQUENCE_IDS])
         acts = {n: torch.cat(p) for n, p in parts.items()}
         out = cls(
             acts,
@@ -321,29 +300,6 @@ class ActivationSet:
         if out.n_tokens != n_tokens:
             raise FeatdiffError(f"{path} holds {out.n_tokens} tokens but its metadata says {n_tokens}.")
         return out
-
-
-# ----------------------------------------------------------------------------------------- on disk
-
-
-def _read_meta(path: Path) -> tuple[dict, int, int]:
-    meta_file = path / constants.ACTS_META
-    if not meta_file.is_file():
-        raise FeatdiffError(
-            f"{path} is not an ActivationSet folder (no {constants.ACTS_META}); "
-            "write one with ActivationSet.save or collect_activations(..., out_dir=...)."
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-        list(meta["names"])
-        n_shards, n_tokens = int(meta["n_shards"]), int(meta["n_tokens"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise FeatdiffError(
-            f"{meta_file} is corrupted ({type(e).__name__}: {e}); re-collect the activations."
-        ) from None
-    if meta.get("format_version", constants.FORMAT_VERSION) > constants.FORMAT_VERSION:
-        raise FeatdiffError(f"{path} was written by a newer featdiff; upgrade featdiff to read it.")
-    return meta, n_shards, n_tokens
 
 
 class _LoadingActs(Mapping):
@@ -389,8 +345,7 @@ class OnDiskActivationSet(ActivationSet):
     ):
         self._store, self._rows, self._names = store, rows, list(names)
         self.hook, self.token_ids, self.meta, self.sequence_ids = hook, token_ids, meta, sequence_ids
-        if buffer_tokens is not None and (isinstance(buffer_tokens, bool) or int(buffer_tokens) <= 0):
-            raise FeatdiffError(f"buffer_tokens must be a positive int; got {buffer_tokens!r}.")
+        check_int("OnDiskActivationSet", "buffer_tokens", buffer_tokens, optional=True)
         self.buffer_tokens = buffer_tokens
         self._keys: dict[str, str] = {}  # a name -> the checkpoint it reads (aliases, see _aliased)
 
@@ -412,10 +367,10 @@ class OnDiskActivationSet(ActivationSet):
                         )
                     rows, d_model = f.get_slice(names[0]).get_shape()
                     sizes.append(int(rows))
-                    if _TOKEN_IDS in keys:
-                        tids.append(f.get_tensor(_TOKEN_IDS))
-                    if _SEQUENCE_IDS in keys:
-                        sids.append(f.get_tensor(_SEQUENCE_IDS))
+                    if TOKEN_IDS in keys:
+                        tids.append(f.get_tensor(TOKEN_IDS))
+                    if SEQUENCE_IDS in keys:
+                        sids.append(f.get_tensor(SEQUENCE_IDS))
             except FeatdiffError:
                 raise
             except Exception as e:  # missing or corrupted shard
@@ -543,7 +498,7 @@ class OnDiskActivationSet(ActivationSet):
             raise FeatdiffError(f"shard_tokens must be positive; got {shard_tokens}.")
         path = Path(path)
         with atomic_dir(path) as tmp:
-            writer = _ShardWriter(tmp, self.names, shard_tokens)
+            writer = ShardWriter(tmp, self.names, shard_tokens)
             for start in range(0, self.n_tokens, shard_tokens):
                 sl = slice(start, start + shard_tokens)
                 writer.add(
@@ -553,434 +508,3 @@ class OnDiskActivationSet(ActivationSet):
                 )
             write_json(tmp / constants.ACTS_META, self._meta_json(writer.close()))
         return path
-
-
-# ----------------------------------------------------------------------------------------- shard writing
-
-
-def _meta_json(
-    names: list[str], hook: str | None, n_tokens: int, d_model: int, n_shards: int, meta: dict
-) -> dict:
-
-    return {
-        "featdiff_version": __version__,
-        "format_version": constants.FORMAT_VERSION,
-        "names": list(names),
-        "hook": hook,
-        "n_tokens": n_tokens,
-        "d_model": d_model,
-        "n_shards": n_shards,
-        "meta": meta,
-    }
-
-
-class _ShardWriter:
-    """Buffer rows {name: (rows, d)} (+ token ids) and write them as shards of exactly ``shard_tokens``
-    rows (the last one shorter), named like ActivationSet.save's."""
-
-    def __init__(
-        self, folder: Path, names: list[str], shard_tokens: int, template: str = constants.ACTS_SHARD
-    ):
-        self.folder, self.names, self.shard_tokens, self.template = (
-            Path(folder),
-            list(names),
-            shard_tokens,
-            template,
-        )
-        self._buf: dict[str, list[Tensor]] = {n: [] for n in self.names}
-        self._tids: list[Tensor] = []
-        self._sids: list[Tensor] = []
-        self._n_buf = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.n_shards = 0
-        self.n_tokens = 0
-
-    def add(
-        self, acts: Mapping[str, Tensor], token_ids: Tensor | None = None, sequence_ids: Tensor | None = None
-    ) -> None:
-        n = next(iter(acts.values())).shape[0]
-        if n == 0:
-            return
-        for name in self.names:
-            self._buf[name].append(acts[name])
-        if token_ids is not None:
-            self._tids.append(token_ids)
-        if sequence_ids is not None:
-            self._sids.append(sequence_ids)
-        self._n_buf += n
-        while self._n_buf >= self.shard_tokens:
-            self._flush(self.shard_tokens)
-
-    def _flush(self, n: int) -> None:
-
-        def take(parts: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-            full = parts[0] if len(parts) == 1 else torch.cat(parts)
-            rest = [full[n:]] if full.shape[0] > n else []
-            return full[:n].contiguous(), rest
-
-        tensors = {}
-        for name in self.names:
-            tensors[name], self._buf[name] = take(self._buf[name])
-        if self._tids:
-            tensors[_TOKEN_IDS], self._tids = take(self._tids)
-        if self._sids:
-            tensors[_SEQUENCE_IDS], self._sids = take(self._sids)
-        save_file(tensors, str(self.folder / self.template.format(index=self.n_shards)))
-        self.n_shards += 1
-        self.n_tokens += n
-        self._n_buf -= n
-
-    def close(self) -> int:
-        if self._n_buf:
-            self._flush(self._n_buf)
-        return self.n_shards
-
-
-# ----------------------------------------------------------------------------------- collect_activations
-
-
-def _prepare_tokens(
-    tokens, models: dict[str, HookedTransformer], attention_mask, pad_token_id
-) -> tuple[Tensor, Tensor]:
-    """Token ids (batch, seq) and a boolean mask of the real (non-pad) positions; text is tokenized into
-    windows with the base checkpoint's tokenizer (``featdiff.activations.corpus``) and held in memory."""
-    if is_text(tokens):
-        return text_windows(as_data(tokens, None), models).materialize()
-    if not isinstance(tokens, Tensor):
-        try:
-            tokens = torch.as_tensor(tokens)
-        except (TypeError, ValueError, RuntimeError):
-            raise FeatdiffError(
-                "tokens must be an integer tensor (batch, seq) of token ids, or a list of strings when every "
-                f"checkpoint has a tokenizer; got {type(tokens).__name__}."
-            ) from None
-    if tokens.numel() == 0:
-        raise FeatdiffError(f"tokens is empty (shape {tuple(tokens.shape)}); pass at least one token.")
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise FeatdiffError(f"tokens must hold integer token ids; got dtype {tokens.dtype}.")
-    if tokens.ndim == 1:
-        tokens = tokens[None]
-    if tokens.ndim != 2:
-        raise FeatdiffError(f"tokens must have shape (batch, seq); got {tuple(tokens.shape)}.")
-    tokens = tokens.long().cpu()
-    mask = torch.ones_like(tokens, dtype=torch.bool)
-    if attention_mask is not None:
-        attention_mask = torch.as_tensor(attention_mask).cpu()
-        if attention_mask.shape != tokens.shape:
-            raise FeatdiffError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but tokens has {tuple(tokens.shape)}."
-            )
-        mask &= attention_mask.bool()
-    if pad_token_id is not None:
-        mask &= tokens != pad_token_id
-    return tokens, mask
-
-
-def _model_rows(
-    name: str,
-    model: HookedTransformer,
-    batches,
-    hook: str,
-    first_seq: int = 0,
-) -> Iterator[Float[Tensor, "rows d_in"]]:
-    """The kept rows of ``model``'s activations at ``hook`` for each batch ``(ids, mask, keep)`` of
-    sequences (float32, CPU); padding is fed as id 0 and masked; the forward pass stops after the hook's
-    block. ``first_seq``: the index of the first batch's first sequence (for error messages)."""
-    stop, dev = stop_layer(hook), model.cfg.device
-    start = first_seq
-    for ids, mask, keep in batches:
-        with torch.inference_mode():
-            _, cache = model.run_with_cache(
-                ids.masked_fill(~mask, 0).to(dev),
-                names_filter=hook,
-                stop_at_layer=stop,
-                attention_mask=mask.long().to(dev),
-                return_cache_object=False,
-            )
-        x = cache[hook]
-        if x.shape[:2] != ids.shape:
-            raise FeatdiffError(
-                f"Hook {hook!r} gives activations of shape {tuple(x.shape)}, not (batch, pos, ...); "
-                "pick a hook with one vector per token, e.g. featdiff.hook_name(layer)."
-            )
-        x = x.reshape(-1, x[0, 0].numel())[keep.reshape(-1).to(x.device)].float().cpu()
-        if not torch.isfinite(x).all():
-            raise FeatdiffError(
-                f"Checkpoint {name!r} gives NaN or infinite activations at {hook!r} in the batch of sequences "
-                f"starting at {start}; load it in float32 (load_model(..., dtype='float32')) or check its weights."
-            )
-        start += ids.shape[0]
-        yield x
-
-
-def _outliers(
-    norms: dict[str, Tensor], factor: float | None
-) -> tuple[Tensor, dict[str, int], dict[str, float]]:
-    """Rows whose norm exceeds ``factor`` x the median norm in any checkpoint; counts and medians by name."""
-    outlier = torch.zeros_like(next(iter(norms.values())), dtype=torch.bool)
-    by_checkpoint, medians = {}, {}
-    for name, nrm in norms.items():
-        medians[name] = float(nrm.median())
-        bad = (
-            nrm > factor * medians[name]
-            if factor is not None and medians[name] > 0
-            else torch.zeros_like(outlier)
-        )
-        by_checkpoint[name] = int(bad.sum())
-        outlier |= bad
-    return outlier, by_checkpoint, medians
-
-
-def _bos_token_id(models: Mapping[str, HookedTransformer]) -> int | None:
-    """The BOS token id of the (first) checkpoint's tokenizer, or its featdiff_meta's; None when unknown."""
-    model = next(iter(models.values()))
-    tokenizer = getattr(model, "tokenizer", None)
-    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
-    if bos is None:
-        bos = (getattr(model, "featdiff_meta", None) or {}).get("bos_token_id")
-    return None if bos is None else int(bos)
-
-
-def _dropped_message(n_kept: int, meta: dict) -> str:
-    """What collect_activations dropped and why, in words: padding, first positions (and how many of them
-    are the BOS token, when the tokenizer says which id that is), outlier norms."""
-    n_first, n_bos, bos = meta["n_dropped_first"], meta["n_dropped_bos"], meta["bos_token_id"]
-    if not n_first:
-        first = "no first positions (drop_bos=False)"
-    elif bos is None:
-        first = (
-            f"the first position of each of {n_first} sequences (no tokenizer says which id is BOS, so whether "
-            "they hold a BOS token is unknown)"
-        )
-    elif n_bos == n_first:
-        first = f"the first position of each of {n_first} sequences (all of them the BOS token {bos})"
-    else:
-        first = (
-            f"the first position of each of {n_first} sequences ({n_bos} of them the BOS token {bos}, "
-            f"{n_first - n_bos} a real token: the tokenizer does not always prepend BOS; drop_bos=False keeps "
-            "them)"
-        )
-    outl = meta["n_dropped_outlier"]
-    why = "" if not outl else f" (norm above {meta['outlier_factor']:g}x the median in some checkpoint)"
-    return (
-        f"collect_activations: kept {n_kept} tokens; dropped {meta['n_dropped_pad']} padding positions, "
-        f"{first}, and {outl} outlier-norm tokens{why}."
-    )
-
-
-def collect_activations(
-    models: Mapping[str, object],
-    tokens: Int[Tensor, "batch seq"] | list[str] | None = None,
-    hook: str | None = None,
-    batch_size: int = 32,
-    drop_bos: bool = True,
-    outlier_factor: float | None = 10.0,
-    out_dir: str | os.PathLike | None = None,
-    shard_tokens: int = 65536,
-    progress: bool = True,
-    device: str | None = None,
-    attention_mask: Int[Tensor, "batch seq"] | None = None,
-    pad_token_id: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 100,
-    keep_checkpoint: bool = True,
-    texts=None,
-) -> ActivationSet:
-    """Run the same tokens through every checkpoint and keep the activations at ``hook``, paired by token.
-
-    Row i of every checkpoint comes from the same token (``token_ids[i]``). Padding (``attention_mask``
-    zeros or ``pad_token_id``) and, with ``drop_bos``, the first real position of each sequence are dropped
-    (whether or not it holds a BOS token: the first position is an attention sink with outlying norms),
-    then every token whose activation norm exceeds ``outlier_factor`` times the median norm in *any*
-    checkpoint is dropped from all of them. The counts are in ``meta``: ``n_dropped_pad``,
-    ``n_dropped_first`` (first positions), ``n_dropped_bos`` (those of them that hold the BOS token id of
-    the checkpoint's tokenizer, ``bos_token_id``; 0 when no tokenizer says which id that is),
-    ``n_dropped_outlier``. ``sequence_ids`` records which row of ``tokens`` each kept token came from, so
-    that ``ActivationSet.split`` keeps sequences whole. The forward pass stops after the hook's block.
-
-    ``models`` maps names to anything ``load_model`` takes; all are loaded before the first forward pass
-    and checked with ``check_compatible``. ``hook`` defaults to the middle layer's residual stream.
-
-    ``texts`` gives text instead: a path (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets`` folder), a list
-    of strings (also as ``tokens``) or a ``featdiff.TextCorpus`` (text field, context length, BOS, packing,
-    ``max_tokens``), tokenized with the tokenizer of the checkpoint named "base" (else the first), which every
-    checkpoint must share. It is read a chunk at a time, once to check it and once per checkpoint: only the
-    kept token ids are held (docs/cli.md, "Text input"); ``meta["text"]`` has its settings and counts. With ``out_dir`` the
-    activations stream to disk as shards (the ``ActivationSet.save`` format) and the returned set stays there
-    (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
-
-    ``checkpoint_dir`` makes the collection resumable: every ``checkpoint_every`` batches of sequences (and
-    at each checkpoint's last batch) the rows collected so far are saved there (``featdiff.core.runstate.
-    RowChunks``); the same call after a kill reads them back and runs only the batches that are missing.
-    ``keep_checkpoint=False`` removes featdiff's checkpoint files after success.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from transformer_lens import HookedTransformer
-    >>> cfg = dict(n_layers=2, d_model=8, n_ctx=16, d_head=4, d_vocab=20, act_fn="relu", seed=0)
-    >>> models = {"base": HookedTransformer(cfg), "rl": HookedTransformer(cfg)}
-    >>> tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(0))
-    >>> acts = collect_activations(models, tokens, "blocks.0.hook_resid_post", outlier_factor=None, progress=False)
-    >>> acts.names, acts.n_tokens, acts.d_model, acts.meta["n_dropped_first"], acts.meta["n_dropped_bos"]
-    (['base', 'rl'], 15, 8, 3, 0)
-    >>> acts.sequence_ids.tolist()[:6]
-    [0, 0, 0, 0, 0, 1]
-    >>> torch.equal(acts.token_ids, tokens[:, 1:].reshape(-1))  # row i of every checkpoint: token_ids[i]
-    True
-    """
-
-
-    if not isinstance(models, Mapping) or not models:
-        raise FeatdiffError(
-            "collect_activations needs a non-empty dict {checkpoint name: model or checkpoint}."
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise FeatdiffError(f"batch_size must be a positive int; got {batch_size!r}.")
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens <= 0:
-        raise FeatdiffError(f"shard_tokens must be a positive int; got {shard_tokens!r}.")
-    if outlier_factor is not None and not outlier_factor > 1:
-        raise FeatdiffError(
-            f"outlier_factor must be > 1 (a multiple of the median norm) or None to keep all; got {outlier_factor}."
-        )
-    data = as_data(tokens, texts)
-    loaded = {str(name): load_model(spec, device=device) for name, spec in models.items()}
-    hook = default_hook(next(iter(loaded.values()))) if hook is None else hook
-    check_compatible(loaded, hook)
-    d_vocab = next(iter(loaded.values())).cfg.d_vocab
-    if is_text(data):
-        source: TextWindows | TensorWindows = text_windows(data, loaded)
-        seq_len = source.context_length
-    else:
-        ids_all, mask_all = _prepare_tokens(data, loaded, attention_mask, pad_token_id)
-        seq_len = ids_all.shape[1]
-        for name, model in loaded.items():
-            if seq_len > model.cfg.n_ctx:
-                raise FeatdiffError(
-                    f"Sequences have {seq_len} tokens but checkpoint {name!r} takes at most n_ctx={model.cfg.n_ctx}; "
-                    "cut them shorter."
-                )
-        real = ids_all[mask_all]
-        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= d_vocab):
-            raise FeatdiffError(
-                f"tokens hold ids in [{int(real.min())}, {int(real.max())}] but the vocabulary has d_vocab={d_vocab} "
-                "ids; were the tokens made with another tokenizer?"
-            )
-        source = TensorWindows(ids_all, mask_all)
-    bos_id = _bos_token_id(loaded)
-    # one pass before any forward pass (for text: reading and tokenizing the corpus): the kept ids, counts, checks
-    found = scan(source, batch_size, drop_bos, bos_id, d_vocab, progress)
-    flat_ids, flat_seq, n_batches = found.token_ids, found.sequence_ids, found.n_batches
-    n_dropped_pad, n_dropped_first, n_dropped_bos = found.n_dropped_pad, found.n_dropped_first, found.n_dropped_bos
-    if not len(flat_ids):
-        raise FeatdiffError(
-            f"No token is left after dropping {n_dropped_pad} padding positions and the first position of "
-            f"each of {n_dropped_first} sequences; pass longer sequences or drop_bos=False."
-        )
-    chunks_ckpt = None
-    if checkpoint_dir is not None:
-        if isinstance(source, TensorWindows):
-            found.fingerprint = {"tokens": tensor_hash(source.tokens), "mask": tensor_hash(source.mask)}
-        settings = {
-            "names": list(loaded), "hook": hook, "batch_size": batch_size, **found.fingerprint,
-            "models": {n: model_fingerprint(m) for n, m in loaded.items()},
-        }
-        chunks_ckpt = RowChunks(
-            checkpoint_dir, "collect_activations", settings, checkpoint_every, len(loaded), n_batches
-        )
-
-    def model_rows(m_index: int, name: str, model) -> Iterator[Tensor]:
-        def compute(b0: int) -> Iterator[Tensor]:
-            batches = with_keep(source.batches(batch_size, start=b0), drop_bos)
-            return _model_rows(name, model, batches, hook, first_seq=b0 * batch_size)
-
-        return compute(0) if chunks_ckpt is None else chunks_ckpt.rows(m_index, compute)
-
-    out_dir = None if out_dir is None else Path(out_dir)
-    with contextlib.nullcontext() if out_dir is None else atomic_dir(out_dir) as tmp:
-        raw: dict[str, Tensor] = {}  # in memory: the kept rows of each checkpoint
-        raw_writers: dict[str, _ShardWriter] = {}  # streaming: the same rows, in shards under tmp/_raw
-        norms: dict[str, Tensor] = {}
-        bar = progress_bar(
-            total=n_batches * len(loaded), desc=f"collect {hook}", unit="batch", disable=not progress
-        )
-        for m_index, (name, model) in enumerate(loaded.items()):
-            if tmp is not None:
-                template = f"m{m_index}_{{index:05d}}.st"
-                raw_writers[name] = _ShardWriter(tmp / "_raw", [name], shard_tokens, template)
-            chunks, chunk_norms = [], []
-            for x in model_rows(m_index, name, model):
-                chunk_norms.append(x.norm(dim=1))
-                if tmp is None:
-                    chunks.append(x)
-                else:
-                    raw_writers[name].add({name: x})
-                bar.update(1)
-            norms[name] = torch.cat(chunk_norms)
-            if len(norms[name]) != len(flat_ids):
-                raise FeatdiffError(
-                    f"Checkpoint {name!r} gave {len(norms[name])} rows for {len(flat_ids)} kept tokens: the data "
-                    "changed while it was read (a corpus file written to during the run?); run again."
-                )
-            if tmp is None:
-                raw[name] = torch.cat(chunks)
-            else:
-                raw_writers[name].close()
-        bar.close()
-
-        outlier, n_outlier_by_checkpoint, median_norm = _outliers(norms, outlier_factor)
-        n_dropped_outlier = int(outlier.sum())
-        kept = ~outlier
-        if not kept.any():
-            raise FeatdiffError("Every token was dropped as an outlier; raise outlier_factor or pass None.")
-        token_ids = flat_ids[kept]
-        sequence_ids = flat_seq[kept]
-        meta = {
-            "n_sequences": found.n_sequences,
-            "seq_len": seq_len,
-            "n_dropped_pad": n_dropped_pad,
-            "n_dropped_first": n_dropped_first,
-            "n_dropped_bos": n_dropped_bos,
-            "bos_token_id": bos_id,
-            "n_dropped_outlier": n_dropped_outlier,
-            "n_outlier_by_checkpoint": n_outlier_by_checkpoint,
-            "median_norm": median_norm,
-            "outlier_factor": outlier_factor,
-            "drop_bos": drop_bos,
-        }
-        if is_text(data):
-            meta["text"] = {**data.describe(), **source.stats}
-        if progress and (n_dropped_outlier or n_dropped_first or n_dropped_pad):
-            tqdm.write(_dropped_message(int(kept.sum()), meta))
-        if chunks_ckpt is not None and not keep_checkpoint:
-            chunks_ckpt.clear()
-        if tmp is None:
-            return ActivationSet(
-                {n: x[kept] for n, x in raw.items()},
-                hook=hook,
-                token_ids=token_ids,
-                meta=meta,
-                sequence_ids=sequence_ids,
-            )
-
-        # Second pass over the raw shards: drop the outliers, write the final shards.
-        names = list(loaded)
-        writer = _ShardWriter(tmp, names, shard_tokens)
-        start = 0
-        for i in range(raw_writers[names[0]].n_shards):
-            part = {n: load_file(str(tmp / "_raw" / f"m{k}_{i:05d}.st"))[n] for k, n in enumerate(names)}
-            n_rows = part[names[0]].shape[0]
-            sel = kept[start : start + n_rows]
-            writer.add(
-                {n: x[sel] for n, x in part.items()},
-                flat_ids[start : start + n_rows][sel],
-                flat_seq[start : start + n_rows][sel],
-            )
-            start += n_rows
-        n_shards = writer.close()
-        shutil.rmtree(tmp / "_raw")
-        write_json(
-            tmp / constants.ACTS_META,
-            _meta_json(names, hook, writer.n_tokens, int(part[names[0]].shape[1]), n_shards, meta),
-        )
-    return ActivationSet.open(out_dir)

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from featdiff import constants
-from featdiff.activations.activations import ActivationSet, OnDiskActivationSet, _meta_json, _ShardWriter
+from featdiff.activations.activations import ActivationSet, OnDiskActivationSet
+from featdiff.activations.folder import ShardWriter, meta_json
 from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
@@ -83,7 +84,7 @@ def from_sae_lens_cache(
     keep = slice(1 if drop_bos else 0, None)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        writer = _ShardWriter(tmp, names, shard_tokens)
+        writer = ShardWriter(tmp, names, shard_tokens)
         for a in tqdm(range(0, n_seq, step), desc="sae-lens cache", disable=not progress):
             b = min(a + step, n_seq)
             rows = {n: ds[a:b] for n, ds in sets.items()}
@@ -104,6 +105,6 @@ def from_sae_lens_cache(
             "drop_bos": drop_bos,
         }
         write_json(
-            tmp / constants.ACTS_META, _meta_json(names, hook, writer.n_tokens, int(d_in), n_shards, meta)
+            tmp / constants.ACTS_META, meta_json(names, hook, writer.n_tokens, int(d_in), n_shards, meta)
         )
     return ActivationSet.open(out_dir)

@@ -12,17 +12,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from featdiff import constants
-from featdiff.activations.activations import (
-    ActivationSet,
-    _meta_json,
-    _model_rows,
-    _prepare_tokens,
-    _ShardWriter,
-)
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.capture import model_rows
+from featdiff.activations.folder import ShardWriter, meta_json
+from featdiff.activations.tokens import prepare_tokens
 from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
-from featdiff.models.models import check_compatible, default_hook, load_model
+from featdiff.models.hooks import check_compatible, default_hook
+from featdiff.models.load import load_model
 
 
 class ActivationStream(ActivationSet):
@@ -75,7 +73,7 @@ class ActivationStream(ActivationSet):
         self.models = {str(n): load_model(spec, device=device) for n, spec in models.items()}
         self.hook = default_hook(next(iter(self.models.values()))) if hook is None else hook
         check_compatible(self.models, self.hook)
-        self.tokens, mask = _prepare_tokens(tokens, self.models, attention_mask, pad_token_id)
+        self.tokens, mask = prepare_tokens(tokens, self.models, attention_mask, pad_token_id)
         self.keep = mask.clone()
         if drop_bos:
             rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
@@ -106,7 +104,7 @@ class ActivationStream(ActivationSet):
         def batches():
             return ((tok[s : s + bs], mask[s : s + bs], keep[s : s + bs]) for s in range(0, len(tok), bs))
 
-        out = {n: torch.cat(list(_model_rows(n, self.models[n], batches(), self.hook))) for n in names}
+        out = {n: torch.cat(list(model_rows(n, self.models[n], batches(), self.hook))) for n in names}
         if self.outlier_factor is not None and getattr(self, "median_norm", None):
             bad = torch.zeros(len(next(iter(out.values()))), dtype=torch.bool)
             for n, x in out.items():
@@ -237,10 +235,10 @@ class ActivationStream(ActivationSet):
             raise FeatdiffError(f"shard_tokens must be positive; got {shard_tokens}.")
         path = Path(path)
         with atomic_dir(path) as tmp:
-            writer = _ShardWriter(tmp, self.names, shard_tokens)
+            writer = ShardWriter(tmp, self.names, shard_tokens)
             for b in self.batches(shard_tokens, shuffle=False):
                 writer.add(b)
             n_shards = writer.close()
-            meta = _meta_json(self.names, self.hook, writer.n_tokens, self.d_model, n_shards, self.meta)
+            meta = meta_json(self.names, self.hook, writer.n_tokens, self.d_model, n_shards, self.meta)
             write_json(tmp / constants.ACTS_META, meta)
         return path

@@ -31,7 +31,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
+from featdiff.core.config import check_int
 from featdiff.core.output import progress_bar
 from featdiff.dictionaries.crosscoder.model import is_crosscoder, stack
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
@@ -160,8 +162,7 @@ def feature_evolution(
     """
     if not isinstance(series, Mapping) or not series:
         raise FeatdiffError("feature_evolution needs a non-empty dict {run: {step: crosscoder or scores}}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise FeatdiffError(f"The 'k' parameter of feature_evolution must be a positive int; got {k!r}.")
+    check_int("feature_evolution", "k", k)
     if not 0 < threshold <= 1:
         raise FeatdiffError(
             f"The 'threshold' parameter of feature_evolution must be in (0, 1]; got {threshold}."

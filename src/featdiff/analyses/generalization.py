@@ -27,7 +27,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from featdiff.analyses.interventions import FeatureEdit, feature_codes
+from featdiff.analyses.interventions.controls import feature_codes
+from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.errors import FeatdiffError, check_choice
 
 POSITIONS = ("answer", "prompt", "last")

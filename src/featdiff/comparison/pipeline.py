@@ -7,90 +7,33 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from featdiff import distributed as dist
-from featdiff.activations.activations import ActivationSet, collect_activations
+from featdiff.activations.activations import ActivationSet
+from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import as_corpus
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
 from featdiff.comparison.table import CompareConfig, Comparison
-from featdiff.core.config import Config, check_int, check_number
+from featdiff.comparison.width import WidthCheck, live_shares, width_check_config
+from featdiff.core.config import check_int
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.formats import load_sae
 from featdiff.dictionaries.sae import train_saes
 from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
-from featdiff.models.models import default_hook, load_model, load_prompts
+from featdiff.models.folder import load_prompts
+from featdiff.models.hooks import default_hook
+from featdiff.models.load import load_model
 from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
-# widen when a reference SAE twice as wide leaves this share less of the variance unexplained: on planted
-# data 0.29-0.46 at 0.5x-0.75x the planted width (where recombination reads low), 0.02-0.15 at 1x with any
-# k; 0.06 on the lab (docs/metrics.md, "Widening")
-WIDEN_REDUCTION = 0.2
-# ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
-# spare (SmolLM2-135M at 24k tokens: 31 % live, yet a 2x SAE left 29 % less unexplained)
-WIDEN_MIN_LIVE = 0.9
 METHODS = ("saes", "crosscoder")
 # per round of the width check, the summary columns kept in meta["width_check"] (the round's tables are
 # otherwise replaced by the next round's)
 ROUND_SUMMARY = ("reuse", "recombination", "novelty", "reuse_raw", "recombination_raw", "novelty_raw")
-
-
-@dataclass
-class WidthCheck(Config):
-    """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
-    rounds; docs/design.md, "Width check"; docs/metrics.md, "Widening").
-
-    ``min_live``: the reference SAE's live share at or above which a probe ``factor`` times as wide is
-    trained (default ``WIDEN_MIN_LIVE`` = 0.9: an SAE with spare dead latents is not held back by its
-    width). ``min_reduction``: the share by which the probe must cut the reference's unexplained variance
-    on the held-out tokens for every SAE to be trained again ``factor`` times as wide (default
-    ``WIDEN_REDUCTION`` = 0.2). ``narrow_reference``: whether the narrow-reference diagnostic
-    (``featdiff.comparison.diagnostics.narrow_reference``) also triggers the probe and the widening. ``factor``: the
-    width multiplier of the probe and of each widening (default 2). ``targets``: whether the targets' SAEs
-    are probed too (default True): a target with more features than the reference (SFT adds them) outgrows
-    a width that fits the reference, and its recombinations then read as its kept features firing together.
-
-    Examples
-    --------
-    >>> WidthCheck(min_reduction=0.3).to_dict()
-    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2}
-    >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
-    True
-    """
-
-    min_live: float = WIDEN_MIN_LIVE
-    min_reduction: float = WIDEN_REDUCTION
-    narrow_reference: bool = True
-    factor: int = 2
-    targets: bool = True
-
-    def __post_init__(self) -> None:
-        where = "WidthCheck"
-        check_number(where, "min_live", self.min_live, 0, 1)
-        check_number(where, "min_reduction", self.min_reduction, 0, 1)
-        check_int(where, "factor", self.factor, minimum=2)
-        for name in ("narrow_reference", "targets"):
-            if not isinstance(getattr(self, name), bool):
-                raise FeatdiffError(
-                    f"The {name!r} parameter of {where} must be True or False; got {getattr(self, name)!r}."
-                )
-
-
-def _width_check_config(width_check) -> WidthCheck:
-    if width_check is None:
-        return WidthCheck()
-    if isinstance(width_check, Mapping):
-        return WidthCheck.from_dict(width_check)
-    if not isinstance(width_check, WidthCheck):
-        raise FeatdiffError(
-            f"width_check must be a featdiff.WidthCheck (or its dict); got {type(width_check).__name__}."
-        )
-    return width_check
 
 
 def _describe(spec, model) -> str:
@@ -100,44 +43,21 @@ def _describe(spec, model) -> str:
     return str(getattr(model, "featdiff_path", None) or f"<in-memory {type(spec).__name__}>")
 
 
-def _checkpoint_specs(base, rl, sft, more: dict) -> dict:
-    """{name: spec} from a mapping in the first argument or from base / rl / sft (/ **more, deprecated)."""
+def _checkpoint_specs(base, rl, sft) -> dict:
+    """{name: spec} from a mapping in the first argument or from base / rl / sft."""
     if isinstance(base, Mapping):
-        if rl is not None or sft is not None or more:
+        if rl is not None or sft is not None:
             raise FeatdiffError(
                 "compare_checkpoints takes the checkpoints either as one mapping {name: checkpoint} or as "
                 "base, rl, sft; not both."
             )
         specs = dict(base)
     else:
-        if more:
-            warnings.warn(
-                f"compare_checkpoints(..., {', '.join(f'{k}=' for k in more)}) is deprecated: a checkpoint "
-                "name could collide with an option; pass every checkpoint in one mapping, "
-                "compare_checkpoints({'base': ..., 'rl': ..., " + ", ".join(f"'{k}': ..." for k in more) + "}, ...).",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-        specs = {"base": base, "rl": rl, "sft": sft, **more}
+        specs = {"base": base, "rl": rl, "sft": sft}
     specs = {n: s for n, s in specs.items() if s is not None}
     if len(specs) < 2:
         raise FeatdiffError("compare_checkpoints needs the base and at least one post-trained checkpoint.")
     return specs
-
-
-def _live_shares(cmp: Comparison, reference: str) -> dict[str, float]:
-    """Per checkpoint: the share of its SAE's latents that are scored (live, not faint) on the held-out
-    tokens."""
-    out = {}
-    n_ref = cmp.meta.get("reference_n_features") or 0
-    if n_ref:
-        out[reference] = cmp.meta.get("reference_n_live", 0) / n_ref
-    s = cmp.summary
-    for n in s.index:
-        total = float(s.loc[n, "n_features"])  # its dictionary's latents (absorbed rows are none of them)
-        if total > 0:
-            out[str(n)] = float(s.loc[n, "n_live"]) / total
-    return out
 
 
 def _score(saes, replicas, evaluate, reference, metrics, config, progress, meta) -> Comparison:
@@ -188,9 +108,7 @@ def _train_and_compare(
     reference SAE) and scored again. ``meta["width_check"]`` records every round (width, seconds, the
     round's summary, the check's numbers and decision), ``meta["width_check_config"]`` the thresholds and
     ``meta["widened"]`` each widening."""
-    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
-        raise FeatdiffError(f"widen must be a non-negative integer (rounds of doubling d_sae); got {widen!r}.")
-    wc = _width_check_config(width_check)
+    wc = width_check_config(width_check)
     from featdiff.comparison.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
 
@@ -250,7 +168,7 @@ def _train_and_compare(
             check.update(decision="last round: no check", wall_s=train_s + score_s)
             break
         narrow = sorted(narrow_reference(cmp)) if wc.narrow_reference else []
-        live_share = _live_shares(cmp, reference)
+        live_share = live_shares(cmp, reference)
         # a dictionary with spare (dead) latents is not held back by its width: only SAEs that use nearly
         # all their latents are probed, the reference's and (``targets``) every target's: a target with
         # more features than the reference (SFT adds them) outgrows a width that fits the reference
@@ -351,12 +269,13 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Where the
-    reference SAE uses >= 90 % of its latents (``min_live``), one reference SAE twice as wide (the probe)
-    is trained; where it leaves >= 20 % less of the reference's variance unexplained (``min_reduction``),
-    or the comparison finds the reference lacking features of its own activations
-    (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an SAE
-    narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
+    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Every SAE that
+    uses >= 90 % of its latents (``min_live``), the reference's and (``targets``, on by default) each
+    target's, gets a probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance
+    unexplained (``min_reduction``), or the comparison finds the reference lacking features of its own
+    activations (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice
+    ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
+    "Widening").
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
     their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
@@ -377,8 +296,8 @@ def compare_activations(
             f"compare_activations needs an ActivationSet; got {type(acts).__name__}. "
             "Wrap tensors with ActivationSet.from_tensors({'base': X0, 'rl': X1})."
         )
-    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
-        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    check_int("compare_activations", "n_replicas", n_replicas, minimum=0)
+    check_int("compare_activations", "widen", widen, minimum=0)  # rounds of doubling d_sae
     reference = reference or ("base" if "base" in acts.names else acts.names[0])
     if reference not in acts.names:
         raise FeatdiffError(f"compare_activations: no checkpoint {reference!r}; the activations have {acts.names}.")
@@ -424,7 +343,6 @@ def compare_checkpoints(
     seed: int = 0,
     n_replicas: int = DEFAULT_N_REPLICAS,
     replicas: list | dict | None = None,
-    noise_floor: bool | None = None,
     eval_fraction: float = 0.2,
     metrics: list | None = None,
     config: CompareConfig | None = None,
@@ -438,7 +356,6 @@ def compare_checkpoints(
     checkpoint_dir: str | os.PathLike | None = None,
     widen: int = 1,
     width_check: WidthCheck | None = None,
-    **more,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
@@ -455,7 +372,6 @@ def compare_checkpoints(
     checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
     correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (then
     ``replicas=`` may give the replicas: a list of reference SAEs, or ``{checkpoint: [SAEs]}``);
-    ``noise_floor=True/False`` is the deprecated form of ``n_replicas=1/0``;
     ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
     tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
     ``activations_dir`` streams the activations to that folder and leaves them there (an
@@ -463,8 +379,9 @@ def compare_checkpoints(
     ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
     in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
     kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
-    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where a reference SAE
-    twice as wide explains much more, or the reference lacks features of its own activations
+    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where an SAE twice as
+    wide as the reference's or (by default) a target's explains much more, or the reference lacks features
+    of its own activations
     (``compare_activations``; thresholds in ``width_check``, a ``WidthCheck``); ``widen=0`` keeps ``d_sae``
     and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning`` says so
     unless ``widen=0``.
@@ -481,11 +398,12 @@ def compare_checkpoints(
     >>> tokens = torch.randint(0, 20, (64, 8), generator=torch.Generator().manual_seed(0))
     >>> cmp = compare_checkpoints(base, rl, tokens=tokens, d_sae=32, k=2, train_kwargs={"n_steps": 50},
     ...                           progress=False)
-    >>> bool(cmp.summary.loc["rl", "transfer_fve"] == cmp.summary.loc["rl", "reference_fve"])  # same weights
+    >>> s = cmp.summary.loc["rl"]
+    >>> bool(abs(s["transfer_fve"] - s["reference_fve"]) < 1e-12)  # same weights (equal up to rounding)
     True
     """
     check_choice("method", method, METHODS, "compare_checkpoints")
-    specs = _checkpoint_specs(base, rl, sft, more)
+    specs = _checkpoint_specs(base, rl, sft)
     reference = "base" if "base" in specs else next(iter(specs))
     stage_ckpt = {}
     if checkpoint_dir is not None:
@@ -556,16 +474,8 @@ def compare_checkpoints(
         cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
         return cmp
 
-    if noise_floor is not None:
-        warnings.warn(
-            "compare_checkpoints(noise_floor=...) is deprecated; pass n_replicas= (reference replica SAEs to "
-            "train; noise_floor=True means n_replicas=1, False means 0).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        n_replicas = int(bool(noise_floor))
-    if isinstance(n_replicas, bool) or not isinstance(n_replicas, int) or n_replicas < 0:
-        raise FeatdiffError(f"n_replicas must be a non-negative integer; got {n_replicas!r}.")
+    check_int("compare_checkpoints", "n_replicas", n_replicas, minimum=0)
+    check_int("compare_checkpoints", "widen", widen, minimum=0)  # rounds of doubling d_sae
     if saes is None:
         if replicas is not None:
             raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
@@ -607,15 +517,7 @@ def compare_checkpoints(
             cmp.meta.setdefault("warnings", []).append(skipped)
             cmp.meta["width_check"] = [{"round": 0, "d_sae": cmp.meta["sae"]["d_sae"], "decision": "skipped: distributed=True"}]
     else:
-        saes = dict(saes)
-        old = saes.pop("__noise_floor__", None)
-        if old is not None:
-            warnings.warn(
-                "compare_checkpoints(saes={..., '__noise_floor__': sae}) is deprecated; pass replicas=[sae].",
-                FutureWarning,
-                stacklevel=2,
-            )
-        given = as_replicas(replicas, old, reference)
+        given = as_replicas(replicas, None, reference)
         load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
         saes = {n: load(s) for n, s in saes.items()}
         replicas = {n: [load(s) for s in v] for n, v in given.items()}

@@ -9,7 +9,7 @@ import torch
 
 from featdiff.activations.activations import ActivationSet, OnDiskActivationSet
 from featdiff.alignment.matching import Alignment, align
-from featdiff.comparison.statuses import add_absorbed, feature_table
+from featdiff.comparison.statuses import add_absorbed, add_children, feature_table
 from featdiff.dictionaries.stats import scored_features
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
@@ -67,6 +67,7 @@ def _replica_table(
     )
     table = feature_table(al, cfg, ref_freq, rep_freq, extra_reference)
     if acts is not None:
+        table = add_children(table, al, cfg, replica, acts.column(name))
         table = add_absorbed(
             table, al, cfg, reference, acts.column(reference_name or name), replica, acts.column(name)
         )
@@ -108,9 +109,17 @@ def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.cat(rows) if rows else None
 
 
-def _with_absorbed(reused: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+def _with_absorbed(reused: np.ndarray, table: pd.DataFrame, live: np.ndarray | None = None) -> np.ndarray:
     """Per live target feature, union-reused or not: absorbed reference features (status "absorbed") are in
-    no fraction, so nothing is appended for them and union reuse keeps the other fractions' denominator."""
+    no fraction, so nothing is appended for them and union reuse keeps the other fractions' denominator. A
+    child latent (``parent`` >= 0, featdiff.comparison.statuses.add_children) is as reused as its parent."""
+    if live is None or "parent" not in table or not (table["parent"] >= 0).any():
+        return reused
+    reused = np.asarray(reused).copy()
+    pos = np.cumsum(live) - 1  # feature id -> its index among the live features
+    for j, i in zip(table["feature"].to_numpy(), table["parent"].to_numpy(), strict=True):
+        if i >= 0 and j < len(live) and live[j] and live[i]:
+            reused[pos[j]] = max(reused[pos[j]], reused[pos[i]])
     return reused
 
 
@@ -160,7 +169,7 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
             if j != i
         ]
         reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
-        union_null.append(_with_absorbed(reused, table))
+        union_null.append(_with_absorbed(reused, table, al.tgt_live))
         profiles[i].union_reused = union_null[-1]
     return profiles, union_null, rows
 
@@ -173,7 +182,7 @@ def target_union(decoder, live: np.ndarray, table: pd.DataFrame, base_rows: list
     if len(base_rows) < 2:
         return None
     shares = union_reused(decoder, live, base_rows, cfg.reuse_threshold, size=len(base_rows) - 1)
-    return _with_absorbed(shares.astype(float), table)
+    return _with_absorbed(shares.astype(float), table, live)
 
 
 def uncertainty_columns(

@@ -17,7 +17,7 @@ from featdiff.comparison.replicas import (
     reference_replica_profiles,
     uncertainty_columns,
 )
-from featdiff.comparison.statuses import add_absorbed, feature_table
+from featdiff.comparison.statuses import add_absorbed, add_children, feature_table
 from featdiff.comparison.table import STATUSES, CompareConfig, Comparison
 from featdiff.core.output import progress_bar
 from featdiff.dictionaries.stats import firing_frequency, scored_features, unit_decoder
@@ -149,6 +149,7 @@ def compare_dictionaries(
         alignments[name] = al
         table = feature_table(al, cfg, freqs[reference], freqs[name], extra_reference=union_rows)
         if acts is not None:
+            table = add_children(table, al, cfg, saes[name], acts.column(name))
             table = add_absorbed(
                 table, al, cfg, saes[reference], acts.column(reference), saes[name], acts.column(name)
             )
@@ -337,6 +338,7 @@ def compare_crosscoder(
                 "fit_cosine": rc["fit_cosine"],
                 "frequency": np.nan if freqs is None else freqs,
                 "absorbed": False,  # a crosscoder has one latent per feature for every checkpoint
+                "parent": -1,
                 "nrn": r,
                 "decoder_cosine": cos,
                 "nu_error": scaling["nu_error"].to_numpy(dtype=float),

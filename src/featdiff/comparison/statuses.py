@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from featdiff.alignment.matching import Alignment
 from featdiff.comparison.table import STATUSES, CompareConfig
@@ -65,6 +66,7 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
             "fit_cosine": rc["fit_cosine"],
             "frequency": np.nan if tgt_freq is None else tgt_freq.double().numpy(),
             "absorbed": False,
+            "parent": np.full(al.d_tgt, -1, dtype=np.int64),
         }
     )
 
@@ -123,6 +125,77 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
             "fit_cosine": np.nan,
             "frequency": ab["n_tokens"].to_numpy() / n,
             "absorbed": True,
+            "parent": np.full(len(ab), -1, dtype=np.int64),
         }
     )
     return pd.concat([table, extra], ignore_index=True)
+
+
+@torch.no_grad()
+def _parent_stats(sae, x, rows: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
+    """On the tokens where each latent of ``rows`` fires (``sae`` on its own activations ``x``): how many
+    tokens (``on``), on how many of them each latent fires too (``co``, len(rows) x d_sae) and the sum of
+    each latent's code there (``z``, same shape)."""
+    from featdiff.dictionaries.stats import stream_codes
+
+    d = sae.W_dec.shape[0]
+    out = {
+        "on": torch.zeros(len(rows), dtype=torch.float64),
+        "co": torch.zeros(len(rows), d, dtype=torch.float64),
+        "z": torch.zeros(len(rows), d, dtype=torch.float64),
+    }
+    for _, f in stream_codes(sae, x, batch_size, "children"):
+        f = f.detach().float().cpu()
+        on = (f[:, rows] != 0).float()  # (batch, len(rows))
+        out["on"] += on.sum(0).double()
+        out["co"] += (on.T @ (f != 0).float()).double()
+        out["z"] += (on.T @ f).double()
+    return out
+
+
+def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tgt_x) -> pd.DataFrame:
+    """``table`` with the target's child latents called ``split``: a live target latent that is neither
+    reused nor recombined, fires (on the target's own activations) only where a latent that reuses a
+    reference feature also fires (on at least ``cfg.child_cofiring`` of its tokens, and at least
+    ``cfg.child_lift`` times as often as that latent fires overall), and whose decoded
+    direction together with that parent's on those tokens (the mean-code-weighted sum of their decoder
+    rows) is within ``reuse_threshold`` of the parent's reference feature. A trained SAE wider than the
+    features may represent a feature split into children as the parent's latent plus a weak residual
+    latent per child (the scenario library's ``split``); the residual is part of a reused feature, not a
+    new one. ``match`` is that reference feature and ``similarity`` the combined direction's cosine with
+    it. ``cfg.child_cofiring`` = 0 switches this off."""
+    if not cfg.child_cofiring:
+        return table
+    status = table["status"].astype(str).to_numpy()
+    feature = table["feature"].to_numpy()
+    cand = feature[(status == "novel") & (feature < al.d_tgt)]
+    parents = feature[(status == "reused") & (feature < al.d_tgt)]
+    if not len(cand) or not len(parents):
+        return table
+    st = _parent_stats(tgt, tgt_x, torch.as_tensor(cand, dtype=torch.long))
+    on = st["on"].clamp_min(1)[:, None]
+    share = (st["co"][:, parents] / on).numpy()  # P(parent fires | candidate fires)
+    parent_freq = table.set_index("feature")["frequency"].reindex(parents).to_numpy(dtype=float)
+    parent_freq = np.nan_to_num(parent_freq, nan=1.0)
+    W = tgt.W_dec.detach().double().cpu()  # the decoded contributions, at their own norms
+    R = al.ref_decoder.double()
+    match = table.set_index("feature")["match"]
+    table = table.copy()
+    for r, j in enumerate(cand):
+        if st["on"][r] < 1:
+            continue
+        # a parent fires on nearly all of the child's tokens, and far more there than elsewhere (a dense
+        # latent that fires on most tokens is no one's parent)
+        ok = (share[r] >= cfg.child_cofiring) & (share[r] >= cfg.child_lift * parent_freq)
+        if not ok.any():
+            continue
+        best = int(np.argmax(np.where(ok, share[r], -1.0)))
+        i = int(parents[best])
+        zi, zj = float(st["z"][r, i] / on[r, 0]), float(st["z"][r, j] / on[r, 0])
+        v = zi * W[i] + zj * W[j]
+        m = int(match.loc[i])
+        cos = float(v @ R[m] / (v.norm() * R[m].norm()).clamp_min(1e-12))
+        if cos >= cfg.reuse_threshold:
+            row = np.flatnonzero(feature == j)[0]
+            table.loc[row, ["status", "match", "similarity", "parent"]] = ["split", m, cos, i]
+    return table

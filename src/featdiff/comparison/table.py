@@ -73,11 +73,17 @@ FEATURE_COLUMNS = [
     "fit_cosine",
     "frequency",
     "absorbed",
+    "parent",
 ]
 # "split" (a near-duplicate of an already-matched reference feature) counts toward reuse; "faint" (fired on
 # the evaluation activations but carries less than min_contribution of the decoded energy) and "dead" (never
 # fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
 # CompareConfig.absorbed) is in no fraction
+# a live latent that fires (nearly) only where a reused latent fires, and with it rebuilds that latent's
+# reference feature, is a child of it (status split; featdiff.comparison.statuses.add_children)
+CHILD_COFIRING = 0.9
+# ... and there at least this many times as often as it fires overall (a dense latent is no one's parent)
+CHILD_LIFT = 2.0
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
 
 
@@ -98,13 +104,20 @@ class CompareConfig(Config):
     carries at least this fraction of the mean share of the decoded energy of the live features; the others
     get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
     scores every live feature; featdiff.dictionaries.stats.scored_features),
-    ``correct`` (apply the noise-floor correction).
+    ``child_cofiring`` / ``child_lift`` (a live latent that fires on at least ``child_cofiring`` of its tokens
+    together with a reused latent, at least ``child_lift`` times that latent's overall rate, and with it
+    rebuilds that latent's reference feature is a child of it, status ``split``:
+    featdiff.comparison.statuses.add_children; ``child_cofiring=0`` switches it off),
+    ``correct`` (apply the noise-floor correction; False prints the raw fractions as the corrected ones,
+    flagged ``uncorrected``).
     Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
     a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
     norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
-    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; see
-    featdiff.metrics.uncertainty and docs/metrics.md), ``interval_level`` and ``n_bootstrap`` (the
-    ``<col>_lo`` / ``<col>_hi`` intervals).
+    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; default
+    ``union``: reuse = ``reuse_union`` / ``reuse_union_floor``, recombination = (recombination_raw - reuse
+    x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
+    docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
+    ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
 
     Examples
     --------
@@ -122,6 +135,8 @@ class CompareConfig(Config):
     max_components: int = 3
     min_components: int = 2
     recombination_margin: float = 0.15
+    child_cofiring: float = CHILD_COFIRING
+    child_lift: float = CHILD_LIFT
     absorbed: bool = False
     absorbed_threshold: float = 0.15
     method: str = "hungarian"
@@ -148,6 +163,8 @@ class CompareConfig(Config):
         for name in ("reuse_threshold", "fit_threshold"):
             check_number(where, name, getattr(self, name), -1, 1)
         check_number(where, "eps", self.eps, 0)
+        check_number(where, "child_cofiring", self.child_cofiring, 0, 1)
+        check_number(where, "child_lift", self.child_lift, 1)
         check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
         check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
         for name in ("mas_threshold", "pair_share"):

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from featdiff._version import __version__
+from featdiff.core.config import check_int
 from featdiff.core.io import MARKER, write_json
 from featdiff.errors import FeatdiffError
 
@@ -98,8 +99,7 @@ class RunCheckpoint:
     """
 
     def __init__(self, folder: str | os.PathLike, run: str, settings: dict[str, Any], every: int, total: int):
-        if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
-            raise FeatdiffError(f"checkpoint_every must be a positive number of steps; got {every!r}.")
+        check_int("RunCheckpoint", "checkpoint_every", every)  # steps between saves
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise FeatdiffError(f"checkpoint_dir {self.folder} exists and is not a folder; pick a folder.")

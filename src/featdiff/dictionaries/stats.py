@@ -263,11 +263,12 @@ def code_stats(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -
 def scored_features(
     sae, x: Float[Tensor, "n_tokens d_in"], min_contribution: float = 0.0, batch_size: int = 4096
 ) -> tuple[Tensor, float, Tensor]:
-    """(firing frequency per feature, fraction of variance explained, live mask) of ``sae`` on ``x``, in one
-    pass. A feature is live when it fires at least once and its share of the decoded energy (the sum over
-    tokens of (code * ||decoder row||)^2, over that of all features) is at least ``min_contribution`` times
-    the mean share of the features that fire (1 / their number): a feature that fires a handful of times,
-    or often but negligibly, is an unused latent, not a feature of the activations, and is not scored.
+    """(firing frequency per feature, fraction of variance explained, scored mask) of ``sae`` on ``x``, in one
+    pass. A feature is live when it fires at least once, and scored when it is live and its share of the
+    decoded energy (the sum over tokens of (code * ||decoder row||)^2, over that of all features) is at
+    least ``min_contribution`` times the mean share of the features that fire (1 / their number): a feature
+    that fires a handful of times, or often but negligibly, is an unused latent (status ``faint``), not a
+    feature of the activations, and is not scored (docs/design.md, "Definitions").
 
     Examples
     --------

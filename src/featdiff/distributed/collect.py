@@ -8,12 +8,13 @@ from collections.abc import Mapping
 
 import torch
 
-from featdiff.activations import outliers, prepare_tokens
 from featdiff.activations.activations import ActivationSet
-from featdiff.activations.activations import collect_activations as _collect_activations
+from featdiff.activations.capture import outliers
+from featdiff.activations.collect import collect_activations as _collect_activations
+from featdiff.activations.tokens import prepare_tokens
 from featdiff.distributed.ranks import init, is_main, rank_device, run_everywhere, shard, world_size
 from featdiff.errors import FeatdiffError
-from featdiff.models.models import load_model
+from featdiff.models.load import load_model
 
 
 def collect_activations(

@@ -6,7 +6,7 @@ A lab folder (``<cache>/lab/<key>``) holds::
     accuracy.csv        accuracy per task of base, rl, sft on the eval split (featdiff.lab.accuracy)
     trajectory.csv      the same for the base and every intermediate checkpoint (smaller eval split)
     correctness.csv     per-sample correctness of base, rl, sft (checkpoint, task, group, sample, correct)
-    base/ rl/ sft/      featdiff checkpoint folders (featdiff.models.models.save_model), carrying the prompts
+    base/ rl/ sft/      featdiff checkpoint folders (featdiff.models.folder.save_model), carrying the prompts
     rl_checkpoints/ sft_checkpoints/   the intermediate checkpoints, in order (the last equals rl/ or sft/)
 """
 
@@ -30,8 +30,7 @@ from featdiff.lab.evaluation import accuracy_table, correctness
 from featdiff.lab.suite import task_groups, tasks
 from featdiff.lab.task import PAD, pad_right, vocabulary
 from featdiff.lab.train import grpo, pretrain, sft
-from featdiff.models import load_featdiff_dir
-from featdiff.models.models import save_model
+from featdiff.models.folder import load_featdiff_dir, save_model
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff._version import __version__
+from featdiff.metrics.uncertainty import INTERVAL_LEVEL
 from featdiff.report.card_html import report_section
 from featdiff.report.figures import (
     ACCURACY_GROUPS,
@@ -145,12 +146,27 @@ def _flag(row: pd.Series, col: str) -> bool | None:
 
 
 def interval_level(comparison) -> float | None:
-    """The level of the summary's ``*_lo`` / ``*_hi`` intervals (``meta["interval_level"]``, default 0.9),
-    or None when the summary has no intervals (a Comparison from before they existed)."""
+    """The level of the summary's ``*_lo`` / ``*_hi`` intervals, from the comparison:
+    ``meta["interval_level"]``, else its config's (``meta["config"]["interval_level"]``), else CompareConfig's
+    default (``INTERVAL_LEVEL``, featdiff.metrics.uncertainty); None when the summary has no intervals (a
+    Comparison from before they existed).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from featdiff.comparison.table import Comparison
+    >>> summary = pd.DataFrame({"reuse": [0.5], "reuse_lo": [0.4], "reuse_hi": [0.6]}, index=["rl"])
+    >>> interval_level(Comparison(summary, pd.DataFrame(), meta={"config": {"interval_level": 0.8}}))
+    0.8
+    >>> interval_level(Comparison(summary[["reuse"]], pd.DataFrame())) is None
+    True
+    """
     s = comparison.summary
     if not any(f"{c}_lo" in s for c in INTERVAL_COLUMNS):
         return None
-    return float(comparison.meta.get("interval_level", 0.9))
+    meta = comparison.meta or {}
+    level = meta.get("interval_level", (meta.get("config") or {}).get("interval_level"))
+    return float(INTERVAL_LEVEL if level is None else level)  # CompareConfig.interval_level's default
 
 
 def key_table_text(comparison) -> pd.DataFrame:
