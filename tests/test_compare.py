@@ -9,8 +9,9 @@ import torch
 from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.scoring import compare_dictionaries, correct_fractions
-from featdiff.comparison.table import CompareConfig, Comparison
+from featdiff.comparison.table import Comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -138,5 +138,7 @@ def test_emit_warnings_and_bad_input():
         assert emit_warnings(cmp) == cmp.meta["warnings"] and len(cmp.meta["warnings"]) == 1
     with pytest.raises(FeatdiffError, match="needs a Comparison or its summary DataFrame; got dict"):
         diagnose({})
-    with pytest.raises(FeatdiffError, match="'max_correction' parameter of diagnose"):
+    with pytest.raises(FeatdiffError, match="'max_correction' parameter of DiagnosticsConfig"):
         diagnose(summary(), max_correction=-1)
+    with pytest.raises(FeatdiffError, match=r"Unknown DiagnosticsConfig keys \['max_corection'\]"):
+        diagnose(summary(), max_corection=10)

@@ -9,6 +9,7 @@ import torch
 
 from featdiff.activations.activations import ActivationSet
 from featdiff.alignment.matching import align
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.diagnostics import emit_warnings
 from featdiff.comparison.replicas import (
     as_replicas,
@@ -18,7 +19,7 @@ from featdiff.comparison.replicas import (
     uncertainty_columns,
 )
 from featdiff.comparison.statuses import add_absorbed, add_children, feature_table
-from featdiff.comparison.table import STATUSES, CompareConfig, Comparison
+from featdiff.comparison.table import STATUSES, Comparison
 from featdiff.core.output import progress_bar
 from featdiff.dictionaries.stats import firing_frequency, scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
@@ -237,7 +238,7 @@ def compare_dictionaries(
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
-    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    emit_warnings(cmp, cfg.diagnostics)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp
 
 
@@ -396,5 +397,5 @@ def compare_crosscoder(
     cmp = Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
-    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    emit_warnings(cmp, cfg.diagnostics)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp

@@ -19,6 +19,7 @@ from featdiff.errors import FeatdiffWarning
 
 SETTLE_WINDOW = 0.2
 SETTLE_TOLERANCE = 0.02
+MAX_DEAD_FRACTION = 0.5
 
 
 def loss_settling(

@@ -26,6 +26,8 @@ from featdiff.dictionaries.crosscoder.model import Crosscoder, as_acts, stack
 from featdiff.dictionaries.stats import firing_frequency as stats_firing_frequency
 from featdiff.errors import FeatdiffError
 
+MAS_THRESHOLD = 0.5  # a feature is a checkpoint's when its MAS there is above this, else "shared"
+
 
 def _norms(cc: Crosscoder, p: int) -> Float[Tensor, "n_models d_sae"]:
     return torch.from_numpy(cc.decoder_norms(p).to_numpy().T.copy())
@@ -75,7 +77,7 @@ def nrn(
 
 def mas(
     cc: Crosscoder,
-    threshold: float = 0.5,
+    threshold: float = MAS_THRESHOLD,
     p: int = 2,
     acts: ActivationSet | Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featdiff.core.config import Config, check_int, check_number, run_steps
-from featdiff.dictionaries.health import SETTLE_TOLERANCE, SETTLE_WINDOW
+from featdiff.dictionaries.health import MAX_DEAD_FRACTION, SETTLE_TOLERANCE, SETTLE_WINDOW
 from featdiff.errors import FeatdiffError, check_choice
 
 SPARSITIES = ("batchtopk", "l1")
@@ -102,7 +102,7 @@ class CrosscoderConfig(Config):
     hook: str | None = None
     settle_window: float = SETTLE_WINDOW
     settle_tolerance: float = SETTLE_TOLERANCE
-    max_dead_fraction: float = 0.5
+    max_dead_fraction: float = MAX_DEAD_FRACTION
 
     def __post_init__(self) -> None:
         where = "CrosscoderConfig"
