@@ -12,10 +12,7 @@ import pandas as pd
 
 from featdiff import constants
 from featdiff._version import __version__
-
-# re-exported: featdiff/__init__, comparison/pipeline.py and analyses/crosscoder_view/run.py import it from here until they import
-# featdiff.comparison.config (issue 17, phase 3)
-from featdiff.comparison.config import CompareConfig  # noqa: F401
+from featdiff.comparison.config import CompareConfig  # noqa: F401 - re-exported until its importers move (below)
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
@@ -79,6 +76,8 @@ FEATURE_COLUMNS = [
 # fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
 # CompareConfig.absorbed) is in no fraction
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
+# CompareConfig lives in featdiff.comparison.config; featdiff/__init__.py, comparison/pipeline.py and
+# analyses/crosscoder_view/run.py still import it from here (issue 17, phase 3: the coordinator moves them)
 
 
 @dataclass
