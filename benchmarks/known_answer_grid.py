@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 import featdiff as fd
-from featdiff.comparison.table import CompareConfig
+from featdiff.comparison.config import CompareConfig
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS
 from featdiff.synthetic.planted import known_answer_table, plant_checkpoints
 

@@ -22,14 +22,15 @@ import torch
 from featdiff import lab
 from featdiff.activations.collect import collect_activations
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
-from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, mas, nrn
+from featdiff.dictionaries.stats import firing_frequency
+from featdiff.metrics.crosscoder import decoder_cosine, mas, nrn
 from featdiff.models.folder import load_prompts
 from featdiff.models.hooks import default_hook
 
 
 def describe(label: str, cc, acts) -> None:
     ev = cc.evaluate(acts)
-    freq = firing_frequency(cc, acts)
+    freq = firing_frequency(cc, acts).numpy()
     live = freq > 0
     cat = mas(cc)["category"][live]
     print(f"\n== {label}: k={cc.cfg.k}, steps={cc.diagnostics['n_steps']}, lr={cc.cfg.lr}")

@@ -23,7 +23,7 @@ from _real_model import corpora, get_hf_dir, token_chunks
 from bench_real_model import fine_tune
 
 import featdiff as fd
-from featdiff.comparison.table import CompareConfig
+from featdiff.comparison.config import CompareConfig
 
 out = Path(os.environ.get("FEATDIFF_BENCH_OUT", Path.home() / ".cache" / "featdiff-bench" / "finetunes"))
 hf_dir = get_hf_dir(None)

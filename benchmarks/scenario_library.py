@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 import featdiff as fd
-from featdiff.comparison.table import CompareConfig
+from featdiff.comparison.config import CompareConfig
 from featdiff.synthetic.scenarios import HELD_OUT, SCENARIOS, TUNING, make_scenario
 
 D_IN, N_ATOMS, K = 64, 64, 4

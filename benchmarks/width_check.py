@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 import featdiff as fd
-from featdiff.comparison.table import CompareConfig
+from featdiff.comparison.config import CompareConfig
 from featdiff.dictionaries.stats import sae_stats, scored_features
 
 

@@ -9,8 +9,9 @@ import torch
 from tests.conftest import make_sae, planted_saes
 
 from featdiff import FeatdiffError
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.scoring import compare_dictionaries, correct_fractions
-from featdiff.comparison.table import CompareConfig, Comparison
+from featdiff.comparison.table import Comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,10 +211,5 @@ def test_replicas_give_intervals_floors_and_the_reference_counts(planted):
     np.testing.assert_allclose(s["transfer_fve_floor"], s["reference_fve"])
     assert (s["reference_n_live"] + s["reference_n_dead"] == planted.n_atoms).all()
     np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
-    # the same with the deprecated noise_floor= (one replica), which says what to use instead
-    with pytest.warns(FutureWarning, match="replicas="):
-        old = compare_dictionaries(saes, acts, noise_floor=reps[0], progress=False)
-    new = compare_dictionaries(saes, acts, replicas=[reps[0]], progress=False)
-    pd.testing.assert_frame_equal(old.summary, new.summary)
     with pytest.raises(FeatdiffError, match="replicas"):
         compare_dictionaries(saes, acts, replicas={"dpo": reps}, progress=False)

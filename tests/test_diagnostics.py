@@ -3,6 +3,7 @@ says what to change; compare_dictionaries emits them as FeatdiffWarnings and kee
 
 from __future__ import annotations
 
+import math
 import types
 
 import pandas as pd
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import featdiff as fd
-from featdiff.comparison.diagnostics import diagnose, emit_warnings, loss_settled
+from featdiff.comparison.diagnostics import diagnose, emit_warnings
+from featdiff.dictionaries.health import SETTLE_TOLERANCE, SETTLE_WINDOW, loss_settling
 from featdiff.dictionaries.sae import sae_from_dictionary
 from featdiff.errors import FeatdiffError, FeatdiffWarning
 
@@ -68,16 +70,16 @@ def test_few_evaluation_tokens_per_live_feature():
     assert diagnose(fake_cmp(s, n_eval_tokens=18_510)) == []
 
 
-def test_loss_settled_on_known_curves():
-    flat = [1.0] * 100
-    assert loss_settled(flat) == (True, 0.0)
-    falling = [1.0 / (1 + 0.05 * i) for i in range(100)]  # quarters [50, 75) vs [75, 100): 24 % lower
-    ok, drop = loss_settled(falling)
-    assert not ok and drop == pytest.approx(0.2361, abs=1e-3)
+def test_loss_settling_on_known_curves():
+    # the one rule of SAEs and crosscoders: the fall across the last 20 % of the steps before the decay
+    assert (SETTLE_WINDOW, SETTLE_TOLERANCE) == (0.2, 0.02)
+    assert loss_settling([1.0] * 100) == 0.0
+    falling = [1.0 / (1 + 0.05 * i) for i in range(100)]  # steps [80, 90) vs [90, 100): 8.7 % lower
+    assert loss_settling(falling) == pytest.approx(0.0875, abs=1e-3)
     # only the part before the lr decay counts: a drop after `end` is annealing, not "still learning"
-    annealed = [1.0] * 80 + [0.9] * 20
-    assert loss_settled(annealed, end=80) == (True, 0.0) and not loss_settled(annealed)[0]
-    assert loss_settled([1.0] * 7)[0] is False  # too short to tell
+    annealed = [1.0] * 90 + [0.9] * 10
+    assert loss_settling(annealed, end=90) == 0.0 and loss_settling(annealed) == pytest.approx(0.1)
+    assert math.isnan(loss_settling([1.0] * 7))  # too short to tell: not settled
 
 
 def test_training_records_are_read_from_the_dictionaries():
@@ -97,7 +99,8 @@ def test_training_records_are_read_from_the_dictionaries():
     }
     msgs = diagnose(fake_cmp(summary(), dicts))
     assert [m.split(":")[0] for m in msgs] == ["rl", "sft"]
-    assert "still fell by 22.6% between the two quarters before the learning-rate decay" in msgs[0]
+    # steps [64, 72) vs [72, 80), the last 20 % of the 80 before the decay
+    assert "still fell by 8.4% over the last 20% of the steps before the learning-rate decay" in msgs[0]
     assert "only 10 steps" in msgs[1] and "train longer" in msgs[1]
 
 
@@ -135,5 +138,7 @@ def test_emit_warnings_and_bad_input():
         assert emit_warnings(cmp) == cmp.meta["warnings"] and len(cmp.meta["warnings"]) == 1
     with pytest.raises(FeatdiffError, match="needs a Comparison or its summary DataFrame; got dict"):
         diagnose({})
-    with pytest.raises(FeatdiffError, match="'max_correction' parameter of diagnose"):
+    with pytest.raises(FeatdiffError, match="'max_correction' parameter of DiagnosticsConfig"):
         diagnose(summary(), max_correction=-1)
+    with pytest.raises(FeatdiffError, match=r"Unknown DiagnosticsConfig keys \['max_corection'\]"):
+        diagnose(summary(), max_corection=10)

@@ -9,8 +9,8 @@ from tests.conftest import make_sae
 
 import featdiff as fd
 from featdiff.alignment.matching import align
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.scoring import compare_dictionaries
-from featdiff.comparison.table import CompareConfig
 from featdiff.metrics.recombination import absorbed_recombination, recombination, subset_fit
 from featdiff.metrics.reuse import split
 from featdiff.synthetic import plant_checkpoints

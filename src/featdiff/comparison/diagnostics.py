@@ -2,7 +2,8 @@
 
 ``diagnose`` looks at a ``Comparison`` (or only its summary table) and returns one plain sentence per
 problem it finds; ``emit_warnings`` runs it, issues each sentence as a ``FeatdiffWarning`` and stores them
-in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their defaults:
+in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their defaults (the fields of
+``DiagnosticsConfig``, featdiff.comparison.config):
 
 - **dead latents** (``max_dead_fraction=0.5``): a dictionary more than half of whose latents are not
   scored: ``dead`` (never fired on the evaluation tokens) or ``faint`` (fired, the definition of live, but
@@ -15,10 +16,10 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
 - **few evaluation tokens** (``min_tokens_per_feature=10``): fewer than 10 evaluation tokens per live
   feature. A feature that fires on one token in 10 x n_live is then likely to be called dead, and
   ``freq_shift`` compares frequencies counted on a handful of firings.
-- **unsettled training** (``settle_tolerance=0.05``): the reconstruction loss recorded by ``train_saes``
-  (``sae.featdiff_train["losses"]``) still fell by more than 5 % between the two quarters of the run
-  before its learning-rate decay (``loss_settled``). On the lab the drop is 15 % at 60 steps, 10 % at
-  150, 5.7 % at 400, 3.2 % at 1,000 and 2.2 % at 2,000, with final losses 6.5, 4.9, 4.1, 3.7 and 3.5.
+- **unsettled training** (``settle_window=0.2``, ``settle_tolerance=0.02``): the reconstruction loss
+  recorded by ``train_saes`` (``sae.featdiff_train["losses"]``) still fell by more than 2 % across the
+  last 20 % of the steps before its learning-rate decay (the rule of featdiff.dictionaries.health, the
+  crosscoder's too; docs/diagnostics.md has the measurements that chose it).
 - **narrow reference** (``max_missed_excess=0.1``): a target's latents that fire on the reference's own
   activations as on the target's (``featdiff.metrics.coverage``) have no match in the reference dictionary
   more often than the noise floor explains: more than ``1 - q + 0.1`` of them, and a binomial test against
@@ -38,16 +39,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from featdiff.comparison.config import MAX_MISSED_EXCESS, DiagnosticsConfig
+from featdiff.dictionaries.health import loss_settling
 from featdiff.errors import FeatdiffError, FeatdiffWarning
-
-MAX_DEAD_FRACTION = 0.5
-MAX_CORRECTION = 3.0
-MIN_TOKENS_PER_FEATURE = 10.0
-SETTLE_TOLERANCE = 0.05
-MAX_MISSED_EXCESS = 0.1
-MISSED_P_VALUE = 0.05
-MIN_UNEXPLAINED = 0.1
-MIN_STEPS = 20
 
 
 def _num(x) -> float:
@@ -83,51 +77,24 @@ def _dead_message(
     )
 
 
-def loss_settled(losses, tolerance: float = SETTLE_TOLERANCE, end: int | None = None) -> tuple[bool, float]:
-    """Whether a per-step loss curve had settled before its learning rate decayed: the relative drop
-    between the mean loss over the two quarters before step ``end`` (default: the last step; ``train_saes``
-    records where its linear lr decay starts), i.e. steps [end/2, 3end/4) against [3end/4, end), and
-    whether it is at most ``tolerance``. The decay phase is left out: annealing lowers the loss there by a
-    few percent however long the run was (measured on the lab: 4-6 % from 60 to 2,000 steps).
-
-    Examples
-    --------
-    >>> loss_settled([10.0 / (1 + i) for i in range(100)])[0]
-    False
-    >>> ok, drop = loss_settled([1.0 + 0.01 * (i % 2) for i in range(100)])
-    >>> ok, abs(round(drop, 3))
-    (True, 0.0)
-    """
-    losses = list(losses)
-    end = len(losses) if end is None else min(int(end), len(losses))
-    w = end // 4
-    if w < 2:
-        return False, float("nan")
-    prev = sum(losses[end - 2 * w : end - w]) / w
-    last = sum(losses[end - w : end]) / w
-    if not (math.isfinite(prev) and math.isfinite(last)) or prev <= 0:
-        return False, float("nan")
-    drop = (prev - last) / prev
-    return drop <= tolerance, drop
-
-
-def _training_message(name: str, record: Mapping, tolerance: float) -> str | None:
+def _training_message(name: str, record: Mapping, cfg: DiagnosticsConfig) -> str | None:
+    window, tolerance = cfg.settle_window, cfg.settle_tolerance
     losses = list(record.get("losses") or [])
     n_steps = int(record.get("n_steps") or len(losses))
-    if n_steps < MIN_STEPS:
+    if n_steps < cfg.min_steps:
         return (
             f"{name}: its dictionary trained for only {n_steps} steps, too few to tell whether the loss settled; "
             "train longer (n_samples or n_steps)."
         )
-    ok, drop = loss_settled(losses, tolerance, record.get("lr_decay_start"))
-    if ok:
+    drop = loss_settling(losses, window, record.get("lr_decay_start"))
+    if drop <= tolerance:
         return None
     if not math.isfinite(drop):
         return f"{name}: its training loss is not finite at the end of the run; lower lr or check the activations."
     return (
-        f"{name}: its dictionary's reconstruction loss still fell by {drop:.1%} between the two quarters "
-        f"before the learning-rate decay of its {n_steps}-step run (more than {tolerance:.0%}): the training "
-        "had not settled. Train longer (raise n_samples or n_steps) before reading the fractions."
+        f"{name}: its dictionary's reconstruction loss still fell by {drop:.1%} over the last {window:.0%} of "
+        f"the steps before the learning-rate decay of its {n_steps}-step run (more than {tolerance:.0%}): the "
+        "training had not settled. Train longer (raise n_samples or n_steps) before reading the fractions."
     )
 
 
@@ -137,17 +104,18 @@ def _unexplained_words(unexplained: float, reference: str) -> str:
     return f", and the {reference} SAE leaves {unexplained:.0%} of their energy in its activations unreconstructed"
 
 
-def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess: float) -> str | None:
+def _narrow_message(name: str, reference: str, misses: Mapping, q: float, cfg: DiagnosticsConfig) -> str | None:
+    excess = cfg.max_missed_excess
     n, k = int(misses.get("n_present") or 0), int(misses.get("n_missed") or 0)
     if n == 0 or not math.isfinite(q):
         return None
     from scipy.stats import binom  # lazily: scipy.stats loads scipy.optimize (import featdiff stays light)
 
     expected = min(1.0, max(0.0, 1.0 - q))
-    if k / n <= expected + excess or binom.sf(k - 1, n, expected) >= MISSED_P_VALUE:
+    if k / n <= expected + excess or binom.sf(k - 1, n, expected) >= cfg.missed_p_value:
         return None
     unexplained = _num(misses.get("missed_unexplained"))
-    if math.isfinite(unexplained) and unexplained < MIN_UNEXPLAINED:
+    if math.isfinite(unexplained) and unexplained < cfg.min_unexplained:
         return None  # the reference reconstructs them: it holds them in another form (drifted, split)
     return (
         f"{name}: {k} of its {n} features that also fire on {reference}'s own activations ({k / n:.0%}) have no "
@@ -158,7 +126,7 @@ def _narrow_message(name: str, reference: str, misses: Mapping, q: float, excess
     )
 
 
-def _narrow_messages(summary, meta: Mapping, max_missed_excess: float) -> dict[str, str]:
+def _narrow_messages(summary, meta: Mapping, cfg: DiagnosticsConfig) -> dict[str, str]:
     """{target: message} of the narrow-reference check, from a summary with a reuse floor and the meta's
     ``reference_misses``."""
     floor_col = "reuse_floor" if "reuse_floor" in summary else "noise_floor_reuse"
@@ -168,7 +136,7 @@ def _narrow_messages(summary, meta: Mapping, max_missed_excess: float) -> dict[s
     reference = meta.get("reference", "base")
     out = {}
     for name, m in (meta.get("reference_misses") or {}).items():
-        msg = _narrow_message(str(name), reference, m, q, max_missed_excess)
+        msg = _narrow_message(str(name), reference, m, q, cfg)
         if msg:
             out[str(name)] = msg
     return out
@@ -179,26 +147,19 @@ def narrow_reference(cmp, max_missed_excess: float = MAX_MISSED_EXCESS) -> dict[
     own activations (the "narrow reference" check of ``diagnose``); empty when none does or the comparison
     has no replicas (no floor to judge against). ``compare_checkpoints(widen=...)`` trains wider SAEs when
     this is not empty."""
-    return _narrow_messages(cmp.summary, cmp.meta, max_missed_excess)
+    return _narrow_messages(cmp.summary, cmp.meta, DiagnosticsConfig(max_missed_excess=max_missed_excess))
 
 
-def diagnose(
-    cmp_or_summary,
-    *,
-    max_dead_fraction: float = MAX_DEAD_FRACTION,
-    max_correction: float = MAX_CORRECTION,
-    min_tokens_per_feature: float = MIN_TOKENS_PER_FEATURE,
-    settle_tolerance: float = SETTLE_TOLERANCE,
-    max_missed_excess: float = MAX_MISSED_EXCESS,
-) -> list[str]:
+def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **thresholds) -> list[str]:
     """Plain-language warnings about where a comparison's numbers are weak, each saying what to change.
 
     ``cmp_or_summary`` is a ``Comparison`` (all checks) or its ``summary`` DataFrame (the checks that need
     only the table: dead latents of the targets, the noise floor, tokens per feature when the summary
     has ``n_eval_tokens``). From a Comparison it also reads ``meta`` (``n_eval_tokens``,
     ``reference_n_live`` / ``reference_n_features``, ``reference_misses``) and the training records that ``train_saes`` puts on
-    each dictionary (``featdiff_train``). The thresholds are the module's defaults (see the module
-    docstring); an empty list means no check fired.
+    each dictionary (``featdiff_train``). The thresholds are ``config`` (default ``DiagnosticsConfig()``,
+    ``CompareConfig.diagnostics`` when a scoring route calls it) with ``thresholds`` (its field names)
+    changed; an empty list means no check fired.
 
     Examples
     --------
@@ -210,15 +171,11 @@ def diagnose(
     >>> diagnose(s, max_dead_fraction=0.9, max_correction=10)
     []
     """
-    for pname, v in (
-        ("max_dead_fraction", max_dead_fraction),
-        ("max_correction", max_correction),
-        ("min_tokens_per_feature", min_tokens_per_feature),
-        ("settle_tolerance", settle_tolerance),
-        ("max_missed_excess", max_missed_excess),
-    ):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise FeatdiffError(f"The '{pname}' parameter of diagnose must be a number >= 0; got {v!r}.")
+    cfg = config or DiagnosticsConfig()
+    if thresholds:  # unknown names raise, listing the allowed ones
+        cfg = DiagnosticsConfig.from_dict({**cfg.to_dict(), **thresholds})
+    max_dead_fraction, max_correction = cfg.max_dead_fraction, cfg.max_correction
+    min_tokens_per_feature = cfg.min_tokens_per_feature
     if isinstance(cmp_or_summary, pd.DataFrame):
         summary, meta, dictionaries = cmp_or_summary, {}, {}
     elif hasattr(cmp_or_summary, "summary") and hasattr(cmp_or_summary, "meta"):
@@ -265,7 +222,7 @@ def diagnose(
             )
 
     # a reference narrower than the features of its own activations (meta from compare_dictionaries)
-    out.extend(_narrow_messages(summary, meta, max_missed_excess).values())
+    out.extend(_narrow_messages(summary, meta, cfg).values())
 
     # evaluation tokens per live feature
     for name, row in summary.iterrows():
@@ -286,22 +243,22 @@ def diagnose(
     for name, d in dictionaries.items():
         record = getattr(d, "featdiff_train", None)
         if isinstance(record, Mapping):
-            msg = _training_message(str(name), record, settle_tolerance)
+            msg = _training_message(str(name), record, cfg)
             if msg:
                 out.append(msg)
     for name, d in (getattr(cmp_or_summary, "extras", None) or {}).items():
         record = getattr(d, "featdiff_train", None)
         if isinstance(record, Mapping):
-            msg = _training_message(str(name), record, settle_tolerance)
+            msg = _training_message(str(name), record, cfg)
             if msg:
                 out.append(msg)
     return out
 
 
-def emit_warnings(cmp, **thresholds) -> list[str]:
-    """Run ``diagnose(cmp, **thresholds)``, issue each message as a ``FeatdiffWarning`` and store the list
-    in ``cmp.meta["warnings"]`` (written to meta.json and shown by the report); returns the list."""
-    messages = diagnose(cmp, **thresholds)
+def emit_warnings(cmp, config: DiagnosticsConfig | None = None, **thresholds) -> list[str]:
+    """Run ``diagnose(cmp, config, **thresholds)``, issue each message as a ``FeatdiffWarning`` and store the
+    list in ``cmp.meta["warnings"]`` (written to meta.json and shown by the report); returns the list."""
+    messages = diagnose(cmp, config, **thresholds)
     for m in messages:
         warnings.warn(m, FeatdiffWarning, stacklevel=3)
     cmp.meta["warnings"] = messages

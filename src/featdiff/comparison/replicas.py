@@ -3,8 +3,6 @@ reference, turned into the interval, floor and corrected columns of featdiff.met
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import torch
@@ -76,16 +74,11 @@ def _replica_table(
     return table, al
 
 
-def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
-    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) with the deprecated
-    ``noise_floor=`` (one reference replica) folded in."""
-    if noise_floor is not None:
-        warnings.warn(
-            "compare_dictionaries(noise_floor=sae) is deprecated; pass replicas=[sae] (a list of reference "
-            "SAEs trained with other seeds, or {checkpoint: [SAEs]}).",
-            FutureWarning,
-            stacklevel=3,
-        )
+def as_replicas(replicas, extra, reference: str) -> dict[str, list]:
+    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) as {checkpoint: [replicas]},
+    with ``extra`` (one more reference replica, or None) first among the reference's. ``extra`` serves only
+    compare_checkpoints' deprecated ``saes={"__noise_floor__": sae}``, which warns itself; the parameter goes
+    when that spelling does."""
     if replicas is None:
         out: dict[str, list] = {}
     elif isinstance(replicas, dict):
@@ -96,8 +89,8 @@ def as_replicas(replicas, noise_floor, reference: str) -> dict[str, list]:
         raise FeatdiffError(
             f"replicas must be a list of reference SAEs or a dict {{checkpoint: [SAEs]}}; got {type(replicas).__name__}."
         )
-    if noise_floor is not None:
-        out[reference] = [noise_floor, *out.get(reference, [])]
+    if extra is not None:
+        out[reference] = [extra, *out.get(reference, [])]
     return out
 
 

@@ -3,14 +3,13 @@ against the reference's (docs/design.md's definitions); ``compare_crosscoder`` s
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import torch
 
 from featdiff.activations.activations import ActivationSet
 from featdiff.alignment.matching import align
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.diagnostics import emit_warnings
 from featdiff.comparison.replicas import (
     as_replicas,
@@ -20,28 +19,30 @@ from featdiff.comparison.replicas import (
     uncertainty_columns,
 )
 from featdiff.comparison.statuses import add_absorbed, add_children, feature_table
-from featdiff.comparison.table import STATUSES, CompareConfig, Comparison
+from featdiff.comparison.table import STATUSES, Comparison
 from featdiff.core.output import progress_bar
-from featdiff.dictionaries.stats import scored_features, unit_decoder
+from featdiff.dictionaries.stats import firing_frequency, scored_features, unit_decoder
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.coverage import reference_misses
-from featdiff.metrics.crosscoder import decoder_cosine, firing_frequency, latent_scaling, mas, nrn
+from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn
 from featdiff.metrics.recombination import fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
-from featdiff.metrics.uncertainty import UNSCORED, fve_chunks
+from featdiff.metrics.uncertainty import UNSCORED, correct, fve_chunks
 
 
 def correct_fractions(
     reuse_raw: float, recombination_raw: float, noise_floor: float
 ) -> tuple[float, float, float]:
-    """Correct raw fractions for imperfect dictionary learning, using the noise floor.
+    """Correct raw fractions for imperfect dictionary learning with one number, the noise floor q (the
+    reuse of a reference replica against the reference): featdiff.metrics.uncertainty.correct's ``ratio``
+    estimator with no recombination floor, the one implementation.
 
-    Two reference SAEs trained on the same data with different seeds match only a fraction q (the noise
-    floor) of their features, although every feature is shared: a feature present in both checkpoints is
-    detected as such with probability about q, and a missed one looks novel. So the detected fractions are
-    divided by q: reuse = min(1, reuse_raw / q), recombination = min(recombination_raw / q, 1 - reuse),
-    novelty = 1 - reuse - recombination. Without a noise floor (NaN) the raw fractions are returned.
+    Two reference SAEs trained on the same data with different seeds match only a fraction q of their
+    features, although every feature is shared: a feature present in both checkpoints is detected as such
+    with probability about q, and a missed one looks novel. So reuse = min(1, reuse_raw / q),
+    recombination = min(recombination_raw / q, 1 - reuse), novelty = 1 - reuse - recombination (q is capped
+    at 1). Without a noise floor (NaN, None or <= 0) the raw fractions are returned.
 
     Examples
     --------
@@ -51,9 +52,9 @@ def correct_fractions(
     if noise_floor is None or not np.isfinite(noise_floor) or noise_floor <= 0:
         return reuse_raw, recombination_raw, max(0.0, 1.0 - reuse_raw - recombination_raw)
     q = min(1.0, noise_floor)
-    r = min(1.0, reuse_raw / q)
-    c = min(recombination_raw / q, 1.0 - r)
-    return r, c, max(0.0, 1.0 - r - c)
+    raw = np.array([reuse_raw, recombination_raw, 1.0 - reuse_raw - recombination_raw])
+    r, c, n, _ = correct(raw, np.array([q, 0.0, 1.0 - q]), "ratio")
+    return float(r), float(c), float(n)
 
 
 def _fractions(frac: dict, split: float) -> dict:
@@ -66,7 +67,6 @@ def compare_dictionaries(
     saes: dict,
     acts: ActivationSet | None = None,
     reference: str = "base",
-    noise_floor=None,
     metrics: list | None = None,
     config: CompareConfig | None = None,
     progress: bool = True,
@@ -85,8 +85,8 @@ def compare_dictionaries(
     every summary column (``<col>_floor``) and the null profile that corrects the fractions
     (``CompareConfig.estimator``, see featdiff.metrics.uncertainty); replicas and a bootstrap over features
     and token chunks give each column's interval (``<col>_lo``, ``<col>_hi`` at ``interval_level``).
-    ``noise_floor=sae`` is the deprecated form of ``replicas=[sae]``. ``metrics`` lists registered metric
-    names or callables to compute (default: every registered metric). ``overrides`` set CompareConfig fields.
+    ``metrics`` lists registered metric names or callables to compute (default: every registered metric).
+    ``overrides`` set CompareConfig fields.
 
     Examples
     --------
@@ -113,7 +113,7 @@ def compare_dictionaries(
             )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else list(available_metrics().index))]
     targets = [n for n in saes if n != reference]
-    replicas = as_replicas(replicas, noise_floor, reference)
+    replicas = as_replicas(replicas, None, reference)
     unknown = set(replicas) - set(saes)
     if unknown:
         raise FeatdiffError(f"replicas= names checkpoints {sorted(unknown)} that are not among {list(saes)}.")
@@ -238,26 +238,8 @@ def compare_dictionaries(
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
-    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    emit_warnings(cmp, cfg.diagnostics)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp
-
-
-def _crosscoder_config(config: CompareConfig | None, deprecated: dict) -> CompareConfig:
-    """The config of compare_crosscoder; its thresholds as keywords are the pre-0.2 spelling."""
-    allowed = {"nrn_shared", "mas_threshold", "pair_share", "p"}
-    unknown = sorted(set(deprecated) - allowed)
-    if unknown:
-        raise FeatdiffError(f"compare_crosscoder got unknown arguments {unknown}; see its docstring.")
-    cfg = config or CompareConfig()
-    if deprecated:
-        warnings.warn(
-            f"compare_crosscoder({', '.join(f'{k}=' for k in sorted(deprecated))}) is deprecated; pass "
-            f"config=CompareConfig({', '.join(f'{k}=...' for k in sorted(deprecated))}).",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        cfg = cfg.replace(**deprecated)
-    return cfg
 
 
 def compare_crosscoder(
@@ -267,7 +249,6 @@ def compare_crosscoder(
     config: CompareConfig | None = None,
     progress: bool = True,
     meta: dict | None = None,
-    **deprecated,
 ) -> Comparison:
     """Score one shared crosscoder as a Comparison (the ``method="crosscoder"`` view).
 
@@ -285,7 +266,7 @@ def compare_crosscoder(
     ``nu_reconstruction`` and ``sparsity_artefact`` (the base does carry the feature; the crosscoder's
     sparsity penalty made it look specific). The summary counts those as ``n_artefacts``.
     """
-    cfg = _crosscoder_config(config, deprecated)
+    cfg = config or CompareConfig()
     if reference not in cc.names:
         raise FeatdiffError(
             f"The reference {reference!r} is not among the crosscoder's checkpoints {cc.names}."
@@ -296,7 +277,7 @@ def compare_crosscoder(
     dead = np.zeros(cc.d_sae, bool)
     freqs = None
     if acts is not None:
-        freqs = firing_frequency(cc, acts).to_numpy()
+        freqs = firing_frequency(cc, acts).double().numpy()
         dead = freqs == 0
         m.loc[dead, "category"] = "dead"
     fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
@@ -416,5 +397,5 @@ def compare_crosscoder(
     cmp = Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
-    emit_warnings(cmp)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
+    emit_warnings(cmp, cfg.diagnostics)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from featdiff.alignment.matching import Alignment
-from featdiff.comparison.table import STATUSES, CompareConfig
+from featdiff.comparison.config import CompareConfig
+from featdiff.comparison.table import STATUSES
 from featdiff.dictionaries.stats import cofiring
 from featdiff.metrics.recombination import absorbed_recombination, recombination
 from featdiff.metrics.reuse import drift, split

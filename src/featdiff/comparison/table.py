@@ -1,5 +1,5 @@
 """The comparison table: ``Comparison`` (summary, features, meta; written to and read from a folder), its
-columns and statuses, and ``CompareConfig``, the thresholds every scoring route shares."""
+columns and statuses (the thresholds every scoring route shares are featdiff.comparison.config's)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ import pandas as pd
 
 from featdiff import constants
 from featdiff._version import __version__
-from featdiff.core.config import Config, check_int, check_number
+from featdiff.comparison.config import CompareConfig  # noqa: F401 - re-exported until its importers move (below)
 from featdiff.core.io import atomic_dir, write_json
-from featdiff.errors import FeatdiffError, check_choice
+from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
-    DEFAULT_ESTIMATOR,
-    ESTIMATORS,
     FLAG_COLUMNS,
     FRACTION_COLUMNS,
-    INTERVAL_LEVEL,
     MEAN_COLUMNS,
-    N_BOOTSTRAP,
     SHARE_COLUMNS,
 )
 from featdiff.report.cards import FeatureCard, feature_cards
@@ -79,110 +75,9 @@ FEATURE_COLUMNS = [
 # the evaluation activations but carries less than min_contribution of the decoded energy) and "dead" (never
 # fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
 # CompareConfig.absorbed) is in no fraction
-# a live latent that fires (nearly) only where a reused latent fires, and with it rebuilds that latent's
-# reference feature, is a child of it (status split; featdiff.comparison.statuses.add_children)
-CHILD_COFIRING = 0.9
-# ... and there at least this many times as often as it fires overall (a dense latent is no one's parent)
-CHILD_LIFT = 2.0
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
-
-
-
-@dataclass
-class CompareConfig(Config):
-    """The thresholds and choices of a comparison, whichever method computes it (docs/design.md's defaults).
-
-    SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
-    ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
-    than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
-    (off by default: also list the reference features the target carries by firing kept features together,
-    found from paired activations, as rows of status "absorbed" that no fraction counts, with their number
-    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` /
-    ``on`` (how dictionaries are aligned), ``eps``
-    (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a feature
-    is live when it fired at least once on the evaluation activations, and a live feature is scored when it
-    carries at least this fraction of the mean share of the decoded energy of the live features; the others
-    get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
-    scores every live feature; featdiff.dictionaries.stats.scored_features),
-    ``child_cofiring`` / ``child_lift`` (a live latent that fires on at least ``child_cofiring`` of its tokens
-    together with a reused latent, at least ``child_lift`` times that latent's overall rate, and with it
-    rebuilds that latent's reference feature is a child of it, status ``split``:
-    featdiff.comparison.statuses.add_children; ``child_cofiring=0`` switches it off),
-    ``correct`` (apply the noise-floor correction; False prints the raw fractions as the corrected ones,
-    flagged ``uncorrected``).
-    Crosscoder route: ``nrn_shared`` (NRN bounds of a shared feature), ``mas_threshold`` (MAS above which
-    a feature is one checkpoint's), ``pair_share`` (with three or more checkpoints, the share of a feature's
-    norms the reference and the target must hold for it to count as theirs) and ``p`` (decoder norm).
-    Uncertainty: ``estimator`` (how raw fractions are corrected with the replicas' null profile; default
-    ``union``: reuse = ``reuse_union`` / ``reuse_union_floor``, recombination = (recombination_raw - reuse
-    x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
-    docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
-    ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
-
-    Examples
-    --------
-    >>> CompareConfig(reuse_threshold=0.8).to_dict()["reuse_threshold"]
-    0.8
-    >>> try:
-    ...     CompareConfig.from_dict({"reuse_treshold": 0.8})
-    ... except ValueError as e:
-    ...     print(str(e).split(";")[0])
-    Unknown CompareConfig keys ['reuse_treshold']
-    """
-
-    reuse_threshold: float = 0.7
-    fit_threshold: float = 0.9
-    max_components: int = 3
-    min_components: int = 2
-    recombination_margin: float = 0.15
-    child_cofiring: float = CHILD_COFIRING
-    child_lift: float = CHILD_LIFT
-    absorbed: bool = False
-    absorbed_threshold: float = 0.15
-    method: str = "hungarian"
-    on: str = "decoder"
-    eps: float = 1e-6
-    min_contribution: float = 0.01
-    correct: bool = True
-    nrn_shared: tuple[float, float] = (0.3, 0.7)
-    mas_threshold: float = 0.5
-    pair_share: float = 0.5
-    p: int = 2
-    estimator: str = DEFAULT_ESTIMATOR
-    interval_level: float = INTERVAL_LEVEL
-    n_bootstrap: int = N_BOOTSTRAP
-
-    def __post_init__(self) -> None:
-        where = "CompareConfig"
-        check_choice("method", self.method, ("hungarian", "max"), where)
-        check_choice("on", self.on, ("decoder", "activations"), where)
-        check_choice("p", self.p, (1, 2), where)
-        check_choice("estimator", self.estimator, ESTIMATORS, where)
-        check_number(where, "interval_level", self.interval_level, 0, 1, strict_low=True, strict_high=True)
-        check_int(where, "n_bootstrap", self.n_bootstrap, minimum=10)
-        for name in ("reuse_threshold", "fit_threshold"):
-            check_number(where, name, getattr(self, name), -1, 1)
-        check_number(where, "eps", self.eps, 0)
-        check_number(where, "child_cofiring", self.child_cofiring, 0, 1)
-        check_number(where, "child_lift", self.child_lift, 1)
-        check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
-        check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
-        for name in ("mas_threshold", "pair_share"):
-            check_number(where, name, getattr(self, name), 0, 1)
-        for name in ("max_components", "min_components"):
-            check_int(where, name, getattr(self, name))
-        if self.min_components > self.max_components:
-            raise FeatdiffError(
-                f"CompareConfig needs 1 <= min_components <= max_components; got {self.min_components}, "
-                f"{self.max_components}."
-            )
-        self.nrn_shared = tuple(self.nrn_shared)  # type: ignore[assignment]
-        lo, hi = self.nrn_shared if len(self.nrn_shared) == 2 else (2.0, 0.0)
-        if not 0 <= lo <= hi <= 1:
-            raise FeatdiffError(
-                f"The 'nrn_shared' parameter of {where} must be (low, high) with 0 <= low <= high <= 1; "
-                f"got {self.nrn_shared}."
-            )
+# CompareConfig lives in featdiff.comparison.config; featdiff/__init__.py, comparison/pipeline.py and
+# analyses/crosscoder_view/run.py still import it from here (issue 17, phase 3: the coordinator moves them)
 
 
 @dataclass

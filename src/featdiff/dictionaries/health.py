@@ -1,9 +1,8 @@
 """Whether a dictionary trained well: did its loss settle before the learning rate decayed, and how many of
-its latents are dead. The crosscoder's training reads its run through these (``cc.diagnostics``).
-
-Phase 2 of issue 17 moves the SAE side here too: ``comparison/diagnostics.py`` still judges SAEs by its own
-rule (the loss drop between quarters of the run, 5 %), where these judge the last ``settle_window`` of the
-steps before the decay (10 %, 2 % for the crosscoder); one rule and its thresholds must remain.
+its latents are dead. One rule for SAEs and crosscoders: ``loss_settling`` over the last ``SETTLE_WINDOW``
+(20 %) of the steps before the lr decay, settled when the loss fell by at most ``SETTLE_TOLERANCE`` (2 %)
+across it. The crosscoder's training reads its run through these (``cc.diagnostics``); ``diagnose`` reads
+the SAEs' records through them (featdiff.comparison.diagnostics; docs/diagnostics.md has the measurements).
 """
 
 from __future__ import annotations
@@ -18,20 +17,27 @@ from torch import Tensor
 
 from featdiff.errors import FeatdiffWarning
 
+SETTLE_WINDOW = 0.2
+SETTLE_TOLERANCE = 0.02
+MAX_DEAD_FRACTION = 0.5
 
-def loss_settling(losses: Float[Tensor, " n_steps"], window: float = 0.1, end: int | None = None) -> float:
+
+def loss_settling(
+    losses: Float[Tensor, " n_steps"], window: float = SETTLE_WINDOW, end: int | None = None
+) -> float:
     """Relative fall of a training loss over its last ``window`` fraction of steps before step ``end``
     (default: the last step): (a - b) / a, with a and b the mean loss of the window's first and second
-    halves (at least 10 steps in all; NaN when there are fewer). A settled run gives about 0 (minibatch
-    noise); a run still learning gives > 0.
+    halves (at least 10 steps in all; NaN when there are fewer, or when the losses are not finite). A
+    settled run gives about 0 (minibatch noise); a run still learning gives > 0.
 
     Examples
     --------
-    >>> round(loss_settling(torch.linspace(2.0, 1.0, 100)), 3)  # still falling: last 10 steps drop 5 %
-    0.047
+    >>> round(loss_settling(torch.linspace(2.0, 1.0, 100)), 3)  # still falling: last 20 steps drop 9 %
+    0.088
     >>> loss_settling(torch.ones(100)), math.isnan(loss_settling(torch.ones(5)))
     (0.0, True)
     """
+    losses = torch.as_tensor(losses)
     losses = losses[: len(losses) if end is None else end]
     n = len(losses)
     w = max(10, int(round(window * n)))

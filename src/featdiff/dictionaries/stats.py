@@ -289,16 +289,27 @@ def scored_features(
     return freq, s["fve"], live
 
 
-def firing_frequency(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
-    """Fraction of the rows of ``x`` on which each feature fires (activation != 0).
+def firing_frequency(dictionary, x, batch_size: int = 4096) -> Float[Tensor, " d_sae"]:
+    """Fraction of the tokens on which each feature fires (code != 0), float32: for an SAE, of the rows of
+    ``x`` (a tensor or an ``ActivationColumn``); for a crosscoder, of the paired tokens of ``x`` (an
+    ActivationSet or a dict of tensors holding its checkpoints), one shared code per token.
 
     Examples
     --------
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
     >>> firing_frequency(sae_from_dictionary(torch.eye(2), k=1), torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
     tensor([1., 0.])
+    >>> from featdiff.dictionaries.crosscoder import Crosscoder, CrosscoderConfig
+    >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl"], d_in=2, d_sae=3, k=1))
+    >>> firing_frequency(cc, {"base": torch.randn(10, 2), "rl": torch.randn(10, 2)}).shape
+    torch.Size([3])
     """
-    return sae_stats(sae, x, batch_size, reconstruct=False, where="firing_frequency")["frequency"]
+    if hasattr(dictionary, "stream_codes"):  # a crosscoder streams its own paired batches
+        stats = new_stats(dictionary.d_sae, dictionary.d_in, dictionary.n_models)
+        for xb, f in dictionary.stream_codes(x, batch_size):
+            update_stats(stats, xb, f)
+        return compute_stats(stats)["frequency"]
+    return sae_stats(dictionary, x, batch_size, reconstruct=False, where="firing_frequency")["frequency"]
 
 
 def l0(sae, x: Float[Tensor, "n_tokens d_in"], batch_size: int = 4096) -> float:

@@ -23,8 +23,10 @@ from torch import Tensor
 
 from featdiff.activations.activations import ActivationSet
 from featdiff.dictionaries.crosscoder.model import Crosscoder, as_acts, stack
-from featdiff.dictionaries.stats import new_stats, update_stats
+from featdiff.dictionaries.stats import firing_frequency as stats_firing_frequency
 from featdiff.errors import FeatdiffError
+
+MAS_THRESHOLD = 0.5  # a feature is a checkpoint's when its MAS there is above this, else "shared"
 
 
 def _norms(cc: Crosscoder, p: int) -> Float[Tensor, "n_models d_sae"]:
@@ -75,7 +77,7 @@ def nrn(
 
 def mas(
     cc: Crosscoder,
-    threshold: float = 0.5,
+    threshold: float = MAS_THRESHOLD,
     p: int = 2,
     acts: ActivationSet | Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:
@@ -132,21 +134,15 @@ def decoder_cosine(cc: Crosscoder, a: str, b: str) -> pd.Series:
     return pd.Series(cos.numpy(), index=_index(cc), name=f"cosine_{a}_{b}")
 
 
-def firing_frequency(
-    cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor], batch_size: int = 4096
-) -> pd.Series:
-    """Fraction of tokens on which each feature fires (Series ``frequency``, index ``feature``)."""
-    acts = as_acts(acts, cc.names)
-    stats = new_stats(cc.d_sae, cc.d_in, cc.n_models)
-    with torch.no_grad():
-        for b in acts.batches(batch_size, shuffle=False, names=cc.names):
-            update_stats(stats, stack(b, cc.names), cc.encode(stack(b, cc.names)))
-    return pd.Series((stats["fired"] / acts.n_tokens).numpy(), index=_index(cc), name="frequency")
+def firing_frequency(cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor], batch_size: int = 4096) -> pd.Series:
+    """``featdiff.dictionaries.stats.firing_frequency`` of ``cc`` as a Series (``frequency``, index
+    ``feature``). Kept only for analyses/crosscoder_view until it calls that function: then this goes."""
+    return pd.Series(stats_firing_frequency(cc, acts, batch_size).numpy(), index=_index(cc), name="frequency")
 
 
 def dead_features(cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor]) -> pd.Series:
     """True for features that never fire on ``acts`` (Series ``dead``, index ``feature``)."""
-    return (firing_frequency(cc, acts) == 0).rename("dead")
+    return pd.Series((stats_firing_frequency(cc, acts) == 0).numpy(), index=_index(cc), name="dead")
 
 
 # --------------------------------------------------------------------------- latent scaling

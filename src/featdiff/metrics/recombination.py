@@ -22,6 +22,8 @@ from featdiff.metrics.reuse import REUSE_THRESHOLD, reuse
 
 FIT_THRESHOLD = 0.9
 RECOMBINATION_MARGIN = 0.15
+MAX_COMPONENTS = 3
+MIN_COMPONENTS = 2
 MIN_COEFFICIENT = 0.2
 N_CANDIDATES = 24
 
@@ -142,8 +144,8 @@ def subset_fit(
 def recombination(
     al: Alignment,
     fit_threshold: float = FIT_THRESHOLD,
-    max_components: int = 3,
-    min_components: int = 2,
+    max_components: int = MAX_COMPONENTS,
+    min_components: int = MIN_COMPONENTS,
     reuse_threshold: float = REUSE_THRESHOLD,
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
@@ -169,7 +171,7 @@ def recombination(
     Examples
     --------
     >>> import torch
-    >>> from featdiff.align import align
+    >>> from featdiff.alignment.matching import align
     >>> ref = torch.eye(4)
     >>> tgt = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 1.0]])
     >>> recombination(align(ref, tgt))[["feature", "recombined", "n_components"]].to_dict("list")
@@ -206,8 +208,8 @@ def fit_components(
     ref_decoder: Float[Tensor, "d_ref d_in"],
     ref_features: np.ndarray,
     fit_threshold: float = FIT_THRESHOLD,
-    max_components: int = 3,
-    min_components: int = 2,
+    max_components: int = MAX_COMPONENTS,
+    min_components: int = MIN_COMPONENTS,
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
     max_component_cosine: float = REUSE_THRESHOLD,
@@ -274,8 +276,8 @@ def absorbed_recombination(
     tgt_decoder: Float[Tensor, "d_tgt d_in"],
     reference_decoder: Float[Tensor, "n_rows d_in"],
     threshold: float = ABSORBED_THRESHOLD,
-    max_components: int = 3,
-    min_components: int = 2,
+    max_components: int = MAX_COMPONENTS,
+    min_components: int = MIN_COMPONENTS,
     min_tokens: int = ABSORBED_MIN_TOKENS,
     own_rate: float = OWN_FEATURE_RATE,
     max_shift_cosine: float = REUSE_THRESHOLD,

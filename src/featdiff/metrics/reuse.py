@@ -11,6 +11,7 @@ from featdiff.alignment.matching import Alignment
 from featdiff.dictionaries.stats import best_match
 
 REUSE_THRESHOLD = 0.7
+FREQ_EPS = 1e-6  # smoothing of the firing frequencies in freq_shift
 
 
 def reuse(al: Alignment, threshold: float = REUSE_THRESHOLD) -> pd.DataFrame:
@@ -19,7 +20,7 @@ def reuse(al: Alignment, threshold: float = REUSE_THRESHOLD) -> pd.DataFrame:
     Examples
     --------
     >>> import torch
-    >>> from featdiff.align import align
+    >>> from featdiff.alignment.matching import align
     >>> reuse(align(torch.eye(3), torch.eye(3))).reused.tolist()
     [True, True, True]
     """
@@ -33,7 +34,7 @@ def drift(
     ref_frequency: Tensor | np.ndarray | None = None,
     tgt_frequency: Tensor | np.ndarray | None = None,
     threshold: float = REUSE_THRESHOLD,
-    eps: float = 1e-6,
+    eps: float = FREQ_EPS,
 ) -> pd.DataFrame:
     """One row per target feature: feature, match, drift (1 - similarity, NaN unless reused), freq_shift.
 
@@ -43,7 +44,7 @@ def drift(
     Examples
     --------
     >>> import torch
-    >>> from featdiff.align import align
+    >>> from featdiff.alignment.matching import align
     >>> W = torch.eye(2)
     >>> T = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
     >>> drift(align(W, T), torch.tensor([.1, .1]), torch.tensor([.2, .1])).round(3).to_dict("list")
@@ -67,7 +68,7 @@ def base_coverage(al: Alignment, threshold: float = REUSE_THRESHOLD) -> float:
     Examples
     --------
     >>> import torch
-    >>> from featdiff.align import align
+    >>> from featdiff.alignment.matching import align
     >>> base_coverage(align(torch.eye(4), torch.eye(4)[:3]))
     0.75
     """
@@ -94,7 +95,7 @@ def split(
     Examples
     --------
     >>> import torch
-    >>> from featdiff.align import align
+    >>> from featdiff.alignment.matching import align
     >>> tgt = torch.tensor([[1.0, 0.0, 0.0], [0.995, 0.0999, 0.0], [0.0, 0.0, 1.0]])
     >>> split(align(torch.eye(3), tgt)).round(3).to_dict("list")
     {'feature': [0, 1, 2], 'split': [False, True, False], 'split_of': [-1, 0, -1], 'split_similarity': [nan, 0.995, nan]}

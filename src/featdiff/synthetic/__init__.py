@@ -3,15 +3,8 @@ featdiff.synthetic.scenarios (every way post-training can change a feature, with
 
 from featdiff.synthetic.crosscoder import plant_shared_specific
 from featdiff.synthetic.planted import PlantedCheckpoints, plant_checkpoints
-from featdiff.synthetic.scenarios import (
-    HELD_OUT,
-    SCENARIOS,
-    TUNING,
-    Scenario,
-    all_scenarios,
-    exact_sae,
-    make_scenario,
-)
+from featdiff.synthetic.scenario import Scenario, exact_sae
+from featdiff.synthetic.scenarios import HELD_OUT, SCENARIOS, TUNING, all_scenarios, make_scenario
 
 __all__ = [
     "HELD_OUT",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from featdiff.core.config import Config, check_int, check_number, run_steps
+from featdiff.dictionaries.health import MAX_DEAD_FRACTION, SETTLE_TOLERANCE, SETTLE_WINDOW
 from featdiff.errors import FeatdiffError, check_choice
 
 SPARSITIES = ("batchtopk", "l1")
@@ -99,9 +100,9 @@ class CrosscoderConfig(Config):
     init_decoder_norm: float = 0.1
     seed: int = 0
     hook: str | None = None
-    settle_window: float = 0.1
-    settle_tolerance: float = 0.02
-    max_dead_fraction: float = 0.5
+    settle_window: float = SETTLE_WINDOW
+    settle_tolerance: float = SETTLE_TOLERANCE
+    max_dead_fraction: float = MAX_DEAD_FRACTION
 
     def __post_init__(self) -> None:
         where = "CrosscoderConfig"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -201,17 +201,25 @@ class Crosscoder(nn.Module):
         m = self.model_index(name)
         return (self.W_dec[m] / self.norm_scale[m]).detach().clone()
 
+    def stream_codes(
+        self, acts: ActivationSet | Mapping[str, Float[Tensor, "n_tokens d_in"]], batch_size: int = 4096
+    ) -> Iterator[tuple[Float[Tensor, "batch n_models d_in"], Float[Tensor, "batch d_sae"]]]:
+        """(stacked raw activations, their codes), one batch of ``acts`` at a time in token order, no grad
+        (``acts``: an ActivationSet or a dict holding at least ``cc.names``); the crosscoder's counterpart
+        of featdiff.dictionaries.stats.stream_codes."""
+        acts = as_acts(acts, self.names)
+        for b in acts.batches(batch_size, shuffle=False, names=self.names):
+            x = stack(b, self.names)
+            with torch.no_grad():
+                f = self.encode(x)
+            yield x, f
+
     @torch.no_grad()
     def encode_acts(
         self, acts: ActivationSet | Mapping[str, Float[Tensor, "n_tokens d_in"]], batch_size: int = 4096
     ) -> Float[Tensor, "n_tokens d_sae"]:
         """Codes of every token of ``acts`` (an ActivationSet or a dict holding at least ``cc.names``)."""
-        acts = as_acts(acts, self.names)
-        out = [
-            self.encode(stack(b, self.names)).cpu()
-            for b in acts.batches(batch_size, shuffle=False, names=self.names)
-        ]
-        return torch.cat(out)
+        return torch.cat([f.cpu() for _, f in self.stream_codes(acts, batch_size)])
 
     # ----------------------------------------------------------------- evaluation and attribution
     @torch.no_grad()
@@ -220,11 +228,8 @@ class Crosscoder(nn.Module):
     ) -> pd.DataFrame:
         """Per checkpoint: ``fve`` (fraction of variance explained), ``mse`` (per token, raw units), and
         the shared-code ``l0`` (mean active features per token) and ``dead_fraction`` (never fired)."""
-        acts = as_acts(acts, self.names)
         stats = new_stats(self.d_sae, self.d_in, self.n_models)
-        for b in acts.batches(batch_size, shuffle=False, names=self.names):
-            x = stack(b, self.names)
-            f = self.encode(x)
+        for x, f in self.stream_codes(acts, batch_size):
             update_stats(stats, x, f.cpu(), self.decode(f).cpu())
         out = compute_stats(stats)
         return pd.DataFrame(
