@@ -1,6 +1,6 @@
 """The width check of compare_checkpoints / compare_activations (widen=1) on real activations: the base SAE's
 live share and how much less of the variance a base SAE twice as wide leaves unexplained (the numbers
-featdiff.comparison.width.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
+featdiff.comparison.config.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~15 min

@@ -4,6 +4,7 @@ reference's activations but have no match in its dictionary."""
 
 from __future__ import annotations
 
+import json
 import types
 import warnings
 
@@ -172,7 +173,7 @@ def test_width_check_thresholds_are_settable(monkeypatch):
     never = fd.WidthCheck(min_live=1.0, min_reduction=1.0, narrow_reference=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cmp = fd.compare_activations(acts, width_check=never, **kw)
+        cmp = fd.compare_activations(acts, config=fd.CompareConfig(width_check=never), **kw)
     assert not [w for w in caught if "too narrow" in str(w.message)]  # no widening
     (r,) = cmp.meta["width_check"]
     live = r["reference_live_share"]
@@ -183,9 +184,8 @@ def test_width_check_thresholds_are_settable(monkeypatch):
         assert r["decision"].startswith("keep: unexplained-variance reduction") and r["probe_d_sae"] == 32
     assert cmp.meta["width_check_config"] == never.to_dict()
     # every live share probes (min_live=0); a reduction of 100 % is never reached: probed, not widened
-    probed = fd.compare_activations(
-        acts, width_check={"min_live": 0.0, "min_reduction": 1.0, "narrow_reference": False, "factor": 3}, **kw
-    )
+    probe_all = {"min_live": 0.0, "min_reduction": 1.0, "narrow_reference": False, "factor": 3}
+    probed = fd.compare_activations(acts, config=fd.CompareConfig(width_check=probe_all), **kw)
     (r,) = probed.meta["width_check"]
     assert r["probe_d_sae"] == 48 and r["unexplained_reduction"] < 1.0 and probed.meta["sae"]["d_sae"] == 16
     assert r["decision"] == "keep: unexplained-variance reduction below min_reduction=1"
@@ -193,7 +193,7 @@ def test_width_check_thresholds_are_settable(monkeypatch):
     # any reduction is enough (min_reduction=0): widened by the factor, the probe kept as the reference SAE
     with pytest.warns(FeatdiffWarning, match="3 times as wide"):
         wide = fd.compare_activations(
-            acts, width_check=fd.WidthCheck(min_live=0.0, min_reduction=0.0, narrow_reference=False, factor=3), **kw
+            acts, config=fd.CompareConfig(width_check=fd.WidthCheck(**{**probe_all, "min_reduction": 0.0})), **kw
         )
     assert wide.meta["sae"]["d_sae"] == 48 and [r["d_sae"] for r in wide.meta["width_check"]] == [16, 48]
     assert wide.meta["width_check"][0]["reference_fve"] == pytest.approx(probed.meta["width_check"][0]["reference_fve"])
@@ -201,4 +201,10 @@ def test_width_check_thresholds_are_settable(monkeypatch):
         with pytest.raises(fd.FeatdiffError, match=match):
             fd.WidthCheck(**bad)
     with pytest.raises(fd.FeatdiffError, match="Unknown WidthCheck keys"):
-        fd.compare_activations(acts, width_check={"min_lve": 0.5}, **kw)
+        fd.CompareConfig(width_check={"min_lve": 0.5})
+    with pytest.raises(fd.FeatdiffError, match="'width_check' parameter of CompareConfig must be a WidthCheck"):
+        fd.CompareConfig(width_check=2)
+    # nested in CompareConfig, the width check round-trips through plain JSON types
+    cfg = fd.CompareConfig(width_check=never)
+    assert fd.CompareConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.to_dict()["width_check"] == never.to_dict() and fd.CompareConfig().width_check == fd.WidthCheck()

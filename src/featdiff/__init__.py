@@ -30,10 +30,10 @@ from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.analyses.interventions.edit_hooks import edit_features
 from featdiff.analyses.interventions.evaluate import evaluate_intervention
 from featdiff.analyses.interventions.generation import generate_greedy
+from featdiff.comparison.config import CompareConfig, WidthCheck
 from featdiff.comparison.pipeline import compare_activations, compare_checkpoints
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
-from featdiff.comparison.table import CompareConfig, Comparison
-from featdiff.comparison.width import WidthCheck
+from featdiff.comparison.table import Comparison
 from featdiff.dictionaries.crosscoder.config import CrosscoderConfig
 from featdiff.dictionaries.crosscoder.model import Crosscoder
 from featdiff.dictionaries.crosscoder.train import train_crosscoder

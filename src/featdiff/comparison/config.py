@@ -1,8 +1,9 @@
 """The thresholds of a comparison, each in one place: ``CompareConfig`` (scoring, the crosscoder route,
-uncertainty) and its nested ``DiagnosticsConfig`` (when ``diagnose`` warns that a reading is weak). The
-defaults are the named constants below and those of the modules that own a rule (the loss-settling and
-dead-latent thresholds of featdiff.dictionaries.health, the estimator and interval settings of
-featdiff.metrics.uncertainty); docs/design.md lists them all, docs/diagnostics.md says why each is what it is.
+uncertainty) and its nested ``DiagnosticsConfig`` (when ``diagnose`` warns that a reading is weak) and
+``WidthCheck`` (when the SAEs are trained again wider). The defaults are the named constants below and those
+of the modules that own a rule (the loss-settling and dead-latent thresholds of featdiff.dictionaries.health,
+the estimator and interval settings of featdiff.metrics.uncertainty); docs/design.md lists them all,
+docs/diagnostics.md says why each is what it is.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ MAX_MISSED_EXCESS = 0.1
 MISSED_P_VALUE = 0.05
 MIN_UNEXPLAINED = 0.1
 
+# widen when a reference SAE twice as wide leaves this share less of the variance unexplained (the
+# reductions measured on planted data, the lab and SmolLM2: docs/metrics.md, "Widening")
+WIDEN_REDUCTION = 0.2
+# ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
+# spare (docs/metrics.md, "Widening")
+WIDEN_MIN_LIVE = 0.9
+
 
 @dataclass
 class DiagnosticsConfig(Config):
@@ -85,6 +93,52 @@ class DiagnosticsConfig(Config):
 
 
 @dataclass
+class WidthCheck(Config):
+    """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
+    rounds; docs/design.md, "Thresholds, their defaults and why"; docs/metrics.md, "Widening").
+
+    In each round, every SAE whose live share (scored latents over its width: ``n_live / n_features``) is
+    at least ``min_live`` gets a probe ``factor`` times as wide: the reference's, and with ``targets`` each
+    target's. Where ``narrow_reference`` is on and the narrow-reference diagnostic
+    (``featdiff.comparison.diagnostics.narrow_reference``) fires, the reference is probed whatever its live
+    share. Where any probe cuts its own SAE's unexplained variance on that checkpoint's held-out tokens by
+    at least ``min_reduction``, or the diagnostic fires, every SAE (reference, targets, replicas) is
+    trained again ``factor`` times as wide, the probes serving as their checkpoints' SAEs.
+
+    ``min_live``: default ``WIDEN_MIN_LIVE`` = 0.9 (an SAE with spare latents is not held back by its
+    width). ``min_reduction``: default ``WIDEN_REDUCTION`` = 0.2. ``narrow_reference``: whether the
+    diagnostic triggers the probe and the widening (default True). ``factor``: the width multiplier of the
+    probes and of each widening (default 2). ``targets``: whether the targets' SAEs are probed too (default
+    True): a target with more features than the reference (SFT adds them) outgrows a width that fits the
+    reference, and its recombinations then read as its kept features firing together.
+
+    Examples
+    --------
+    >>> WidthCheck(min_reduction=0.3).to_dict()
+    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2, 'targets': True}
+    >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
+    True
+    """
+
+    min_live: float = WIDEN_MIN_LIVE
+    min_reduction: float = WIDEN_REDUCTION
+    narrow_reference: bool = True
+    factor: int = 2
+    targets: bool = True
+
+    def __post_init__(self) -> None:
+        where = "WidthCheck"
+        check_number(where, "min_live", self.min_live, 0, 1)
+        check_number(where, "min_reduction", self.min_reduction, 0, 1)
+        check_int(where, "factor", self.factor, minimum=2)
+        for name in ("narrow_reference", "targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise FeatdiffError(
+                    f"The {name!r} parameter of {where} must be True or False; got {getattr(self, name)!r}."
+                )
+
+
+@dataclass
 class CompareConfig(Config):
     """The thresholds and choices of a comparison, whichever method computes it (docs/design.md's defaults).
 
@@ -114,8 +168,10 @@ class CompareConfig(Config):
     x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
     docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
     ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
-    Diagnostics: ``diagnostics`` (a ``DiagnosticsConfig``, or its dict in ``from_dict``): when the scoring
-    routes warn that a reading is weak. Every default is a named constant (docs/design.md).
+    Diagnostics: ``diagnostics`` (a ``DiagnosticsConfig``, or its dict): when the scoring routes warn that
+    a reading is weak. Width check: ``width_check`` (a ``WidthCheck``, or its dict): when the ``widen``
+    rounds of ``compare_activations`` / ``compare_checkpoints`` train every SAE again wider. Every default
+    is a named constant (docs/design.md).
 
     Examples
     --------
@@ -128,6 +184,9 @@ class CompareConfig(Config):
     Unknown CompareConfig keys ['reuse_treshold']
     >>> CompareConfig.from_dict({"diagnostics": {"max_correction": 10}}).diagnostics.max_correction
     10
+    >>> cfg = CompareConfig(width_check=WidthCheck(factor=3))
+    >>> CompareConfig.from_dict(cfg.to_dict()) == cfg, cfg.to_dict()["width_check"]["factor"]
+    (True, 3)
     """
 
     reuse_threshold: float = REUSE_THRESHOLD
@@ -152,6 +211,7 @@ class CompareConfig(Config):
     interval_level: float = INTERVAL_LEVEL
     n_bootstrap: int = N_BOOTSTRAP
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    width_check: WidthCheck = field(default_factory=WidthCheck)
 
     def __post_init__(self) -> None:
         where = "CompareConfig"
@@ -177,13 +237,15 @@ class CompareConfig(Config):
                 f"CompareConfig needs 1 <= min_components <= max_components; got {self.min_components}, "
                 f"{self.max_components}."
             )
-        if isinstance(self.diagnostics, Mapping):
-            self.diagnostics = DiagnosticsConfig.from_dict(self.diagnostics)
-        if not isinstance(self.diagnostics, DiagnosticsConfig):
-            raise FeatdiffError(
-                f"The 'diagnostics' parameter of {where} must be a DiagnosticsConfig or its dict; got "
-                f"{type(self.diagnostics).__name__}."
-            )
+        for name, kind in (("diagnostics", DiagnosticsConfig), ("width_check", WidthCheck)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                setattr(self, name, kind.from_dict(value))
+            elif not isinstance(value, kind):
+                raise FeatdiffError(
+                    f"The {name!r} parameter of {where} must be a {kind.__name__} or its dict; got "
+                    f"{type(value).__name__}."
+                )
         self.nrn_shared = tuple(self.nrn_shared)  # type: ignore[assignment]
         lo, hi = self.nrn_shared if len(self.nrn_shared) == 2 else (2.0, 0.0)
         if not 0 <= lo <= hi <= 1:

@@ -13,10 +13,11 @@ from featdiff import distributed as dist
 from featdiff.activations.activations import ActivationSet
 from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import as_corpus
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
-from featdiff.comparison.table import CompareConfig, Comparison
-from featdiff.comparison.width import WidthCheck, live_shares, width_check_config
+from featdiff.comparison.table import Comparison
+from featdiff.comparison.width import live_shares
 from featdiff.core.config import check_int
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.formats import load_sae
@@ -96,19 +97,18 @@ def _train_and_compare(
     meta: dict,
     widen: int,
     distributed: bool = False,
-    width_check: WidthCheck | None = None,
 ) -> Comparison | None:
     """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
     the replicas and score them on ``held_out``. While ``widen`` rounds are left, the width check
-    (thresholds in ``width_check``, a ``WidthCheck``): where the reference SAE uses nearly all its latents
-    (live share >= ``min_live``), a reference SAE ``factor`` times as wide (the probe) is trained; where
-    that leaves at least ``min_reduction`` less of the reference's variance unexplained, or the comparison
-    finds the reference lacking features of its own activations (``diagnostics.narrow_reference``, unless
-    ``narrow_reference=False``), every SAE is trained again ``factor`` times as wide (the probe is the new
-    reference SAE) and scored again. ``meta["width_check"]`` records every round (width, seconds, the
+    (thresholds in ``config.width_check``, a ``WidthCheck``): where the reference SAE uses nearly all its
+    latents (live share >= ``min_live``), a reference SAE ``factor`` times as wide (the probe) is trained;
+    where that leaves at least ``min_reduction`` less of the reference's variance unexplained, or the
+    comparison finds the reference lacking features of its own activations (``diagnostics.narrow_reference``,
+    unless ``narrow_reference=False``), every SAE is trained again ``factor`` times as wide (the probe is the
+    new reference SAE) and scored again. ``meta["width_check"]`` records every round (width, seconds, the
     round's summary, the check's numbers and decision), ``meta["width_check_config"]`` the thresholds and
     ``meta["widened"]`` each widening."""
-    wc = width_check_config(width_check)
+    wc = (config or CompareConfig()).width_check
     from featdiff.comparison.diagnostics import narrow_reference
     from featdiff.dictionaries.stats import sae_stats
 
@@ -256,7 +256,6 @@ def compare_activations(
     n_replicas: int = DEFAULT_N_REPLICAS,
     eval_fraction: float = 0.2,
     widen: int = 1,
-    width_check: WidthCheck | None = None,
     metrics: list | None = None,
     config: CompareConfig | None = None,
     train_kwargs: dict | None = None,
@@ -269,7 +268,7 @@ def compare_activations(
 
     ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
     held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check, whose thresholds ``width_check`` sets (a ``WidthCheck``; None: its defaults). Every SAE that
+    check, whose thresholds ``config.width_check`` sets (a ``WidthCheck``). Every SAE that
     uses >= 90 % of its latents (``min_live``), the reference's and (``targets``, on by default) each
     target's, gets a probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance
     unexplained (``min_reduction``), or the comparison finds the reference lacking features of its own
@@ -323,7 +322,6 @@ def compare_activations(
         fit_saes=train_saes,
         meta=meta,
         widen=widen,
-        width_check=width_check,
     )
 
 
@@ -355,7 +353,6 @@ def compare_checkpoints(
     activations_dir: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     widen: int = 1,
-    width_check: WidthCheck | None = None,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
@@ -382,9 +379,9 @@ def compare_checkpoints(
     process): rounds of a width check that trains every SAE again at twice ``d_sae`` where an SAE twice as
     wide as the reference's or (by default) a target's explains much more, or the reference lacks features
     of its own activations
-    (``compare_activations``; thresholds in ``width_check``, a ``WidthCheck``); ``widen=0`` keeps ``d_sae``
-    and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning`` says so
-    unless ``widen=0``.
+    (``compare_activations``; thresholds in ``config.width_check``, a ``WidthCheck``); ``widen=0`` keeps
+    ``d_sae`` and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning``
+    says so unless ``widen=0``.
 
     Examples
     --------
@@ -509,7 +506,6 @@ def compare_checkpoints(
             meta=meta,
             widen=0 if distributed else widen,
             distributed=distributed,
-            width_check=width_check,
         )
         if cmp is None:
             return None
@@ -517,7 +513,7 @@ def compare_checkpoints(
             cmp.meta.setdefault("warnings", []).append(skipped)
             cmp.meta["width_check"] = [{"round": 0, "d_sae": cmp.meta["sae"]["d_sae"], "decision": "skipped: distributed=True"}]
     else:
-        given = as_replicas(replicas, None, reference)
+        given = as_replicas(replicas, reference)
         load = lambda s: load_sae(s) if isinstance(s, (str, os.PathLike)) else s  # noqa: E731
         saes = {n: load(s) for n, s in saes.items()}
         replicas = {n: [load(s) for s in v] for n, v in given.items()}

@@ -74,24 +74,19 @@ def _replica_table(
     return table, al
 
 
-def as_replicas(replicas, extra, reference: str) -> dict[str, list]:
-    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) as {checkpoint: [replicas]},
-    with ``extra`` (one more reference replica, or None) first among the reference's. ``extra`` serves only
-    compare_checkpoints' deprecated ``saes={"__noise_floor__": sae}``, which warns itself; the parameter goes
-    when that spelling does."""
+def as_replicas(replicas, reference: str) -> dict[str, list]:
+    """``replicas=`` (a list of reference replicas, or {checkpoint: [replicas]}) as
+    {checkpoint: [replicas]}."""
     if replicas is None:
-        out: dict[str, list] = {}
-    elif isinstance(replicas, dict):
-        out = {n: list(v) if isinstance(v, (list, tuple)) else [v] for n, v in replicas.items()}
-    elif isinstance(replicas, (list, tuple)):
-        out = {reference: list(replicas)}
-    else:
-        raise FeatdiffError(
-            f"replicas must be a list of reference SAEs or a dict {{checkpoint: [SAEs]}}; got {type(replicas).__name__}."
-        )
-    if extra is not None:
-        out[reference] = [extra, *out.get(reference, [])]
-    return out
+        return {}
+    if isinstance(replicas, dict):
+        return {n: list(v) if isinstance(v, (list, tuple)) else [v] for n, v in replicas.items()}
+    if isinstance(replicas, (list, tuple)):
+        return {reference: list(replicas)}
+    raise FeatdiffError(
+        "replicas must be a list of reference SAEs or a dict {checkpoint: [SAEs]}; got "
+        f"{type(replicas).__name__}."
+    )
 
 
 def _scores(dictionary, acts: ActivationSet, name: str, cfg) -> tuple[torch.Tensor, np.ndarray]:

@@ -113,7 +113,7 @@ def compare_dictionaries(
             )
     chosen = [get_metric(m) for m in (metrics if metrics is not None else list(available_metrics().index))]
     targets = [n for n in saes if n != reference]
-    replicas = as_replicas(replicas, None, reference)
+    replicas = as_replicas(replicas, reference)
     unknown = set(replicas) - set(saes)
     if unknown:
         raise FeatdiffError(f"replicas= names checkpoints {sorted(unknown)} that are not among {list(saes)}.")

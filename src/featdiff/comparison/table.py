@@ -12,7 +12,6 @@ import pandas as pd
 
 from featdiff import constants
 from featdiff._version import __version__
-from featdiff.comparison.config import CompareConfig  # noqa: F401 - re-exported until its importers move (below)
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.uncertainty import (
@@ -76,8 +75,6 @@ FEATURE_COLUMNS = [
 # fired) are counted, not scored; "absorbed" (a reference feature the target carries with no row of its own,
 # CompareConfig.absorbed) is in no fraction
 STATUSES = ["reused", "split", "recombined", "novel", "dead", "faint", "absorbed"]
-# CompareConfig lives in featdiff.comparison.config; featdiff/__init__.py, comparison/pipeline.py and
-# analyses/crosscoder_view/run.py still import it from here (issue 17, phase 3: the coordinator moves them)
 
 
 @dataclass

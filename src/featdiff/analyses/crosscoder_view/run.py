@@ -52,8 +52,8 @@ from featdiff.analyses.generalization import (
     generalization_features,
     sample_codes,
 )
+from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.scoring import compare_crosscoder
-from featdiff.comparison.table import CompareConfig
 from featdiff.core.output import progress_bar
 from featdiff.core.threads import torch_threads
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
