@@ -134,12 +134,6 @@ def decoder_cosine(cc: Crosscoder, a: str, b: str) -> pd.Series:
     return pd.Series(cos.numpy(), index=_index(cc), name=f"cosine_{a}_{b}")
 
 
-def firing_frequency(cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor], batch_size: int = 4096) -> pd.Series:
-    """``featdiff.dictionaries.stats.firing_frequency`` of ``cc`` as a Series (``frequency``, index
-    ``feature``). Kept only for analyses/crosscoder_view until it calls that function: then this goes."""
-    return pd.Series(stats_firing_frequency(cc, acts, batch_size).numpy(), index=_index(cc), name="frequency")
-
-
 def dead_features(cc: Crosscoder, acts: ActivationSet | Mapping[str, Tensor]) -> pd.Series:
     """True for features that never fire on ``acts`` (Series ``dead``, index ``feature``)."""
     return pd.Series((stats_firing_frequency(cc, acts) == 0).numpy(), index=_index(cc), name="dead")

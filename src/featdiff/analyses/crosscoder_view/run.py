@@ -57,12 +57,12 @@ from featdiff.comparison.scoring import compare_crosscoder
 from featdiff.core.output import progress_bar
 from featdiff.core.threads import torch_threads
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.stats import firing_frequency
 from featdiff.errors import FeatdiffError
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, load
 from featdiff.lab.suite import task_groups, tasks
 from featdiff.lab.task import PAD
-from featdiff.metrics.crosscoder import firing_frequency
 from featdiff.models.folder import load_prompts
 from featdiff.models.hooks import default_hook
 from featdiff.report.figures import plot_interventions, plot_mas, plot_nrn
@@ -191,7 +191,7 @@ def _run(
         )
         tables["mas"], tables["mas_categories"], tables["nrn"] = mas_tables(cc, acts, cfg)
         live = tables["mas"].loc[~tables["mas"]["dead"], "feature"].astype(int).tolist()
-        frequency = firing_frequency(cc, acts).to_numpy()
+        frequency = firing_frequency(cc, acts).numpy()
 
     with bar.stage("evolution"):
         if cfg.evolution == "none":
