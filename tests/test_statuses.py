@@ -237,3 +237,50 @@ def test_the_absorbed_check_can_fail_on_a_null():
     moved["tgt_x_all"] = counts["tgt_x_all"] + step
     new_row = torch.tensor([[0.6, 0.0, 0.8]])  # the reference row of 0, not along e0
     assert absorbed_recombination(moved, *args[1:], new_row).empty
+
+
+def test_every_recombination_threshold_is_set_through_compare_config(monkeypatch):
+    """min_coefficient, n_candidates, absorbed_min_tokens, own_feature_rate, n_token_chunks and
+    diagnostics.present_correlation are CompareConfig fields (docs/design.md, "Where each threshold lives")
+    that reach the functions applying them; their defaults are the modules' named constants."""
+    import featdiff.comparison.statuses as statuses
+    from featdiff.metrics import coverage, uncertainty
+    from featdiff.metrics import recombination as rc_module
+
+    cfg = CompareConfig()
+    assert (cfg.min_coefficient, cfg.n_candidates) == (rc_module.MIN_COEFFICIENT, rc_module.N_CANDIDATES)
+    assert (cfg.absorbed_min_tokens, cfg.own_feature_rate) == (
+        rc_module.ABSORBED_MIN_TOKENS,
+        rc_module.OWN_FEATURE_RATE,
+    )
+    assert cfg.n_token_chunks == uncertainty.N_TOKEN_CHUNKS
+    assert cfg.diagnostics.present_correlation == coverage.PRESENT_CORRELATION
+    ref = torch.eye(8)
+    # a second component of coefficient 0.0995: below min_coefficient 0.2, above 0.05
+    small = {"base": make_sae(ref, k=2), "t": make_sae(torch.cat([ref[:6], unit(ref[0] + 0.1 * ref[1])[None]]), k=2)}
+    status = lambda saes, **kw: str(compare_dictionaries(saes, progress=False, **kw).features.status.iloc[6])  # noqa: E731
+    assert status(small, recombination_margin=0.0) == "split"
+    assert status(small, recombination_margin=0.0, min_coefficient=0.05) == "recombined"
+    # the exhaustive fit over a single candidate row has no two-row fit
+    combo = {"base": make_sae(ref, k=2), "t": make_sae(torch.cat([ref[:6], unit(ref[0] + 0.75 * ref[1])[None]]), k=2)}
+    assert status(combo) == "recombined" and status(combo, n_candidates=1) == "split"
+    p = plant_checkpoints(d_in=16, n_atoms=32, seed=0)
+    saes = {n: fd.sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
+    acts = p.sample(2000, seed=1)
+    run = lambda **kw: compare_dictionaries(saes, acts, metrics=[], progress=False, **kw)  # noqa: E731
+    # present_correlation: no latent's paired correlation reaches 0.99 here; every live one reaches -1
+    assert {m["n_present"] for m in run(diagnostics={"present_correlation": 0.99}).meta["reference_misses"].values()} == {0}
+    assert {m["n_present"] for m in run(diagnostics={"present_correlation": -1.0}).meta["reference_misses"].values()} == {32}
+    # fewer token chunks: the same transfer_fve, another interval
+    many, few = run().summary, run(n_token_chunks=2).summary
+    assert few["transfer_fve"].to_numpy() == pytest.approx(many["transfer_fve"].to_numpy(), abs=1e-9)
+    assert (np.abs(many["transfer_fve_lo"] - few["transfer_fve_lo"]) > 1e-3).all()
+    seen = []
+    real = statuses.absorbed_recombination
+    monkeypatch.setattr(statuses, "absorbed_recombination", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    run(absorbed=True, absorbed_min_tokens=7, own_feature_rate=0.3)
+    assert seen and all((kw["min_tokens"], kw["own_rate"]) == (7, 0.3) for kw in seen)
+    for bad in ({"min_coefficient": -0.1}, {"n_candidates": 0}, {"absorbed_min_tokens": 2.5}, {"own_feature_rate": 2},
+                {"n_token_chunks": 0}, {"diagnostics": {"present_correlation": 1.5}}):  # fmt: skip
+        with pytest.raises(fd.FeatdiffError, match=next(iter(bad.get("diagnostics", bad)))):
+            CompareConfig(**bad)

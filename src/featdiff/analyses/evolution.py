@@ -39,6 +39,10 @@ from featdiff.dictionaries.crosscoder.model import is_crosscoder, stack
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.crosscoder import nrn
+from featdiff.metrics.reuse import REUSE_THRESHOLD
+
+# a feature kept from one checkpoint to the next: its decoder direction matched at the reuse cosine
+EVOLUTION_THRESHOLD = REUSE_THRESHOLD
 
 EVOLUTION_COLUMNS = ["run", "step", "overlap_prev", "overlap_final"]
 MATCHES = ("hungarian", "max")
@@ -96,7 +100,7 @@ def top_specific_features(
 def direction_overlap(
     a: Float[Tensor, "n_a d_in"],
     b: Float[Tensor, "n_b d_in"],
-    threshold: float = 0.7,
+    threshold: float = EVOLUTION_THRESHOLD,
     match: str = "hungarian",
 ) -> float:
     """Fraction of the rows of ``a`` matched in ``b`` with cosine >= threshold (NaN when ``a`` is empty).
@@ -136,7 +140,7 @@ def _top_by_score(scores: Any, k: int) -> list[int]:
 def feature_evolution(
     series: Mapping[str, Mapping[int, Any]],
     k: int = 20,
-    threshold: float = 0.7,
+    threshold: float = EVOLUTION_THRESHOLD,
     base: str = "base",
     match: str = "hungarian",
 ) -> pd.DataFrame:

@@ -14,16 +14,27 @@ from dataclasses import dataclass, field
 from featdiff.core.config import Config, check_int, check_number
 from featdiff.dictionaries.health import MAX_DEAD_FRACTION, SETTLE_TOLERANCE, SETTLE_WINDOW
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.metrics.coverage import PRESENT_CORRELATION
 from featdiff.metrics.crosscoder import MAS_THRESHOLD
 from featdiff.metrics.recombination import (
+    ABSORBED_MIN_TOKENS,
     ABSORBED_THRESHOLD,
     FIT_THRESHOLD,
     MAX_COMPONENTS,
+    MIN_COEFFICIENT,
     MIN_COMPONENTS,
+    N_CANDIDATES,
+    OWN_FEATURE_RATE,
     RECOMBINATION_MARGIN,
 )
 from featdiff.metrics.reuse import FREQ_EPS, REUSE_THRESHOLD
-from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR, ESTIMATORS, INTERVAL_LEVEL, N_BOOTSTRAP
+from featdiff.metrics.uncertainty import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    INTERVAL_LEVEL,
+    N_BOOTSTRAP,
+    N_TOKEN_CHUNKS,
+)
 
 # scoring: a live feature is scored when it carries at least this share of the mean decoded energy
 MIN_CONTRIBUTION = 0.01
@@ -64,7 +75,9 @@ class DiagnosticsConfig(Config):
     correction factor 1 / q), ``min_tokens_per_feature`` (evaluation tokens per live feature),
     ``settle_window`` / ``settle_tolerance`` (the loss-settling rule of featdiff.dictionaries.health, the
     crosscoder's too) and ``min_steps`` (shorter runs are not judged), ``max_missed_excess`` /
-    ``missed_p_value`` / ``min_unexplained`` (the narrow-reference check).
+    ``missed_p_value`` / ``min_unexplained`` (the narrow-reference check), ``present_correlation`` (the
+    paired correlation at which a target latent counts as present in the reference's activations, that
+    check's count: featdiff.metrics.coverage.reference_misses).
 
     Examples
     --------
@@ -81,6 +94,7 @@ class DiagnosticsConfig(Config):
     max_missed_excess: float = MAX_MISSED_EXCESS
     missed_p_value: float = MISSED_P_VALUE
     min_unexplained: float = MIN_UNEXPLAINED
+    present_correlation: float = PRESENT_CORRELATION
 
     def __post_init__(self) -> None:
         where = "DiagnosticsConfig"
@@ -89,6 +103,7 @@ class DiagnosticsConfig(Config):
             check_number(where, name, getattr(self, name), 0)
         check_number(where, "settle_window", self.settle_window, 0, 1, strict_low=True)
         check_number(where, "missed_p_value", self.missed_p_value, 0, 1)
+        check_number(where, "present_correlation", self.present_correlation, -1, 1)
         check_int(where, "min_steps", self.min_steps)
 
 
@@ -144,10 +159,15 @@ class CompareConfig(Config):
 
     SAE route: ``reuse_threshold`` (cosine of a reused match), ``fit_threshold``, ``max_components`` and
     ``min_components`` (recombination by a subset fit), ``recombination_margin`` (how much better
-    than its best single reference row a recombination must fit), ``absorbed`` / ``absorbed_threshold``
-    (off by default: also list the reference features the target carries by firing kept features together,
-    found from paired activations, as rows of status "absorbed" that no fraction counts, with their number
-    in the summary's ``n_absorbed``: featdiff.metrics.recombination.absorbed_recombination), ``method`` /
+    than its best single reference row a recombination must fit), ``min_coefficient`` (the smallest
+    coefficient of a component, of the unit target row), ``n_candidates`` (the reference rows most
+    correlated with a target row that the exhaustive fit searches; the crosscoder route's fit too),
+    ``absorbed`` / ``absorbed_threshold`` / ``absorbed_min_tokens`` / ``own_feature_rate`` (off by default:
+    also list the reference features the target carries by firing kept features together, found from paired
+    activations, as rows of status "absorbed" that no fraction counts, with their number in the summary's
+    ``n_absorbed``; such a feature fires on at least ``absorbed_min_tokens`` tokens and no own target latent
+    is tied to its tokens by ``own_feature_rate``: featdiff.metrics.recombination.absorbed_recombination),
+    ``method`` /
     ``on`` (how dictionaries are aligned), ``eps``
     (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a feature
     is live when it fired at least once on the evaluation activations, and a live feature is scored when it
@@ -167,7 +187,8 @@ class CompareConfig(Config):
     ``union``: reuse = ``reuse_union`` / ``reuse_union_floor``, recombination = (recombination_raw - reuse
     x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
     docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
-    ``<col>_hi`` intervals). docs/design.md lists every threshold with its default, its home and why.
+    ``<col>_hi`` intervals), ``n_token_chunks`` (the token chunks ``transfer_fve`` is resampled by:
+    featdiff.metrics.uncertainty.fve_chunks). docs/design.md lists every threshold with its default, its home and why.
     Diagnostics: ``diagnostics`` (a ``DiagnosticsConfig``, or its dict): when the scoring routes warn that
     a reading is weak. Width check: ``width_check`` (a ``WidthCheck``, or its dict): when the ``widen``
     rounds of ``compare_activations`` / ``compare_checkpoints`` train every SAE again wider. Every default
@@ -194,10 +215,14 @@ class CompareConfig(Config):
     max_components: int = MAX_COMPONENTS
     min_components: int = MIN_COMPONENTS
     recombination_margin: float = RECOMBINATION_MARGIN
+    min_coefficient: float = MIN_COEFFICIENT
+    n_candidates: int = N_CANDIDATES
     child_cofiring: float = CHILD_COFIRING
     child_lift: float = CHILD_LIFT
     absorbed: bool = False
     absorbed_threshold: float = ABSORBED_THRESHOLD
+    absorbed_min_tokens: int = ABSORBED_MIN_TOKENS
+    own_feature_rate: float = OWN_FEATURE_RATE
     method: str = "hungarian"
     on: str = "decoder"
     eps: float = FREQ_EPS
@@ -210,6 +235,7 @@ class CompareConfig(Config):
     estimator: str = DEFAULT_ESTIMATOR
     interval_level: float = INTERVAL_LEVEL
     n_bootstrap: int = N_BOOTSTRAP
+    n_token_chunks: int = N_TOKEN_CHUNKS
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     width_check: WidthCheck = field(default_factory=WidthCheck)
 
@@ -228,9 +254,13 @@ class CompareConfig(Config):
         check_number(where, "child_lift", self.child_lift, 1)
         check_number(where, "recombination_margin", self.recombination_margin, 0, 1)
         check_number(where, "absorbed_threshold", self.absorbed_threshold, 0, 1, strict_low=True)
+        check_number(where, "min_coefficient", self.min_coefficient, 0)
+        check_number(where, "own_feature_rate", self.own_feature_rate, 0, 1)
+        check_int(where, "absorbed_min_tokens", self.absorbed_min_tokens, minimum=0)
+        check_int(where, "n_token_chunks", self.n_token_chunks)
         for name in ("mas_threshold", "pair_share"):
             check_number(where, name, getattr(self, name), 0, 1)
-        for name in ("max_components", "min_components"):
+        for name in ("max_components", "min_components", "n_candidates"):
             check_int(where, name, getattr(self, name))
         if self.min_components > self.max_components:
             raise FeatdiffError(

@@ -183,7 +183,7 @@ def compare_dictionaries(
         if acts is not None:
             # SAE transfer (Kissane et al. 2024): the reference SAE on the target's activations, per token
             # chunk (summed, the same number as one pass; resampled, its interval).
-            transfer = fve_chunks(saes[reference], acts.column(name))
+            transfer = fve_chunks(saes[reference], acts.column(name), cfg.n_token_chunks)
             row["target_fve"] = own_fve[name]
         row.update(
             uncertainty_columns(
@@ -194,7 +194,8 @@ def compare_dictionaries(
         if acts is not None:  # base features the reference dictionary lacks (featdiff.metrics.coverage)
             status = dict(zip(table["feature"].tolist(), table["status"].astype(str).tolist(), strict=True))
             misses[name] = reference_misses(
-                saes[name], acts.column(name), acts.column(reference), status, saes[reference]
+                saes[name], acts.column(name), acts.column(reference), status, saes[reference],
+                threshold=cfg.diagnostics.present_correlation,
             )
         ctx = MetricContext(reference, name, al, saes[reference], saes[name], acts, table)
         for metric in chosen:
@@ -311,6 +312,8 @@ def compare_crosscoder(
             cfg.max_components,
             cfg.min_components,
             margin=cfg.recombination_margin,
+            min_coefficient=cfg.min_coefficient,
+            n_candidates=cfg.n_candidates,
         )
         status[rc["recombined"].to_numpy()] = "recombined"
         scaling = pd.DataFrame(

@@ -32,7 +32,9 @@ def feature_table(al: Alignment, cfg: CompareConfig, ref_freq, tgt_freq, extra_r
         cfg.min_components,
         cfg.reuse_threshold,
         margin=cfg.recombination_margin,
+        min_coefficient=cfg.min_coefficient,
         extra_reference=extra_reference,
+        n_candidates=cfg.n_candidates,
     )
     sp = split(al, cfg.reuse_threshold, exclude=rc["recombined"].to_numpy())
     t = al.table()
@@ -105,6 +107,8 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
         cfg.absorbed_threshold,
         cfg.max_components,
         cfg.min_components,
+        min_tokens=cfg.absorbed_min_tokens,
+        own_rate=cfg.own_feature_rate,
         max_shift_cosine=cfg.reuse_threshold,
         fit_threshold=cfg.fit_threshold,
         margin=cfg.recombination_margin,

@@ -150,6 +150,7 @@ def recombination(
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
     extra_reference: Float[Tensor, "n_extra d_in"] | None = None,
+    n_candidates: int = N_CANDIDATES,
 ) -> pd.DataFrame:
     """One row per target feature: feature, recombined, n_components, fit_cosine, components.
 
@@ -160,7 +161,8 @@ def recombination(
     the target also keeps (a kept-component recombination) or ones it dropped. ``components`` lists
     (reference feature, coefficient) pairs of the fit with the fewest rows that qualifies, largest
     coefficient first; ``fit_cosine`` is the cosine of the best fit with ``max_components`` rows. Fits are
-    searched exhaustively over the reference rows most correlated with the target (``subset_fit``).
+    searched exhaustively over the ``n_candidates`` reference rows most correlated with the target
+    (``subset_fit``).
 
     ``extra_reference`` (e.g. the live rows of the reference's replicas, SAEs of the same checkpoint with
     other seeds): those of its rows that no live reference row reuses (cosine < ``reuse_threshold``) join
@@ -199,6 +201,7 @@ def recombination(
         margin=margin,
         min_coefficient=min_coefficient,
         max_component_cosine=reuse_threshold,
+        n_candidates=n_candidates,
     )
 
 
@@ -213,6 +216,7 @@ def fit_components(
     margin: float = RECOMBINATION_MARGIN,
     min_coefficient: float = MIN_COEFFICIENT,
     max_component_cosine: float = REUSE_THRESHOLD,
+    n_candidates: int = N_CANDIDATES,
 ) -> pd.DataFrame:
     """The recombination table of the ``candidates`` rows of ``tgt_decoder``, fitted on the
     ``ref_features`` rows of ``ref_decoder`` (unit rows) as ``recombination`` describes; other target rows
@@ -226,7 +230,7 @@ def fit_components(
     components: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     k = min(max_components, len(ref_features))
     if len(candidates) and k:
-        idx, coefs, cos = subset_fit(tgt_decoder[candidates], ref_decoder[ref_features], k)
+        idx, coefs, cos = subset_fit(tgt_decoder[candidates], ref_decoder[ref_features], k, n_candidates)
         fit_cos[candidates] = cos[:, -1]
         tnorm = tgt_decoder[candidates].double().norm(dim=1).clamp_min(1e-12).numpy()
         for row, j in enumerate(candidates):

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from featdiff.analyses.evolution import EVOLUTION_THRESHOLD
 from featdiff.analyses.generalization import (
     OVERLAP_COLUMNS,
     TASK_COLUMNS,
 )
+from featdiff.comparison.config import NRN_SHARED
 from featdiff.core.config import Config, check_int, check_number
 from featdiff.errors import FeatdiffError, check_choice
+from featdiff.metrics.crosscoder import MAS_THRESHOLD
 
 EVOLUTION_METHODS = ("decoders", "shared", "none")
 ANSWER_FORMATS = ("base", "teacher")
@@ -124,14 +127,14 @@ class CrosscoderViewConfig(Config):
     batch_size: int = 256
     lr: float = 3e-3
     hook: str | None = None
-    mas_threshold: float = 0.5
-    nrn_shared: tuple[float, float] = (0.3, 0.7)
+    mas_threshold: float = MAS_THRESHOLD
+    nrn_shared: tuple[float, float] = NRN_SHARED
     evolution: str = "decoders"
     evolution_d_sae: int = 128
     evolution_k: int = 8
     evolution_n_steps: int = 200
     evolution_top_k: int = 20
-    evolution_threshold: float = 0.7
+    evolution_threshold: float = EVOLUTION_THRESHOLD
     generalization_tasks: tuple[str, ...] | None = None
     generalization_groups: tuple[str, ...] = ("near_domain",)
     answer_format: str = "base"
