@@ -257,30 +257,42 @@ def test_every_recombination_threshold_is_set_through_compare_config(monkeypatch
     assert cfg.diagnostics.present_correlation == coverage.PRESENT_CORRELATION
     ref = torch.eye(8)
     # a second component of coefficient 0.0995: below min_coefficient 0.2, above 0.05
-    small = {"base": make_sae(ref, k=2), "t": make_sae(torch.cat([ref[:6], unit(ref[0] + 0.1 * ref[1])[None]]), k=2)}
-    status = lambda saes, **kw: str(compare_dictionaries(saes, progress=False, **kw).features.status.iloc[6])  # noqa: E731
+    def with_row(row):
+        return {"base": make_sae(ref, k=2), "t": make_sae(torch.cat([ref[:6], row[None]]), k=2)}
+
+    small = with_row(unit(ref[0] + 0.1 * ref[1]))
+
+    def status(saes, **kw):
+        return str(compare_dictionaries(saes, progress=False, **kw).features.status.iloc[6])
+
     assert status(small, recombination_margin=0.0) == "split"
     assert status(small, recombination_margin=0.0, min_coefficient=0.05) == "recombined"
     # the exhaustive fit over a single candidate row has no two-row fit
-    combo = {"base": make_sae(ref, k=2), "t": make_sae(torch.cat([ref[:6], unit(ref[0] + 0.75 * ref[1])[None]]), k=2)}
+    combo = with_row(unit(ref[0] + 0.75 * ref[1]))
     assert status(combo) == "recombined" and status(combo, n_candidates=1) == "split"
     p = plant_checkpoints(d_in=16, n_atoms=32, seed=0)
     saes = {n: fd.sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
     acts = p.sample(2000, seed=1)
     run = lambda **kw: compare_dictionaries(saes, acts, metrics=[], progress=False, **kw)  # noqa: E731
     # present_correlation: no latent's paired correlation reaches 0.99 here; every live one reaches -1
-    assert {m["n_present"] for m in run(diagnostics={"present_correlation": 0.99}).meta["reference_misses"].values()} == {0}
-    assert {m["n_present"] for m in run(diagnostics={"present_correlation": -1.0}).meta["reference_misses"].values()} == {32}
+    def present(r):
+        misses = run(diagnostics={"present_correlation": r}).meta["reference_misses"]
+        return {m["n_present"] for m in misses.values()}
+
+    assert present(0.99) == {0} and present(-1.0) == {32}
     # fewer token chunks: the same transfer_fve, another interval
     many, few = run().summary, run(n_token_chunks=2).summary
     assert few["transfer_fve"].to_numpy() == pytest.approx(many["transfer_fve"].to_numpy(), abs=1e-9)
     assert (np.abs(many["transfer_fve_lo"] - few["transfer_fve_lo"]) > 1e-3).all()
     seen = []
     real = statuses.absorbed_recombination
-    monkeypatch.setattr(statuses, "absorbed_recombination", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    spy = lambda *a, **kw: seen.append(kw) or real(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(statuses, "absorbed_recombination", spy)
     run(absorbed=True, absorbed_min_tokens=7, own_feature_rate=0.3)
     assert seen and all((kw["min_tokens"], kw["own_rate"]) == (7, 0.3) for kw in seen)
-    for bad in ({"min_coefficient": -0.1}, {"n_candidates": 0}, {"absorbed_min_tokens": 2.5}, {"own_feature_rate": 2},
-                {"n_token_chunks": 0}, {"diagnostics": {"present_correlation": 1.5}}):  # fmt: skip
+    bad_values = ({"min_coefficient": -0.1}, {"n_candidates": 0}, {"absorbed_min_tokens": 2.5},
+                  {"own_feature_rate": 2}, {"n_token_chunks": 0},
+                  {"diagnostics": {"present_correlation": 1.5}})  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(fd.FeatdiffError, match=next(iter(bad.get("diagnostics", bad)))):
             CompareConfig(**bad)

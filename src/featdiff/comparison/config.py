@@ -188,7 +188,8 @@ class CompareConfig(Config):
     x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
     docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
     ``<col>_hi`` intervals), ``n_token_chunks`` (the token chunks ``transfer_fve`` is resampled by:
-    featdiff.metrics.uncertainty.fve_chunks). docs/design.md lists every threshold with its default, its home and why.
+    featdiff.metrics.uncertainty.fve_chunks). docs/design.md lists every threshold with its default, its
+    home and why.
     Diagnostics: ``diagnostics`` (a ``DiagnosticsConfig``, or its dict): when the scoring routes warn that
     a reading is weak. Width check: ``width_check`` (a ``WidthCheck``, or its dict): when the ``widen``
     rounds of ``compare_activations`` / ``compare_checkpoints`` train every SAE again wider. Every default
