@@ -9,9 +9,8 @@ reference SAEs of different seeds this happens to a share ``1 - q`` of the featu
 features that every reference SAE lacks: the reference is narrower than the features in the data (or its
 ``k`` too small for them). Then recombinations of the missing features cannot be fitted and read as novel.
 
-Measured on the known-answer grid (d_in 32, 64 planted atoms, k 4, seed 0): with a 32-latent SAE (0.5x)
-the mixed target's base-present latents are missed 33 % of the time (8 of 24) against 17 % between
-replicas; with 64 latents 7.5 % (3 of 40) against 4.3 %. ``featdiff.comparison.diagnostics`` warns from these counts.
+``featdiff.comparison.diagnostics`` warns from these counts; docs/metrics.md ("What earlier rounds fixed,
+and the narrow-reference check") has the measurements.
 """
 
 from __future__ import annotations
