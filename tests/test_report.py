@@ -56,7 +56,7 @@ def test_findings_say_rl_is_indistinguishable_and_what_sft_measured():
     assert "The correction hit a bound (saturated): read the raw values." in rl
     assert "drift 0.210 (floor 0.240)" in rl and "transfer_fve 0.810 (floor 0.880)" in rl
     assert sft.startswith("sft: raw reuse 0.190")
-    assert "outside the floor's interval (below it), so sft differs from base beyond SAE noise" in sft
+    assert "below the floor beyond noise" in sft and "so sft differs from base beyond SAE noise" in sft
     assert "reuse 0.450 (raw 0.190), recombination 0.070 (raw 0.030), novelty 0.480 (raw 0.780)" in sft
     assert "saturated" not in sft
     acc_lines = findings(cmp_of(contract_summary()), ACC)[2:]

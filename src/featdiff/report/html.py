@@ -264,10 +264,10 @@ def findings(comparison, accuracy: pd.DataFrame | None = None) -> list[str]:
             tail = (
                 f": the data cannot tell {name}'s features from {ref}'s (indistinguishable_from_reference)."
             )
-        elif verdict is False:
-            side = "below" if math.isfinite(floor) and raw < floor else "above"
+        elif verdict is False:  # indistinguishable_from_reference: the interval of raw reuse - floor reaches 0
             tail = (
-                f": outside the floor's interval ({side} it), so {name} differs from {ref} beyond SAE noise."
+                f": below the floor beyond noise (the {lvl or 'whole'} interval of raw reuse minus the floor lies under 0), "
+                f"so {name} differs from {ref} beyond SAE noise."
             )
         else:
             tail = f"; whether {name} differs from {ref} beyond SAE noise was not tested (no floor interval)."
