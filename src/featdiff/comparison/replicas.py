@@ -104,10 +104,10 @@ def _cat(rows: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.cat(rows) if rows else None
 
 
-def _with_absorbed(reused: np.ndarray, table: pd.DataFrame, live: np.ndarray | None = None) -> np.ndarray:
-    """Per live target feature, union-reused or not: absorbed reference features (status "absorbed") are in
-    no fraction, so nothing is appended for them and union reuse keeps the other fractions' denominator. A
-    child latent (``parent`` >= 0, featdiff.comparison.statuses.add_children) is as reused as its parent."""
+def _with_children(reused: np.ndarray, table: pd.DataFrame, live: np.ndarray | None = None) -> np.ndarray:
+    """Per live target feature, union-reused or not, with a child latent (``parent`` >= 0,
+    featdiff.comparison.statuses.add_children) as reused as its parent. Absorbed reference features (status
+    "absorbed") are in no fraction, so they add nothing here."""
     if live is None or "parent" not in table or not (table["parent"] >= 0).any():
         return reused
     reused = np.asarray(reused).copy()
@@ -164,7 +164,7 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
             if j != i
         ]
         reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
-        union_null.append(_with_absorbed(reused, table, al.tgt_live))
+        union_null.append(_with_children(reused, table, al.tgt_live))
         profiles[i].union_reused = union_null[-1]
     return profiles, union_null, rows
 
@@ -177,7 +177,7 @@ def target_union(decoder, live: np.ndarray, table: pd.DataFrame, base_rows: list
     if len(base_rows) < 2:
         return None
     shares = union_reused(decoder, live, base_rows, cfg.reuse_threshold, size=len(base_rows) - 1)
-    return _with_absorbed(shares.astype(float), table, live)
+    return _with_children(shares.astype(float), table, live)
 
 
 def uncertainty_columns(

@@ -137,24 +137,26 @@ def add_absorbed(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, ref, re
 
 
 @torch.no_grad()
-def _parent_stats(sae, x, rows: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
+def _parent_stats(sae, x, rows: Tensor, parents: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
     """On the tokens where each latent of ``rows`` fires (``sae`` on its own activations ``x``): how many
-    tokens (``on``), on how many of them each latent fires too (``co``, len(rows) x d_sae) and the sum of
-    each latent's code there (``z``, same shape)."""
+    tokens (``on``), on how many of them each latent of ``parents`` fires too (``co``, len(rows) x
+    len(parents)), the sum of each parent's code there (``z``, same shape) and of the row's own (``z_own``)."""
     from featdiff.dictionaries.stats import stream_codes
 
-    d = sae.W_dec.shape[0]
     out = {
         "on": torch.zeros(len(rows), dtype=torch.float64),
-        "co": torch.zeros(len(rows), d, dtype=torch.float64),
-        "z": torch.zeros(len(rows), d, dtype=torch.float64),
+        "co": torch.zeros(len(rows), len(parents), dtype=torch.float64),
+        "z": torch.zeros(len(rows), len(parents), dtype=torch.float64),
+        "z_own": torch.zeros(len(rows), dtype=torch.float64),
     }
     for _, f in stream_codes(sae, x, batch_size, "children"):
         f = f.detach().float().cpu()
-        on = (f[:, rows] != 0).float()  # (batch, len(rows))
+        own, fp = f[:, rows], f[:, parents]
+        on = (own != 0).float()  # (batch, len(rows))
         out["on"] += on.sum(0).double()
-        out["co"] += (on.T @ (f != 0).float()).double()
-        out["z"] += (on.T @ f).double()
+        out["co"] += (on.T @ (fp != 0).float()).double()
+        out["z"] += (on.T @ fp).double()
+        out["z_own"] += own.sum(0).double()
     return out
 
 
@@ -177,9 +179,9 @@ def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tg
     parents = feature[(status == "reused") & (feature < al.d_tgt)]
     if not len(cand) or not len(parents):
         return table
-    st = _parent_stats(tgt, tgt_x, torch.as_tensor(cand, dtype=torch.long))
+    st = _parent_stats(tgt, tgt_x, torch.as_tensor(cand, dtype=torch.long), torch.as_tensor(parents))
     on = st["on"].clamp_min(1)[:, None]
-    share = (st["co"][:, parents] / on).numpy()  # P(parent fires | candidate fires)
+    share = (st["co"] / on).numpy()  # P(parent fires | candidate fires)
     parent_freq = table.set_index("feature")["frequency"].reindex(parents).to_numpy(dtype=float)
     parent_freq = np.nan_to_num(parent_freq, nan=1.0)
     W = tgt.W_dec.detach().double().cpu()  # the decoded contributions, at their own norms
@@ -196,7 +198,7 @@ def add_children(table: pd.DataFrame, al: Alignment, cfg: CompareConfig, tgt, tg
             continue
         best = int(np.argmax(np.where(ok, share[r], -1.0)))
         i = int(parents[best])
-        zi, zj = float(st["z"][r, i] / on[r, 0]), float(st["z"][r, j] / on[r, 0])
+        zi, zj = float(st["z"][r, best] / on[r, 0]), float(st["z_own"][r] / on[r, 0])
         v = zi * W[i] + zj * W[j]
         m = int(match.loc[i])
         cos = float(v @ R[m] / (v.norm() * R[m].norm()).clamp_min(1e-12))
