@@ -50,6 +50,18 @@ def test_constructions_record_what_was_done():
     s = make_scenario("absorbed", d_in=64, n_atoms=32)
     assert len(s.absorbed) == 6 and (s.absorbed.components.map(len) == 3).all()
     assert not s.truth.source.isin(s.absorbed.reference_feature).any()  # absorbed atoms have no row
+    # each component fires with a magnitude of its own on the atom's tokens: the target's codes there span
+    # the components, not one direction (one shared magnitude would make them a replaced recombination)
+    Z, U = s.codes(4000, seed=3)
+    codes = s.checkpoint_codes("target", Z, U)
+    others = s.absorbed.reference_feature.tolist() + [c for cs in s.absorbed.components for c, _ in cs]
+    for atom, comps in s.absorbed[["reference_feature", "components"]].itertuples(index=False):
+        alone = (Z[:, [o for o in others if o != atom]] == 0).all(1)
+        on = (Z[:, atom] > 0) & alone  # no other absorbed atom nor any component's own slot fires
+        feats = [int(s.truth.feature[(s.truth.source == c) & (s.truth.kind == "kept")].iloc[0]) for c, _ in comps]
+        c = codes[on][:, feats].double()
+        ev = torch.linalg.eigvalsh(torch.cov(c.T))
+        assert on.sum() > 20 and ev[-1] / ev.sum() < 0.6  # a single direction would give 1.0
     m = make_scenario("merged", d_in=64, n_atoms=32)
     merged = m.truth[m.truth.kind == "merged"]
     assert len(m.dictionaries["target"]) == 32 - len(merged) and (merged.frequency_ratio > 1).all()

@@ -10,7 +10,7 @@ counts toward reuse; fractions are over the target's live dictionary features) g
 | kept | the base atom rotated by ``angle`` (20 deg) | reused |
 | replaced_new | a new direction far from every base atom, on its tokens | novel |
 | replaced_recombination | 3 kept base atoms combined (cos < 0.65 with each), on its tokens | recombined |
-| absorbed | no row: 3 kept target features fire together on its tokens | no target feature |
+| absorbed | no row: 3 kept target features fire together on its tokens, each with its own magnitude | no target feature |
 | split | 2-3 children at cos 0.9 / 0.8 with it, on partitions of its tokens | reused, split |
 | merged | atoms a, b -> one row at cos 0.8 with a, on both atoms' tokens | reused |
 | frequency_down / _up | the kept direction on a subset (x0.3) / superset (x3) of its tokens | reused |
@@ -113,6 +113,7 @@ class _Builder:
         self.terms: list[list[tuple]] = []
         self.truth: list[dict] = []
         self.absorbed: list[dict] = []
+        self.ghost_parents: dict[int, int] = {}
 
     def add(self, v, terms, status, kind, source=-1, components=(), ratio=1.0) -> int:
         self.rows.append(np.asarray(v, dtype=float))
@@ -131,9 +132,12 @@ class _Builder:
         )
         return f
 
-    def ghost(self, frequency: float) -> int:
-        """A new slot that only targets read (extra firing on other tokens)."""
+    def ghost(self, frequency: float, parent: int = -1) -> int:
+        """A new slot that only targets read: extra firing on other tokens, or (``parent`` >= 0) firing on
+        the parent slot's tokens with a magnitude of its own."""
         self.freqs.append(frequency)
+        if parent >= 0:
+            self.ghost_parents[len(self.freqs) - 1] = int(parent)
         return len(self.freqs) - 1
 
 
@@ -191,8 +195,10 @@ def _target(
         g = b.ghost(min(1.0, (up - 1) * freqs[s]))
         v = _rotate(base[s], b.kept_cosine, rng)
         b.add(v, [(int(s), 1.0, ALL), (g, 1.0, ALL)], "reused", "frequency_up", s, ratio=up)
-    # absorbed: no row of its own; the target's kept features fire together on the atom's tokens, with
-    # weights that make their decoded sum a unit combination of the kept (rotated) rows
+    # absorbed: no row of its own; the target's kept features fire together on the atom's tokens, each with
+    # a magnitude of its own (a ghost slot per component that fires exactly where the atom does), so the
+    # activations span the components' plane rather than one direction. With one shared magnitude they would
+    # be, token for token, those of a replaced recombination, which an SAE reads as one new row.
     for s in np.flatnonzero(fate == "absorbed"):
         if len(kept) < 3:
             raise FeatdiffError("An absorbed atom needs at least 3 kept base atoms; keep more atoms.")
@@ -208,7 +214,8 @@ def _target(
             raise FeatdiffError("Could not draw an absorbed recombination; use a larger d_in.")
         norm = float(np.linalg.norm(v))
         for i, c in zip(idx, coef, strict=True):
-            b.terms[kept_feature[int(i)]].append((int(s), float(c) / norm, ALL))
+            g = b.ghost(1.0, parent=int(s))
+            b.terms[kept_feature[int(i)]].append((g, float(c) / norm, ALL))
         comps = [(int(i), float(c)) for i, c in zip(idx, coef, strict=True)]
         b.absorbed.append({"checkpoint": name, "reference_feature": int(s), "components": comps})
     return b
@@ -225,6 +232,9 @@ def _frequencies(n_atoms: int, k: float, rng: np.random.Generator, kind: str = "
 def _scenario(name, description, base, freqs, parents, builders, seed, noise, params) -> Scenario:
     freqs = np.asarray(freqs, dtype=float)
     parents = np.concatenate([parents, np.full(len(freqs) - len(parents), -1, dtype=np.int64)])
+    for b in builders:
+        for g, p in b.ghost_parents.items():
+            parents[g] = p
     n = len(base)
     dictionaries = {"base": torch.from_numpy(base).float()}
     terms = {"base": [[(s, 1.0, ALL)] for s in range(n)]}
