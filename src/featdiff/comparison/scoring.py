@@ -58,9 +58,11 @@ def correct_fractions(
 
 
 def _fractions(frac: dict, split: float) -> dict:
-    """The summary's fraction columns from measured status fractions (the corrected ones start raw)."""
+    """The summary's fraction columns from measured status fractions: the ``*_raw`` ones; the corrected ones
+    are NaN until a noise floor corrects them (featdiff.metrics.uncertainty.summarize_uncertainty), so that
+    a column named ``reuse`` is always a corrected reading."""
     raw = {"reuse": frac["reused"], "recombination": frac["recombined"], "novelty": frac["novel"]}
-    return {**raw, **{f"{k}_raw": v for k, v in raw.items()}, "split": split}
+    return {**{k: float("nan") for k in raw}, **{f"{k}_raw": v for k, v in raw.items()}, "split": split}
 
 
 def compare_dictionaries(
@@ -95,8 +97,10 @@ def compare_dictionaries(
     >>> W = torch.eye(8)
     >>> saes = {"base": sae_from_dictionary(W, k=2), "rl": sae_from_dictionary(W[[1, 0, 2, 3, 4, 5, 6, 7]], k=2)}
     >>> cmp = compare_dictionaries(saes, progress=False)
-    >>> cmp.summary.loc["rl", ["reuse", "recombination", "novelty", "drift"]].tolist()
+    >>> cmp.summary.loc["rl", ["reuse_raw", "recombination_raw", "novelty_raw", "drift"]].tolist()
     [1.0, 0.0, 0.0, 0.0]
+    >>> bool(cmp.summary.loc["rl", "uncorrected"]), float(cmp.summary.loc["rl", "reuse"])  # no replicas: no floor
+    (True, nan)
     """
     cfg = config or CompareConfig()
     if overrides:
@@ -363,6 +367,7 @@ def compare_crosscoder(
             {
                 "checkpoint": name,
                 **_fractions(frac, 0.0),  # split 0: one shared latent per feature, no matching to lose
+                "uncorrected": True,  # no replicas of a crosscoder: no noise floor, only the *_raw reading
                 "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
                 if shared.any()
                 else float("nan"),
