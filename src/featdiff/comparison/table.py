@@ -90,7 +90,8 @@ class Comparison:
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
     >>> from featdiff.synthetic import plant_checkpoints
     >>> from featdiff.comparison.scoring import compare_dictionaries
-    >>> p = plant_checkpoints(d_in=16, n_atoms=32, targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
+    >>> p = plant_checkpoints(d_in=16, n_atoms=32,
+    ...                       targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
     >>> saes = {n: sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
     >>> cmp = compare_dictionaries(saes, p.sample(1000), progress=False)
     >>> cmp.summary.loc["rl", ["reuse_raw", "novelty_raw"]].tolist()
@@ -135,7 +136,7 @@ class Comparison:
         >>> from featdiff.activations import ActivationSet
         >>> x = torch.eye(6).repeat(10, 1)
         >>> acts = ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=torch.arange(60) % 6)
-        >>> saes = {"base": sae_from_dictionary(torch.eye(6), k=1), "rl": sae_from_dictionary(torch.eye(6), k=1)}
+        >>> saes = {n: sae_from_dictionary(torch.eye(6), k=1) for n in ("base", "rl")}
         >>> card = compare_dictionaries(saes, acts, progress=False).feature_card("rl", 4)
         >>> card.status, round(card.frequency, 3), card.contexts[0].tokens, card.related[0].feature
         ('reused', 0.167, ['4'], 4)

@@ -173,11 +173,14 @@ def plant_checkpoints(
 
     Examples
     --------
-    >>> p = plant_checkpoints(d_in=16, n_atoms=40, targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
+    >>> p = plant_checkpoints(d_in=16, n_atoms=40,
+    ...                       targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
     >>> p.fractions.round(2).to_dict("index")
     {'rl': {'reuse': 0.5, 'recombination': 0.25, 'novelty': 0.25}}
-    >>> q = plant_checkpoints(d_in=16, n_atoms=40, targets={"same": "identical", "sp": {"reused": .8, "split": .2}})
-    >>> q.categories.round(2).to_dict("index")["sp"], bool((q.dictionaries["same"] == q.dictionaries["base"]).all())
+    >>> q = plant_checkpoints(d_in=16, n_atoms=40,
+    ...                       targets={"same": "identical", "sp": {"reused": .8, "split": .2}})
+    >>> same = bool((q.dictionaries["same"] == q.dictionaries["base"]).all())
+    >>> q.categories.round(2).to_dict("index")["sp"], same
     ({'reused': 0.8, 'split': 0.2, 'recombined': 0.0, 'novel': 0.0}, True)
     """
     n_atoms = 4 * d_in if n_atoms is None else n_atoms
