@@ -75,7 +75,7 @@ def stage(args) -> dict:
         else:  # score
             saes = {n: fd.load_sae(sae_dir / n) for n in NAMES}
             cmp = fd.compare_dictionaries(saes, acts, progress=False)
-            out["reuse_rl"] = float(cmp.summary.loc["rl", "reuse"])
+            out["reuse_rl"] = float(cmp.summary.loc["rl", "reuse_raw"])  # no replicas: no corrected reading
     out["seconds"] = time.perf_counter() - t0
     return out
 

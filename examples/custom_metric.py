@@ -42,5 +42,5 @@ def code_correlation(ctx) -> pd.Series:
 
 # %% Every comparison now computes both: a summary column and a features column
 cmp = fd.compare_dictionaries(saes, acts, progress=False)
-print(cmp.summary[["reuse", "recombination", "novelty", "sharpness"]].round(3))
+print(cmp.summary[["reuse_raw", "recombination_raw", "novelty_raw", "sharpness"]].round(3))  # no replicas: raw
 print(cmp.features.groupby(["checkpoint", "status"], observed=True)["code_correlation"].mean().round(3))

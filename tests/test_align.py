@@ -133,3 +133,16 @@ def test_streamed_max_matching_equals_the_dense_one():
 def test_sparse_solver_needs_decoder_cosines():
     with pytest.raises(FeatdiffError, match="solver='sparse'"):
         align(torch.eye(3), torch.eye(3), on="activations", solver="sparse")
+
+
+def test_alignment_repr_is_one_short_line():
+    import torch
+
+    from featdiff.alignment.matching import align
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(512, 32, generator=g), dim=1)
+    al = align(W, W[torch.randperm(512, generator=g)], reference_name="base", target_name="rl")
+    text = repr(al)
+    assert "\n" not in text and len(text) < 160, text
+    assert "d_ref=512" in text and "n_matched=512" in text and "mean cosine=1.000" in text

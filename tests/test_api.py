@@ -103,3 +103,38 @@ def test_import_does_no_heavy_work():
 
 def test_errors_are_value_errors():
     assert issubclass(featdiff.FeatdiffError, ValueError)
+
+
+def _public_objects():
+    """Every public function and class (with its public methods and properties) that featdiff and its
+    namespaces in __all__ export: what help() shows a user."""
+    import inspect
+
+    def members(obj):
+        yield obj
+        if inspect.isclass(obj):
+            for name, v in vars(obj).items():
+                if not name.startswith("_"):
+                    yield v.fget if isinstance(v, property) else v
+
+    for name in featdiff.__all__:
+        obj = getattr(featdiff, name)
+        inner = [getattr(obj, n) for n in getattr(obj, "__all__", [])] if inspect.ismodule(obj) else [obj]
+        for o in inner:
+            for m in members(o):
+                if (inspect.isroutine(m) or inspect.isclass(m)) and isinstance(m.__doc__, str):
+                    yield f"{name}.{getattr(m, '__qualname__', m)}", m
+
+
+def test_public_docstrings_fit_110_columns_and_the_entry_points_have_parameters():
+    objs = dict(_public_objects())
+    assert len(objs) > 100
+    long = [(n, len(line)) for n, o in objs.items() for line in o.__doc__.splitlines() if len(line) > 110]
+    assert not long, long
+    for fn in (featdiff.compare_checkpoints, featdiff.compare_activations, featdiff.compare_dictionaries):
+        doc = fn.__doc__
+        assert "Parameters\n    ----------" in doc and "Examples\n    --------" in doc, fn.__name__
+        import inspect
+
+        undocumented = [p for p in inspect.signature(fn).parameters if p not in doc.split("Examples")[0]]
+        assert not undocumented, (fn.__name__, undocumented)

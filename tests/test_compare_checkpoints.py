@@ -81,7 +81,8 @@ def test_given_saes_are_used_as_is(trio, tokens):
         base, rl, tokens=tokens, hook="blocks.0.hook_resid_post", saes=saes, progress=False
     )
     assert np.isnan(cmp.summary.loc["rl", "noise_floor_reuse"])
-    assert cmp.summary.loc["rl", "reuse"] == cmp.summary.loc["rl", "reuse_raw"]
+    assert np.isnan(cmp.summary.loc["rl", "reuse"]) and cmp.summary.loc["rl", "uncorrected"]  # no floor
+    assert 0 < cmp.summary.loc["rl", "reuse_raw"] <= 1
     assert cmp.dictionaries["rl"] is saes["rl"]
 
 

@@ -27,4 +27,4 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
         assert len(blocks) >= 2
         s = namespace["cmp"].summary
         assert list(s.index) == ["rl", "sft"]
-        assert s[["reuse", "recombination", "novelty"]].sum(1).round(6).eq(1).all()
+        assert s[["reuse_raw", "recombination_raw", "novelty_raw"]].sum(1).round(6).eq(1).all()

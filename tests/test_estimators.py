@@ -111,9 +111,11 @@ def _profile(status, union=None):
 def test_bounds_and_fallbacks_are_flagged():
     rng = np.random.default_rng(0)
     tgt = _profile(rng.choice(3, 300, p=[0.5, 0.1, 0.4]))
-    # a floor of 0: no finite correction, the raw fractions, said so
+    # a floor of 0: no finite correction: no corrected reading (NaN), the raw one's interval, said so
     s = summarize_uncertainty(tgt, [_profile(np.full(300, 2))], estimator="ratio")
-    assert s["uncorrected"] and not s["saturated"] and s["reuse"] == pytest.approx(tgt.fractions()[0])
+    assert s["uncorrected"] and not s["saturated"]
+    assert np.isnan([s["reuse"], s["reuse_lo"], s["reuse_hi"], s["novelty"]]).all()
+    assert s["reuse_raw_lo"] < tgt.fractions()[0] < s["reuse_raw_hi"]
     # raw above the floor: clipped at 1, the point and the interval's upper end say so
     s = summarize_uncertainty(tgt, [_profile(rng.choice(3, 300, p=[0.45, 0.05, 0.5]))], estimator="ratio")
     assert s["reuse"] == 1.0 and s["saturated"] and s["interval_saturated"] and not s["uncorrected"]
@@ -157,7 +159,7 @@ def test_faint_latents_have_their_own_status_and_count():
     assert st.loc[5] == "faint" and st.loc[6] == "dead" and st.loc[7] == "dead"
     s = cmp.summary.loc["rl"]
     assert (s["n_live"], s["n_faint"], s["n_dead"]) == (5, 1, 2)
-    assert s["reuse"] == 1.0  # the fractions are over the 5 scored features
+    assert s["reuse_raw"] == 1.0  # the fractions are over the 5 scored features
 
 
 def test_report_marks_a_clipped_interval_end():

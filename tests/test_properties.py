@@ -9,12 +9,14 @@ such pair:
 - a dictionary against itself is fully reused with zero drift (reuse_raw 1, drift 0, recombination and
   novelty 0, every registered metric at its identity value);
 - scaling decoder rows by positive factors changes no cosine metric;
-- the summary's fractions lie in [0, 1] and reuse + recombination + novelty = 1 (raw and corrected);
+- the summary's fractions lie in [0, 1] and reuse + recombination + novelty = 1 (raw, and corrected where
+  a replica gives a floor; without one the corrected columns are NaN: there is no corrected reading);
 - finite input gives no NaN or inf where a quantity is defined.
 
 The NaNs that are legitimate (the quantity is undefined, not lost): without activations, ``freq_shift``,
 ``transfer_fve``, ``reference_fve``, ``target_fve``, ``frequency`` and ``svcca`` (they need activations);
-without replicas, the ``*_floor`` columns and ``noise_floor_reuse`` (there is no base-vs-base comparison);
+without replicas, the ``*_floor`` columns, ``noise_floor_reuse`` and the corrected fractions ``reuse``,
+``recombination``, ``novelty`` with their intervals (there is no base-vs-base comparison);
 per feature, ``similarity`` of unmatched features (``match`` -1), ``drift`` of features that are not reused,
 ``freq_shift`` of features that are neither reused nor split, ``fit_cosine`` of features no recombination
 fit was tried on; ``drift`` / ``freq_shift`` in the summary when no feature is reused.
@@ -53,7 +55,7 @@ FRACTIONS = ("reuse", "recombination", "novelty")
 COSINE_FEATURE_COLUMNS = ["status", "match", "similarity", "drift", "n_components", "fit_cosine"]
 # summary columns defined (finite) whenever activations are given and some target feature is live
 DEFINED_WITH_ACTS = [
-    *FRACTIONS, *(f"{c}_raw" for c in FRACTIONS), "split", "base_coverage", "transfer_fve", "reference_fve",
+    *(f"{c}_raw" for c in FRACTIONS), "split", "base_coverage", "transfer_fve", "reference_fve",
     "target_fve", "n_features", "n_live", "n_dead",
 ]
 
@@ -259,9 +261,10 @@ def test_compare_a_dictionary_against_itself_is_fully_reused_with_zero_drift(p, 
     cmp = _compare(p.ref, p.ref, p.k, x)
     s = cmp.summary.loc["rl"]
     assert s["n_live"] > 0
-    for col, want in [("reuse_raw", 1.0), ("reuse", 1.0), ("recombination_raw", 0.0), ("novelty_raw", 0.0),
-                      ("recombination", 0.0), ("novelty", 0.0), ("split", 0.0), ("base_coverage", 1.0)]:
+    for col, want in [("reuse_raw", 1.0), ("recombination_raw", 0.0), ("novelty_raw", 0.0), ("split", 0.0),
+                      ("base_coverage", 1.0)]:
         assert s[col] == pytest.approx(want, abs=1e-9), col
+    assert s[["reuse", "recombination", "novelty"]].isna().all() and s["uncorrected"]  # no replica: no floor
     assert 0.0 <= s["drift"] <= 1e-6
     f = cmp.features
     live = f["status"] != "dead"
@@ -293,7 +296,7 @@ def test_compare_scaling_decoder_rows_changes_no_cosine_metric(p, spread, seed, 
         p.ref * s_ref, p.tgt * s_tgt, p.k, x, W_enc=(p.ref.T / s_ref.T, p.tgt.T / s_tgt.T), metrics=["mmcs"],
         architecture="standard",
     )
-    cosine = [*FRACTIONS, *(f"{c}_raw" for c in FRACTIONS), "split", "drift", "base_coverage", "mmcs",
+    cosine = [*(f"{c}_raw" for c in FRACTIONS), "split", "drift", "base_coverage", "mmcs",
               "freq_shift", "n_live", "n_dead"]
     _assert_same_summary(a.summary.loc["rl", cosine], b.summary.loc["rl", cosine])
     fa, fb = a.features, b.features
@@ -312,13 +315,15 @@ def test_compare_fractions_lie_in_0_1_and_sum_to_1(p, with_acts, with_replica):
         g = torch.Generator().manual_seed(p.seed + 1)
         replicas = [sae_from_dictionary(_unit(p.ref + 0.2 * torch.randn(p.ref.shape, generator=g)), k=p.k)]
     s = _compare(p.ref, p.tgt, p.k, x, replicas=replicas).summary.loc["rl"]
-    for suffix in ("", "_raw"):
+    if not with_replica:  # no floor: no corrected reading
+        assert np.isnan([s[c] for c in FRACTIONS]).all() and s["uncorrected"]
+    for suffix in ("", "_raw") if with_replica and not s["uncorrected"] else ("_raw",):
         vals = np.array([s[f"{c}{suffix}"] for c in FRACTIONS], dtype=float)
         assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all(), (suffix, vals)
         assert vals.sum() == pytest.approx(1.0, abs=1e-9), suffix
     assert 0 <= s["split"] <= s["reuse_raw"] + 1e-12
     assert 0 <= s["base_coverage"] <= 1
-    for c in FRACTIONS:
+    for c in FRACTIONS if with_replica and not s["uncorrected"] else (f"{c}_raw" for c in FRACTIONS):
         assert s[f"{c}_lo"] - 1e-9 <= s[f"{c}_hi"], c
         assert 0 <= s[f"{c}_lo"] and s[f"{c}_hi"] <= 1, c
     if with_replica:

@@ -57,7 +57,7 @@ def test_near_duplicates_of_matched_features_are_split_not_novel():
     assert row["split"] == pytest.approx(8 / 64)
     assert row["reuse_raw"] == pytest.approx(1.0)  # a split counts toward reuse
     assert row["novelty_raw"] == 0.0 and row["recombination_raw"] == 0.0
-    assert row["reuse"] + row["recombination"] + row["novelty"] == pytest.approx(1.0)
+    assert row["reuse_raw"] + row["recombination_raw"] + row["novelty_raw"] == pytest.approx(1.0)
 
 
 def test_split_needs_the_reference_feature_to_be_reused_by_another_target_feature():

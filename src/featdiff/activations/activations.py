@@ -167,7 +167,8 @@ class ActivationSet:
         Examples
         --------
         >>> import torch
-        >>> acts = ActivationSet.from_tensors({"base": torch.randn(12, 2)}, sequence_ids=torch.arange(12) // 3)
+        >>> acts = ActivationSet.from_tensors({"base": torch.randn(12, 2)},
+        ...                                   sequence_ids=torch.arange(12) // 3)
         >>> train, held = acts.split(0.25, seed=0)
         >>> set(train.sequence_ids.tolist()) & set(held.sequence_ids.tolist()), held.n_tokens
         (set(), 3)
@@ -328,7 +329,8 @@ class OnDiskActivationSet(ActivationSet):
     ``ActivationColumn`` that the library's own passes (training, scoring, alignment) stream over;
     ``acts[name]`` *loads* that checkpoint's rows of the view into memory (use ``column`` or ``rows`` to
     avoid it); ``batches(shuffle=True)`` shuffles through a bounded buffer of ``buffer_tokens`` rows
-    (``featdiff.activations.shards.view_batches``): where the view fits in the buffer the batches equal an in-memory
+    (``featdiff.activations.shards.view_batches``): where the view fits in the buffer the batches equal
+    an in-memory
     set's, beyond it the order differs (a random order of pieces, mixed within each buffer).
     """
 

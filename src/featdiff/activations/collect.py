@@ -116,7 +116,8 @@ def collect_activations(
     of strings (also as ``tokens``) or a ``featdiff.TextCorpus`` (text field, context length, BOS, packing,
     ``max_tokens``), tokenized with the tokenizer of the checkpoint named "base" (else the first), which every
     checkpoint must share. It is read a chunk at a time, once to check it and once per checkpoint: only the
-    kept token ids are held (docs/cli.md, "Text input"); ``meta["text"]`` has its settings and counts. With ``out_dir`` the
+    kept token ids are held (docs/cli.md, "Text input"); ``meta["text"]`` has its settings and counts.
+    With ``out_dir`` the
     activations stream to disk as shards (the ``ActivationSet.save`` format) and the returned set stays there
     (an ``OnDiskActivationSet``, read chunk by chunk; ``ActivationSet.load(out_dir)`` reads it into memory).
 
@@ -132,7 +133,8 @@ def collect_activations(
     >>> cfg = dict(n_layers=2, d_model=8, n_ctx=16, d_head=4, d_vocab=20, act_fn="relu", seed=0)
     >>> models = {"base": HookedTransformer(cfg), "rl": HookedTransformer(cfg)}
     >>> tokens = torch.randint(0, 20, (3, 6), generator=torch.Generator().manual_seed(0))
-    >>> acts = collect_activations(models, tokens, "blocks.0.hook_resid_post", outlier_factor=None, progress=False)
+    >>> acts = collect_activations(models, tokens, "blocks.0.hook_resid_post", outlier_factor=None,
+    ...                            progress=False)
     >>> acts.names, acts.n_tokens, acts.d_model, acts.meta["n_dropped_first"], acts.meta["n_dropped_bos"]
     (['base', 'rl'], 15, 8, 3, 0)
     >>> acts.sequence_ids.tolist()[:6]

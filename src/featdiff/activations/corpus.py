@@ -316,7 +316,8 @@ class TextCorpus(Config):
         >>> ids, mask = next(corpus.windows(tokenizer))
         >>> ids.tolist()  # BOS, then the documents separated by EOS, 4 tokens a window
         [[1, 4, 5, 6], [1, 2, 7, 8]]
-        >>> ids, mask = next(TextCorpus(["the cat sat", "hello"], context_length=3, packing="truncate").windows(tokenizer))
+        >>> corpus = TextCorpus(["the cat sat", "hello"], context_length=3, packing="truncate")
+        >>> ids, mask = next(corpus.windows(tokenizer))
         >>> ids.tolist(), mask.tolist()  # one window per document, cut at 3, padded
         ([[1, 4, 5], [1, 7, 0]], [[True, True, True], [True, True, False]])
         """

@@ -43,7 +43,8 @@ def from_sae_lens_cache(
     >>> tmp = tempfile.mkdtemp()
     >>> for name in ("base", "rl"):
     ...     Dataset.from_dict({"blocks.0.hook_resid_post": torch.randn(2, 4, 3).numpy(),
-    ...                        "token_ids": [[1, 2, 3, 4], [5, 6, 7, 8]]}, features=feats).save_to_disk(f"{tmp}/{name}")
+    ...                        "token_ids": [[1, 2, 3, 4], [5, 6, 7, 8]]},
+    ...                       features=feats).save_to_disk(f"{tmp}/{name}")
     >>> acts = from_sae_lens_cache({"base": f"{tmp}/base", "rl": f"{tmp}/rl"}, f"{tmp}/acts", progress=False)
     >>> acts.names, acts.n_tokens, acts.d_model, acts.hook, acts.sequence_ids.tolist()
     (['base', 'rl'], 8, 3, 'blocks.0.hook_resid_post', [0, 0, 0, 0, 1, 1, 1, 1])

@@ -104,6 +104,21 @@ class Alignment:
     tgt_decoder: Tensor | None = None
     exact: bool = True
 
+    def __repr__(self) -> str:
+        """One line: names, sizes, live counts (reference/target), how many live target features were matched
+        and their mean similarity (the arrays stay in the fields; ``table()`` has them per feature)."""
+        matched = (self.match >= 0) & self.tgt_live
+        sim = self.similarity[matched]
+        mean = f"{float(np.mean(sim)):.3f}" if len(sim) else "nan"
+        kind = "cosine" if self.on == "decoder" else "correlation"
+        return (
+            f"Alignment({self.reference}->{self.target}, {self.method}/{self.on}, d_ref={self.d_ref}, "
+            f"d_tgt={self.d_tgt}, live {int(np.sum(self.ref_live))}/{int(np.sum(self.tgt_live))}, "
+            f"n_matched={int(matched.sum())}, mean {kind}={mean}"
+            + ("" if self.exact else ", not certified optimal")
+            + ")"
+        )
+
     @property
     def d_ref(self) -> int:
         return len(self.ref_live)
@@ -335,6 +350,8 @@ def align(
     >>> al = align(W, W[[2, 0, 3, 1]])
     >>> al.match.tolist(), al.similarity.round(3).tolist()
     ([2, 0, 3, 1], [1.0, 1.0, 1.0, 1.0])
+    >>> al  # a short summary; the arrays are in the fields and in al.table()
+    Alignment(base->target, hungarian/decoder, d_ref=4, d_tgt=4, live 4/4, n_matched=4, mean cosine=1.000)
     """
     check_choice("method", method, METHODS, "align")
     check_choice("on", on, ON, "align")

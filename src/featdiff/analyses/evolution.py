@@ -147,7 +147,8 @@ def feature_evolution(
     """Overlap of each checkpoint's top-k model-specific features with the previous and the final one.
 
     ``series``: ``{run: {step: entry}}``, every entry of a run of one kind: a 2-model (base, checkpoint)
-    crosscoder or a ``(crosscoder, live_features)`` pair (``method="decoders"`` of the module docstring: directions matched at ``threshold``), or
+    crosscoder or a ``(crosscoder, live_features)`` pair (``method="decoders"`` of the module docstring:
+    directions matched at ``threshold``), or
     per-feature scores of one shared dictionary (a 1-D tensor / array / Series; overlap by index). Steps
     are sorted; the largest is the final checkpoint.
 
@@ -157,7 +158,8 @@ def feature_evolution(
     Examples
     --------
     >>> import torch
-    >>> series = {"sft": {0: torch.tensor([3.0, 2, 1, 0]), 1: torch.tensor([3.0, 2, 0, 1]), 2: torch.tensor([3.0, 2, 0, 1])}}
+    >>> series = {"sft": {0: torch.tensor([3.0, 2, 1, 0]), 1: torch.tensor([3.0, 2, 0, 1]),
+    ...                   2: torch.tensor([3.0, 2, 0, 1])}}
     >>> feature_evolution(series, k=2)
        run  step  overlap_prev  overlap_final
     0  sft     0           NaN            1.0
@@ -328,7 +330,8 @@ def plot_feature_evolution(table: pd.DataFrame, ax: Sequence[Any] | None = None)
     Examples
     --------
     >>> import pandas as pd
-    >>> t = pd.DataFrame({"run": ["rl", "rl"], "step": [1, 2], "overlap_prev": [float("nan"), 0.5], "overlap_final": [0.5, 1.0]})
+    >>> t = pd.DataFrame({"run": ["rl", "rl"], "step": [1, 2], "overlap_prev": [float("nan"), 0.5],
+    ...                   "overlap_final": [0.5, 1.0]})
     >>> fig = plot_feature_evolution(t)
     >>> len(fig.axes)
     2

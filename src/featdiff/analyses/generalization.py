@@ -236,7 +236,8 @@ def generalization_features(
 
     >>> import pandas as pd, torch
     >>> ref = {"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)}
-    >>> tuned = {"a": torch.tensor([[0.0, 0.0, 5.0], [1.0, 0.5, 0.0]]), "b": torch.tensor([[0.0, 5.0, 0.0], [1.0, 0.0, 2.0]])}
+    >>> tuned = {"a": torch.tensor([[0.0, 0.0, 5.0], [1.0, 0.5, 0.0]]),
+    ...          "b": torch.tensor([[0.0, 5.0, 0.0], [1.0, 0.0, 2.0]])}
     >>> rows = [(c, t, s, c == "rl") for c in ("base", "rl") for t in ("a", "b") for s in (0, 1)]
     >>> correctness = pd.DataFrame(rows, columns=["checkpoint", "task", "sample", "correct"])
     >>> res = generalization_features(ref, tuned, correctness, min_critical=1)

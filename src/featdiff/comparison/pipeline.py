@@ -266,20 +266,35 @@ def compare_activations(
     ``ActivationSet.open`` folder or ``from_sae_lens_cache``): train one SAE per checkpoint and
     ``n_replicas`` reference replicas, score them, and widen (below) where the reference is too narrow.
 
-    ``held_out`` is the evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is
-    held out. ``reference`` defaults to "base" (else the first checkpoint). ``widen``: rounds of a width
-    check, whose thresholds ``config.width_check`` sets (a ``WidthCheck``). Every SAE that
-    uses >= 90 % of its latents (``min_live``), the reference's and (``targets``, on by default) each
-    target's, gets a probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance
-    unexplained (``min_reduction``), or the comparison finds the reference lacking features of its own
-    activations (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice
-    ``d_sae``: an SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md,
-    "Widening").
+    Parameters
+    ----------
+    acts : ActivationSet
+        Every checkpoint's activations on the same tokens (in memory or on disk).
+    held_out : ActivationSet, optional
+        The evaluation set; without it a fraction ``eval_fraction`` of ``acts``'s sequences is held out.
+    reference : str, optional
+        The checkpoint the others are compared with; default "base", else the first.
+    d_sae, architecture, k, seed :
+        The SAEs' width, architecture, active latents and seed (replicas: seed + 1, ...).
+    n_replicas : int
+        Reference SAEs trained with other seeds: the floors, intervals and correction (0: only ``*_raw``).
+    eval_fraction : float
+        The share of sequences held out when ``held_out`` is not given.
+    widen : int
+        Rounds of the width check below; 0 keeps ``d_sae`` and checks nothing.
+    metrics, config, train_kwargs, progress, device :
+        As in ``compare_checkpoints``.
+
+    Width check: its thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
+    of its latents (``min_live``), the reference's and (``targets``, on by default) each target's, gets a
+    probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance unexplained
+    (``min_reduction``), or the comparison finds the reference lacking features of its own activations
+    (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an
+    SAE narrower than the features cannot tell recombination from novelty (docs/metrics.md, "Widening").
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
     their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
-    Where the tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps
-    ``d_sae`` and checks nothing.
+    Where the tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so.
 
     Examples
     --------
@@ -357,31 +372,59 @@ def compare_checkpoints(
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
 
-    ``base``, ``rl``, ``sft`` take whatever ``load_model`` takes; any number of checkpoints can instead come
-    as one mapping ``{"base": ..., "dpo": ..., ...}`` in the first argument (the reference is ``"base"``, or
-    the mapping's first entry when it has none), so that no checkpoint name can collide with an option. ``tokens`` (token ids, shape (batch, seq)) or ``texts`` give the data: ``texts`` is a path
-    (``.txt``, ``.jsonl``, ``.parquet``, a ``datasets`` ``save_to_disk`` folder), a list of strings, or a
-    ``featdiff.TextCorpus`` (text field, context length, packing or truncation, ``max_tokens``), tokenized with
-    the reference checkpoint's tokenizer and read chunk by chunk (docs/cli.md, "Text input"); checkpoints from
-    ``featdiff.lab`` carry their own prompts (and their pad token). ``distributed=True`` (under ``torchrun``) shares
-    collection and training across the ranks (``featdiff.distributed``, docs/distributed.md): rank 0 returns the
-    Comparison a single process would, the other ranks None. ``hook`` defaults to the middle layer's residual stream. ``method="saes"`` trains one SAE per
-    checkpoint (plus ``n_replicas`` reference SAEs with seeds seed + 1, ... for the floors, intervals and the
-    correction; with the ``symmetric`` estimator as many per target) unless ``saes`` gives them (then
-    ``replicas=`` may give the replicas: a list of reference SAEs, or ``{checkpoint: [SAEs]}``);
-    ``method="crosscoder"`` trains one crosscoder over all checkpoints. A fraction ``eval_fraction`` of the
-    tokens is held out for scoring. ``train_kwargs`` go to ``train_saes`` / ``train_crosscoder``.
-    ``activations_dir`` streams the activations to that folder and leaves them there (an
-    ``OnDiskActivationSet``: training and scoring read them chunk by chunk, for sets larger than memory).
-    ``checkpoint_dir`` makes the run resumable: collection, SAE and crosscoder training save their progress
-    in its subfolders ``collect``, ``saes`` and ``crosscoder`` (docs/long-runs.md), and the same call after a
-    kill continues where they stopped, to the tables of an uninterrupted run. ``widen`` (SAE route, one
-    process): rounds of a width check that trains every SAE again at twice ``d_sae`` where an SAE twice as
-    wide as the reference's or (by default) a target's explains much more, or the reference lacks features
-    of its own activations
-    (``compare_activations``; thresholds in ``config.width_check``, a ``WidthCheck``); ``widen=0`` keeps
-    ``d_sae`` and skips the check. Under ``distributed=True`` the check does not run: a ``FeatdiffWarning``
-    says so unless ``widen=0``.
+    Parameters
+    ----------
+    base, rl, sft : model, path or name
+        Whatever ``load_model`` takes. Any number of checkpoints can instead come as one mapping
+        ``{"base": ..., "dpo": ..., ...}`` in ``base`` (the reference is ``"base"``, else the first entry).
+    tokens : tensor (batch, seq), optional
+        Token ids. Checkpoints from ``featdiff.lab`` carry their own prompts (and pad token) and need none.
+    texts : path, list of str or TextCorpus, optional
+        Text instead of ``tokens``: a ``.txt``, ``.jsonl`` or ``.parquet`` file, a ``datasets``
+        ``save_to_disk`` folder, strings, or a ``featdiff.TextCorpus`` (text field, context length, packing,
+        ``max_tokens``); tokenized with the reference's tokenizer, read chunk by chunk (docs/cli.md).
+    hook : str, optional
+        TransformerLens hook name; default the middle layer's residual stream.
+    method : {"saes", "crosscoder"}
+        One SAE per checkpoint (plus ``n_replicas`` reference replicas), or one crosscoder over all.
+    saes : dict, optional
+        Trained SAEs ``{checkpoint: SAE}`` to use instead of training them.
+    d_sae, architecture, k, seed :
+        The dictionaries' width, architecture ("topk", ...), active latents, seed (replicas: seed + 1, ...).
+    n_replicas : int
+        Reference SAEs trained with other seeds: the floors, intervals and the noise-floor correction
+        (0: no corrected reading, only the ``*_raw`` columns; docs/metrics.md, "Naming").
+    replicas : list or dict, optional
+        With ``saes``: the replicas, a list of reference SAEs or ``{checkpoint: [SAEs]}``.
+    eval_fraction : float
+        The share of sequences held out for scoring.
+    metrics : list, optional
+        Registered metric names or callables (default: every registered metric).
+    config : CompareConfig, optional
+        Every scoring threshold (docs/design.md, "Where each threshold lives").
+    train_kwargs : dict, optional
+        Passed to ``train_saes`` / ``train_crosscoder`` (e.g. ``n_samples``, ``n_steps``).
+    batch_size, pad_token_id, device :
+        Collection batch size, padding token, torch device.
+    progress : bool
+        Show progress bars.
+    distributed : bool
+        Under ``torchrun``, share collection and training across ranks (docs/distributed.md); rank 0
+        returns the Comparison, the other ranks None.
+    activations_dir : path, optional
+        Stream the activations to this folder and leave them there (read chunk by chunk afterwards).
+    checkpoint_dir : path, optional
+        Make the run resumable: stages save progress in its ``collect``, ``saes``, ``crosscoder``
+        subfolders, and the same call after a kill continues (docs/long-runs.md).
+    widen : int
+        Rounds of a width check (SAE route, one process) that retrains every SAE at twice ``d_sae`` where
+        a twice-wider SAE explains much more (``compare_activations``; ``config.width_check``); 0 skips it.
+
+    Returns
+    -------
+    Comparison or None
+        ``summary`` (one row per target), ``features`` (one row per target feature), ``meta``; None on
+        ranks other than 0 under ``distributed=True``.
 
     Examples
     --------

@@ -58,9 +58,11 @@ def correct_fractions(
 
 
 def _fractions(frac: dict, split: float) -> dict:
-    """The summary's fraction columns from measured status fractions (the corrected ones start raw)."""
+    """The summary's fraction columns from measured status fractions: the ``*_raw`` ones; the corrected ones
+    are NaN until a noise floor corrects them (featdiff.metrics.uncertainty.summarize_uncertainty), so that
+    a column named ``reuse`` is always a corrected reading."""
     raw = {"reuse": frac["reused"], "recombination": frac["recombined"], "novelty": frac["novel"]}
-    return {**raw, **{f"{k}_raw": v for k, v in raw.items()}, "split": split}
+    return {**{k: float("nan") for k in raw}, **{f"{k}_raw": v for k, v in raw.items()}, "split": split}
 
 
 def compare_dictionaries(
@@ -76,27 +78,47 @@ def compare_dictionaries(
 ) -> Comparison:
     """Align every target dictionary to the reference one and score it (docs/design.md's definitions).
 
-    ``saes`` maps checkpoint names to dictionaries (sae-lens SAEs); ``acts`` (optional, recommended)
-    holds every checkpoint's activations on the same evaluation tokens: with them, features that never
-    fire (``dead``) or fire below ``min_contribution`` of the decoded energy (``faint``) are counted, not
-    scored, firing frequencies compared and variance explained. ``replicas`` are dictionaries trained with
-    other seeds on the same data: a list of reference replicas, or ``{checkpoint: [SAEs]}`` (targets may
-    have replicas too). Each reference replica compared with the reference gives the base-vs-base value of
-    every summary column (``<col>_floor``) and the null profile that corrects the fractions
-    (``CompareConfig.estimator``, see featdiff.metrics.uncertainty); replicas and a bootstrap over features
-    and token chunks give each column's interval (``<col>_lo``, ``<col>_hi`` at ``interval_level``).
-    ``metrics`` lists registered metric names or callables to compute (default: every registered metric).
-    ``overrides`` set CompareConfig fields.
+    Parameters
+    ----------
+    saes : dict
+        Checkpoint names to dictionaries (sae-lens SAEs).
+    acts : ActivationSet, optional (recommended)
+        Every checkpoint's activations on the same evaluation tokens. With them, features that never fire
+        (``dead``) or fire below ``min_contribution`` of the decoded energy (``faint``) are counted, not
+        scored, firing frequencies compared and variance explained.
+    reference : str
+        The dictionary the others are aligned to.
+    metrics : list, optional
+        Registered metric names or callables to compute (default: every registered metric).
+    config : CompareConfig, optional
+        Every scoring threshold; ``overrides`` set single fields of it.
+    progress : bool
+        Show progress bars.
+    meta : dict, optional
+        Entries copied into ``cmp.meta``.
+    replicas : list or dict, optional
+        Dictionaries trained with other seeds on the same data: a list of reference replicas, or
+        ``{checkpoint: [SAEs]}`` (targets may have replicas too). Each reference replica compared with the
+        reference gives the base-vs-base value of every summary column (``<col>_floor``) and the null
+        profile that corrects the fractions (``CompareConfig.estimator``, featdiff.metrics.uncertainty);
+        replicas and a bootstrap over features and token chunks give each column's interval (``<col>_lo``,
+        ``<col>_hi`` at ``interval_level``). Without replicas there is no corrected reading: ``reuse``,
+        ``recombination``, ``novelty`` are NaN and ``*_raw`` hold the fractions (docs/metrics.md, "Naming").
+    **overrides :
+        CompareConfig fields.
 
     Examples
     --------
     >>> import torch
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
     >>> W = torch.eye(8)
-    >>> saes = {"base": sae_from_dictionary(W, k=2), "rl": sae_from_dictionary(W[[1, 0, 2, 3, 4, 5, 6, 7]], k=2)}
+    >>> saes = {"base": sae_from_dictionary(W, k=2),
+    ...         "rl": sae_from_dictionary(W[[1, 0, 2, 3, 4, 5, 6, 7]], k=2)}
     >>> cmp = compare_dictionaries(saes, progress=False)
-    >>> cmp.summary.loc["rl", ["reuse", "recombination", "novelty", "drift"]].tolist()
+    >>> cmp.summary.loc["rl", ["reuse_raw", "recombination_raw", "novelty_raw", "drift"]].tolist()
     [1.0, 0.0, 0.0, 0.0]
+    >>> bool(cmp.summary.loc["rl", "uncorrected"]), float(cmp.summary.loc["rl", "reuse"])  # no replicas
+    (True, nan)
     """
     cfg = config or CompareConfig()
     if overrides:
@@ -258,9 +280,11 @@ def compare_crosscoder(
     belongs to the others (status "other", left out of T's fractions; only with three or more).
     NRN below ``config.nrn_shared[0]`` means the feature belongs to the base only (``status`` "base_only", not
     one of T's features); between the bounds it is shared: ``reused``, with ``similarity`` the cosine of
-    its base and T decoder rows and ``drift`` = 1 - similarity; above ``config.nrn_shared[1]`` it is T-specific:
+    its base and T decoder rows and ``drift`` = 1 - similarity; above ``config.nrn_shared[1]`` it is
+    T-specific:
     ``recombined`` when 2-3 base decoder rows of the base's own features fit its T decoder row (OMP,
-    cosine >= ``config.fit_threshold``), else ``novel``. Fractions are over T's live features (shared + specific).
+    cosine >= ``config.fit_threshold``), else ``novel``. Fractions are over T's live features (shared +
+    specific).
     The features table also carries ``nrn``, one ``mas_<checkpoint>`` column per checkpoint, the
     M-model ``category`` (a checkpoint's name when its MAS > ``config.mas_threshold``, else "shared") and, for
     T-specific features when activations are given, latent scaling (Minder et al. 2025): ``nu_error``,
@@ -363,6 +387,7 @@ def compare_crosscoder(
             {
                 "checkpoint": name,
                 **_fractions(frac, 0.0),  # split 0: one shared latent per feature, no matching to lose
+                "uncorrected": True,  # no replicas of a crosscoder: no noise floor, only the *_raw reading
                 "drift": float(np.nanmean(np.where(shared, 1 - cos, np.nan)))
                 if shared.any()
                 else float("nan"),

@@ -90,10 +90,11 @@ class Comparison:
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
     >>> from featdiff.synthetic import plant_checkpoints
     >>> from featdiff.comparison.scoring import compare_dictionaries
-    >>> p = plant_checkpoints(d_in=16, n_atoms=32, targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
+    >>> p = plant_checkpoints(d_in=16, n_atoms=32,
+    ...                       targets={"rl": {"reused": .75, "recombined": .0, "novel": .25}})
     >>> saes = {n: sae_from_dictionary(D, k=4) for n, D in p.dictionaries.items()}
     >>> cmp = compare_dictionaries(saes, p.sample(1000), progress=False)
-    >>> cmp.summary.loc["rl", ["reuse", "novelty"]].tolist()
+    >>> cmp.summary.loc["rl", ["reuse_raw", "novelty_raw"]].tolist()
     [0.75, 0.25]
     >>> with tempfile.TemporaryDirectory() as d:
     ...     Comparison.load(cmp.to_dir(d + "/cmp", figures=False)).summary.equals(cmp.summary)
@@ -108,9 +109,10 @@ class Comparison:
     extras: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
-        cols = [
-            c for c in ("reuse", "recombination", "novelty", "drift", "transfer_fve") if c in self.summary
-        ]
+        fractions = ("reuse", "recombination", "novelty")
+        if "reuse" not in self.summary or self.summary["reuse"].isna().all():  # no floor: the raw reading
+            fractions = tuple(f"{c}_raw" for c in fractions)
+        cols = [c for c in (*fractions, "drift", "transfer_fve") if c in self.summary]
         return (
             f"Comparison(reference={self.meta.get('reference')!r})\n{self.summary[cols].round(3).to_string()}"
         )
@@ -134,7 +136,7 @@ class Comparison:
         >>> from featdiff.activations import ActivationSet
         >>> x = torch.eye(6).repeat(10, 1)
         >>> acts = ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=torch.arange(60) % 6)
-        >>> saes = {"base": sae_from_dictionary(torch.eye(6), k=1), "rl": sae_from_dictionary(torch.eye(6), k=1)}
+        >>> saes = {n: sae_from_dictionary(torch.eye(6), k=1) for n in ("base", "rl")}
         >>> card = compare_dictionaries(saes, acts, progress=False).feature_card("rl", 4)
         >>> card.status, round(card.frequency, 3), card.contexts[0].tokens, card.related[0].feature
         ('reused', 0.167, ['4'], 4)

@@ -154,7 +154,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, overwrite: bool | None = None) -
     """Write ``sae`` in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``), atomically.
 
     Uses sae-lens's own ``save_model`` (``save_inference_model`` for a training SAE) into a temporary
-    folder that then replaces ``path``: only when ``path`` is empty or featdiff's own output (``overwrite=True``
+    folder that then replaces ``path``: only when ``path`` is empty or featdiff's own output
+    (``overwrite=True``
     replaces any folder, ``False`` none). Read it back with ``load_sae`` or ``sae_lens.SAE.load_from_disk``.
 
     Examples

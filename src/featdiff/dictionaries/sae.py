@@ -248,7 +248,8 @@ def train_saes(
     >>> import torch
     >>> from featdiff.activations import ActivationSet
     >>> acts = ActivationSet.from_tensors({"base": torch.randn(512, 8), "rl": torch.randn(512, 8)})
-    >>> saes = train_saes(acts, k=2, n_steps=20, batch_size=128, extra={"base_seed1": ("base", 1)}, progress=False)
+    >>> saes = train_saes(acts, k=2, n_steps=20, batch_size=128, extra={"base_seed1": ("base", 1)},
+    ...                   progress=False)
     >>> sorted(saes), saes["rl"].cfg.d_sae, saes["rl"].cfg.architecture()
     (['base', 'base_seed1', 'rl'], 32, 'topk')
     >>> saes["rl"].W_dec.norm(dim=1).allclose(torch.ones(32))

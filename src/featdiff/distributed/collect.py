@@ -45,7 +45,8 @@ def collect_activations(
     >>> from transformer_lens import HookedTransformer
     >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=20, act_fn="relu", seed=0)
     >>> tokens = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(0))
-    >>> acts = collect_activations({"base": HookedTransformer(cfg)}, tokens, "blocks.0.hook_resid_post", progress=False)
+    >>> acts = collect_activations({"base": HookedTransformer(cfg)}, tokens, "blocks.0.hook_resid_post",
+    ...                            progress=False)
     >>> acts.n_tokens, acts.sequence_ids.tolist()[:6]
     (20, [0, 0, 0, 0, 0, 1])
     """

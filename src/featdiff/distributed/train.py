@@ -80,7 +80,8 @@ def train_saes(
     --------
     >>> import torch
     >>> acts = ActivationSet.from_tensors({"base": torch.randn(256, 8), "rl": torch.randn(256, 8)})
-    >>> saes = train_saes(acts, k=2, n_steps=5, batch_size=64, extra={"base_seed1": ("base", 1)}, progress=False)
+    >>> saes = train_saes(acts, k=2, n_steps=5, batch_size=64, extra={"base_seed1": ("base", 1)},
+    ...                   progress=False)
     >>> sorted(saes), saes["base_seed1"].cfg.d_sae
     (['base', 'base_seed1', 'rl'], 32)
     """

@@ -48,7 +48,8 @@ def correctness(
     --------
     >>> from featdiff.lab import LabConfig, tasks
     >>> from featdiff.lab.train import make_model
-    >>> df = correctness({"base": make_model(LabConfig.small())}, tasks(LabConfig.small(), n=3), progress=False)
+    >>> df = correctness({"base": make_model(LabConfig.small())}, tasks(LabConfig.small(), n=3),
+    ...                  progress=False)
     >>> list(df.columns), len(df)
     (['checkpoint', 'task', 'group', 'sample', 'correct'], 12)
     """

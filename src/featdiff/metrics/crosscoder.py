@@ -93,8 +93,9 @@ def mas(
     >>> cc = Crosscoder(CrosscoderConfig(names=["base", "rl", "sft"], d_in=1, d_sae=2, k=1))
     >>> with torch.no_grad():
     ...     cc.W_dec[:, :, 0] = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 3.0]])
-    >>> mas(cc).round(3)[["sft", "dominant", "category"]].to_dict("records")
-    [{'sft': 0.333, 'dominant': 'base', 'category': 'shared'}, {'sft': 0.75, 'dominant': 'sft', 'category': 'sft'}]
+    >>> mas(cc).round(3)[["sft", "dominant", "category"]].to_dict("records")  # doctest: +NORMALIZE_WHITESPACE
+    [{'sft': 0.333, 'dominant': 'base', 'category': 'shared'},
+     {'sft': 0.75, 'dominant': 'sft', 'category': 'sft'}]
     """
     if not 0 <= threshold <= 1:
         raise FeatdiffError(f"The 'threshold' parameter of mas must be in [0, 1]; got {threshold!r}.")

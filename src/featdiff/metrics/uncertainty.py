@@ -24,8 +24,9 @@ reuse * q_c) / d, with d = q_r unless said otherwise, and novelty = 1 - reuse - 
 
 A corrected value is clipped to [0, 1] (recombination to [0, 1 - reuse]) and the column ``saturated``
 says when that happened: the data then say "at least/at most this", not the clipped number;
-``interval_saturated`` says the same of an interval end, and ``uncorrected`` that the corrected columns
-are the raw ones (no finite correction).
+``interval_saturated`` says the same of an interval end, and ``uncorrected`` that there is no corrected
+reading (no replicas, or no finite correction): the corrected columns are then NaN, the ``*_raw`` ones
+carry the reading.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def correct(
     base-vs-base profile ``null[..., 3]`` (reuse, recombination, novelty of a reference replica):
     ``unclipped``'s values, reuse clipped to [0, 1] and recombination to [0, 1 - reuse]; ``saturated``
     says a clip moved a value. Where a correction is not finite (a floor of 0) the raw fractions are
-    returned (``summarize_uncertainty`` flags them ``uncorrected``).
+    returned (``summarize_uncertainty`` then reports no corrected reading: NaN, flagged ``uncorrected``).
 
     ``q_target`` is the target-vs-target-replica reuse (``symmetric``); ``union`` is (the target's union
     reuse, the replicas' union reuse) (``union``); ``q_detect`` the injected recombinations' detection rate
@@ -342,9 +343,10 @@ def summarize_uncertainty(
 
     Flags: ``saturated``, the point estimate was clipped (reuse to [0, 1], recombination to [0, 1 - reuse]);
     ``interval_saturated``, an end of the corrected reuse, recombination or novelty interval was (the draws
-    there were clipped, so the end is a bound, not a measurement); ``uncorrected``, the corrected columns
-    are the raw ones (no replicas, ``correct_fractions=False``, or a correction that is not finite: a floor
-    of 0). Draws whose correction is 0 / 0 are left out of the intervals; x / 0 is unbounded and clips.
+    there were clipped, so the end is a bound, not a measurement); ``uncorrected``, there is no corrected
+    reading (no replicas, ``correct_fractions=False``, or a correction that is not finite: a floor of 0):
+    the corrected columns and their intervals are then NaN and only the ``*_raw`` ones carry the reading
+    (a column named ``reuse`` is always a corrected reading). Draws whose correction is 0 / 0 are left out of the intervals; x / 0 is unbounded and clips.
     ``indistinguishable_from_reference``: the upper end of the ``level`` interval of reuse_raw - reuse_floor
     (each draw: the target's raw reuse minus a reference replica's) is >= 0, i.e. the data do not show the
     target reusing fewer of the reference's features than the reference's own replicas do.
@@ -434,9 +436,9 @@ def summarize_uncertainty(
     if not uncorrected:
         r, c = unclipped(raw, floors, estimator, q_t, union_point if has_union else None, q_det)
         uncorrected = not (np.isfinite(r) and np.isfinite(c))
-    if uncorrected:
-        (r, c), sat = raw[:2], False
-        br, bc = boot_raw[:, 0], boot_raw[:, 1]
+    if uncorrected:  # no corrected reading: the corrected columns are NaN, the *_raw columns carry it
+        r, c, sat = np.nan, np.nan, False
+        br, bc = np.full(B, np.nan), np.full(B, np.nan)
         boot_sat = np.zeros(B, bool)
     else:
         r, c, sat = _clip(r, c)
@@ -451,7 +453,7 @@ def summarize_uncertainty(
         br = np.where(np.isnan(br) | np.isnan(bc), np.nan, br)  # 0 / 0: undefined, left out
         bc = np.where(np.isnan(br), np.nan, bc)
         br, bc, boot_sat = _clip(br, bc)
-    n = raw[2] if uncorrected else max(0.0, 1.0 - float(r) - float(c))  # (a float's rounding below 0)
+    n = np.nan if uncorrected else max(0.0, 1.0 - float(r) - float(c))  # (a float's rounding below 0)
     out.update(
         reuse=float(r),
         recombination=float(c),
@@ -464,7 +466,7 @@ def summarize_uncertainty(
     boots = {
         "reuse": br,
         "recombination": bc,
-        "novelty": boot_raw[:, 2] if uncorrected else np.clip(1.0 - br - bc, 0.0, None),
+        "novelty": np.clip(1.0 - br - bc, 0.0, None),
         "base_coverage": boot_cov,
         "drift": boot_drift,
         "freq_shift": boot_shift,

@@ -93,7 +93,8 @@ def load_model(
     >>> import tempfile
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> path = tempfile.mkdtemp()
-    >>> GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=13, n_positions=16)).save_pretrained(path)
+    >>> gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=13, n_positions=16))
+    >>> gpt2.save_pretrained(path)
     >>> model = load_model(path)
     >>> model.cfg.d_model, model.cfg.d_vocab, model.tokenizer is None
     (8, 13, True)

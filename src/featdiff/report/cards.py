@@ -511,8 +511,9 @@ def feature_card(
     Examples
     --------
     >>> from featdiff.dictionaries.sae import sae_from_dictionary
-    >>> acts = ActivationSet.from_tensors({"base": torch.eye(4), "rl": torch.eye(4)}, token_ids=torch.arange(4),
-    ...                                    sequence_ids=torch.zeros(4, dtype=torch.long))
+    >>> acts = ActivationSet.from_tensors({"base": torch.eye(4), "rl": torch.eye(4)},
+    ...                                   token_ids=torch.arange(4),
+    ...                                   sequence_ids=torch.zeros(4, dtype=torch.long))
     >>> saes = {"base": sae_from_dictionary(torch.eye(4), k=1), "rl": sae_from_dictionary(torch.eye(4), k=1)}
     >>> card = feature_card(saes, acts, "rl", 2, before=1, after=1)
     >>> card.contexts[0].tokens, card.contexts[0].values, card.related[0].feature

@@ -42,19 +42,21 @@ def headless_pyplot():
 
 def plot_comparison(cmp):
     """Left: reuse / recombination / novelty per checkpoint (bars: corrected, hatched where the correction
-    hit a bound; dots: raw; black dash: the reuse floor). Right: drift of reused features per checkpoint."""
+    hit a bound, or raw where no floor corrected them; dots: raw; black dash: the reuse floor). Right: drift of reused features per checkpoint."""
     plt = headless_pyplot()
     s = cmp.summary
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
     x = np.arange(len(s))
     bottom = np.zeros(len(s))
+    nan = np.full(len(s), np.nan)
     for col, color in STATUS_COLORS.items():
-        vals = s[col].to_numpy(dtype=float)
-        ax0.bar(x, vals, bottom=bottom, color=color, label=col, width=0.6)
-        if f"{col}_raw" in s:
-            raw = s[f"{col}_raw"].to_numpy(dtype=float)
-            ax0.scatter(x + 0.38, raw, color=color, marker="o", s=14, edgecolor="k", linewidth=0.4, zorder=3)
-        bottom += np.nan_to_num(vals)
+        vals = s[col].to_numpy(dtype=float) if col in s else nan
+        raw = s[f"{col}_raw"].to_numpy(dtype=float) if f"{col}_raw" in s else nan
+        # where no floor corrected the fraction (NaN), the bar is the raw reading and no dot repeats it
+        ax0.bar(x, np.where(np.isfinite(vals), vals, raw), bottom=bottom, color=color, label=col, width=0.6)
+        dots = np.where(np.isfinite(vals), raw, np.nan)
+        ax0.scatter(x + 0.38, dots, color=color, marker="o", s=14, edgecolor="k", linewidth=0.4, zorder=3)
+        bottom += np.nan_to_num(np.where(np.isfinite(vals), vals, raw))
     if "reuse_floor" in s:  # what the reference gives against its own replicas: read raw reuse against it
         ax0.hlines(
             s["reuse_floor"].to_numpy(dtype=float),

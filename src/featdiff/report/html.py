@@ -34,8 +34,8 @@ EXPLANATIONS = {
     "out_of_domain": "mean accuracy on unrelated tasks held out from post-training; a drop from the base's is "
     "forgetting",
     "reuse": "fraction of the checkpoint's live SAE features that match a base feature (cosine >= 0.7), "
-    "corrected by the noise floor; reuse_raw is the measured fraction, reuse_floor the same number for a second "
-    "base SAE (another seed)",
+    "corrected by the noise floor (empty where no floor was measured: no replicas); reuse_raw is the measured "
+    "fraction, reuse_floor the same number for a second base SAE (another seed)",
     "recombination": "fraction fitted by 2-3 base features (cosine >= 0.9, at least 0.15 better than the best single one)",
     "novelty": "fraction that is neither reused nor recombined: new features (reuse + recombination + "
     "novelty = 1)",
@@ -58,7 +58,8 @@ EXPLANATIONS = {
     "saturated": "True where the correction hit a bound (the corrected value is a bound, not a measurement; "
     "read the raw value)",
     "interval_saturated": "True where an end of a corrected interval hit a bound (that end is a bound)",
-    "uncorrected": "True where the corrected columns are the raw ones (no replicas, or no finite correction)",
+    "uncorrected": "True where there is no corrected reading (no replicas, or no finite correction): the "
+    "corrected columns are empty and the *_raw ones carry the reading",
     "split": "fraction of live features that near-duplicate a base feature already matched to another feature "
     "(counted in reuse)",
 }
@@ -189,7 +190,10 @@ def key_table_text(comparison) -> pd.DataFrame:
                 if math.isfinite(floor) or c == "reuse":
                     col[f"{c}, floor (base vs base)"] = _f(floor)
                 col[f"{c}, corrected"] = _with_interval(row, c)
-            else:
+            elif f"{c}_raw" in s:  # no floor: no corrected reading (NaN), the raw one only
+                raw = f"{c}_raw"
+                col[f"{c}, raw (no floor)"] = _with_interval(row, raw) if f"{raw}_lo" in s else _f(row[raw])
+            else:  # an older Comparison: one column per fraction
                 col[c] = _with_interval(row, c)
         if "split" in s:
             col["split (in reuse)"] = _f(row["split"])
@@ -283,7 +287,11 @@ def findings(comparison, accuracy: pd.DataFrame | None = None) -> list[str]:
                 if _flag(row, "saturated"):
                     sentence += " The correction hit a bound (saturated): read the raw values."
         else:
-            parts = [f"{c} {_f(row[c])}" for c in ("reuse", "recombination", "novelty") if c in s]
+            parts = [
+                f"{c} {_f(row[c + '_raw'] if c + '_raw' in s else row[c])}"
+                for c in ("reuse", "recombination", "novelty")
+                if c in s
+            ]
             if parts:
                 sentence += " Fractions, uncorrected (no floor): " + ", ".join(parts) + "."
         means = []

@@ -173,11 +173,14 @@ def plant_checkpoints(
 
     Examples
     --------
-    >>> p = plant_checkpoints(d_in=16, n_atoms=40, targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
+    >>> p = plant_checkpoints(d_in=16, n_atoms=40,
+    ...                       targets={"rl": {"reused": .5, "recombined": .25, "novel": .25}})
     >>> p.fractions.round(2).to_dict("index")
     {'rl': {'reuse': 0.5, 'recombination': 0.25, 'novelty': 0.25}}
-    >>> q = plant_checkpoints(d_in=16, n_atoms=40, targets={"same": "identical", "sp": {"reused": .8, "split": .2}})
-    >>> q.categories.round(2).to_dict("index")["sp"], bool((q.dictionaries["same"] == q.dictionaries["base"]).all())
+    >>> q = plant_checkpoints(d_in=16, n_atoms=40,
+    ...                       targets={"same": "identical", "sp": {"reused": .8, "split": .2}})
+    >>> same = bool((q.dictionaries["same"] == q.dictionaries["base"]).all())
+    >>> q.categories.round(2).to_dict("index")["sp"], same
     ({'reused': 0.8, 'split': 0.2, 'recombined': 0.0, 'novel': 0.0}, True)
     """
     n_atoms = 4 * d_in if n_atoms is None else n_atoms
@@ -302,7 +305,8 @@ def plant_checkpoints(
 def known_answer_table(summary: pd.DataFrame, planted: PlantedCheckpoints) -> pd.DataFrame:
     """Score a Comparison summary against the planted truth: one row per (checkpoint, category) with
     truth, estimate, lo, hi, error, tolerance, within (|error| <= tolerance) and covered (lo <= truth <= hi).
-    Categories: reuse, recombination, novelty. The tolerance is relative to the category's size:
+    Categories: reuse, recombination, novelty; the corrected reading where the summary has one, else (no
+    floor: the corrected columns are NaN) the raw one (``<col>_raw``). The tolerance is relative to the category's size:
     min(0.1, truth / 3) where truth >= 0.15; 2/3 of the truth where 0 < truth < 0.15 (a category of 0.1
     must be found at >= 0.034: 0.0 does not pass); 0.1 where the truth is 0.
 
@@ -319,9 +323,12 @@ def known_answer_table(summary: pd.DataFrame, planted: PlantedCheckpoints) -> pd
         if name not in truth.index:
             continue
         for col in truth.columns:
-            t, e = float(truth.loc[name, col]), float(summary.loc[name, col])
-            lo = float(summary.loc[name, f"{col}_lo"]) if f"{col}_lo" in summary else float("nan")
-            hi = float(summary.loc[name, f"{col}_hi"]) if f"{col}_hi" in summary else float("nan")
+            read = col
+            if not np.isfinite(float(summary.loc[name, col])) and f"{col}_raw" in summary:
+                read = f"{col}_raw"  # no noise floor: no corrected reading, the raw one
+            t, e = float(truth.loc[name, col]), float(summary.loc[name, read])
+            lo = float(summary.loc[name, f"{read}_lo"]) if f"{read}_lo" in summary else float("nan")
+            hi = float(summary.loc[name, f"{read}_hi"]) if f"{read}_hi" in summary else float("nan")
             err = e - t
             tol = 0.1 if t == 0 else (min(0.1, t / 3) if t >= 0.15 else 2 * t / 3)
             rows.append(

@@ -78,7 +78,8 @@ class CrosscoderViewConfig(Config):
     ``nrn_shared`` (NRN bounds of "shared" in the pairwise views).
 
     Evolution: ``evolution`` is ``"decoders"`` (one small (base, checkpoint) crosscoder per intermediate
-    checkpoint, directions matched: the faithful definition of ``featdiff.analyses.evolution``), ``"shared"`` (the
+    checkpoint, directions matched: the faithful definition of ``featdiff.analyses.evolution``),
+    ``"shared"`` (the
     3-model crosscoder scores every checkpoint: cheap, biased toward "settled") or ``"none"``;
     ``evolution_d_sae``, ``evolution_k``, ``evolution_n_steps`` size the per-checkpoint crosscoders;
     ``evolution_top_k`` features per set, matched at cosine >= ``evolution_threshold``.

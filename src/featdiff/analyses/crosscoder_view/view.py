@@ -30,7 +30,8 @@ class CrosscoderView:
       sums to 1 per view).
     - ``"nrn"``: checkpoint (rl | sft), feature, nrn (n^T / (n^base + n^T), in [0, 1]; NaN if dead), dead.
     - ``"evolution"``: run (rl | sft), step (training step), checkpoint_index (1..n), overlap_prev,
-      overlap_final (see ``featdiff.analyses.evolution``), noise_floor (overlap of the final checkpoint's set with
+      overlap_final (see ``featdiff.analyses.evolution``), noise_floor (overlap of the final checkpoint's
+      set with
       that of a crosscoder trained with another seed on the same activations; NaN for
       ``evolution="shared"``). The per-checkpoint crosscoders share one seed, hence one initialisation, so
       overlaps between checkpoints are partly inherited from it; the noise floor says how reproducible a

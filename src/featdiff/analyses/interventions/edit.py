@@ -217,7 +217,8 @@ class FeatureEdit:
         --------
         >>> import torch
         >>> from sae_lens import StandardSAE, StandardSAEConfig
-        >>> edit = FeatureEdit(StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)), [0], hook="blocks.0.hook_resid_post")
+        >>> edit = FeatureEdit(StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)), [0],
+        ...                    hook="blocks.0.hook_resid_post")
         >>> edit.on_device("meta").W_dec.device, edit.dictionary.W_dec.device
         (device(type='meta'), device(type='cpu'))
         """

@@ -88,7 +88,8 @@ def evaluate_intervention(
     ``n_new_tokens`` tokens (default ``answers.shape[1]``; an int or ``{task: int}``) reproduces
     ``answers`` exactly. ``checker(pred, answers) -> per-sample bool`` (or ``{task: checker}``, e.g.
     ``{name: ts.task.check}`` for the lab) replaces exact match; ``eval_fn(model, prompts, answers) ->
-    per-sample bool`` replaces generation and checking (it runs with the edit active). ``critical``: ``{task: sample
+    per-sample bool`` replaces generation and checking (it runs with the edit active). ``critical``:
+    ``{task: sample
     indices}`` for the critical subset. Score an edit on samples that took no part in choosing its
     features (e.g. ``GeneralizationFeatures.heldout(task)``): on the selection samples the effect is
     biased upward.

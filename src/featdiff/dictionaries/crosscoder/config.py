@@ -72,10 +72,10 @@ class CrosscoderConfig(Config):
     >>> cfg = CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, k=4)
     >>> CrosscoderConfig.from_dict(cfg.to_dict()) == cfg
     True
-    >>> CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, sparsity="topk")
+    >>> CrosscoderConfig(names=["base", "rl"], d_in=8, d_sae=32, sparsity="topk")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    featdiff.errors.FeatdiffError: The 'sparsity' parameter of CrosscoderConfig must be one of ['batchtopk', 'l1']; got 'topk'.
+    featdiff.errors.FeatdiffError: The 'sparsity' parameter of CrosscoderConfig must be one of [...]...
     """
 
     names: list[str]

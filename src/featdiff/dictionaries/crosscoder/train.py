@@ -49,7 +49,8 @@ def train_crosscoder(
     ``n_eval_tokens``. A ``FeatdiffWarning`` says when the loss had not settled or more than
     ``max_dead_fraction`` of the latents are dead.
 
-    ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
+    ``device`` (default the CPU) is where it trains, e.g. "cuda"; each batch is moved there. The result
+    is on the CPU in eval mode, with ``norm_scale`` and the inference threshold set.
     ``data_parallel`` (a ``featdiff.distributed.DataParallel``, under torchrun) trains each rank on its share
     of every batch with the batch-wide top-k and all-reduced gradients; ``featdiff.distributed`` passes it.
 
