@@ -98,7 +98,7 @@ def run_cell(
     )
     saes, all_replicas = first.dictionaries, first.extras["replica_saes"]
     d_sae_used = first.meta["sae"]["d_sae"]
-    # the width check (compare_activations(widen=...)): the reference's live share and the first probe's
+    # the width check (compare_activations(widen=...)): the reference's scored share and the first probe's
     # unexplained-variance reduction
     check = (first.meta.get("width_check") or [{}])[0]
     out = []
@@ -116,7 +116,7 @@ def run_cell(
         t.insert(1, "cell", cell)
         t.insert(2, "min_contribution", CompareConfig().min_contribution if mc is None else mc)
         t["d_sae"] = d_sae_used
-        t["live_share"] = check.get("reference_live_share", float("nan"))
+        t["scored_share"] = check.get("reference_scored_share", float("nan"))
         t["probe_reduction"] = check.get("unexplained_reduction", float("nan"))
         t["raw"] = [
             float(cmp.summary.loc[c, f"{k}_raw"]) for c, k in zip(t.checkpoint, t.category, strict=True)

@@ -68,7 +68,7 @@ for method in sys.argv[1:] or ["saes"]:  # noqa: C901
             cols = [
                 c
                 for c in [
-                    "n_live",
+                    "n_scored",
                     "reuse_raw",
                     "reuse_floor",
                     "reuse",

@@ -87,11 +87,11 @@ def firing(cmp) -> pd.DataFrame:
     rows = []
     for name, t in f.groupby("checkpoint", observed=True):
         st = t["status"].astype(str)
-        n_live = int((~st.isin(["dead", "faint", "absorbed"])).sum())
+        n_scored = int((~st.isin(["dead", "faint", "absorbed"])).sum())
         rows.append(
             {
                 "checkpoint": name,
-                "n_live": n_live,
+                "n_scored": n_scored,
                 "n_split": int((st == "split").sum()),
                 "n_recombined": int((st == "recombined").sum()),
                 "n_novel": int((st == "novel").sum()),
@@ -228,12 +228,12 @@ def heuristics(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
     d = r[r.width != "0.5x"].assign(abs_error=lambda x: x.error.abs())
     g = d.groupby("variant")
     out = pd.DataFrame({"worst_abs_error": g.abs_error.max(), "mean_abs_error": g.abs_error.mean()})
-    null = f[f.checkpoint == "base_vs_replica"].groupby("variant")[["n_live", "n_split", "n_recombined", "n_novel", "n_absorbed", "n_faint"]].sum()
+    null = f[f.checkpoint == "base_vs_replica"].groupby("variant")[["n_scored", "n_split", "n_recombined", "n_novel", "n_absorbed", "n_faint"]].sum()
     for c in ("n_split", "n_recombined", "n_novel"):  # shares of the scored latents
-        out[f"null_{c[2:]}_rate"] = null[c] / null["n_live"].clip(lower=1)
+        out[f"null_{c[2:]}_rate"] = null[c] / null["n_scored"].clip(lower=1)
     # absorbed: reference features called absorbed per scored latent; faint: share of the latents that fired
-    out["null_absorbed_rate"] = null["n_absorbed"] / null["n_live"].clip(lower=1)
-    out["null_faint_rate"] = null["n_faint"] / (null["n_live"] + null["n_faint"]).clip(lower=1)
+    out["null_absorbed_rate"] = null["n_absorbed"] / null["n_scored"].clip(lower=1)
+    out["null_faint_rate"] = null["n_faint"] / (null["n_scored"] + null["n_faint"]).clip(lower=1)
     return out.reset_index()
 
 
@@ -257,7 +257,7 @@ def heuristic_table(r: pd.DataFrame, f: pd.DataFrame) -> pd.DataFrame:
         e = d[d.variant == variant].abs_error
         return (float(e.max()), float(e.mean())) if len(e) else (float("nan"), float("nan"))
 
-    def rate(frame, variant, col, den="n_live"):
+    def rate(frame, variant, col, den="n_scored"):
         x = frame[frame.variant == variant]
         return float(x[col].sum() / max(1, x[den].sum())) if len(x) else float("nan")
 

@@ -1,6 +1,6 @@
 """The width check of compare_checkpoints / compare_activations (widen=1) on real activations: the base SAE's
-live share and how much less of the variance a base SAE twice as wide leaves unexplained (the numbers
-featdiff.comparison.config.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
+scored share and how much less of the variance a base SAE twice as wide leaves unexplained (the numbers
+featdiff.comparison.config.WIDEN_MIN_SCORED / WIDEN_REDUCTION are judged against; docs/metrics.md, "Widening").
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py lab        # ~3 min
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/width_check.py smollm2    # ~15 min
@@ -8,7 +8,7 @@ featdiff.comparison.config.WIDEN_MIN_LIVE / WIDEN_REDUCTION are judged against; 
 
 lab: the demo's lab checkpoints and SAE run length (150 steps); smollm2: SmolLM2-135M-Instruct at its middle
 layer on benchmarks/real_model_defaults.py's 24,576 tokens with train_saes' defaults. The planted cases are
-in the known-answer grid's CSV (columns live_share, probe_reduction). rounds: what compare_activations
+in the known-answer grid's CSV (columns scored_share, probe_reduction). rounds: what compare_activations
 records per round (cmp.meta["width_check"]: width, seconds, readings, decision) on the grid's width-0.5x
 setting (d_in 32, 64 planted atoms, d_sae 32, 100k training and 10k held-out samples, seed 0).
 """
@@ -38,7 +38,7 @@ def check(acts: fd.ActivationSet, name: str, **train_kwargs) -> dict:
         out[f"fve_{w}"] = float(sae_stats(sae, x, where="width_check")["fve"])
         if factor == 4:
             live = scored_features(sae, x, CompareConfig().min_contribution)[2]
-            out["live_share"] = float(live.float().mean())
+            out["scored_share"] = float(live.float().mean())
         out[f"train_s_{w}"] = round(time.perf_counter() - t, 1)
     a, b = out[f"fve_{4 * acts.d_model}"], out[f"fve_{8 * acts.d_model}"]
     out["unexplained_reduction"] = 1 - (1 - b) / (1 - a)

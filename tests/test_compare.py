@@ -210,7 +210,7 @@ def test_replicas_give_intervals_floors_and_the_reference_counts(planted):
         assert (s[f"{col}_lo"] <= s[col] + 1e-9).all() and (s[col] <= s[f"{col}_hi"] + 1e-9).all(), col
     assert (s["reuse_hi"] - s["reuse_lo"]).between(0.01, 0.4).all()
     np.testing.assert_allclose(s["transfer_fve_floor"], s["reference_fve"])
-    assert (s["reference_n_live"] + s["reference_n_dead"] == planted.n_atoms).all()
+    assert (s["reference_n_scored"] + s["reference_n_dead"] == planted.n_atoms).all()
     np.testing.assert_allclose(s[["reuse", "recombination", "novelty"]].sum(1), 1.0)
     with pytest.raises(FeatdiffError, match="replicas"):
         compare_dictionaries(saes, acts, replicas={"dpo": reps}, progress=False)

@@ -18,7 +18,7 @@ from featdiff.errors import FeatdiffError, FeatdiffWarning
 
 
 def summary(**cols) -> pd.DataFrame:
-    base = {"n_features": [100], "n_live": [100], "n_dead": [0], "noise_floor_reuse": [0.8]}
+    base = {"n_features": [100], "n_scored": [100], "n_dead": [0], "noise_floor_reuse": [0.8]}
     return pd.DataFrame({**base, **cols}, index=pd.Index(["rl"], name="checkpoint"))
 
 
@@ -31,21 +31,21 @@ def fake_cmp(s: pd.DataFrame, dictionaries=None, **meta):
 def test_a_clean_reading_gives_no_warning():
     assert diagnose(summary()) == []
     assert (
-        diagnose(fake_cmp(summary(), n_eval_tokens=1000, reference_n_features=100, reference_n_live=90)) == []
+        diagnose(fake_cmp(summary(), n_eval_tokens=1000, reference_n_features=100, reference_n_scored=90)) == []
     )
 
 
 def test_dead_latents_warn_above_the_share_and_say_what_to_change():
-    assert diagnose(summary(n_live=[50], n_dead=[50])) == []  # exactly half: not above
-    (msg,) = diagnose(summary(n_live=[49], n_dead=[51]))
+    assert diagnose(summary(n_scored=[50], n_dead=[50])) == []  # exactly half: not above
+    (msg,) = diagnose(summary(n_scored=[49], n_dead=[51]))
     assert msg.startswith("rl: 51% of its dictionary's 100 latents (51) are not scored: never fired")
     assert "over the 49 scored ones" in msg and "smaller d_sae (about 49)" in msg
     # faint latents (fired, below min_contribution) are not scored either, and the message counts each kind
-    (msg,) = diagnose(summary(n_live=[49], n_dead=[30], n_faint=[21]))
+    (msg,) = diagnose(summary(n_scored=[49], n_dead=[30], n_faint=[21]))
     assert "(51) are not scored: 30 never fired (dead) and 21 fired but carried less than" in msg
-    assert diagnose(summary(n_live=[49], n_dead=[51]), max_dead_fraction=0.6) == []
+    assert diagnose(summary(n_scored=[49], n_dead=[51]), max_dead_fraction=0.6) == []
     # the reference's own dead count comes from meta
-    msgs = diagnose(fake_cmp(summary(), reference_n_features=2304, reference_n_live=788))
+    msgs = diagnose(fake_cmp(summary(), reference_n_features=2304, reference_n_scored=788))
     assert len(msgs) == 1 and msgs[0].startswith(
         "base (reference): 66% of its dictionary's 2,304 latents (1,516)"
     )
@@ -54,7 +54,7 @@ def test_dead_latents_warn_above_the_share_and_say_what_to_change():
 def test_a_low_noise_floor_warns_with_the_correction_factor():
     assert diagnose(summary(noise_floor_reuse=[0.34])) == []  # 1 / 0.34 = 2.9x
     (msg,) = diagnose(summary(noise_floor_reuse=[0.127]))
-    assert "share only 12.7% of their live features" in msg and "multiplies raw fractions by 7.9" in msg
+    assert "share only 12.7% of their scored features" in msg and "multiplies raw fractions by 7.9" in msg
     (msg,) = diagnose(summary(noise_floor_reuse=[0.0]))
     assert "the correction is undefined (q = 0)" in msg
     assert diagnose(summary(noise_floor_reuse=[float("nan")])) == []  # no floor measured: nothing to say
@@ -63,9 +63,9 @@ def test_a_low_noise_floor_warns_with_the_correction_factor():
 
 
 def test_few_evaluation_tokens_per_live_feature():
-    s = summary(n_features=[2304], n_live=[1851], n_dead=[453])
+    s = summary(n_features=[2304], n_scored=[1851], n_dead=[453])
     (msg,) = diagnose(fake_cmp(s, n_eval_tokens=4800))
-    assert msg.startswith("rl: 4,800 evaluation tokens for 1,851 live features (2.6 per feature")
+    assert msg.startswith("rl: 4,800 evaluation tokens for 1,851 scored features (2.6 per feature")
     assert "at least 18,510 tokens" in msg
     assert diagnose(fake_cmp(s, n_eval_tokens=18_510)) == []
 
@@ -126,10 +126,10 @@ def test_compare_dictionaries_emits_and_stores_the_warnings():
         cmp = fd.compare_dictionaries(saes, acts, replicas=[replica], progress=False)
     msgs = cmp.meta["warnings"]
     assert [str(w.message) for w in rec if w.category is FeatdiffWarning] == msgs
-    assert (cmp.meta["reference_n_features"], cmp.meta["reference_n_live"]) == (8, 3)
+    assert (cmp.meta["reference_n_features"], cmp.meta["reference_n_scored"]) == (8, 3)
     assert [m.split(":")[0] for m in msgs] == ["base (reference)", "rl", "noise floor"]
     assert "62% of its dictionary's 8 latents (5) are not scored: 5 never fired on the 400 evaluation tokens" in msgs[0]
-    assert "share only 0.0% of their live features, so the correction is undefined (q = 0)" in msgs[2]
+    assert "share only 0.0% of their scored features, so the correction is undefined (q = 0)" in msgs[2]
 
 
 def test_emit_warnings_and_bad_input():

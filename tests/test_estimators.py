@@ -158,7 +158,7 @@ def test_faint_latents_have_their_own_status_and_count():
     st = cmp.features.set_index("feature")["status"].astype(str)
     assert st.loc[5] == "faint" and st.loc[6] == "dead" and st.loc[7] == "dead"
     s = cmp.summary.loc["rl"]
-    assert (s["n_live"], s["n_faint"], s["n_dead"]) == (5, 1, 2)
+    assert (s["n_scored"], s["n_faint"], s["n_dead"]) == (5, 1, 2)
     assert s["reuse_raw"] == 1.0  # the fractions are over the 5 scored features
 
 

@@ -269,7 +269,7 @@ def test_wide_sae_unused_latents_are_not_scored_as_novel():
     assert t["covered"].mean() >= 0.8, t
     s = cmp.summary.loc["mixed"]
     assert s["n_dead"] + s["n_faint"] > 20  # the unused latents: counted, not scored
-    assert s["n_faint"] > 0 and s["n_live"] + s["n_faint"] + s["n_dead"] == s["n_features"]
+    assert s["n_faint"] > 0 and s["n_scored"] + s["n_faint"] + s["n_dead"] == s["n_features"]
     every = fd.compare_dictionaries(
         saes, held_out, replicas=reps, metrics=[], progress=False, min_contribution=0
     )

@@ -25,7 +25,7 @@ NARROW = "lacks features of its own activations"
 
 def _cmp(misses: dict, q: float):
     s = pd.DataFrame(
-        {"n_features": [64], "n_live": [64], "n_dead": [0], "reuse_floor": [q]},
+        {"n_features": [64], "n_scored": [64], "n_dead": [0], "reuse_floor": [q]},
         index=pd.Index(["rl"], name="checkpoint"),
     )
     return types.SimpleNamespace(summary=s, meta={"reference": "base", "reference_misses": {"rl": misses}})
@@ -116,7 +116,7 @@ def test_compare_activations_widens_a_narrow_reference_and_then_reads_the_plante
         )
     (w,) = cmp.meta["widened"]
     assert w["d_sae"] == 32 and w["narrow"] == ["mixed"] and w["unexplained_reduction"] > 0.3, w
-    assert w["reference_live_share"] >= 0.9, w
+    assert w["reference_scored_share"] >= 0.9, w
     assert cmp.meta["sae"]["d_sae"] == 64 and cmp.dictionaries["mixed"].cfg.d_sae == 64
     assert any("tables are at d_sae 64" in str(m.message) for m in caught)
     assert cmp.meta["warnings"][0].startswith("d_sae 32 was too narrow")
@@ -170,21 +170,21 @@ def test_width_check_thresholds_are_settable(monkeypatch):
     acts = fd.ActivationSet.from_tensors({"base": torch.randn(600, 8, generator=g), "rl": torch.randn(600, 8, generator=g)})
     kw = dict(d_sae=16, k=2, n_replicas=0, metrics=[], progress=False, train_kwargs={"n_steps": 20, "batch_size": 64})
     # the narrow-reference trigger off, and no reduction is enough: the width kept
-    never = fd.WidthCheck(min_live=1.0, min_reduction=1.0, narrow_reference=False)
+    never = fd.WidthCheck(min_scored=1.0, min_reduction=1.0, narrow_reference=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cmp = fd.compare_activations(acts, config=fd.CompareConfig(width_check=never), **kw)
     assert not [w for w in caught if "too narrow" in str(w.message)]  # no widening
     (r,) = cmp.meta["width_check"]
-    live = r["reference_live_share"]
+    live = r["reference_scored_share"]
     assert not calls and cmp.meta["sae"]["d_sae"] == 16 and r["narrow"] == []
-    if live < 1.0:  # below min_live: no probe
-        assert r["decision"] == "keep: live share below min_live=1" and r["probe_d_sae"] is None
+    if live < 1.0:  # below min_scored: no probe
+        assert r["decision"] == "keep: scored share below min_scored=1" and r["probe_d_sae"] is None
     else:
         assert r["decision"].startswith("keep: unexplained-variance reduction") and r["probe_d_sae"] == 32
     assert cmp.meta["width_check_config"] == never.to_dict()
-    # every live share probes (min_live=0); a reduction of 100 % is never reached: probed, not widened
-    probe_all = {"min_live": 0.0, "min_reduction": 1.0, "narrow_reference": False, "factor": 3}
+    # every scored share probes (min_scored=0); a reduction of 100 % is never reached: probed, not widened
+    probe_all = {"min_scored": 0.0, "min_reduction": 1.0, "narrow_reference": False, "factor": 3}
     probed = fd.compare_activations(acts, config=fd.CompareConfig(width_check=probe_all), **kw)
     (r,) = probed.meta["width_check"]
     assert r["probe_d_sae"] == 48 and r["unexplained_reduction"] < 1.0 and probed.meta["sae"]["d_sae"] == 16
@@ -197,7 +197,7 @@ def test_width_check_thresholds_are_settable(monkeypatch):
         )
     assert wide.meta["sae"]["d_sae"] == 48 and [r["d_sae"] for r in wide.meta["width_check"]] == [16, 48]
     assert wide.meta["width_check"][0]["reference_fve"] == pytest.approx(probed.meta["width_check"][0]["reference_fve"])
-    for bad, match in (({"min_live": 1.5}, "min_live"), ({"factor": 1}, "factor"), ({"narrow_reference": "yes"}, "narrow_reference")):
+    for bad, match in (({"min_scored": 1.5}, "min_scored"), ({"factor": 1}, "factor"), ({"narrow_reference": "yes"}, "narrow_reference")):
         with pytest.raises(fd.FeatdiffError, match=match):
             fd.WidthCheck(**bad)
     with pytest.raises(fd.FeatdiffError, match="Unknown WidthCheck keys"):

@@ -56,7 +56,7 @@ COSINE_FEATURE_COLUMNS = ["status", "match", "similarity", "drift", "n_component
 # summary columns defined (finite) whenever activations are given and some target feature is live
 DEFINED_WITH_ACTS = [
     *(f"{c}_raw" for c in FRACTIONS), "split", "base_coverage", "transfer_fve", "reference_fve",
-    "target_fve", "n_features", "n_live", "n_dead",
+    "target_fve", "n_features", "n_scored", "n_dead",
 ]
 
 
@@ -260,7 +260,7 @@ def test_compare_a_dictionary_against_itself_is_fully_reused_with_zero_drift(p, 
     x = p.x if with_acts else None
     cmp = _compare(p.ref, p.ref, p.k, x)
     s = cmp.summary.loc["rl"]
-    assert s["n_live"] > 0
+    assert s["n_scored"] > 0
     for col, want in [("reuse_raw", 1.0), ("recombination_raw", 0.0), ("novelty_raw", 0.0), ("split", 0.0),
                       ("base_coverage", 1.0)]:
         assert s[col] == pytest.approx(want, abs=1e-9), col
@@ -297,7 +297,7 @@ def test_compare_scaling_decoder_rows_changes_no_cosine_metric(p, spread, seed, 
         architecture="standard",
     )
     cosine = [*(f"{c}_raw" for c in FRACTIONS), "split", "drift", "base_coverage", "mmcs",
-              "freq_shift", "n_live", "n_dead"]
+              "freq_shift", "n_scored", "n_dead"]
     _assert_same_summary(a.summary.loc["rl", cosine], b.summary.loc["rl", cosine])
     fa, fb = a.features, b.features
     assert fa["status"].tolist() == fb["status"].tolist()
@@ -336,7 +336,7 @@ def test_compare_fractions_lie_in_0_1_and_sum_to_1(p, with_acts, with_replica):
 def test_compare_no_nan_where_a_quantity_is_defined(p):
     cmp = _compare(p.ref, p.tgt, p.k, p.x)
     s = cmp.summary.loc["rl"]
-    assert s["n_live"] > 0  # with k >= 1 some feature fires on 256 random tokens
+    assert s["n_scored"] > 0  # with k >= 1 some feature fires on 256 random tokens
     for col in [*DEFINED_WITH_ACTS, *_metric_names()]:
         assert np.isfinite(float(s[col])), col
     f = cmp.features

@@ -23,12 +23,12 @@ def contract_summary(rl_same: bool = True, sft_same: bool = False) -> pd.DataFra
                    indistinguishable_from_reference=rl_same, recombination=0.0, recombination_raw=0.03,
                    novelty=0.0, novelty_raw=0.55, drift=0.21, drift_lo=0.19, drift_hi=0.23, drift_floor=0.24,
                    transfer_fve=0.81, transfer_fve_lo=0.79, transfer_fve_hi=0.83, transfer_fve_floor=0.88,
-                   noise_floor_reuse=0.42, n_live=230, n_dead=26, n_features=256),
+                   noise_floor_reuse=0.42, n_scored=230, n_dead=26, n_features=256),
         "sft": dict(reuse=0.45, reuse_raw=0.19, reuse_floor=0.42, reuse_lo=0.38, reuse_hi=0.52, saturated=False,
                     indistinguishable_from_reference=sft_same, recombination=0.07, recombination_raw=0.03,
                     novelty=0.48, novelty_raw=0.78, drift=0.25, drift_lo=0.22, drift_hi=0.28, drift_floor=0.24,
                     transfer_fve=0.52, transfer_fve_lo=0.49, transfer_fve_hi=0.55, transfer_fve_floor=0.88,
-                    noise_floor_reuse=0.42, n_live=228, n_dead=28, n_features=256),
+                    noise_floor_reuse=0.42, n_scored=228, n_dead=28, n_features=256),
     }  # fmt: skip
     out = pd.DataFrame(rows).T.infer_objects()
     out.index.name = "checkpoint"
@@ -67,7 +67,7 @@ def test_findings_say_rl_is_indistinguishable_and_what_sft_measured():
 def test_findings_state_the_references_own_live_and_dead_counts():
     s = contract_summary()
     s["reference_fve"] = 0.912
-    lines = findings(cmp_of(s, reference_n_features=256, reference_n_live=229, n_eval_tokens=2863))
+    lines = findings(cmp_of(s, reference_n_features=256, reference_n_scored=229, n_eval_tokens=2863))
     assert lines[0] == (
         "base (reference): 229 of its dictionary's 256 latents fired on the 2,863 evaluation tokens (27 dead); "
         "it explains 0.912 of its own activations' variance."
@@ -117,15 +117,15 @@ def test_html_report_shows_every_round_of_the_width_check(tmp_path):
     rounds = [
         {"round": 0, "d_sae": 32, "train_s": 3.0, "score_s": 1.0, "probe_s": 2.5, "wall_s": 6.5,
          "summary": {"rl": {"reuse": 0.61, "recombination": 0.03, "novelty": 0.36}},
-         "reference_live_share": 1.0, "reference_fve": 0.70, "probe_fve": 0.82, "unexplained_reduction": 0.4,
+         "reference_scored_share": 1.0, "reference_fve": 0.70, "probe_fve": 0.82, "unexplained_reduction": 0.4,
          "narrow": [], "probe_d_sae": 64, "decision": "widen to d_sae 64"},
         {"round": 1, "d_sae": 64, "train_s": 5.0, "score_s": 1.5, "wall_s": 6.5,
          "summary": {"rl": {"reuse": 0.70, "recombination": 0.15, "novelty": 0.15}}, "decision": "last round: no check"},
     ]  # fmt: skip
-    config = {"min_live": 0.9, "min_reduction": 0.2, "narrow_reference": True, "factor": 2}
+    config = {"min_scored": 0.9, "min_reduction": 0.2, "narrow_reference": True, "factor": 2}
     cmp = cmp_of(contract_summary(), width_check=rounds, width_check_config=config)
     text = " ".join(re.sub(r"<[^>]+>", " ", write_html_report(tmp_path / "r.html", cmp).read_text()).split())
-    assert "Width check" in text and "live share is at least 0.9" in text and "by at least 0.2" in text
+    assert "Width check" in text and "scored share is at least 0.9" in text and "by at least 0.2" in text
     assert "widen to d_sae 64" in text and "last round: no check" in text
     assert "0.610 / 0.030 / 0.360" in text and "0.700 / 0.150 / 0.150" in text  # the first round's readings kept
     assert "6.500" in text  # its seconds

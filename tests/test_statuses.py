@@ -183,7 +183,7 @@ def test_absorbed_recombinations_are_found_where_the_target_has_no_row_for_them(
         found = {c for c, _ in row.components}
         assert len(found & comps) >= 2, (row.match, found, comps)
     scored = ~f.status.isin(["dead", "absorbed"])
-    assert cmp.summary.loc["t", "n_absorbed"] == len(ab) and cmp.summary.loc["t", "n_live"] == scored.sum()
+    assert cmp.summary.loc["t", "n_absorbed"] == len(ab) and cmp.summary.loc["t", "n_scored"] == scored.sum()
     recombined = (f.status == "recombined").sum()
     assert cmp.summary.loc["t", "recombination_raw"] == pytest.approx(recombined / scored.sum())
     pair = fd.ActivationSet.from_tensors({"base": acts["base"], "b": acts["base"]})

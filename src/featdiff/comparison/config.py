@@ -65,7 +65,7 @@ MIN_UNEXPLAINED = 0.1
 WIDEN_REDUCTION = 0.2
 # ... and only when the reference uses (nearly) all its latents: one with many dead latents has room to
 # spare (docs/metrics.md, "Widening")
-WIDEN_MIN_LIVE = 0.9
+WIDEN_MIN_SCORED = 0.9
 
 
 @dataclass
@@ -112,15 +112,15 @@ class WidthCheck(Config):
     """The thresholds of the width check (``compare_activations`` / ``compare_checkpoints``, ``widen``
     rounds; docs/design.md, "Thresholds, their defaults and why"; docs/metrics.md, "Widening").
 
-    In each round, every SAE whose live share (scored latents over its width: ``n_live / n_features``) is
-    at least ``min_live`` gets a probe ``factor`` times as wide: the reference's, and with ``targets`` each
+    In each round, every SAE whose scored share (scored latents over its width: ``n_scored / n_features``) is
+    at least ``min_scored`` gets a probe ``factor`` times as wide: the reference's, and with ``targets`` each
     target's. Where ``narrow_reference`` is on and the narrow-reference diagnostic
     (``featdiff.comparison.diagnostics.narrow_reference``) fires, the reference is probed whatever its live
     share. Where any probe cuts its own SAE's unexplained variance on that checkpoint's held-out tokens by
     at least ``min_reduction``, or the diagnostic fires, every SAE (reference, targets, replicas) is
     trained again ``factor`` times as wide, the probes serving as their checkpoints' SAEs.
 
-    ``min_live``: default ``WIDEN_MIN_LIVE`` = 0.9 (an SAE with spare latents is not held back by its
+    ``min_scored``: default ``WIDEN_MIN_SCORED`` = 0.9 (an SAE with spare latents is not held back by its
     width). ``min_reduction``: default ``WIDEN_REDUCTION`` = 0.2. ``narrow_reference``: whether the
     diagnostic triggers the probe and the widening (default True). ``factor``: the width multiplier of the
     probes and of each widening (default 2). ``targets``: whether the targets' SAEs are probed too (default
@@ -130,12 +130,12 @@ class WidthCheck(Config):
     Examples
     --------
     >>> WidthCheck(min_reduction=0.3).to_dict()
-    {'min_live': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2, 'targets': True}
+    {'min_scored': 0.9, 'min_reduction': 0.3, 'narrow_reference': True, 'factor': 2, 'targets': True}
     >>> WidthCheck.from_dict(WidthCheck().to_dict()) == WidthCheck()
     True
     """
 
-    min_live: float = WIDEN_MIN_LIVE
+    min_scored: float = WIDEN_MIN_SCORED
     min_reduction: float = WIDEN_REDUCTION
     narrow_reference: bool = True
     factor: int = 2
@@ -143,7 +143,7 @@ class WidthCheck(Config):
 
     def __post_init__(self) -> None:
         where = "WidthCheck"
-        check_number(where, "min_live", self.min_live, 0, 1)
+        check_number(where, "min_scored", self.min_scored, 0, 1)
         check_number(where, "min_reduction", self.min_reduction, 0, 1)
         check_int(where, "factor", self.factor, minimum=2)
         for name in ("narrow_reference", "targets"):

@@ -14,7 +14,7 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
   features make the correction divide raw fractions by q; above 3x (q < 0.33) the corrected numbers are
   mostly SAE noise.
 - **few evaluation tokens** (``min_tokens_per_feature=10``): fewer than 10 evaluation tokens per live
-  feature. A feature that fires on one token in 10 x n_live is then likely to be called dead, and
+  feature. A feature that fires on one token in 10 x n_scored is then likely to be called dead, and
   ``freq_shift`` compares frequencies counted on a handful of firings.
 - **unsettled training** (``settle_window=0.2``, ``settle_tolerance=0.02``): the reconstruction loss
   recorded by ``train_saes`` (``sae.featdiff_train["losses"]``) still fell by more than 2 % across the
@@ -59,7 +59,7 @@ def _dead_message(
     if not n_features or n_out / n_features <= limit:
         return None
     on = f" on the {int(n_tokens):,} evaluation tokens" if n_tokens else ""
-    n_live = n_features - n_out
+    n_scored = n_features - n_out
     if n_faint is not None and math.isfinite(n_faint):
         what = (
             f"{int(n_dead):,} never fired{on} (dead) and {int(n_faint):,} fired but carried less than "
@@ -69,8 +69,8 @@ def _dead_message(
         what = f"never fired{on} (dead) or carried less than min_contribution of the decoded energy (faint)"
     return (
         f"{name}: {n_out / n_features:.0%} of its dictionary's {n_features:,} latents ({n_out:,}) are not "
-        f"scored: {what}; its fractions are over the {n_live:,} scored ones, and scored counts that differ "
-        f"between checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_live):,}), train "
+        f"scored: {what}; its fractions are over the {n_scored:,} scored ones, and scored counts that differ "
+        f"between checkpoints change every fraction. Use a smaller d_sae (about {max(1, n_scored):,}), train "
         f"longer (more n_samples), or evaluate on more tokens (more than {limit:.0%} unscored warns)."
     )
 
@@ -154,7 +154,7 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
     ``cmp_or_summary`` is a ``Comparison`` (all checks) or its ``summary`` DataFrame (the checks that need
     only the table: dead latents of the targets, the noise floor, tokens per feature when the summary
     has ``n_eval_tokens``). From a Comparison it also reads ``meta`` (``n_eval_tokens``,
-    ``reference_n_live`` / ``reference_n_features``, ``reference_misses``) and the training records that ``train_saes`` puts on
+    ``reference_n_scored`` / ``reference_n_features``, ``reference_misses``) and the training records that ``train_saes`` puts on
     each dictionary (``featdiff_train``). The thresholds are ``config`` (default ``DiagnosticsConfig()``,
     ``CompareConfig.diagnostics`` when a scoring route calls it) with ``thresholds`` (its field names)
     changed; an empty list means no check fired.
@@ -162,7 +162,7 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
     Examples
     --------
     >>> import pandas as pd
-    >>> s = pd.DataFrame({"n_features": [256], "n_live": [80], "n_dead": [176], "noise_floor_reuse": [0.2]},
+    >>> s = pd.DataFrame({"n_features": [256], "n_scored": [80], "n_dead": [176], "noise_floor_reuse": [0.2]},
     ...                  index=pd.Index(["rl"], name="checkpoint"))
     >>> [m.split(":")[0] for m in diagnose(s)]
     ['rl', 'noise floor']
@@ -188,7 +188,7 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
     n_tokens = meta.get("n_eval_tokens")
 
     # dead latents: the reference's (from meta), then each target's
-    ref_n, ref_live = meta.get("reference_n_features"), meta.get("reference_n_live")
+    ref_n, ref_live = meta.get("reference_n_features"), meta.get("reference_n_scored")
     if ref_n is not None and ref_live is not None:
         n_out, ref_faint = int(ref_n) - int(ref_live), None
         faint = _num(summary["reference_n_faint"].iloc[0]) if "reference_n_faint" in summary and len(summary) else None
@@ -214,7 +214,7 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
             factor = "is undefined (q = 0)" if q <= 0 else f"multiplies raw fractions by {1 / q:.1f}"
             out.append(
                 f"noise floor: two {reference} SAEs trained with different seeds share only {q:.1%} of their "
-                f"live features, so the correction {factor} (more than {max_correction:g}x) and the corrected "
+                f"scored features, so the correction {factor} (more than {max_correction:g}x) and the corrected "
                 "fractions are mostly SAE noise. Read the raw fractions beside their floor, and make the SAEs "
                 "agree across seeds: a smaller d_sae, longer training, or more tokens."
             )
@@ -222,18 +222,18 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
     # a reference narrower than the features of its own activations (meta from compare_dictionaries)
     out.extend(_narrow_messages(summary, meta, cfg).values())
 
-    # evaluation tokens per live feature
+    # evaluation tokens per scored feature
     for name, row in summary.iterrows():
         tokens = _num(row.get("n_eval_tokens", n_tokens))
-        n_live = _num(row.get("n_live"))
-        if math.isfinite(tokens) and math.isfinite(n_live) and n_live > 0:
-            per = tokens / n_live
+        n_scored = _num(row.get("n_scored"))
+        if math.isfinite(tokens) and math.isfinite(n_scored) and n_scored > 0:
+            per = tokens / n_scored
             if per < min_tokens_per_feature:
                 out.append(
-                    f"{name}: {int(tokens):,} evaluation tokens for {int(n_live):,} live features "
+                    f"{name}: {int(tokens):,} evaluation tokens for {int(n_scored):,} scored features "
                     f"({per:.1f} per feature, fewer than {min_tokens_per_feature:g}): firing frequencies and "
                     f"live/dead calls are unreliable. Evaluate on at least "
-                    f"{math.ceil(min_tokens_per_feature * n_live):,} tokens (more data, or a larger "
+                    f"{math.ceil(min_tokens_per_feature * n_scored):,} tokens (more data, or a larger "
                     "eval_fraction), or use a smaller d_sae."
                 )
 

@@ -17,7 +17,7 @@ from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
 from featdiff.comparison.table import Comparison
-from featdiff.comparison.width import live_shares
+from featdiff.comparison.width import scored_shares
 from featdiff.core.config import check_int
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.formats import load_sae
@@ -101,7 +101,7 @@ def _train_and_compare(
     """The SAE route of ``compare_checkpoints`` / ``compare_activations``: train one SAE per checkpoint and
     the replicas and score them on ``held_out``. While ``widen`` rounds are left, the width check
     (thresholds in ``config.width_check``, a ``WidthCheck``): where the reference SAE uses nearly all its
-    latents (live share >= ``min_live``), a reference SAE ``factor`` times as wide (the probe) is trained;
+    latents (scored share >= ``min_scored``), a reference SAE ``factor`` times as wide (the probe) is trained;
     where that leaves at least ``min_reduction`` less of the reference's variance unexplained, or the
     comparison finds the reference lacking features of its own activations (``diagnostics.narrow_reference``,
     unless ``narrow_reference=False``), every SAE is trained again ``factor`` times as wide (the probe is the
@@ -168,14 +168,14 @@ def _train_and_compare(
             check.update(decision="last round: no check", wall_s=train_s + score_s)
             break
         narrow = sorted(narrow_reference(cmp)) if wc.narrow_reference else []
-        live_share = live_shares(cmp, reference)
+        scored_share = scored_shares(cmp, reference)
         # a dictionary with spare (dead) latents is not held back by its width: only SAEs that use nearly
         # all their latents are probed, the reference's and (``targets``) every target's: a target with
         # more features than the reference (SFT adds them) outgrows a width that fits the reference
-        probed = [n for n in names if (n == reference or wc.targets) and live_share.get(n, 0.0) >= wc.min_live]
+        probed = [n for n in names if (n == reference or wc.targets) and scored_share.get(n, 0.0) >= wc.min_scored]
         check.update(
-            reference_live_share=live_share.get(reference, float("nan")),
-            live_share=live_share,
+            reference_scored_share=scored_share.get(reference, float("nan")),
+            scored_share=scored_share,
             narrow=narrow,
             probed=probed,
             probe_d_sae=None,
@@ -184,7 +184,7 @@ def _train_and_compare(
         if narrow and reference not in probed:
             probed = [reference, *probed]
         if not probed:
-            check.update(decision=f"keep: live share below min_live={wc.min_live:g}", wall_s=train_s + score_s)
+            check.update(decision=f"keep: scored share below min_scored={wc.min_scored:g}", wall_s=train_s + score_s)
             break
         t0 = time.perf_counter()
         probes = fit(wc.factor * width, probed, None, f"probe-d_sae{wc.factor * width}")
@@ -208,9 +208,9 @@ def _train_and_compare(
         widened.append(
             {
                 "d_sae": width,
-                "reference_live_share": live_share.get(reference, float("nan")),
+                "reference_scored_share": scored_share.get(reference, float("nan")),
                 "unexplained_reduction": reductions.get(reference, float("nan")),
-                "live_share": live_share,
+                "scored_share": scored_share,
                 "unexplained_reductions": reductions,
                 "wide": wide,
                 "narrow": narrow,
@@ -228,7 +228,7 @@ def _train_and_compare(
         w0 = widened[0]
         times = "twice" if wc.factor == 2 else f"{wc.factor} times"
         why = [
-            f"{w0['live_share'][n]:.0%} of the {n} SAE's latents live, and one {times} as wide left "
+            f"{w0['scored_share'][n]:.0%} of the {n} SAE's latents live, and one {times} as wide left "
             f"{w0['unexplained_reductions'][n]:.0%} less of its variance unexplained"
             for n in w0["wide"]
         ]
@@ -286,7 +286,7 @@ def compare_activations(
         As in ``compare_checkpoints``.
 
     Width check: its thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
-    of its latents (``min_live``), the reference's and (``targets``, on by default) each target's, gets a
+    of its latents (``min_scored``), the reference's and (``targets``, on by default) each target's, gets a
     probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance unexplained
     (``min_reduction``), or the comparison finds the reference lacking features of its own activations
     (``featdiff.comparison.diagnostics.narrow_reference``), every SAE is trained again at twice ``d_sae``: an

@@ -229,7 +229,7 @@ def uncertainty_columns(
         cfg.correct,
     )
     out["noise_floor_reuse"] = out["reuse_floor"]
-    out["reference_n_live"] = int(ref_live.sum())
+    out["reference_n_scored"] = int(ref_live.sum())
     fired = np.ones(len(ref_live), bool) if freqs[reference] is None else freqs[reference].numpy() > 0
     out["reference_n_dead"] = int((~fired).sum())  # never fired
     out["reference_n_faint"] = int((fired & ~ref_live).sum())  # fired, below min_contribution

@@ -179,9 +179,9 @@ def compare_dictionaries(
         # absorbed reference features (CompareConfig.absorbed) are no target feature; faint and dead are not scored
         absorbed = table["status"] == "absorbed"
         live = ~table["status"].isin(UNSCORED)
-        n_live = int(live.sum())
+        n_scored = int(live.sum())
         frac = {
-            s: float((table["status"] == s).sum() / n_live) if n_live else float("nan")
+            s: float((table["status"] == s).sum() / n_scored) if n_scored else float("nan")
             for s in ("reused", "split", "recombined", "novel")
         }
         frac["reused"] += frac["split"]  # a split is a reuse of a reference feature (a subset of reuse)
@@ -196,7 +196,7 @@ def compare_dictionaries(
             "target_fve": float("nan"),
             "noise_floor_reuse": float("nan"),
             "n_features": int((~absorbed).sum()),
-            "n_live": n_live,
+            "n_scored": n_scored,
             "n_dead": int((table["status"] == "dead").sum()),  # never fired
             "n_faint": int((table["status"] == "faint").sum()),  # fired, below min_contribution
             "n_absorbed": int(absorbed.sum()),
@@ -255,7 +255,7 @@ def compare_dictionaries(
     }
     if live_mask[reference] is not None:  # the reference's own live count, for the diagnostics
         meta["reference_n_features"] = len(live_mask[reference])
-        meta["reference_n_live"] = int(live_mask[reference].sum())
+        meta["reference_n_scored"] = int(live_mask[reference].sum())
     if misses:  # per target: its base-present latents and how many the reference misses (diagnostics)
         meta["reference_misses"] = misses
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
@@ -398,7 +398,7 @@ def compare_crosscoder(
                 "target_fve": float(fve.loc[name, "fve"]) if fve is not None else float("nan"),
                 "noise_floor_reuse": float("nan"),
                 "n_features": cc.d_sae,
-                "n_live": n_own,
+                "n_scored": n_own,
                 "n_dead": int(dead.sum()),
                 "n_faint": 0,  # a crosscoder latent is scored when it fires
                 "n_absorbed": 0,  # one shared latent per feature: nothing is carried without a row

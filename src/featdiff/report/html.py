@@ -43,7 +43,7 @@ EXPLANATIONS = {
     "transfer_fve": "fraction of the checkpoint's activation variance that the base SAE explains "
     "(SAE transfer; compare with reference_fve, the same on the base's own activations)",
     "freq_shift": "mean |log ratio| of a reused feature's firing frequency to its base feature's",
-    "base_coverage": "fraction of the base's live features that are reused in the checkpoint",
+    "base_coverage": "fraction of the base's scored features that are reused in the checkpoint",
     "noise_floor_reuse": "reuse between two base SAEs trained on the same data with different seeds (q): how "
     "much SAE noise alone leaves unmatched; the correction divides raw fractions by it (= reuse_floor)",
     "*_raw": "the fractions before the noise-floor correction",
@@ -60,7 +60,7 @@ EXPLANATIONS = {
     "interval_saturated": "True where an end of a corrected interval hit a bound (that end is a bound)",
     "uncorrected": "True where there is no corrected reading (no replicas, or no finite correction): the "
     "corrected columns are empty and the *_raw ones carry the reading",
-    "split": "fraction of live features that near-duplicate a base feature already matched to another feature "
+    "split": "fraction of scored features that near-duplicate a base feature already matched to another feature "
     "(counted in reuse)",
 }
 INTERVAL_COLUMNS = [
@@ -232,7 +232,7 @@ def findings(comparison, accuracy: pd.DataFrame | None = None) -> list[str]:
     level = interval_level(comparison)
     lvl = f"{level:.0%}" if level is not None else None
     out = []
-    n_ref, live_ref = meta.get("reference_n_features"), meta.get("reference_n_live")
+    n_ref, live_ref = meta.get("reference_n_features"), meta.get("reference_n_scored")
     if n_ref is not None and live_ref is not None:
         fve = _get(s.iloc[0], "reference_fve") if len(s) else float("nan")
         tokens = meta.get("n_eval_tokens")
@@ -361,7 +361,7 @@ def _warnings_html(meta: dict) -> str:
 
 def width_check_table(meta: dict) -> pd.DataFrame:
     """One row per round of the width check (``meta["width_check"]``, written by ``compare_activations`` /
-    ``compare_checkpoints``): round, d_sae, the reference's live share, its FVE and the probe's, the
+    ``compare_checkpoints``): round, d_sae, the reference's scored share, its FVE and the probe's, the
     unexplained-variance reduction, the decision, the seconds it took and, per target, reuse /
     recombination / novelty at that width. Empty when no check ran.
 
@@ -369,7 +369,7 @@ def width_check_table(meta: dict) -> pd.DataFrame:
     --------
     >>> rounds = [{"round": 0, "d_sae": 32, "train_s": 1.0, "score_s": 0.5, "probe_s": 0.5, "wall_s": 2.0,
     ...            "summary": {"rl": {"reuse": 0.5, "recombination": 0.1, "novelty": 0.4}},
-    ...            "reference_live_share": 1.0, "unexplained_reduction": 0.4, "decision": "widen to d_sae 64"}]
+    ...            "reference_scored_share": 1.0, "unexplained_reduction": 0.4, "decision": "widen to d_sae 64"}]
     >>> t = width_check_table({"width_check": rounds})
     >>> print(t[["d_sae", "wall_s", "decision", "rl: reuse / recomb. / novelty"]].to_string(index=False))
      d_sae  wall_s          decision rl: reuse / recomb. / novelty
@@ -380,7 +380,7 @@ def width_check_table(meta: dict) -> pd.DataFrame:
         row = {
             "round": r.get("round"),
             "d_sae": r.get("d_sae"),
-            "reference_live_share": r.get("reference_live_share"),
+            "reference_scored_share": r.get("reference_scored_share"),
             "reference_fve": r.get("reference_fve"),
             "probe_fve": r.get("probe_fve"),
             "unexplained_reduction": r.get("unexplained_reduction"),
@@ -401,8 +401,8 @@ def _width_check_html(meta: dict) -> str:
         return ""
     cfg = meta.get("width_check_config") or {}
     limits = (
-        f" Thresholds: a probe {cfg.get('factor', 2)}x as wide when the reference's live share is at least "
-        f"{cfg.get('min_live')}; widen when it cuts the unexplained variance by at least "
+        f" Thresholds: a probe {cfg.get('factor', 2)}x as wide when the reference's scored share is at least "
+        f"{cfg.get('min_scored')}; widen when it cuts the unexplained variance by at least "
         f"{cfg.get('min_reduction')}"
         + (" or the narrow-reference check fires" if cfg.get("narrow_reference", True) else "")
         + "."
@@ -541,7 +541,7 @@ def write_html_report(
     s = comparison.summary
     parts += [
         "<h2>Features: the comparison</h2>",
-        "<p>Left: the status of each checkpoint's live features (bars corrected by the noise floor, dots "
+        "<p>Left: the status of each checkpoint's scored features (bars corrected by the noise floor, dots "
         "raw). Right: how far reused features moved from their base feature.</p>",
         _img(png["comparison"], "feature status and drift"),
         _table(s),
