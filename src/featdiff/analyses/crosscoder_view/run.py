@@ -58,7 +58,7 @@ from featdiff.core.output import progress_bar
 from featdiff.core.threads import torch_threads
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.stats import firing_frequency
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, grouped_warnings
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, load
 from featdiff.lab.suite import task_groups, tasks
@@ -133,7 +133,7 @@ def crosscoder_view(
     bar = _Stages(stages, progress)
     t_start = time.perf_counter()
     try:
-        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]), grouped_warnings():
             torch.manual_seed(seed)
             view = _run(Path(lab_path), cfg, seed, bar, progress)
     finally:
