@@ -214,7 +214,7 @@ def _run(
             gen_tasks = [t for t in candidates if acc.loc["rl", t] > acc.loc["base", t]]
             left = [t for t in candidates if t not in gen_tasks]
             if left:
-                notes.append(f"generalization: rl does not beat the base on {left}; they do not vote.")
+                notes.append(f"generalization: rl does not beat the base on {', '.join(left)}; they do not vote.")
         codes_ref, codes_tuned = {}, {}
         for t in gen_tasks:
             ts = eval_sets[t]
