@@ -135,11 +135,8 @@ def _device(spec: str) -> str:
 
 def _fraction(text: str) -> float:
     """--eval-fraction: a number in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
+    value = float(text) if re.fullmatch(r"\s*[0-9.eE+-]+\s*", text) else float("nan")
+    if not 0 < value < 1:  # (NaN too: not a number)
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive); got {value}")
     return value
 
@@ -258,12 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1; 0 keeps --d-sae)",
     )
     c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
-    c.add_argument(
-        "--eval-fraction",
-        type=_fraction,
-        default=0.2,
-        help="share of the sequences held out to score the dictionaries on (default 0.2)",
-    )
+    c.add_argument("--eval-fraction", type=_fraction, default=0.2, help="share of sequences held out (default 0.2)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default=None, type=_device, help="torch device (default: cpu)")
     c.add_argument(

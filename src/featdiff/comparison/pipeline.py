@@ -284,7 +284,9 @@ def compare_activations(
     metrics, config, train_kwargs, progress, device :
         As in ``compare_checkpoints``.
 
-    Width check: its thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
+    Notes
+    -----
+    The width check's thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
     of its latents (``min_live``), the reference's and (``targets``, on by default) each target's, gets a
     probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance unexplained
     (``min_reduction``), or the comparison finds the reference lacking features of its own activations
