@@ -95,6 +95,26 @@ def test_plot_has_status_bars_and_drift_histograms(planted):
     plt.close(fig)
 
 
+def test_saved_plot_keeps_its_labels_and_legends_inside(planted, tmp_path):
+    """cmp.plot() saved as is (no bbox_inches) shows every axis label, title and legend whole."""
+    import matplotlib.pyplot as plt
+
+    cmp = compare_dictionaries(planted_saes(planted), planted.sample(2000), progress=False)
+    fig = cmp.plot()
+    fig.savefig(tmp_path / "cmp.png")
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    parts = [t for ax in fig.axes for t in (ax.xaxis.label, ax.yaxis.label, ax.title, ax.get_legend()) if t]
+    assert any(p is fig.axes[1].xaxis.label and "drift" in p.get_text() for p in parts)
+    for p in parts:
+        e = p.get_window_extent(renderer)
+        assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, (p, e, box)
+    tight = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+    label = fig.axes[1].xaxis.label.get_window_extent(renderer).transformed(fig.dpi_scale_trans.inverted())
+    assert tight.x0 <= label.x0 and label.x1 <= tight.x1 and label.x1 <= fig.get_figwidth()
+    plt.close(fig)
+
+
 def test_matching_on_activations_agrees_with_decoder_on_planted(planted):
     saes = planted_saes(planted)
     acts = planted.sample(4000)

@@ -142,3 +142,26 @@ def test_emit_warnings_and_bad_input():
         diagnose(summary(), max_correction=-1)
     with pytest.raises(FeatdiffError, match=r"Unknown DiagnosticsConfig keys \['max_corection'\]"):
         diagnose(summary(), max_corection=10)
+
+
+def test_warnings_name_the_callers_line_and_alike_ones_are_grouped():
+    """A diagnostic from deep in the pipeline points at the line that called featdiff (this file), and the
+    same warning for two checkpoints is issued once, with a count."""
+    import warnings
+
+    import torch
+
+    import featdiff as fd
+    from featdiff.dictionaries.sae import sae_from_dictionary
+
+    W = torch.eye(16)
+    saes = {n: sae_from_dictionary(W, k=2) for n in ("base", "rl", "sft")}
+    x = torch.rand(40, 16)  # 40 evaluation tokens for 16 live features: the few-tokens check fires
+    acts = fd.ActivationSet.from_tensors({n: x for n in saes})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cmp = fd.compare_dictionaries(saes, acts, progress=False)
+    few = [w for w in caught if "evaluation tokens" in str(w.message)]
+    assert len(few) == 1 and "[2 alike: rl, sft]" in str(few[0].message), [str(w.message) for w in caught]
+    assert few[0].filename == __file__
+    assert sum("evaluation tokens" in m for m in cmp.meta["warnings"]) == 2  # meta keeps each

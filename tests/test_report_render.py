@@ -78,6 +78,100 @@ def test_report_fits_a_1280px_page_in_chromium(tmp_path):
     assert out["bad"] == [], out["bad"]
 
 
+# After layout: every element's right edge against the page (outside <details>, which a reader opens), the
+# scrolling containers that do scroll, the p_value column's cells (their text whole: not clipped, not
+# covered), the glossary terms against their definitions, and the tables' first rows.
+PROBE_LAYOUT = """
+<script>
+window.addEventListener("load", () => {
+  const W = window.innerWidth, out = {wide: [], scrolling: [], pvalue: [], clipped: [], overlap: [], heads: []};
+  for (const el of document.body.querySelectorAll("*")) {
+    if (el.closest("details") || el.id === "featdiff-layout") continue;
+    const r = el.getBoundingClientRect();
+    if (r.width && r.right > W + 0.5) out.wide.push(el.tagName + "." + el.className);
+    if (el.classList.contains("scroll") && el.scrollWidth > el.clientWidth + 1) out.scrolling.push(el.textContent.slice(0, 60));
+  }
+  for (const table of document.querySelectorAll("table")) {
+    if (table.closest("details")) continue;
+    const heads = [...table.querySelectorAll("thead th")].map(th => th.textContent.trim());
+    out.heads.push(heads.join("|"));
+    const col = heads.indexOf("p_value");
+    if (col < 0) continue;
+    const box = table.closest(".scroll").getBoundingClientRect();
+    for (const tr of table.querySelectorAll("tbody tr")) {
+      const td = tr.children[col]; const r = td.getBoundingClientRect();
+      out.pvalue.push(td.textContent.trim());
+      if (r.right > box.right + 0.5 || td.scrollWidth > td.clientWidth + 1) out.clipped.push(td.textContent);
+    }
+  }
+  for (const dt of document.querySelectorAll("dt")) {
+    const a = dt.getBoundingClientRect(), b = dt.nextElementSibling.getBoundingClientRect();
+    if (a.right > b.left + 0.5 && a.bottom > b.top + 0.5 && b.bottom > a.top + 0.5) out.overlap.push(dt.textContent);
+  }
+  const pre = document.createElement("pre"); pre.id = "featdiff-layout"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def _view():
+    """A crosscoder view's tables in the shapes the lab writes: 64 features (most dead), interventions."""
+    import types
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = rng.dirichlet([1, 1, 1], size=64)
+    mas = pd.DataFrame({"feature": range(64), "base": w[:, 0], "rl": w[:, 1], "sft": w[:, 2], "dominant": "base",
+                        "category": "shared", "dead": np.arange(64) % 4 != 0})  # fmt: skip
+    nrn = pd.DataFrame([{"checkpoint": c, "feature": f, "nrn": rng.uniform(), "dead": f % 4 != 0}
+                        for c in ("rl", "sft") for f in range(64)])  # fmt: skip
+    rows = []
+    for edit, model in (("ablate_in_rl", "rl"), ("amplify_in_base", "base")):
+        for task, group in (("smallest3", "near_domain"), ("sort", "in_domain")):
+            for subset in ("critical", "full"):
+                for cond in ("none", "edit", "random"):
+                    p = 0.047619 if cond == "edit" else np.nan
+                    rows.append({"edit": edit, "model": model, "mode": "ablate", "alpha": 0.0, "n_features": 1,
+                                 "condition": cond, "subset": subset, "task": task, "group": group,
+                                 "n_selection": 19, "accuracy": rng.uniform(), "n": 18, "n_controls": 20,
+                                 "p_min": p, "p_value": p, "p_holm": 4 * p if cond == "edit" else np.nan,
+                                 "n_tests": 4, "few_samples": False})  # fmt: skip
+    tables = {"mas": mas, "nrn": nrn, "interventions": pd.DataFrame(rows)}
+    return types.SimpleNamespace(tables=tables, figures={}, meta={"notes": ["generalization: rl does not beat the "
+                                 "base on sort_desc; they do not vote."]})  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it with apt-get)")
+def test_report_reads_at_1280px_in_chromium(tmp_path):
+    """At 1280 px nothing outside a <details> is wider than the page or scrolls sideways (the summary shows its
+    key columns, all of them behind a <details>); the interventions' p_value is there whole; no glossary term
+    runs into its definition; the crosscoder section lists live features; the accuracy table is shown once."""
+    page = write_html_report(tmp_path / "report.html", _comparison(), ACC, view=_view())
+    html = page.read_text()
+    assert html.count("<details>") >= 1 and "summary.csv" in html
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE_LAYOUT + "</body>"))
+    res = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'<pre id="featdiff-layout">(.*?)</pre>', res.stdout, re.S)
+    assert found, (res.returncode, res.stderr[-2000:])
+    out = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert out["wide"] == [] and out["scrolling"] == [], out
+    assert out["pvalue"].count("0.048") == 8 and out["clipped"] == [], out
+    assert out["overlap"] == [], out["overlap"]
+    heads = out["heads"]
+    assert sum(h.startswith("checkpoint|in_domain") for h in heads) == 1, heads  # the accuracy table once
+    live = next(h for h in heads if h.startswith("feature|base|rl|sft"))
+    assert "nrn_rl" in live and "dead" not in live, live
+    assert "16 of 64" in html  # live features of all, not a dump of dead ones
+    assert "['" not in html and "[\'" not in html  # no Python list in prose
+
+
 def _data_boxes(ax, renderer):
     """Display-space boxes of the bars, and points of the outlines (step histograms) and lines, an axes draws."""
     from matplotlib.patches import Rectangle

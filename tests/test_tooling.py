@@ -82,7 +82,7 @@ LAYERS = [
     ["synthetic.scenarios"],
     ["synthetic"],
     # the report's views of single objects (drawn by the table's own methods: Comparison.plot, feature_card)
-    ["report.figures", "report.card_html"],
+    ["report.figures", "report.card_html", "report.compact"],
     ["report.cards"],
     ["comparison.config"],
     ["comparison.table", "comparison.diagnostics"],

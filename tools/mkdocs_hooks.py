@@ -32,6 +32,8 @@ _PRELUDE = "featdiff_docs_prelude"
 PRELUDE = """
 import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets: text bars
+# a warning shows as "Category: message", without the path of the machine that built the site
+warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\\n"
 
 def _featdiff_show_figures():
     import sys
@@ -237,7 +239,8 @@ def notebook_markdown(nb, name: str, title: str, small: bool = False) -> tuple[s
 SMALL_NOTE = (
     '!!! note "Small mode"\n\n    Executed in its small mode (`FEATDIFF_EXAMPLE_SMALL=1`, the docs build\'s default): '
     "a tiny lab and few training steps, so the numbers show what the outputs look like, not the lab's findings "
-    "(the README gives those). `FEATDIFF_EXAMPLE_SMALL=0 make docs` renders the full lab."
+    "(the README gives those), and its warnings say that the tiny runs are too small to read. "
+    "`FEATDIFF_EXAMPLE_SMALL=0 make docs` renders the full lab."
 )
 
 

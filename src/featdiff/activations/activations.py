@@ -18,7 +18,7 @@ from featdiff.activations.folder import SEQUENCE_IDS, TOKEN_IDS, ShardWriter, me
 from featdiff.activations.shards import ActivationColumn, ShardStore, compose_rows, view_batches
 from featdiff.core.config import check_int
 from featdiff.core.io import atomic_dir, write_json
-from featdiff.errors import FeatdiffError, FeatdiffWarning
+from featdiff.errors import FeatdiffError, warn
 
 
 def _check_acts(name: str, x: Tensor) -> Tensor:
@@ -173,7 +173,6 @@ class ActivationSet:
         >>> set(train.sequence_ids.tolist()) & set(held.sequence_ids.tolist()), held.n_tokens
         (set(), 3)
         """
-        import warnings
 
         if not 0 < fraction < 1:
             raise FeatdiffError(f"split fraction must be in (0, 1); got {fraction}.")
@@ -181,12 +180,10 @@ class ActivationSet:
         seqs = None if self.sequence_ids is None else torch.unique(self.sequence_ids)
         if seqs is None or len(seqs) < 2:
             why = "has no sequence ids" if seqs is None else "holds a single sequence"
-            warnings.warn(
+            warn(
                 f"ActivationSet.split: the set {why}, so tokens are split one by one and a sequence may have "
                 "tokens in both the training and the held-out part (held-out numbers come out optimistic). "
                 "Pass sequence_ids= to ActivationSet.from_tensors, or collect with collect_activations.",
-                FeatdiffWarning,
-                stacklevel=2,
             )
             perm = torch.randperm(self.n_tokens, generator=g)
             n_test = max(1, int(round(fraction * self.n_tokens)))

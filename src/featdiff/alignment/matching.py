@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch import Tensor
 
 from featdiff.activations.activations import ActivationSet
 from featdiff.dictionaries.stats import encode, unit_decoder
-from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
+from featdiff.errors import FeatdiffError, check_choice, warn
 
 METHODS = ("hungarian", "max")
 ON = ("decoder", "activations")
@@ -404,11 +403,9 @@ def align(
     else:
         m, s = _assign(correlation_matrix(tgt_codes[:, t_idx], ref_codes[:, r_idx]).double().numpy(), method)
     if not exact:
-        warnings.warn(
+        warn(
             f"align({reference_name!r}, {target_name!r}): the sparse matching could not be certified optimal "
             "against the dense bound; its total is a lower bound. Pass solver='dense' where memory allows.",
-            FeatdiffWarning,
-            stacklevel=2,
         )
     match = np.full(len(tgt_dec), -1, dtype=np.int64)
     similarity = np.full(len(tgt_dec), np.nan)

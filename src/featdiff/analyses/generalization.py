@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from featdiff.analyses.interventions.controls import feature_codes
 from featdiff.analyses.interventions.edit import FeatureEdit
-from featdiff.errors import FeatdiffError, check_choice
+from featdiff.errors import FeatdiffError, check_choice, warn
 
 POSITIONS = ("answer", "prompt", "last")
 CORRECTNESS_COLUMNS = ["checkpoint", "task", "sample", "correct"]
@@ -293,11 +292,10 @@ def generalization_features(
         crit_rows += [(t, s) for s in all_crit]
         held_rows += [(t, s) for s in held]
         if heldout_fraction > 0 and all_crit and min(len(crit), len(held)) < min_critical:
-            warnings.warn(
+            warn(
                 f"generalization_features: task {t!r} has {len(all_crit)} critical samples, {len(crit)} to "
                 f"select features and {len(held)} held out (fewer than min_critical={min_critical}); its "
                 "selection and any effect scored on it are noisy. Evaluate more samples of this task.",
-                stacklevel=2,
             )
         if crit:
             score = (u[crit] - r[crit]).mean(0)

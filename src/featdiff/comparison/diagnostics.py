@@ -32,14 +32,13 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 
 import pandas as pd
 
 from featdiff.comparison.config import MAX_MISSED_EXCESS, DiagnosticsConfig
 from featdiff.dictionaries.health import loss_settling
-from featdiff.errors import FeatdiffError, FeatdiffWarning
+from featdiff.errors import FeatdiffError, group_messages, warn
 
 
 def _num(x) -> float:
@@ -254,10 +253,12 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
 
 
 def emit_warnings(cmp, config: DiagnosticsConfig | None = None, **thresholds) -> list[str]:
-    """Run ``diagnose(cmp, config, **thresholds)``, issue each message as a ``FeatdiffWarning`` and store the
-    list in ``cmp.meta["warnings"]`` (written to meta.json and shown by the report); returns the list."""
+    """Run ``diagnose(cmp, config, **thresholds)``, issue the messages as ``FeatdiffWarning``s at the
+    caller's line (those alike for several checkpoints as one, with a count: featdiff.errors.group_messages)
+    and store every message in ``cmp.meta["warnings"]`` (written to meta.json and shown by the report);
+    returns the list."""
     messages = diagnose(cmp, config, **thresholds)
-    for m in messages:
-        warnings.warn(m, FeatdiffWarning, stacklevel=3)
+    for m in group_messages(messages):
+        warn(m)
     cmp.meta["warnings"] = messages
     return messages

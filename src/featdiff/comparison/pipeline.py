@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from featdiff.core.config import check_int
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.formats import load_sae
 from featdiff.dictionaries.sae import train_saes
-from featdiff.errors import FeatdiffError, FeatdiffWarning, check_choice
+from featdiff.errors import FeatdiffError, check_choice, warn
 from featdiff.metrics.uncertainty import DEFAULT_ESTIMATOR
 from featdiff.models.folder import load_prompts
 from featdiff.models.hooks import default_hook
@@ -240,7 +239,7 @@ def _train_and_compare(
             "recombinations as novel. Pass widen=0 to keep the width you asked for."
         )
         cmp.meta.setdefault("warnings", []).insert(0, msg)
-        warnings.warn(msg, FeatdiffWarning, stacklevel=3)
+        warn(msg)
     return cmp
 
 
@@ -285,7 +284,9 @@ def compare_activations(
     metrics, config, train_kwargs, progress, device :
         As in ``compare_checkpoints``.
 
-    Width check: its thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
+    Notes
+    -----
+    The width check's thresholds are ``config.width_check`` (a ``WidthCheck``). Every SAE that uses >= 90 %
     of its latents (``min_scored``), the reference's and (``targets``, on by default) each target's, gets a
     probe twice as wide; where any probe leaves >= 20 % less of its own SAE's variance unexplained
     (``min_reduction``), or the comparison finds the reference lacking features of its own activations
@@ -529,7 +530,7 @@ def compare_checkpoints(
                 "activations_dir=...) or pass widen=0 to keep d_sae without this warning."
             )
             if dist.is_main():
-                warnings.warn(skipped, FeatdiffWarning, stacklevel=2)
+                warn(skipped)
         cmp = _train_and_compare(
             train,
             held_out,

@@ -8,14 +8,13 @@ the SAEs' records through them (featdiff.comparison.diagnostics; docs/diagnostic
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from featdiff.errors import FeatdiffWarning
+from featdiff.errors import warn
 
 SETTLE_WINDOW = 0.2
 SETTLE_TOLERANCE = 0.02
@@ -123,18 +122,14 @@ def warn_training_health(
                 f"over the last {100 * settle_window:.0f} % of its steps before the lr decay "
                 f"({health['n_steps']} steps in all; tolerance {100 * settle_tolerance:.1f} %)"
             )
-        warnings.warn(
+        warn(
             f"{who} {how}. Train longer (raise n_samples, now {health['n_samples']} rows, "
             "or n_steps) before reading its features.",
-            FeatdiffWarning,
-            stacklevel=3,
         )
     if health["dead_fraction"] > max_dead_fraction:
-        warnings.warn(
+        warn(
             f"{who} left {health['n_dead']} of {d_sae} latents "
             f"({100 * health['dead_fraction']:.0f} %) dead on {health['n_eval_tokens']} training tokens "
             f"(more than max_dead_fraction={max_dead_fraction}). Lower d_sae (the data may hold fewer "
             f"features), train longer, or {revive}; dead latents are counted, not scored.",
-            FeatdiffWarning,
-            stacklevel=3,
         )

@@ -45,7 +45,8 @@ def plot_comparison(cmp):
     hit a bound, or raw where no floor corrected them; dots: raw; black dash: the reuse floor). Right: drift of reused features per checkpoint."""
     plt = headless_pyplot()
     s = cmp.summary
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    # constrained layout keeps every label and the outside legend inside the figure when it is saved
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     x = np.arange(len(s))
     bottom = np.zeros(len(s))
     nan = np.full(len(s), np.nan)
@@ -57,7 +58,8 @@ def plot_comparison(cmp):
         dots = np.where(np.isfinite(vals), raw, np.nan)
         ax0.scatter(x + 0.38, dots, color=color, marker="o", s=14, edgecolor="k", linewidth=0.4, zorder=3)
         bottom += np.nan_to_num(np.where(np.isfinite(vals), vals, raw))
-    if "reuse_floor" in s:  # what the reference gives against its own replicas: read raw reuse against it
+    corrected = "reuse" in s and bool(s["reuse"].notna().any())
+    if "reuse_floor" in s and s["reuse_floor"].notna().any():  # the reference against its own replicas
         ax0.hlines(
             s["reuse_floor"].to_numpy(dtype=float),
             x + 0.3,
@@ -74,7 +76,8 @@ def plot_comparison(cmp):
     ax0.set_xticks(x, list(s.index))
     ax0.set_ylim(0, 1.05)
     ax0.set_ylabel("fraction of live features")
-    ax0.set_title(f"features vs {cmp.meta.get('reference', 'reference')} (dots: raw; hatched: at a bound)")
+    how = "dots: raw; hatched: at a bound" if corrected else "raw: no floor to correct by"
+    ax0.set_title(f"features vs {cmp.meta.get('reference', 'reference')} ({how})")
     ax0.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the bars
     f = cmp.features
     bins = np.linspace(0, 0.3, 31)
@@ -84,12 +87,11 @@ def plot_comparison(cmp):
             ax1.hist(
                 np.clip(d, 0, 0.3), bins=bins, histtype="step", linewidth=1.5, label=f"{name} (n={len(d)})"
             )
-    ax1.set_xlabel("drift = 1 - cosine to matched base feature (reused features)")
+    ax1.set_xlabel("drift = 1 - cosine to the matched base feature\n(reused features)")
     ax1.set_ylabel("features")
     ax1.set_title("drift distribution")
     if ax1.has_data():
         ax1.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from featdiff._version import __version__
+from featdiff.errors import group_messages
 from featdiff.metrics.uncertainty import INTERVAL_LEVEL
 from featdiff.report.card_html import report_section
+from featdiff.report.compact import summary_key_table, view_tables
 from featdiff.report.figures import (
     ACCURACY_GROUPS,
     CHECKPOINT_ORDER,
@@ -354,7 +356,7 @@ def _warnings_html(meta: dict) -> str:
         return '<p class="note">Diagnostics: no warning (dead latents, noise floor, tokens, training).</p>'
     return (
         "<h3>Warnings: where these numbers are weak</h3><ul>"
-        + "".join(f"<li>{html.escape(str(w))}</li>" for w in items)
+        + "".join(f"<li>{html.escape(w)}</li>" for w in group_messages([str(w) for w in items]))
         + "</ul>"
     )
 
@@ -424,10 +426,12 @@ h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bott
 h3{font-size:1.05em}
 table.t{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.t th,table.t td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
-table.t th{background:#f6f6f6}
+table.t th{background:#f6f6f6;overflow-wrap:anywhere}
 img{max-width:100%;margin:.5em 0}
 .scroll{overflow-x:auto;max-width:100%}
-dl{font-size:.85em;color:#444}dt{font-weight:600;float:left;clear:left;width:11em}dd{margin-left:12em}
+dl{font-size:.85em;color:#444;display:grid;grid-template-columns:fit-content(16em) 1fr;gap:.15em 1em}
+dt{font-weight:600;overflow-wrap:anywhere}dd{margin:0}
+details{margin:.5em 0}summary{cursor:pointer;color:#444;font-size:.9em}
 .note{font-size:.8em;color:#666}code{background:#f3f3f3;padding:0 .2em}
 """
 
@@ -503,7 +507,6 @@ def write_html_report(
         "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in findings(comparison, accuracy)) + "</ul>",
         _warnings_html(meta),
         "<h2>Key table</h2>",
-        _table(ordered_accuracy(accuracy), index=False) if accuracy is not None else "",
         _table(key_table_text(comparison)),
         '<p class="note">'
         + html.escape(
@@ -516,11 +519,7 @@ def write_html_report(
             " interval_saturated); read the raw value."
         )
         + "</p>",
-        _explain(
-            [*ACCURACY_GROUPS, *KEY_FEATURE_COLUMNS, "noise_floor_reuse"]
-            if accuracy is not None
-            else [*KEY_FEATURE_COLUMNS, "noise_floor_reuse"]
-        ),
+        _explain([*KEY_FEATURE_COLUMNS, "noise_floor_reuse"]),
     ]
     if accuracy is not None:
         acc = ordered_accuracy(accuracy)
@@ -530,6 +529,7 @@ def write_html_report(
             "are means over the tasks of the group.</p>",
             _img(png["accuracy"], "accuracy per task group and task"),
             _table(acc, index=False),
+            _explain(ACCURACY_GROUPS),
         ]
         groups = acc.attrs.get("groups")
         if groups:
@@ -544,8 +544,12 @@ def write_html_report(
         "<p>Left: the status of each checkpoint's scored features (bars corrected by the noise floor, dots "
         "raw). Right: how far reused features moved from their base feature.</p>",
         _img(png["comparison"], "feature status and drift"),
+        _table(summary_key_table(s)),
+        f"<details><summary>All {s.shape[1]} summary columns (also in summary.csv)</summary>",
         _table(s),
         _explain(s.columns),
+        "</details>",
+        _explain(summary_key_table(s).columns),
         _width_check_html(meta),
     ]
     f = comparison.features
@@ -566,12 +570,10 @@ def write_html_report(
         ]
         for name in view.figures:
             parts.append(_img(png[f"crosscoder_{name}"], f"crosscoder view: {name}"))
-        for name, table in view.tables.items():
+        for name, table, note in view_tables(view.tables):
             parts += [
-                f"<h3>{html.escape(name.replace('_', ' '))}</h3>",
-                _table(table, max_rows=25, index=False, note=f"; all of them in crosscoder/{name}.csv")
-                if len(table)
-                else '<p class="note">(empty)</p>',
+                f"<h3>{html.escape(name)}</h3>",
+                _table(table, max_rows=25, index=False, note=note) if len(table) else '<p class="note">(empty)</p>',
             ]
         notes = view.meta.get("notes") or []
         if notes:

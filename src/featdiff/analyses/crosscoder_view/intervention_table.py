@@ -3,7 +3,6 @@ against matched random controls, on held-out critical samples and full task samp
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from featdiff.analyses.crosscoder_view.config import (
 from featdiff.analyses.interventions.controls import add_holm
 from featdiff.analyses.interventions.edit import FeatureEdit
 from featdiff.analyses.interventions.evaluate import evaluate_intervention
+from featdiff.errors import warn
 
 
 def critical_samples(correctness: pd.DataFrame, task: str) -> list[int]:
@@ -92,7 +92,7 @@ def interventions_table(
                 "samples of this task (a larger eval split)."
             )
             notes.append(msg)
-            warnings.warn(msg, stacklevel=3)
+            warn(msg)
     pool = [k for k in live if k not in set(features)]
     n_random = cfg.n_random
     if n_random and len(pool) < len(features):

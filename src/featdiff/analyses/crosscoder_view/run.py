@@ -58,7 +58,7 @@ from featdiff.core.output import progress_bar
 from featdiff.core.threads import torch_threads
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
 from featdiff.dictionaries.stats import firing_frequency
-from featdiff.errors import FeatdiffError
+from featdiff.errors import FeatdiffError, grouped_warnings
 from featdiff.lab.config import LabConfig
 from featdiff.lab.store import accuracy, load
 from featdiff.lab.suite import task_groups, tasks
@@ -133,7 +133,7 @@ def crosscoder_view(
     bar = _Stages(stages, progress)
     t_start = time.perf_counter()
     try:
-        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=[]), grouped_warnings():
             torch.manual_seed(seed)
             view = _run(Path(lab_path), cfg, seed, bar, progress)
     finally:
@@ -214,7 +214,7 @@ def _run(
             gen_tasks = [t for t in candidates if acc.loc["rl", t] > acc.loc["base", t]]
             left = [t for t in candidates if t not in gen_tasks]
             if left:
-                notes.append(f"generalization: rl does not beat the base on {left}; they do not vote.")
+                notes.append(f"generalization: rl does not beat the base on {', '.join(left)}; they do not vote.")
         codes_ref, codes_tuned = {}, {}
         for t in gen_tasks:
             ts = eval_sets[t]
