@@ -89,11 +89,19 @@ def quality_columns(quality: Mapping, reference: str, target: str) -> dict:
     return out
 
 
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def quality_messages(summary: pd.DataFrame, reference: str, cfg: DiagnosticsConfig) -> list[str]:
     """One warning per target and check where its SAE is much worse than the reference's: FVE lower by more
     than ``cfg.max_fve_drop``, CE loss recovered lower by more than ``cfg.max_ce_recovered_drop`` (two
     checks, two messages: the CE one comes once the models have been run, ``add_lm_quality``). A check is
-    skipped where the reference's own number is at or below 0: it reconstructs nothing to compare with.
+    skipped where the reference's own number is at or below 0 (it reconstructs nothing to compare with) and
+    where the two intervals (``<q>_lo`` / ``<q>_hi``, where given) overlap: the gap is not measured.
 
     Examples
     --------
@@ -101,6 +109,9 @@ def quality_messages(summary: pd.DataFrame, reference: str, cfg: DiagnosticsConf
     ...                  index=["rl", "sft", "dpo"])
     >>> [m.split(":")[0] for m in quality_messages(s, "base", DiagnosticsConfig())]
     ['sft']
+    >>> s["reference_fve_lo"], s["target_fve_hi"] = 0.5, 0.7  # overlapping intervals: not measured
+    >>> quality_messages(s, "base", DiagnosticsConfig())
+    []
     """
     out = []
     checks = (
@@ -110,14 +121,15 @@ def quality_messages(summary: pd.DataFrame, reference: str, cfg: DiagnosticsConf
     )  # fmt: skip
     for name, row in summary.iterrows():
         for q, limit, field, words in checks:
-            t, r = row.get(f"target_{q}"), row.get(f"reference_{q}")
-            try:
-                t, r = float(t), float(r)
-            except (TypeError, ValueError):
-                continue
+            t, r = _num(row.get(f"target_{q}")), _num(row.get(f"reference_{q}"))
             # a reference at or below 0 reconstructs nothing itself (e.g. dictionaries without a trained
             # encoder, as the planted known-answer SAEs): a gap to it measures nothing
             if not (math.isfinite(t) and math.isfinite(r) and r > 0 and r - t > limit):
+                continue
+            # and the gap must be measured: the intervals, where there are, do not overlap (on an untrained
+            # model CE_zero ~ CE_clean and the ratio is noise)
+            t_hi, r_lo = _num(row.get(f"target_{q}_hi")), _num(row.get(f"reference_{q}_lo"))
+            if math.isfinite(t_hi) and math.isfinite(r_lo) and t_hi >= r_lo:
                 continue
             out.append(
                 f"{name}: its SAE is much worse than the {reference} SAE: it {words.format(t=t)} against {r:.1%} "
