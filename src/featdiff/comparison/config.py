@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from featdiff.core.config import Config, check_int, check_number
 from featdiff.dictionaries.health import MAX_DEAD_FRACTION, SETTLE_TOLERANCE, SETTLE_WINDOW
+from featdiff.dictionaries.quality import DENSE_THRESHOLD
 from featdiff.errors import FeatdiffError, check_choice
 from featdiff.metrics.coverage import PRESENT_CORRELATION
 from featdiff.metrics.crosscoder import MAS_THRESHOLD
@@ -60,6 +61,13 @@ MAX_MISSED_EXCESS = 0.1
 MISSED_P_VALUE = 0.05
 MIN_UNEXPLAINED = 0.1
 
+# diagnose: a target's SAE explaining this much less of its activations' variance than the reference's own,
+# or recovering this much less of the LM loss, is much worse (featdiff.comparison.quality; docs/diagnostics.md)
+MAX_FVE_DROP = 0.1
+MAX_CE_RECOVERED_DROP = 0.1
+# the SAE-quality LM splice runs on at most this many held-out tokens (the first held-out sequences)
+LM_EVAL_TOKENS = 1 << 16
+
 # widen when a reference SAE twice as wide leaves this share less of the variance unexplained (the
 # reductions measured on planted data, the lab and SmolLM2: docs/metrics.md, "Widening")
 WIDEN_REDUCTION = 0.2
@@ -77,7 +85,9 @@ class DiagnosticsConfig(Config):
     crosscoder's too) and ``min_steps`` (shorter runs are not judged), ``max_missed_excess`` /
     ``missed_p_value`` / ``min_unexplained`` (the narrow-reference check), ``present_correlation`` (the
     paired correlation at which a target latent counts as present in the reference's activations, that
-    check's count: featdiff.metrics.coverage.reference_misses).
+    check's count: featdiff.metrics.coverage.reference_misses), ``max_fve_drop`` / ``max_ce_recovered_drop``
+    (a target's SAE whose own FVE, or CE loss recovered, is lower than the reference SAE's by more than this
+    is much worse, and its "novel" reading means little: featdiff.comparison.quality).
 
     Examples
     --------
@@ -95,11 +105,13 @@ class DiagnosticsConfig(Config):
     missed_p_value: float = MISSED_P_VALUE
     min_unexplained: float = MIN_UNEXPLAINED
     present_correlation: float = PRESENT_CORRELATION
+    max_fve_drop: float = MAX_FVE_DROP
+    max_ce_recovered_drop: float = MAX_CE_RECOVERED_DROP
 
     def __post_init__(self) -> None:
         where = "DiagnosticsConfig"
         for name in ("max_dead_fraction", "max_correction", "min_tokens_per_feature", "settle_tolerance",
-                     "max_missed_excess", "min_unexplained"):  # fmt: skip
+                     "max_missed_excess", "min_unexplained", "max_fve_drop", "max_ce_recovered_drop"):  # fmt: skip
             check_number(where, name, getattr(self, name), 0)
         check_number(where, "settle_window", self.settle_window, 0, 1, strict_low=True)
         check_number(where, "missed_p_value", self.missed_p_value, 0, 1)
@@ -189,8 +201,11 @@ class CompareConfig(Config):
     x recombination_floor) / reuse_floor, every share a summary column; featdiff.metrics.uncertainty and
     docs/metrics.md give each estimator), ``interval_level`` and ``n_bootstrap`` (the ``<col>_lo`` /
     ``<col>_hi`` intervals), ``n_token_chunks`` (the token chunks ``transfer_fve`` is resampled by:
-    featdiff.metrics.uncertainty.fve_chunks). docs/design.md lists every threshold with its default, its
-    home and why.
+    featdiff.metrics.uncertainty.fve_chunks; the SAE-quality columns' too).
+    SAE quality (featdiff.comparison.quality): ``dense_threshold`` (a latent firing on more than this share
+    of the held-out tokens is dense; SAEBench's 10 %) and ``lm_eval_tokens`` (the held-out tokens the
+    language-model splice runs on, the first held-out sequences up to this many; 0 skips it).
+    docs/design.md lists every threshold with its default, its home and why.
     Diagnostics: ``diagnostics`` (a ``DiagnosticsConfig``, or its dict): when the scoring routes warn that
     a reading is weak. Width check: ``width_check`` (a ``WidthCheck``, or its dict): when the ``widen``
     rounds of ``compare_activations`` / ``compare_checkpoints`` train every SAE again wider. Every default
@@ -238,6 +253,8 @@ class CompareConfig(Config):
     interval_level: float = INTERVAL_LEVEL
     n_bootstrap: int = N_BOOTSTRAP
     n_token_chunks: int = N_TOKEN_CHUNKS
+    dense_threshold: float = DENSE_THRESHOLD
+    lm_eval_tokens: int = LM_EVAL_TOKENS
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     width_check: WidthCheck = field(default_factory=WidthCheck)
 
@@ -260,6 +277,8 @@ class CompareConfig(Config):
         check_number(where, "own_feature_rate", self.own_feature_rate, 0, 1)
         check_int(where, "absorbed_min_tokens", self.absorbed_min_tokens, minimum=0)
         check_int(where, "n_token_chunks", self.n_token_chunks)
+        check_number(where, "dense_threshold", self.dense_threshold, 0, 1)
+        check_int(where, "lm_eval_tokens", self.lm_eval_tokens, minimum=0)
         for name in ("mas_threshold", "pair_share"):
             check_number(where, name, getattr(self, name), 0, 1)
         for name in ("max_components", "min_components", "n_candidates"):

@@ -27,6 +27,10 @@ in ``cmp.meta["warnings"]`` (the HTML report lists them). The checks and their d
   missed latents in its own activations unreconstructed. The reference SAE lacks features of its own
   activations (too narrow, or ``k`` too small), so recombinations of them read as novel (docs/diagnostics.md
   and docs/metrics.md have where it fires and where it does not).
+- **a much worse SAE** (``max_fve_drop=0.1``, ``max_ce_recovered_drop=0.1``): a target's SAE explains
+  less of its own held-out activations' variance, or recovers less of the language-model loss spliced in,
+  than the reference's by more than the margin (featdiff.comparison.quality): a reading of "novel" for it
+  then means little.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from featdiff.comparison.config import MAX_MISSED_EXCESS, DiagnosticsConfig
+from featdiff.comparison.quality import quality_messages
 from featdiff.dictionaries.health import loss_settling
 from featdiff.errors import FeatdiffError, group_messages, warn
 
@@ -220,6 +225,9 @@ def diagnose(cmp_or_summary, config: DiagnosticsConfig | None = None, **threshol
 
     # a reference narrower than the features of its own activations (meta from compare_dictionaries)
     out.extend(_narrow_messages(summary, meta, cfg).values())
+
+    # a target's SAE much worse than the reference's (FVE, CE loss recovered: featdiff.comparison.quality)
+    out.extend(quality_messages(summary, reference, cfg))
 
     # evaluation tokens per scored feature
     for name, row in summary.iterrows():

@@ -13,6 +13,7 @@ from featdiff.activations.activations import ActivationSet
 from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import as_corpus
 from featdiff.comparison.config import CompareConfig
+from featdiff.comparison.quality import add_lm_quality
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
 from featdiff.comparison.table import Comparison
@@ -512,6 +513,7 @@ def compare_checkpoints(
         if distributed and not dist.is_main():
             return None
         cmp = compare_crosscoder(cc, held_out, reference=reference, config=config, meta=meta, progress=progress)
+        add_lm_quality(cmp, models, data, held_out, pad_token_id, progress)  # CE loss recovered, KL per checkpoint
         cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
         return cmp
 
@@ -564,6 +566,7 @@ def compare_checkpoints(
         if distributed and not dist.is_main():
             return None
         cmp = _score(saes, replicas, held_out, reference, metrics, config, progress, meta)
+    add_lm_quality(cmp, models, data, held_out, pad_token_id, progress)  # CE loss recovered, KL per SAE
     cmp.extras["unembeddings"] = {n: Unembedding.from_model(m) for n, m in models.items()}  # feature cards
     return cmp
 

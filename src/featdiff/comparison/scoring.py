@@ -11,6 +11,7 @@ from featdiff.activations.activations import ActivationSet
 from featdiff.alignment.matching import align
 from featdiff.comparison.config import CompareConfig
 from featdiff.comparison.diagnostics import emit_warnings
+from featdiff.comparison.quality import crosscoder_quality, dictionary_quality, quality_columns
 from featdiff.comparison.replicas import (
     as_replicas,
     check_width,
@@ -149,6 +150,8 @@ def compare_dictionaries(
             freqs[n], own_fve[n], live = scored_features(saes[n], acts.column(n), cfg.min_contribution)
             live_mask[n] = live.numpy()
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
+    # each SAE's own quality (L0, FVE, dead / dense shares) on the evaluation tokens, replicas' too
+    quality = dictionary_quality(saes, replicas, acts, cfg, progress) if acts is not None else {}
     null_profiles, union_null, rep_rows = reference_replica_profiles(
         saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]
     )
@@ -213,6 +216,7 @@ def compare_dictionaries(
                 live_mask, freqs, own_fve[reference],
             )
         )
+        row.update(quality_columns(quality, reference, name))
         if acts is not None:  # base features the reference dictionary lacks (featdiff.metrics.coverage)
             status = dict(zip(table["feature"].tolist(), table["status"].astype(str).tolist(), strict=True))
             misses[name] = reference_misses(
@@ -258,6 +262,8 @@ def compare_dictionaries(
         meta["reference_n_scored"] = int(live_mask[reference].sum())
     if misses:  # per target: its base-present latents and how many the reference misses (diagnostics)
         meta["reference_misses"] = misses
+    if quality:  # per dictionary (replicas too): its quality records (featdiff.comparison.quality)
+        meta["quality"] = quality
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
@@ -306,6 +312,7 @@ def compare_crosscoder(
         dead = freqs == 0
         m.loc[dead, "category"] = "dead"
     fve = cc.evaluate(acts).set_index("checkpoint") if acts is not None else None
+    quality = crosscoder_quality(cc, acts, cfg) if acts is not None else {}
     norms = cc.decoder_norms(p)
     base_dec = unit_decoder(cc.decoder(reference))
     rows, tables = [], []
@@ -405,6 +412,7 @@ def compare_crosscoder(
                 "specific_fraction": float((m["category"] == name).sum() / max(1, (~dead).sum())),
                 "mean_nrn": float(np.nanmean(r[~dead])) if (~dead).any() else float("nan"),
                 "n_artefacts": int(artefact.sum()),
+                **quality_columns(quality, reference, name),
             }
         )
         tables.append(table)
@@ -421,6 +429,7 @@ def compare_crosscoder(
         "p": p,
         "crosscoder": cc.cfg.to_dict(),
         "n_eval_tokens": None if acts is None else acts.n_tokens,
+        **({"quality": quality} if quality else {}),
     }
     cmp = Comparison(summary, features, meta, dictionaries={"crosscoder": cc}, extras={"mas": m})
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts

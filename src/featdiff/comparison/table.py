@@ -14,6 +14,7 @@ from featdiff import constants
 from featdiff._version import __version__
 from featdiff.core.io import atomic_dir, write_json
 from featdiff.errors import FeatdiffError
+from featdiff.metrics.quality import QUALITY_COLUMNS, SAMPLED_QUALITY
 from featdiff.metrics.uncertainty import (
     FLAG_COLUMNS,
     FRACTION_COLUMNS,
@@ -54,6 +55,14 @@ UNCERTAINTY_COLUMNS = [
     "reference_n_dead",
     "reference_n_faint",
     "n_replicas",
+]
+# each SAE's own quality on the evaluation tokens (featdiff.comparison.quality), the reference's and the
+# target's on every row; ce_recovered / kl_div only where the models were run (compare_checkpoints)
+QUALITY_SUMMARY_COLUMNS = [
+    f"{side}_{c}"
+    for side in ("reference", "target")
+    for q in QUALITY_COLUMNS
+    for c in (q, *((f"{q}_lo", f"{q}_hi") if q in SAMPLED_QUALITY else ()))
 ]
 FEATURE_COLUMNS = [
     "checkpoint",

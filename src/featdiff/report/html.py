@@ -28,6 +28,7 @@ from featdiff.report.figures import (
     plot_accuracy,
     plot_comparison,
 )
+from featdiff.report.quality_html import quality_section
 
 KEY_FEATURE_COLUMNS = ["reuse", "recombination", "novelty", "drift", "transfer_fve"]
 EXPLANATIONS = {
@@ -521,6 +522,7 @@ def write_html_report(
         + "</p>",
         _explain([*KEY_FEATURE_COLUMNS, "noise_floor_reuse"]),
     ]
+    parts.append(quality_section(meta))  # each checkpoint's SAE quality (featdiff.comparison.quality)
     if accuracy is not None:
         acc = ordered_accuracy(accuracy)
         parts += [
