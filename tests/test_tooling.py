@@ -49,7 +49,7 @@ LAYERS = [
     ["core"],
     ["models.hooks"],
     ["models.folder"],
-    ["models.hf"],
+    ["models.hf", "models.gguf"],
     ["models.load"],
     ["models"],
     # the lab builds checkpoints from models (a source of models); its analysis is analyses.crosscoder_view

@@ -125,7 +125,7 @@ def d_sae(dictionary) -> int:
 def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, cfg, ref_live, ref_freq):
     """Profiles of the reference's replicas against the reference (the base-vs-base comparisons), each
     replica's union reuse against the reference and the other replicas (the ``union`` estimator's null), and
-    each replica's live decoder rows."""
+    each replica's live decoder rows and their feature ids."""
     profiles, tables = [], []
     for rep in reps:
         if acts is not None:
@@ -134,6 +134,7 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
     # the targets' recombination fits (compare_dictionaries)
     scores = [_scores(rep, acts, reference, cfg) if acts is not None else None for rep in reps]
     rows = [_live_rows(rep, None if sc is None else sc[1]) for rep, sc in zip(reps, scores, strict=True)]
+    ids = [np.arange(d_sae(r)) if sc is None else np.flatnonzero(sc[1]) for r, sc in zip(reps, scores, strict=True)]
     for i, rep in enumerate(reps):
         others = _cat(rows[:i] + rows[i + 1 :])  # a replica's recombinations may use the other replicas' rows
         table, al = _replica_table(
@@ -166,7 +167,7 @@ def reference_replica_profiles(reference_sae, reps: list, acts, reference: str, 
         reused = union_reused(reps[i].W_dec, al.tgt_live, others, cfg.reuse_threshold)
         union_null.append(_with_children(reused, table, al.tgt_live))
         profiles[i].union_reused = union_null[-1]
-    return profiles, union_null, rows
+    return profiles, union_null, rows, ids
 
 
 def target_union(decoder, live: np.ndarray, table: pd.DataFrame, base_rows: list[torch.Tensor], cfg):

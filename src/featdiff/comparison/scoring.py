@@ -26,7 +26,7 @@ from featdiff.dictionaries.stats import firing_frequency, scored_features, unit_
 from featdiff.errors import FeatdiffError
 from featdiff.metrics.coverage import reference_misses
 from featdiff.metrics.crosscoder import decoder_cosine, latent_scaling, mas, nrn
-from featdiff.metrics.recombination import fit_components
+from featdiff.metrics.recombination import extra_rows_kept, fit_components
 from featdiff.metrics.registry import MetricContext, available_metrics, compute_metric, get_metric
 from featdiff.metrics.reuse import base_coverage
 from featdiff.metrics.uncertainty import UNSCORED, correct, fve_chunks
@@ -152,7 +152,7 @@ def compare_dictionaries(
     ref_live = live_mask[reference] if live_mask[reference] is not None else np.ones(d_sae(saes[reference]), bool)
     # each SAE's own quality (L0, FVE, dead / dense shares) on the evaluation tokens, replicas' too
     quality = dictionary_quality(saes, replicas, acts, cfg, progress) if acts is not None else {}
-    null_profiles, union_null, rep_rows = reference_replica_profiles(
+    null_profiles, union_null, rep_rows, rep_ids = reference_replica_profiles(
         saes[reference], replicas.get(reference, []), acts, reference, cfg, live_mask[reference], freqs[reference]
     )
 
@@ -245,6 +245,7 @@ def compare_dictionaries(
     summary["indistinguishable_from_reference"] = summary["indistinguishable_from_reference"].astype("boolean")
     features = pd.concat(tables, ignore_index=True)
     features["status"] = pd.Categorical(features["status"], categories=STATUSES)
+    sources = replica_components(features, alignments, rep_ids, union_rows, cfg.reuse_threshold)
     meta = {
         **(meta or {}),
         "interval_level": cfg.interval_level,
@@ -264,11 +265,33 @@ def compare_dictionaries(
         meta["reference_misses"] = misses
     if quality:  # per dictionary (replicas too): its quality records (featdiff.comparison.quality)
         meta["quality"] = quality
+    if sources:  # recombination components from the reference's replicas: {component id: [replica, feature]}
+        meta["replica_components"] = sources
     cmp = Comparison(summary, features, meta, alignments=alignments, dictionaries=dict(saes))
     if acts is not None:  # in memory only (not written by to_dir): the feature cards' contexts
         cmp.extras["activations"] = acts
+    if replicas.get(reference):  # in memory only: the cards of components from replicas
+        cmp.extras["replica_saes"] = replicas
     emit_warnings(cmp, cfg.diagnostics)  # FeatdiffWarnings where a reading is weak; kept in cmp.meta["warnings"]
     return cmp
+
+
+def replica_components(features, alignments, rep_ids, union_rows, reuse_threshold) -> dict[str, list[int]]:
+    """Where each recombination component past the reference's width comes from (``recombination``'s
+    ``extra_reference`` ids ``d_ref + i``): ``{str(id): [replica number from 1, feature of that replica]}``,
+    for the ids some feature's ``components`` name."""
+    if union_rows is None or not alignments or "components" not in features:
+        return {}
+    al = next(iter(alignments.values()))  # the reference side is the same in every alignment
+    used = {int(c[0]) for comps in features["components"] if comps is not None for c in comps}
+    used = {c for c in used if c >= al.d_ref}
+    if not used:
+        return {}
+    ref_rows = al.ref_decoder[torch.as_tensor(np.flatnonzero(al.ref_live))]
+    kept = extra_rows_kept(union_rows, ref_rows, reuse_threshold)
+    origin = [(j + 1, int(f)) for j, ids in enumerate(rep_ids) for f in ids]  # the rows of union_rows, in order
+    origin = [o for o, k in zip(origin, kept.tolist(), strict=True) if k]
+    return {str(i): list(origin[i - al.d_ref]) for i in sorted(used) if i - al.d_ref < len(origin)}
 
 
 def compare_crosscoder(

@@ -165,6 +165,8 @@ class Comparison:
                 "it was scored on) to feature_card."
             )
         models = models if models is not None else self.extras.get("unembeddings")
+        kwargs.setdefault("replicas", self.extras.get("replica_saes"))  # components from the base's replicas
+        kwargs.setdefault("replica_components", self.meta.get("replica_components"))
         return feature_cards(
             dictionaries, acts, keys, features=self.features, reference=self.meta.get("reference", "base"),
             models=models, **kwargs,

@@ -184,10 +184,8 @@ def recombination(
     live_ref = np.flatnonzero(al.ref_live)
     ref_decoder = al.ref_decoder
     if extra_reference is not None and len(extra_reference) and len(live_ref):
-        # only rows the reference lacks (no live reference row reuses them, cosine < reuse_threshold): a
-        # replica's copy of a feature the reference has would let near-equivalent rows fit each other's residuals
         extra = unit_decoder(extra_reference)
-        extra = extra[best_match(extra, ref_decoder[torch.as_tensor(live_ref)])[0] < reuse_threshold]
+        extra = extra[extra_rows_kept(extra_reference, ref_decoder[torch.as_tensor(live_ref)], reuse_threshold)]
         ref_decoder = torch.cat([ref_decoder, extra.to(ref_decoder.dtype)])
         live_ref = np.concatenate([live_ref, al.d_ref + np.arange(len(extra))])
     return fit_components(
@@ -203,6 +201,22 @@ def recombination(
         max_component_cosine=reuse_threshold,
         n_candidates=n_candidates,
     )
+
+
+def extra_rows_kept(
+    extra_reference: Float[Tensor, "n_extra d_in"], ref_rows: Float[Tensor, "n_ref d_in"], reuse_threshold: float
+) -> Tensor:
+    """Which ``extra_reference`` rows ``recombination`` may fit with (a bool mask): those the reference lacks,
+    no row of ``ref_rows`` (the live reference rows) reusing them (cosine < ``reuse_threshold``); a
+    replica's copy of a feature the reference has would let near-equivalent rows fit each other's residuals.
+    The i-th kept row is component ``d_ref + i``.
+
+    Examples
+    --------
+    >>> extra_rows_kept(torch.eye(3)[[0, 2]], torch.eye(3)[:2], 0.7).tolist()
+    [False, True]
+    """
+    return best_match(unit_decoder(extra_reference), ref_rows)[0] < reuse_threshold
 
 
 def fit_components(

@@ -14,6 +14,7 @@ Top contexts are found in one streamed pass over the activations (a running top 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,7 +100,8 @@ class Unembedding:
 class Context:
     """A window of tokens around one top-activating token: ``tokens`` (text), ``token_ids`` (None where the
     activations carry none), ``values`` (the feature's activation on each), ``center`` (the index of the
-    top token in the window), ``row`` (its row in the ActivationSet) and ``sequence`` (its sequence id)."""
+    top token in the window), ``row`` (its row in the ActivationSet), ``sequence`` (its sequence id) and
+    ``repeats`` (how many of the top rows read showed this same window: identical contexts are shown once)."""
 
     tokens: list[str]
     token_ids: list[int] | None
@@ -107,6 +109,7 @@ class Context:
     center: int
     row: int
     sequence: int | None = None
+    repeats: int = 1
 
     @property
     def value(self) -> float:
@@ -208,6 +211,26 @@ def _dictionary_for(dictionaries: Mapping, checkpoint: str):
         f"No dictionary for checkpoint {checkpoint!r}: the dictionaries are {list(dictionaries)}. Pass the "
         "checkpoint's SAE (dictionaries={name: sae}) or a crosscoder whose names include it."
     )
+
+
+REPLICA = re.compile(r"^(?P<name>.+) replica (?P<number>[0-9]+)$")
+
+
+def _source(dictionaries: Mapping, replicas: Mapping | None, checkpoint: str) -> tuple[Any, bool, str]:
+    """(dictionary, is_crosscoder, the activations it reads) of ``checkpoint``: its own dictionary, or the
+    ``number``-th replica of checkpoint ``name`` for ``"{name} replica {number}"`` (read on ``name``'s
+    activations), as ``compare_checkpoints`` names them."""
+    m = REPLICA.match(checkpoint)
+    if m and checkpoint not in dictionaries:
+        reps = list((replicas or {}).get(m["name"], []))
+        if not 1 <= int(m["number"]) <= len(reps):
+            raise FeatdiffError(
+                f"No dictionary for {checkpoint!r}: {len(reps)} replica(s) of {m['name']!r} are given; pass "
+                "replicas={checkpoint: [SAEs]} (compare_checkpoints keeps them)."
+            )
+        return reps[int(m["number"]) - 1], False, m["name"]
+    d, is_cc = _dictionary_for(dictionaries, checkpoint)
+    return d, is_cc, checkpoint
 
 
 def _decoder(dictionary, is_cc: bool, checkpoint: str) -> Float[Tensor, "d_sae d_in"]:
@@ -363,12 +386,15 @@ def _row_lookup(features):
 
 
 def _related(
-    row, dictionaries, checkpoint, feature, reference, n_related, units: dict
-) -> list[tuple[int, str, float]]:
-    """(reference feature, role, weight) beside ``feature`` of ``checkpoint`` (see ``ROLES``); ``units``
-    caches unit decoders by checkpoint."""
+    row, dictionaries, checkpoint, feature, reference, n_related, units: dict, sources: Mapping
+) -> list[tuple[str, int, str, float]]:
+    """(checkpoint, feature, role, weight) of the base features beside ``feature`` of ``checkpoint`` (see
+    ``ROLES``); ``units`` caches unit decoders by checkpoint. A recombination component past the
+    reference's width is a row of one of its replicas: ``sources`` (``Comparison.meta["replica_components"]``)
+    names it ``"{reference} replica {number}"`` and its feature there."""
     if (
         checkpoint == reference
+        or REPLICA.match(checkpoint)
         or reference not in dictionaries
         and not any(is_crosscoder(d) and reference in d.names for d in dictionaries.values())
     ):
@@ -377,22 +403,47 @@ def _related(
     ref, ref_cc = _dictionary_for(dictionaries, reference)
     status = None if row is None else str(row["status"])
     if status == "recombined" and row.get("components") is not None and len(row["components"]):
-        # components past the reference's width are rows of its replicas (metrics.recombination): no card
         d_ref = _decoder(ref, ref_cc, reference).shape[0]
-        return [(int(c[0]), "component", float(c[1])) for c in row["components"] if int(c[0]) < d_ref]
+        out = []
+        for c, coef in row["components"]:
+            c = int(c)
+            if c < d_ref:
+                out.append((reference, c, "component", float(coef)))
+            elif str(c) in sources:  # a row of a replica (featdiff.metrics.recombination: extra_reference)
+                number, f = sources[str(c)]
+                out.append((f"{reference} replica {int(number)}", int(f), "component", float(coef)))
+            else:  # a replica row whose origin this comparison did not record (saved by an older featdiff)
+                out.append((f"{reference} replicas", c, "component", float(coef)))
+        return out
     if tgt_cc and ref is tgt:  # one crosscoder: the same latent, read in the reference
         a = _decoder(tgt, True, checkpoint)[feature]
         b = _decoder(ref, True, reference)[feature]
         cos = float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
-        return [(feature, "latent", cos)]
+        return [(reference, feature, "latent", cos)]
     if status in ("reused", "split") and int(row["match"]) >= 0:
-        return [(int(row["match"]), "match", float(row["similarity"]))]
+        return [(reference, int(row["match"]), "match", float(row["similarity"]))]
     for name, d, cc in ((reference, ref, ref_cc), (checkpoint, tgt, tgt_cc)):
         if name not in units:
             units[name] = unit_decoder(_decoder(d, cc, name))
     cos = units[reference] @ units[checkpoint][feature]
     top = cos.topk(min(n_related, len(cos)))
-    return [(int(i), "nearest", float(v)) for i, v in zip(top.indices, top.values, strict=True)]
+    return [(reference, int(i), "nearest", float(v)) for i, v in zip(top.indices, top.values, strict=True)]
+
+
+def _distinct(acts: ActivationSet, rows: list[int], n: int, before: int, after: int) -> list[tuple[int, int]]:
+    """The first ``n`` of ``rows`` (most active first) whose windows differ, each with how many of ``rows``
+    showed the same window (the same token ids around the top token at the same place); rows alone where
+    the activations carry no token ids."""
+    if acts.token_ids is None:
+        return [(r, 1) for r in rows[:n]]
+    first: dict[tuple, int] = {}
+    count: dict[tuple, int] = {}
+    for r in rows:
+        w = _window(acts, r, before, after)
+        key = (tuple(acts.token_ids[w].tolist()), w.index(r))
+        first.setdefault(key, r)
+        count[key] = count.get(key, 0) + 1
+    return [(r, count[k]) for k, r in list(first.items())[:n]]
 
 
 def feature_cards(
@@ -409,6 +460,9 @@ def feature_cards(
     n_logits: int = 8,
     n_related: int = 3,
     related: bool | str = True,
+    replicas: Mapping | None = None,
+    replica_components: Mapping | None = None,
+    dedupe_pool: int = 4,
 ) -> list[FeatureCard]:
     """The cards of several ``(checkpoint, feature)`` keys, sharing one streamed pass per checkpoint.
 
@@ -417,8 +471,12 @@ def feature_cards(
     ``collect_activations`` records them); ``features``: a ``Comparison.features`` table (status, match,
     components); ``models``: ``{checkpoint: HookedTransformer or Unembedding}`` (or one model for all) for
     the logits and token text, else no logits and token ids. Windows hold up to ``before`` tokens before
-    and ``after`` after the top token, within its sequence. ``related=False`` leaves out the base features,
-    ``related="list"`` lists them without their cards (``RelatedFeature.card`` None).
+    and ``after`` after the top token, within its sequence; identical windows are shown once (the top
+    ``n_contexts * dedupe_pool`` rows are read for ``n_contexts`` distinct ones). ``related=False`` leaves
+    out the base features, ``related="list"`` lists them without their cards (``RelatedFeature.card`` None).
+    ``replicas`` (``{checkpoint: [SAEs]}``) and ``replica_components`` (``Comparison.meta
+    ["replica_components"]``) give the cards of recombination components from the reference's replicas; a
+    replica's features are keys too, as ``("base replica 1", feature)``.
     """
     for name, value in (
         ("n_contexts", n_contexts),
@@ -427,6 +485,7 @@ def feature_cards(
         ("n_logits", n_logits),
     ):
         check_int("feature_cards", name, value, minimum=0)
+    check_int("feature_cards", "dedupe_pool", dedupe_pool, minimum=1)
     if not isinstance(acts, ActivationSet):
         raise FeatdiffError(
             f"feature_cards needs the checkpoints' activations as an ActivationSet; got {type(acts).__name__}."
@@ -437,35 +496,51 @@ def feature_cards(
         )
     unemb = _as_unembeddings(models)
     row_of = _row_lookup(features)
+    sources = dict(replica_components or {})
     units: dict = {}
     keys = [(str(c), int(f)) for c, f in keys]
     wanted: dict[str, dict[int, None]] = {}
     rel: dict[tuple[str, int], list] = {}
+
+    def has_source(c: str) -> bool:
+        try:
+            _source(dictionaries, replicas, c)
+        except FeatdiffError:
+            return False
+        return True
+
     for c, f in keys:
-        d, is_cc = _dictionary_for(dictionaries, c)
+        d, is_cc, column = _source(dictionaries, replicas, c)
         d_sae = _decoder(d, is_cc, c).shape[0]
         if not 0 <= f < d_sae:
             raise FeatdiffError(f"Feature {f} of {c!r} does not exist: its dictionary has {d_sae} features.")
-        if c not in acts:
+        if column not in acts:
             raise FeatdiffError(
-                f"The activations hold {acts.names}, not {c!r}; pass the activations of {c!r}."
+                f"The activations hold {acts.names}, not {column!r}; pass the activations of {column!r}."
             )
         wanted.setdefault(c, {})[f] = None
         if related:
-            rel[(c, f)] = _related(row_of(c, f), dictionaries, c, f, reference, n_related, units)
+            rel[(c, f)] = _related(row_of(c, f), dictionaries, c, f, reference, n_related, units, sources)
         if related is True:
-            for g, _, _ in rel[(c, f)]:
-                wanted.setdefault(reference, {})[g] = None
+            for g_c, g, _, _ in rel[(c, f)]:
+                if has_source(g_c):
+                    wanted.setdefault(g_c, {})[g] = None
     cards: dict[tuple[str, int], FeatureCard] = {}
     for c, fs in wanted.items():
-        d, is_cc = _dictionary_for(dictionaries, c)
+        d, is_cc, column = _source(dictionaries, replicas, c)
         cols = list(fs)
-        vals, rows, freq = top_activations(d, acts, c, n=max(n_contexts, 1), features=cols)
-        W = _decoder(d, is_cc, c)
-        u = unemb.get(c, unemb.get("*"))
-        tops = [(f, rows[:, j][vals[:, j] > 0][:n_contexts].tolist()) for j, f in enumerate(cols)]
-        contexts = _contexts(d, is_cc, acts, c, tops, u, before, after)
+        vals, rows, freq = top_activations(d, acts, column, n=max(n_contexts * dedupe_pool, 1), features=cols)
+        W = _decoder(d, is_cc, column)
+        u = unemb.get(column, unemb.get("*"))
+        picks = [
+            _distinct(acts, rows[:, j][vals[:, j] > 0].tolist(), n_contexts, before, after)
+            for j in range(len(cols))
+        ]
+        tops = [(f, [r for r, _ in p]) for f, p in zip(cols, picks, strict=True)]
+        contexts = _contexts(d, is_cc, acts, column, tops, u, before, after)
         for j, f in enumerate(cols):
+            for ctx, (_, repeats) in zip(contexts[j], picks[j], strict=True):
+                ctx.repeats = repeats
             promoted, suppressed = _logits(u, W[f], n_logits)
             row = row_of(c, f)
             cards[(c, f)] = FeatureCard(
@@ -488,10 +563,8 @@ def feature_cards(
                 **{
                     **card.__dict__,
                     "related": [
-                        RelatedFeature(
-                            reference, g, role, w, cards[(reference, g)] if related is True else None
-                        )
-                        for g, role, w in rel[(c, f)]
+                        RelatedFeature(g_c, g, role, w, cards.get((g_c, g)) if related is True else None)
+                        for g_c, g, role, w in rel[(c, f)]
                     ],
                 }
             )

@@ -15,7 +15,7 @@ SUMMARY_KEY_COLUMNS = [
     "novelty",
     "drift",
     "transfer_fve",
-    "n_live",
+    "n_scored",
     "n_dead",
     "indistinguishable_from_reference",
 ]
@@ -29,9 +29,9 @@ def summary_key_table(summary: pd.DataFrame) -> pd.DataFrame:
     --------
     >>> s = pd.DataFrame({"reuse": [float("nan")], "reuse_raw": [0.4], "recombination": [float("nan")],
     ...                   "recombination_raw": [0.1], "novelty": [float("nan")], "novelty_raw": [0.5],
-    ...                   "drift": [0.2], "n_live": [30], "split": [0.0]}, index=["rl"])
+    ...                   "drift": [0.2], "n_scored": [30], "split": [0.0]}, index=["rl"])
     >>> list(summary_key_table(s).columns)
-    ['reuse_raw', 'recombination_raw', 'novelty_raw', 'drift', 'n_live']
+    ['reuse_raw', 'recombination_raw', 'novelty_raw', 'drift', 'n_scored']
     """
     cols = list(SUMMARY_KEY_COLUMNS)
     if "reuse" not in summary or summary["reuse"].isna().all():

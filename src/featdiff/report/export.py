@@ -1,5 +1,7 @@
 """The per-feature JSON of a comparison for dashboard-style viewers (``export_features``; schema in
-docs/formats.md): every row of ``Comparison.features``, with its feature card's Neuronpedia-like fields."""
+docs/formats.md): every row of ``Comparison.features``, with its feature card's Neuronpedia-like fields, and
+one record per feature of the reference (and per replica feature a recombination uses), so both sides of
+every match carry their contexts and logits."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from typing import Any
 
 from featdiff.constants import LOGIT_METHOD
 from featdiff.errors import FeatdiffError
-from featdiff.report.cards import _clean, feature_cards
+from featdiff.report.cards import REPLICA, _clean, _dictionary_for, feature_cards
 
-FEATURE_JSON_VERSION = 2  # 2: top contexts, logits and top components per feature (docs/formats.md)
+# 2: top contexts, logits and top components per feature; 3: records of the reference's own features (and of
+# the replica features recombinations use), `kind`, `matched_by`, `repeats` (docs/formats.md)
+FEATURE_JSON_VERSION = 3
 
 
 def feature_records(features) -> list[dict[str, Any]]:
@@ -39,6 +43,7 @@ def card_record(card) -> dict[str, Any]:
                 "max_value_token_index": c.center,
                 "row": c.row,
                 "sequence": c.sequence,
+                "repeats": getattr(c, "repeats", 1),
             }
             for c in card.contexts
         ],
@@ -50,6 +55,23 @@ def card_record(card) -> dict[str, Any]:
     }
 
 
+def _width(dictionaries, reference: str) -> int:
+    """The number of features of ``reference``'s dictionary (its SAE, or a crosscoder that holds it)."""
+    d, is_cc = _dictionary_for(dictionaries, reference)
+    return int((d.decoder(reference) if is_cc else d.W_dec).shape[0])
+
+
+def _resolvable(keys, options) -> list:
+    """``keys`` less the replica features whose dictionary is not at hand (a loaded Comparison keeps none)."""
+    reps = options.get("replicas") or {}
+    out = []
+    for c, f in keys:
+        m = REPLICA.match(c)
+        if m is None or 1 <= int(m["number"]) <= len(reps.get(m["name"], [])):
+            out.append((c, f))
+    return out
+
+
 def export_features(
     cmp,
     path: str | os.PathLike,
@@ -57,6 +79,7 @@ def export_features(
     acts=None,
     dictionaries=None,
     models=None,
+    replicas=None,
     n_contexts: int = 10,
     n_logits: int = 10,
     before: int = 8,
@@ -69,12 +92,15 @@ def export_features(
     not: pass ``acts=`` and ``dictionaries=``), each also gets its top ``n_contexts`` contexts, firing
     frequency, top components (the base features it matches, is built from or lies nearest to) and, with
     models (kept by ``compare_checkpoints``, or ``models=``), the ``n_logits`` logits it promotes and
-    suppresses (``Comparison.feature_card`` gives the same data for one feature).
+    suppresses (``Comparison.feature_card`` gives the same data for one feature). Every feature of the
+    reference, and every feature of a reference replica (``replicas=``, kept by ``compare_checkpoints``) that
+    a recombination uses, gets a record of its own (``kind``: ``target``, ``reference`` or ``replica``),
+    with the same card fields and ``matched_by``: the target features that name it.
     """
     features = getattr(cmp, "features", None)
     if features is None:
         raise FeatdiffError(f"export_features takes a Comparison; got {type(cmp).__name__}.")
-    records = feature_records(features)
+    records = [{"kind": "target", **r} for r in feature_records(features)]
     doc: dict[str, Any] = {"featdiff_feature_json": FEATURE_JSON_VERSION, "cards": False}
     extras = getattr(cmp, "extras", None) or {}
     acts = acts if acts is not None else extras.get("activations")
@@ -85,17 +111,35 @@ def export_features(
         carded = features if has_row is None else features[has_row]
         keys = list(zip(carded["checkpoint"].astype(str), carded["feature"].astype(int), strict=True))
         meta = getattr(cmp, "meta", None) or {}
-        cards = feature_cards(
-            dictionaries, acts, keys, features=features, reference=meta.get("reference", "base"),
-            models=models if models is not None else extras.get("unembeddings"), n_contexts=n_contexts,
-            n_logits=n_logits, before=before, after=after, related="list",
+        reference = meta.get("reference", "base")
+        options = dict(
+            features=features, reference=reference, n_contexts=n_contexts, n_logits=n_logits, before=before,
+            after=after, models=models if models is not None else extras.get("unembeddings"),
+            replicas=replicas if replicas is not None else extras.get("replica_saes"),
+            replica_components=meta.get("replica_components"),
         )  # fmt: skip
+        cards = feature_cards(dictionaries, acts, keys, related="list", **options)
         card_of = iter(cards)
         rows_have = [True] * len(records) if has_row is None else has_row.tolist()
         records = [{**r, **card_record(next(card_of))} if h else r for r, h in zip(records, rows_have, strict=True)]
+        # the other side of every match: each reference feature (and each replica feature a recombination
+        # uses) gets a record of its own, with the target features that name it
+        matched_by: dict[tuple[str, int], list] = {}
+        for card in cards:
+            for r in card.related:
+                by = {"checkpoint": card.checkpoint, "feature": card.feature, "role": r.role, "weight": _clean(r.weight)}
+                matched_by.setdefault((r.checkpoint, r.feature), []).append(by)
+        ref_keys = [(reference, f) for f in range(_width(dictionaries, reference))]
+        ref_keys += [k for k in matched_by if k[0] != reference and k not in set(keys)]
+        ref_cards = feature_cards(dictionaries, acts, _resolvable(ref_keys, options), related=False, **options)
+        for card in ref_cards:
+            kind = "reference" if card.checkpoint == reference else "replica"
+            rec = {"kind": kind, "checkpoint": card.checkpoint, "feature": card.feature, "status": None}
+            rec.update(card_record(card), matched_by=matched_by.get((card.checkpoint, card.feature), []))
+            records.append(rec)
         doc.update(
             cards=True,
-            reference=meta.get("reference", "base"),
+            reference=reference,
             hook=meta.get("hook"),
             n_tokens=acts.n_tokens,
             text_source=cards[0].text_source,
