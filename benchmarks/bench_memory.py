@@ -6,7 +6,11 @@ Three tiny attention-only HookedTransformers built from a config (d_model 256 by
 base / rl / sft, so the activations (3 x n_tokens x d_model float32) dominate memory.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_memory.py              # 200k vs 800k tokens
-    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_memory.py --tokens 20000  # seconds: checks the script
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_memory.py --tokens 20000 --d-model 64  # minutes
+
+Training runs 3 SAEs and 2 base replicas (``d_sae`` 1,024 and 4,096 by default, one run each); scoring is
+``compare_dictionaries`` with those replicas (floors, bootstraps, children and absorbed recombinations, as
+by default) and the feature cards of 10 features.
 
 Prints, per stage and route, the peak RSS at N and 4N tokens and their ratio (target for the on-disk
 route: <= 1.25x), the wall time, and the size of the activations on disk.
@@ -63,19 +67,27 @@ def stage(args) -> dict:
         out["n_tokens"] = acts.n_tokens
     else:
         acts = fd.ActivationSet.open(acts_dir) if args.route == "disk" else fd.ActivationSet.load(acts_dir)
-        sae_dir = work / f"saes_{args.route}_{args.tokens}"
+        width = args.d_sae[0]
+        sae_dir = work / f"saes_{args.route}_{args.tokens}_{width}"
         if args.stage == "train":
+            extra = {f"base_seed{i}": ("base", i) for i in (1, 2)}  # the replicas compare_checkpoints trains
             saes = fd.train_saes(
-                acts, d_sae=args.d_sae, k=16, n_steps=args.steps, batch_size=4096, seed=0, progress=False
+                acts, d_sae=width, k=16, n_steps=args.steps, batch_size=4096, seed=0, extra=extra,
+                progress=False,
             )
             if sae_dir.exists():
                 shutil.rmtree(sae_dir)
             fd.save_saes(saes, sae_dir)
-            out["samples_per_s"] = args.steps * 4096 * len(NAMES) / (time.perf_counter() - t0)
+            out["samples_per_s"] = args.steps * 4096 * len(saes) / (time.perf_counter() - t0)
         else:  # score
             saes = {n: fd.load_sae(sae_dir / n) for n in NAMES}
-            cmp = fd.compare_dictionaries(saes, acts, progress=False)
-            out["reuse_rl"] = float(cmp.summary.loc["rl", "reuse_raw"])  # no replicas: no corrected reading
+            reps = [fd.load_sae(sae_dir / f"base_seed{i}") for i in (1, 2)]
+            # replicas (floors, bootstraps), children and absorbed recombinations are on by default
+            cmp = fd.compare_dictionaries(saes, acts, replicas=reps, progress=False)
+            out["reuse_rl"] = float(cmp.summary.loc["rl", "reuse"])
+            f = cmp.features
+            keys = [(n, int(j)) for n in ("rl", "sft") for j in f[(f.checkpoint == n) & (f.status != "dead")].feature[:5]]
+            out["n_cards"] = len(cmp.feature_cards(keys))  # the cards' top activations: one pass per checkpoint
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -97,7 +109,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=200_000, help="N (the larger run has 4N)")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--d-sae", type=int, default=1024)
+    p.add_argument("--d-sae", type=int, nargs="+", default=[1024, 4096], help="one run per width")
     p.add_argument("--steps", type=int, default=60, help="SAE training steps (the same at N and 4N)")
     p.add_argument(
         "--work", default=None, help="folder for the activations (default: a temporary one in /tmp)"
@@ -110,21 +122,24 @@ def main() -> None:
         return
 
     work = Path(args.work or tempfile.mkdtemp(prefix="featdiff_bench_memory_"))
-    common = ["--d-model", str(args.d_model), "--seq", str(args.seq), "--d-sae", str(args.d_sae)]
+    common = ["--d-model", str(args.d_model), "--seq", str(args.seq)]
     common += ["--steps", str(args.steps), "--work", str(work)]
     sizes = (args.tokens, 4 * args.tokens)
     rows = []
     try:
-        for st in ("collect", "train", "score"):
+        plan = [("collect", args.d_sae[0])] + [(st, w) for w in args.d_sae for st in ("train", "score")]
+        for st, width in plan:
             for route in ("disk", "memory"):
                 res = {}
                 for n in sizes:
-                    rep, rss = run_child([*common, "--stage", st, "--route", route, "--tokens", str(n)])
+                    argv = [*common, "--d-sae", str(width), "--stage", st, "--route", route, "--tokens", str(n)]
+                    rep, rss = run_child(argv)
                     res[n] = (rss, rep)
-                    print(f"  {st:8s} {route:6s} {n:>9,} tokens: peak RSS {rss:8.0f} MiB, {rep['seconds']:6.1f} s",
-                          flush=True)  # fmt: skip
+                    print(f"  {st:8s} d_sae {width:>6} {route:6s} {n:>9,} tokens: peak RSS {rss:8.0f} MiB, "
+                          f"{rep['seconds']:6.1f} s", flush=True)  # fmt: skip
                 (r1, a), (r4, b) = res[sizes[0]], res[sizes[1]]
-                rows.append((st, route, r1, r4, r4 / r1, a["seconds"], b["seconds"], b))
+                label = st if st == "collect" else f"{st} (d_sae {width})"
+                rows.append((label, route, r1, r4, r4 / r1, a["seconds"], b["seconds"], b))
         disk = {n: sum(f.stat().st_size for f in (work / f"acts_{n}").iterdir()) / 2**20 for n in sizes}
     finally:
         if args.work is None:

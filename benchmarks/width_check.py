@@ -68,7 +68,7 @@ def smollm2() -> list[dict]:
     text = corpora()
     tokens = torch.cat([token_chunks(tok, text[c], 128, 96, bos, start=256 * 63) for c in ("code", "prose")])
     acts = fd.collect_activations({"base": base}, tokens, hook=hook, progress=False)
-    engine = os.environ.get("FEATDIFF_ENGINE", "sae-lens")  # train_saes' default; "batched" is faster
+    engine = os.environ.get("FEATDIFF_ENGINE", "auto")  # train_saes' default (batched for topk); or "sae-lens"
     return [check(acts, "base", engine=engine)]
 
 

@@ -146,3 +146,21 @@ def test_alignment_repr_is_one_short_line():
     text = repr(al)
     assert "\n" not in text and len(text) < 160, text
     assert "d_ref=512" in text and "n_matched=512" in text and "mean cosine=1.000" in text
+
+
+@pytest.mark.parametrize("n_ref,n_tgt", [(300, 2100), (2100, 300)])  # more target rows than one block (1,024)
+def test_dense_solver_equals_scipy_on_the_full_cosine_matrix(n_ref, n_tgt):
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(n_ref)
+    ref, tgt = unit(torch.randn(n_ref, 24, generator=g)), unit(torch.randn(n_tgt, 24, generator=g))
+    cos = (tgt @ ref.T).double().numpy()
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    al = align(ref, tgt, solver="dense")
+    ok = al.match >= 0
+    assert ok.sum() == min(n_ref, n_tgt) and len(set(al.match[ok].tolist())) == ok.sum()
+    assert float(al.similarity[ok].sum()) == pytest.approx(float(cos[rows, cols].sum()), abs=1e-4)
+    np.testing.assert_allclose(al.similarity[ok], cos[np.flatnonzero(ok), al.match[ok]], atol=1e-6)
+    mx = align(ref, tgt, method="max", solver="dense")
+    assert (mx.match == cos.argmax(1)).all()
+    np.testing.assert_allclose(mx.similarity, cos.max(1), atol=1e-6)

@@ -46,8 +46,8 @@ def _compare(ref: dict, got: dict) -> None:
 def test_batched_engine_trains_what_sae_lens_trains_four_saes():
     acts = _acts()
     extra = {"base_seed1": ("base", 1), "base_seed2": ("base", 2)}
-    ref = fd.train_saes(acts, extra=extra, **RUN)
-    got = fd.train_saes(acts, extra=extra, engine="batched", **RUN)
+    ref = fd.train_saes(acts, extra=extra, engine="sae-lens", **RUN)
+    got = fd.train_saes(acts, extra=extra, **RUN)  # the default engine for topk SAEs
     _compare(ref, got)
     # an SAE does not depend on the others trained beside it
     alone = fd.train_saes(acts, names=["rl"], engine="batched", **RUN)
@@ -57,11 +57,26 @@ def test_batched_engine_trains_what_sae_lens_trains_four_saes():
 @pytest.mark.parametrize("k", [4, 8])  # d_sae 64: a sparse decode at k 4, a dense one at k 8 (SPARSE_RATIO)
 def test_batched_engine_trains_what_sae_lens_trains_one_sae(k):
     acts = _acts()
-    ref = fd.train_saes(acts, names=["base"], **{**RUN, "k": k})
+    ref = fd.train_saes(acts, names=["base"], engine="sae-lens", **{**RUN, "k": k})
     got = fd.train_saes(acts, names=["base"], engine="batched", **{**RUN, "k": k})
     _compare(ref, got)
     assert got["base"].cfg.architecture() == "topk"
     assert got["base"].W_dec.norm(dim=1).allclose(torch.ones(RUN["d_sae"]))
+
+
+def test_default_engine_is_batched_for_topk_and_sae_lens_for_the_others():
+    acts = _acts()
+    run = {**RUN, "n_steps": 30}
+    default = fd.train_saes(acts, names=["rl"], **run)["rl"]
+    batched = fd.train_saes(acts, names=["rl"], engine="batched", **run)["rl"]
+    reference = fd.train_saes(acts, names=["rl"], engine="sae-lens", **run)["rl"]
+    assert torch.equal(default.W_dec, batched.W_dec)
+    assert not torch.equal(default.W_dec, reference.W_dec)  # float order differs, so the bits do
+    assert torch.allclose(default.W_dec, reference.W_dec, rtol=0, atol=1e-5)
+    jr = {"architecture": "jumprelu", "names": ["rl"], "n_steps": 5, "batch_size": 128, "progress": False}
+    a = fd.train_saes(acts, **jr)["rl"]
+    b = fd.train_saes(acts, engine="sae-lens", **jr)["rl"]
+    assert torch.equal(a.W_dec, b.W_dec)
 
 
 def test_batched_engine_takes_topk_only():

@@ -74,7 +74,9 @@ def _planted_warnings(d_sae: int, seed: int = 0) -> tuple[list[str], dict]:
     train = fd.ActivationSet({n: train.acts[n] for n in ("base", "mixed")})
     held_out = fd.ActivationSet({n: held_out.acts[n] for n in ("base", "mixed")})
     extra = {f"rep{i}": ("base", seed + 1 + i) for i in range(2)}
-    saes = fd.train_saes(train, d_sae=d_sae, k=4, seed=seed, extra=extra, progress=False)
+    # the sae-lens engine: the batched default misses as many (8 of 24, 15 % unexplained) but its base
+    # replicas' floor leaves 33 % within the check's margin at seed 0 (issue 18; docs/metrics.md's grid)
+    saes = fd.train_saes(train, d_sae=d_sae, k=4, seed=seed, extra=extra, progress=False, engine="sae-lens")
     reps = [saes.pop("rep0"), saes.pop("rep1")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -158,6 +158,39 @@ def _assign(sim: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     return match, score
 
 
+def _assign_cosines(tgt: Tensor, ref: Tensor, method: str, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``_assign`` on the decoder cosines ``tgt @ ref.T``, computed in float32 blocks (through one reused
+    block buffer) straight into the one float64 matrix scipy solves on, negated so that scipy minimises it
+    without a copy: no float32 matrix, float64 copy or negated copy of the whole n_t x n_r matrix beside it
+    (at 8,192^2 each is 0.3-0.5 GB, and on a loaded machine writing their fresh pages took as long as the
+    solve: benchmarks/README.md)."""
+    n_t, n_r = len(tgt), len(ref)
+    if method != "hungarian" or n_t == 0 or n_r == 0:
+        match = np.full(n_t, -1, dtype=np.int64)
+        score = np.full(n_t, np.nan)
+        if n_r:
+            for i, block in _row_blocks(tgt, ref, chunk):
+                top = block.max(dim=1)
+                match[i : i + len(block)] = top.indices.numpy()
+                score[i : i + len(block)] = top.values.double().numpy()
+        return match, score
+    from scipy.optimize import linear_sum_assignment  # deferred: scipy ~1 s to import
+
+    cost = np.empty((n_t, n_r))
+    out, neg_tgt, ref_t = torch.from_numpy(cost), -tgt, ref.T
+    buf = torch.empty(min(chunk, n_t), n_r, dtype=tgt.dtype)  # one block buffer: no page faults per block
+    for i in range(0, n_t, chunk):
+        m = min(chunk, n_t - i)
+        torch.mm(neg_tgt[i : i + m], ref_t, out=buf[:m])
+        out[i : i + m].copy_(buf[:m])
+    rows, cols = linear_sum_assignment(cost)
+    match = np.full(n_t, -1, dtype=np.int64)
+    score = np.full(n_t, np.nan)
+    match[rows] = cols
+    score[rows] = -cost[rows, cols]
+    return match, score
+
+
 # --------------------------------------------------------------------------- large dictionaries
 # featdiff's own: scipy solves the sparse assignment (LAPJVsp); the candidate graph, the column prices and the
 # dense duality bound that certifies the sparse optimum as the dense one are written here.
@@ -399,7 +432,7 @@ def align(
     if sparse and len(r_idx) and len(t_idx):
         m, s, exact = _assign_streamed(tgt_dec[t_idx], ref_dec[r_idx], method)
     elif on == "decoder":
-        m, s = _assign((tgt_dec[t_idx] @ ref_dec[r_idx].T).double().numpy(), method)
+        m, s = _assign_cosines(tgt_dec[t_idx], ref_dec[r_idx], method)
     else:
         m, s = _assign(correlation_matrix(tgt_codes[:, t_idx], ref_codes[:, r_idx]).double().numpy(), method)
     if not exact:

@@ -41,12 +41,28 @@ def paired_correlation(
     >>> paired_correlation(sae, x, x).round(2).tolist(), paired_correlation(sae, x, x[:, [1, 0]]).round(2).tolist()
     ([1.0, 1.0], [-0.76, -0.76])
     """
-    a = encode(sae, x_target).double()
-    b = encode(sae, x_reference).double()
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    sa, sb = a.pow(2).sum(0).sqrt(), b.pow(2).sum(0).sqrt()
-    corr = (a * b).sum(0) / (sa * sb).clamp_min(1e-12)
+    # streamed in paired token chunks (x may be an on-disk column), the chunks' centred sums merged exactly
+    # (Chan et al.): no n_tokens x d_sae codes held
+    n = 0
+    mean_a = mean_b = m2a = m2b = cab = None
+    chunks_t = stream_codes(sae, x_target, 4096, "paired_correlation")
+    chunks_r = stream_codes(sae, x_reference, 4096, "paired_correlation")
+    for (_, fa), (_, fb) in zip(chunks_t, chunks_r, strict=True):
+        a, b = fa.double().cpu(), fb.double().cpu()
+        m = len(a)
+        ma, mb = a.mean(0), b.mean(0)
+        a, b = a - ma, b - mb
+        if mean_a is None:
+            n, mean_a, mean_b = m, ma, mb
+            m2a, m2b, cab = a.pow(2).sum(0), b.pow(2).sum(0), (a * b).sum(0)
+            continue
+        da, db, w = ma - mean_a, mb - mean_b, n * m / (n + m)
+        m2a = m2a + a.pow(2).sum(0) + da * da * w
+        m2b = m2b + b.pow(2).sum(0) + db * db * w
+        cab = cab + (a * b).sum(0) + da * db * w
+        mean_a, mean_b, n = mean_a + da * m / (n + m), mean_b + db * m / (n + m), n + m
+    sa, sb = m2a.sqrt(), m2b.sqrt()
+    corr = cab / (sa * sb).clamp_min(1e-12)
     corr = torch.where(sb > 1e-9, corr, torch.zeros_like(corr))
     corr = torch.where(sa > 1e-9, corr, torch.full_like(corr, float("nan")))
     return corr.numpy()
@@ -85,19 +101,21 @@ def reference_misses(
 
 @torch.no_grad()
 def _median_unexplained(sae, reference_sae, x, latents: list[int]) -> float:
-    rows, resid = [], []
-    for xb, f in stream_codes(reference_sae, x, 4096, "coverage"):  # x may be an on-disk column
-        rows.append(xb.float().cpu())
-        resid.append(rows[-1] - reference_sae.decode(f).float().cpu())
-    x, resid = torch.cat(rows), torch.cat(resid)
-    codes = encode(sae, x)[:, latents]
     d = sae.W_dec.detach().float().cpu()[latents]
     d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    shares = []
-    for i in range(len(latents)):
-        on = codes[:, i] > 0
-        if int(on.sum()) < 5:
-            continue
-        total = (x[on] @ d[i]).pow(2).sum()
-        shares.append(float((resid[on] @ d[i]).pow(2).sum() / total.clamp_min(1e-12)))
+    count = torch.zeros(len(latents), dtype=torch.long)
+    total = torch.zeros(len(latents), dtype=torch.float64)
+    unexplained = torch.zeros(len(latents), dtype=torch.float64)
+    # streamed (x may be an on-disk column): per chunk, the energy along each latent's direction on the
+    # tokens where it fires, of the rows and of the reference SAE's residual
+    for xb, f in stream_codes(reference_sae, x, 4096, "coverage"):
+        rows = xb.float().cpu()
+        resid = rows - reference_sae.decode(f).float().cpu()
+        on = encode(sae, rows)[:, latents] > 0
+        count += on.sum(0)
+        total += ((rows @ d.T).pow(2) * on).sum(0).double()
+        unexplained += ((resid @ d.T).pow(2) * on).sum(0).double()
+    shares = [
+        float(unexplained[i] / total[i].clamp_min(1e-12)) for i in range(len(latents)) if int(count[i]) >= 5
+    ]
     return float(np.median(shares)) if shares else float("nan")

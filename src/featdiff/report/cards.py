@@ -246,7 +246,8 @@ def _code_batches(dictionary, is_cc: bool, acts: ActivationSet, checkpoint: str,
         for b in sub.batches(batch_size, shuffle=False, names=dictionary.names):
             yield dictionary.encode(stack(b, dictionary.names)).float().cpu()
         return
-    x = acts[checkpoint] if rows is None else acts[checkpoint][torch.as_tensor(rows, dtype=torch.long)]
+    x = acts.column(checkpoint)  # on disk: a view read chunk by chunk, never the whole column
+    x = x if rows is None else x[torch.as_tensor(rows, dtype=torch.long)]
     if x.shape[1] != dictionary.W_dec.shape[1]:
         raise FeatdiffError(
             f"The activations of {checkpoint!r} have width {x.shape[1]} but its SAE has d_in="
@@ -254,8 +255,9 @@ def _code_batches(dictionary, is_cc: bool, acts: ActivationSet, checkpoint: str,
         )
     p = next(iter(dictionary.parameters()), None)
     dev, dt = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
-    for i in range(0, len(x), batch_size):
-        yield dictionary.encode(x[i : i + batch_size].to(dev, dt)).float().cpu()
+    chunks = x.chunks(batch_size) if hasattr(x, "chunks") else (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    for xb in chunks:
+        yield dictionary.encode(xb.to(dev, dt)).float().cpu()
 
 
 def top_activations(
