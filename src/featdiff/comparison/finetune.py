@@ -142,6 +142,7 @@ def seed_floor_message(cmp, min_seed_floor: float) -> str | None:
     return (
         f"seed floor: {reference} SAEs trained from scratch with different seeds share only {q:.1%} of their "
         f"scored latents (below min_seed_floor={min_seed_floor:g}), so the independent-SAE readings are mostly "
-        f"seed noise. Use method='finetune' (each checkpoint's SAE fine-tuned from the {reference} SAE, aligned "
-        "by index; docs/metrics.md, 'Which route to trust when'), or make the SAEs agree across seeds."
+        f"seed noise. method='finetune' (each checkpoint's SAE fine-tuned from the {reference} SAE, aligned by "
+        "index) keeps the floor high, but on the scenario library it still misreads recombined and split "
+        "features (docs/metrics.md, 'Which route to trust when'); or make the SAEs agree across seeds."
     )
