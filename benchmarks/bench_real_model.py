@@ -9,7 +9,9 @@ folder (benchmarks/_real_model.py; cached in ~/.cache/featdiff-bench). The scrip
 fine-tuned variants of it (a few AdamW steps of next-token training, one on Python source, one on English
 package READMEs: two different "SFT" runs), and runs featdiff on the triple: load_model,
 collect_activations at the middle layer, train_saes (one SAE per checkpoint + one base replica),
-train_crosscoder, compare_dictionaries and compare_crosscoder on held-out tokens, and the report.
+train_crosscoder, compare_dictionaries and compare_crosscoder on held-out tokens, and the report; and the
+warm-started route (``--finetune-steps``, 0 skips it): the base SAE fine-tuned on each fine-tune's activations
+and twice on the base's own in other data orders (the floor), scored aligned by index.
 
 It prints, per stage, the wall time, the process's peak RSS so far (resource.getrusage) and the
 throughput: tokens/s through the models (collection), samples/s through the SAEs and the crosscoder, and
@@ -109,6 +111,7 @@ def main() -> None:
         "--out", default=None, help="folder for the checkpoints, comparison and report (default: temp)"
     )
     ap.add_argument("--device", default="cpu", help="where the models and dictionaries run, e.g. cuda")
+    ap.add_argument("--finetune-steps", type=int, default=500, help="warm-started route's steps (0: skip it)")
     args = ap.parse_args()
     dev = args.device
     torch.manual_seed(0)
@@ -188,6 +191,20 @@ def main() -> None:
         "crosscoder", t, f"d_sae {args.d_sae}, {len(models)} models: {args.n_samples / dt:,.0f} samples/s"
     )
 
+    ft_cmp = None
+    if args.finetune_steps:
+        from featdiff.comparison.finetune import add_index_check, index_config
+        from featdiff.dictionaries.finetune import FinetuneConfig, finetune_saes
+
+        ft_cfg = FinetuneConfig(n_steps=args.finetune_steps)
+        jobs = {n: (n, 0) for n in ("sft_code", "sft_prose")} | {f"base_ft{i}": ("base", i) for i in (1, 2)}
+        ft = finetune_saes(saes["base"], train, jobs, ft_cfg, progress=False, device=dev)
+        ft_saes = {"base": saes["base"], "sft_code": ft["sft_code"], "sft_prose": ft["sft_prose"]}
+        ft_cmp = fd.compare_dictionaries(ft_saes, held, reference="base", replicas=[ft["base_ft1"], ft["base_ft2"]],
+                                         config=index_config(None), metrics=[], progress=False)  # fmt: skip
+        add_index_check(ft_cmp, ft_cfg)
+        t = stage("finetune", t, f"{len(jobs)} warm-started SAEs x {args.finetune_steps} steps, scored by index")
+
     replicas = [saes.pop("base_seed1")]
     cmp = fd.compare_dictionaries(saes, held, reference="base", replicas=replicas, progress=False)
     ccmp = fd.compare_crosscoder(cc, held, reference="base", progress=False)
@@ -200,6 +217,10 @@ def main() -> None:
     cols = ["reuse", "recombination", "novelty", "drift", "base_coverage", "transfer_fve"]
     print("\nSAE route (held-out tokens):")
     print(cmp.summary[[c for c in cols if c in cmp.summary]].round(3).to_string())
+    if ft_cmp is not None:
+        print("\nwarm-started route (aligned by index):")
+        fcols = [*cols, "reuse_raw", "reuse_floor", "reuse_lo", "reuse_hi", "index_agreement"]
+        print(ft_cmp.summary[[c for c in fcols if c in ft_cmp.summary]].round(3).to_string())
     print("\ncrosscoder route:")
     print(ccmp.summary[[c for c in cols if c in ccmp.summary]].round(3).to_string())
     total = sum(r[1] for r in ROWS)

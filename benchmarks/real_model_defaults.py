@@ -2,6 +2,10 @@
 min_contribution does there (run by hand; ~25 min per route on 1 CPU thread).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/real_model_defaults.py saes crosscoder
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/real_model_defaults.py finetune finetune@1
+
+A route may carry a seed (``finetune@1``: compare_checkpoints(seed=1)); each prints its wall time, the
+process's peak RSS so far and, for the SAE routes, the reuse floor and interval width per checkpoint.
 
 SmolLM2-135M-Instruct and two fine-tunes of it (benchmarks/bench_real_model.py's: 10 AdamW steps on Python
 source, 10 on English READMEs), 24,576 evaluation tokens (the issue's data size), the hook at the middle
@@ -12,6 +16,7 @@ is live, docs/design.md's "fired at least once") and 0.01 (the default). Fine-tu
 """
 
 import os
+import resource
 import sys
 import time
 import warnings
@@ -42,12 +47,22 @@ models = {"base": base, **ft}
 skip = 256 * 63
 tokens = torch.cat([token_chunks(tok, text[c], 128, 96, bos, start=skip) for c in ("code", "prose")])
 print("eval tokens", tokens.numel(), flush=True)
-for method in sys.argv[1:] or ["saes"]:  # noqa: C901
+for spec in sys.argv[1:] or ["saes"]:  # noqa: C901
+    method, _, seed = spec.partition("@")
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        cmp = fd.compare_checkpoints(models, tokens=tokens, hook=hook, method=method, progress=False)
-    print(f"\n=== {method}: {time.perf_counter() - t:.0f} s", flush=True)
+        cmp = fd.compare_checkpoints(models, tokens=tokens, hook=hook, method=method, seed=int(seed or 0), progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"\n=== {spec}: {time.perf_counter() - t:.0f} s, peak RSS so far {peak:.2f} GB", flush=True)
+    if method != "crosscoder":
+        s = cmp.summary
+        for name in s.index:
+            print(f"ROUTE {spec} {name}: reuse_raw {s.loc[name, 'reuse_raw']:.3f} floor {s.loc[name, 'reuse_floor']:.3f} "
+                  f"reuse {s.loc[name, 'reuse']:.3f} [{s.loc[name, 'reuse_lo']:.3f}, {s.loc[name, 'reuse_hi']:.3f}] "
+                  f"width {s.loc[name, 'reuse_hi'] - s.loc[name, 'reuse_lo']:.3f} novelty {s.loc[name, 'novelty']:.3f} "
+                  f"[{s.loc[name, 'novelty_lo']:.3f}, {s.loc[name, 'novelty_hi']:.3f}] n_live {s.loc[name, 'n_live']} "
+                  f"agreement {s.loc[name, 'index_agreement'] if 'index_agreement' in s else float('nan'):.3f}", flush=True)
     seen = set()
     for x in w:
         m = str(x.message)

@@ -6,6 +6,7 @@ should).
 
     OMP_NUM_THREADS=1 python benchmarks/scenario_library.py --half tuning --seeds 0 1 2 3 --csv tuning.csv
     OMP_NUM_THREADS=1 python benchmarks/scenario_library.py --half held_out --seeds 4 5 --csv held_out.csv
+    OMP_NUM_THREADS=1 python benchmarks/scenario_library.py --method finetune --seeds 0 1 --csv ft_tuning
     python benchmarks/scenario_library.py --report tuning.csv held_out.csv      # the tables of docs/metrics.md
 
 The protocol (docs/metrics.md, "The scenario library"): thresholds and defaults are chosen on the TUNING
@@ -24,6 +25,7 @@ import torch
 
 import featdiff as fd
 from featdiff.comparison.config import CompareConfig
+from featdiff.comparison.finetune import index_config
 from featdiff.synthetic.scenarios import HELD_OUT, SCENARIOS, TUNING, make_scenario
 
 D_IN, N_ATOMS, K = 64, 64, 4
@@ -102,9 +104,17 @@ def firing(cmp) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas: int, variants=VARIANTS):
-    """Train (fd.compare_activations, the library's defaults) and score every variant on the same SAEs;
-    also the base against its own replica (the null: everything there is reused by truth)."""
+def run(
+    name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas: int, variants=VARIANTS, method="saes",
+    finetune_steps: int | None = None,
+):
+    """Train (fd.compare_activations, the library's defaults; ``method="finetune"``: the warm-started route)
+    and score every variant on the same SAEs; also the base against its own replica (the null: everything
+    there is reused by truth)."""
+
+    def config(**over):  # the route's scoring config (finetune: aligned by index)
+        return index_config(CompareConfig(**over)) if method == "finetune" else CompareConfig(**over)
+
     scenario = make_scenario(name, d_in=D_IN, n_atoms=N_ATOMS, k=K, seed=seed)
     train = scenario.sample(n_train, seed=seed + 1)
     held_out = scenario.sample(n_eval, seed=seed + 2)
@@ -118,6 +128,8 @@ def run(name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas:
         seed=seed,
         metrics=[],
         progress=False,
+        method=method,
+        **({"finetune": {"n_steps": finetune_steps}} if finetune_steps else {}),
     )
     wall = time.perf_counter() - t0
     key = {"scenario": name, "seed": seed, "width": width}
@@ -126,7 +138,7 @@ def run(name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas:
     rounds = cmp.meta.get("width_check") or []
     for variant, over in variants.items():
         c = cmp if not over else fd.compare_dictionaries(
-            saes, held_out, replicas=reps, config=CompareConfig(**over), metrics=[], progress=False
+            saes, held_out, replicas=reps, config=config(**over), metrics=[], progress=False
         )
         out.append(readings(c, scenario, **key, variant=variant, wall_s=wall))
         fire.append(firing(c).assign(**key, variant=variant))
@@ -150,7 +162,7 @@ def run(name: str, seed: int, width: str, n_train: int, n_eval: int, n_replicas:
                 continue  # the null's statuses do not depend on them
             c = fd.compare_dictionaries(
                 {"base": saes[scenario.reference], "replica": base_reps[0]}, null_acts,
-                replicas=base_reps[1:], config=CompareConfig(**over), metrics=[], progress=False,
+                replicas=base_reps[1:], config=config(**over), metrics=[], progress=False,
             )
             fire.append(firing(c).assign(**key, variant=variant, checkpoint="base_vs_replica"))
     return pd.concat(out, ignore_index=True), pd.concat(fire, ignore_index=True)
@@ -305,6 +317,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=50_000)
     ap.add_argument("--n-eval", type=int, default=10_000)
     ap.add_argument("--n-replicas", type=int, default=2)
+    ap.add_argument("--method", choices=["saes", "finetune"], default="saes", help="the route (default: saes)")
+    ap.add_argument("--finetune-steps", type=int, default=None, help="--method finetune: fine-tuning steps")
     ap.add_argument("--csv", default=None, help="prefix: writes PREFIX.readings.csv and PREFIX.firing.csv")
     ap.add_argument("--report", nargs="*", default=None, help="print the tables of these CSV prefixes")
     ap.add_argument("--figure", default=None, help="with --report: save the calibration figure here (PNG)")
@@ -332,7 +346,8 @@ def main() -> None:
         for seed in args.seeds:
             for width in args.widths:
                 t0 = time.perf_counter()
-                r, f = run(name, seed, width, args.n_train, args.n_eval, args.n_replicas)
+                r, f = run(name, seed, width, args.n_train, args.n_eval, args.n_replicas, method=args.method,
+                           finetune_steps=args.finetune_steps)
                 parts.append(r)
                 fires.append(f)
                 d = r[r.variant == "default"]

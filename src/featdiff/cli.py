@@ -78,8 +78,8 @@ name where a network exists):
 Each checkpoint is NAME=PATH (NAME: letters, digits, _ . -); a bare PATH keeps its place's name (the
 first is base, the second rl, the third sft). The reference is the one named base (else the first).
 Collects their activations on the same tokens at --hook (default: the middle layer's residual stream),
-trains one SAE per checkpoint (or one crosscoder, --method crosscoder), aligns them to the base's and
-writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to --out.
+trains one SAE per checkpoint (or one crosscoder, --method crosscoder; or the base's SAE fine-tuned on
+each checkpoint, --method finetune), aligns them to the base's and writes the Comparison folder (summary.csv, features.parquet, meta.json, figures/) plus report.html to --out.
 
 The data: --text FILE (a .txt, .jsonl or .parquet file, or a Hugging Face datasets save_to_disk folder),
 tokenized with the base checkpoint's own tokenizer (every checkpoint must share it), or --tokens FILE
@@ -241,7 +241,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="report folder to write (replaced atomically)")
     c.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     c.add_argument("--hook", default=None, help="TransformerLens hook name (default: middle resid_post)")
-    c.add_argument("--method", default="saes", choices=["saes", "crosscoder"], help="default: saes")
+    c.add_argument(
+        "--method",
+        default="saes",
+        choices=["saes", "crosscoder", "finetune"],
+        help="saes: one SAE per checkpoint; crosscoder: one shared dictionary; finetune: the base SAE fine-tuned "
+        "on each checkpoint, aligned by index (default: saes)",
+    )
+    c.add_argument(
+        "--finetune-steps",
+        type=_positive_int,
+        default=None,
+        help="with --method finetune: fine-tuning steps of each warm-started SAE (default: featdiff's)",
+    )
     c.add_argument("--d-sae", type=_positive_int, default=None, help="dictionary size (default: 4 * d_model)")
     c.add_argument("--k", type=_positive_int, default=None, help="active latents per token (default: featdiff's)")
     c.add_argument("--n-steps", type=_positive_int, default=None, help="training steps of the dictionaries")
@@ -541,7 +553,8 @@ def compare(args: argparse.Namespace) -> int:
             train_kwargs=train_kwargs,
             eval_fraction=args.eval_fraction,
             pad_token_id=args.pad_token_id,
-            **({"widen": args.widen} if args.method == "saes" else {}),
+            **({"widen": args.widen} if args.method in ("saes", "finetune") else {}),
+            **({"finetune": {"n_steps": args.finetune_steps}} if args.finetune_steps else {}),
             progress=progress,
             device=args.device,
             distributed=distributed,

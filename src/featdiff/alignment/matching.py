@@ -14,7 +14,7 @@ from featdiff.activations.activations import ActivationSet
 from featdiff.dictionaries.stats import encode, unit_decoder
 from featdiff.errors import FeatdiffError, check_choice, warn
 
-METHODS = ("hungarian", "max")
+METHODS = ("hungarian", "max", "index")
 ON = ("decoder", "activations")
 
 
@@ -83,7 +83,8 @@ class _StreamedCodes:
 
 @dataclass
 class Alignment:
-    """A one-to-one (Hungarian) or many-to-one (max) matching of target features to reference features.
+    """A one-to-one (Hungarian), many-to-one (max) or by-index (index: latent j to latent j, for dictionaries
+    fine-tuned from one another) matching of target features to reference features.
 
     ``match[j]`` is the reference feature matched to target feature j (-1 if none: dead, or more target
     than reference features) and ``similarity[j]`` its score (cosine of decoder rows, or correlation of
@@ -367,7 +368,9 @@ def align(
     ``on="decoder"`` scores pairs by the cosine of their decoder rows; ``on="activations"`` by the Pearson
     correlation of their codes on the same tokens (needs ``activations`` holding ``reference_name`` and
     ``target_name``). When activations are given, features that never fire on them are dead and are left
-    out of the matching (``match`` -1).
+    out of the matching (``match`` -1). ``method="index"`` matches target latent j to reference latent j
+    (where both are live), for a target dictionary fine-tuned from the reference (featdiff.dictionaries.finetune):
+    ``similarity`` is then the pair's decoder cosine (or code correlation), however low.
 
     ``solver``: ``"dense"`` builds the full similarity matrix; ``"sparse"`` (decoder cosines only) streams it
     in blocks, keeps each feature's best candidates and certifies the optimum against the dense dual bound
@@ -384,6 +387,8 @@ def align(
     ([2, 0, 3, 1], [1.0, 1.0, 1.0, 1.0])
     >>> al  # a short summary; the arrays are in the fields and in al.table()
     Alignment(base->target, hungarian/decoder, d_ref=4, d_tgt=4, live 4/4, n_matched=4, mean cosine=1.000)
+    >>> align(W, W[[2, 0, 3, 1]], method="index").similarity.round(3).tolist()
+    [0.0, 0.0, 0.0, 0.0]
     """
     check_choice("method", method, METHODS, "align")
     check_choice("on", on, ON, "align")
@@ -429,7 +434,17 @@ def align(
         solver == "sparse" or (solver == "auto" and min(len(r_idx), len(t_idx)) > SPARSE_ABOVE)
     )
     exact = True
-    if sparse and len(r_idx) and len(t_idx):
+    if method == "index":  # latent j to latent j where both are live: the pair's own score, however low
+        both = np.intersect1d(t_idx, r_idx)
+        if on == "decoder":
+            score = (tgt_dec[both] * ref_dec[both]).sum(1).double().numpy()
+        else:
+            score = np.diag(correlation_matrix(tgt_codes[:, both], ref_codes[:, both]).double().numpy())
+        pos = np.searchsorted(r_idx, both)
+        m, s = np.full(len(t_idx), -1, dtype=np.int64), np.full(len(t_idx), np.nan)
+        m[np.searchsorted(t_idx, both)] = pos
+        s[np.searchsorted(t_idx, both)] = score
+    elif sparse and len(r_idx) and len(t_idx):
         m, s, exact = _assign_streamed(tgt_dec[t_idx], ref_dec[r_idx], method)
     elif on == "decoder":
         m, s = _assign_cosines(tgt_dec[t_idx], ref_dec[r_idx], method)

@@ -60,6 +60,9 @@ MIN_STEPS = 20
 MAX_MISSED_EXCESS = 0.1
 MISSED_P_VALUE = 0.05
 MIN_UNEXPLAINED = 0.1
+# the independent-SAE route warns, naming method="finetune", where its reference replicas share fewer than
+# this of their scored latents (docs/metrics.md, "Which route to trust when")
+MIN_SEED_FLOOR = 0.3
 
 # diagnose: a target's SAE explaining this much less of its activations' variance than the reference's own,
 # or recovering this much less of the LM loss, is much worse (featdiff.comparison.quality; docs/diagnostics.md)
@@ -87,7 +90,9 @@ class DiagnosticsConfig(Config):
     paired correlation at which a target latent counts as present in the reference's activations, that
     check's count: featdiff.metrics.coverage.reference_misses), ``max_fve_drop`` / ``max_ce_recovered_drop``
     (a target's SAE whose own FVE, or CE loss recovered, is lower than the reference SAE's by more than this
-    is much worse, and its "novel" reading means little: featdiff.comparison.quality).
+    is much worse, and its "novel" reading means little: featdiff.comparison.quality), ``min_seed_floor``
+    (the independent-SAE route's reuse floor below which ``compare_checkpoints`` / ``compare_activations``
+    warn and name ``method="finetune"``: featdiff.comparison.finetune.seed_floor_message).
 
     Examples
     --------
@@ -107,6 +112,7 @@ class DiagnosticsConfig(Config):
     present_correlation: float = PRESENT_CORRELATION
     max_fve_drop: float = MAX_FVE_DROP
     max_ce_recovered_drop: float = MAX_CE_RECOVERED_DROP
+    min_seed_floor: float = MIN_SEED_FLOOR
 
     def __post_init__(self) -> None:
         where = "DiagnosticsConfig"
@@ -116,6 +122,7 @@ class DiagnosticsConfig(Config):
         check_number(where, "settle_window", self.settle_window, 0, 1, strict_low=True)
         check_number(where, "missed_p_value", self.missed_p_value, 0, 1)
         check_number(where, "present_correlation", self.present_correlation, -1, 1)
+        check_number(where, "min_seed_floor", self.min_seed_floor, 0, 1)
         check_int(where, "min_steps", self.min_steps)
 
 
@@ -180,9 +187,9 @@ class CompareConfig(Config):
     ``n_absorbed``; such a feature fires on at least ``absorbed_min_tokens`` tokens and no own target latent
     is tied to its tokens by ``own_feature_rate``: featdiff.metrics.recombination.absorbed_recombination),
     ``method`` /
-    ``on`` (how dictionaries are aligned), ``eps``
-    (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a
-    feature
+    ``on`` (how dictionaries are aligned; ``method="index"`` pairs latent j with latent j, for dictionaries
+    fine-tuned from the reference), ``eps``
+    (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a feature
     is live when it fired at least once on the evaluation activations, and a live feature is scored when it
     carries at least this fraction of the mean share of the decoded energy of the live features; the others
     get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
@@ -260,7 +267,7 @@ class CompareConfig(Config):
 
     def __post_init__(self) -> None:
         where = "CompareConfig"
-        check_choice("method", self.method, ("hungarian", "max"), where)
+        check_choice("method", self.method, ("hungarian", "max", "index"), where)
         check_choice("on", self.on, ("decoder", "activations"), where)
         check_choice("p", self.p, (1, 2), where)
         check_choice("estimator", self.estimator, ESTIMATORS, where)

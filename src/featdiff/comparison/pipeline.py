@@ -13,6 +13,7 @@ from featdiff.activations.activations import ActivationSet
 from featdiff.activations.collect import collect_activations
 from featdiff.activations.corpus import as_corpus
 from featdiff.comparison.config import CompareConfig
+from featdiff.comparison.finetune import finetune_fitter, finish_route, index_config
 from featdiff.comparison.quality import add_lm_quality
 from featdiff.comparison.replicas import as_replicas
 from featdiff.comparison.scoring import compare_crosscoder, compare_dictionaries
@@ -20,6 +21,7 @@ from featdiff.comparison.table import Comparison
 from featdiff.comparison.width import scored_shares
 from featdiff.core.config import check_int
 from featdiff.dictionaries.crosscoder.train import train_crosscoder
+from featdiff.dictionaries.finetune import FinetuneConfig, as_finetune_config
 from featdiff.dictionaries.formats import load_sae
 from featdiff.dictionaries.sae import train_saes
 from featdiff.errors import FeatdiffError, check_choice, warn
@@ -31,7 +33,7 @@ from featdiff.report.cards import Unembedding
 
 # reference replica SAEs compare_checkpoints trains by default (docs/metrics.md: cost vs interval width)
 DEFAULT_N_REPLICAS = 2
-METHODS = ("saes", "crosscoder")
+METHODS = ("saes", "crosscoder", "finetune")
 # per round of the width check, the summary columns kept in meta["width_check"] (the round's tables are
 # otherwise replaced by the next round's)
 ROUND_SUMMARY = ("reuse", "recombination", "novelty", "reuse_raw", "recombination_raw", "novelty_raw")
@@ -261,6 +263,8 @@ def compare_activations(
     train_kwargs: dict | None = None,
     progress: bool = True,
     device: str | None = None,
+    method: str = "saes",
+    finetune: FinetuneConfig | dict | None = None,
 ) -> Comparison:
     """``compare_checkpoints``'s SAE route from paired activations you already have (e.g. an
     ``ActivationSet.open`` folder or ``from_sae_lens_cache``): train one SAE per checkpoint and
@@ -282,6 +286,9 @@ def compare_activations(
         The share of sequences held out when ``held_out`` is not given.
     widen : int
         Rounds of the width check below; 0 keeps ``d_sae`` and checks nothing.
+    method, finetune :
+        ``"saes"`` (independent SAEs) or ``"finetune"`` (the reference's SAE fine-tuned on each checkpoint,
+        ``finetune`` a ``FinetuneConfig``), as in ``compare_checkpoints``.
     metrics, config, train_kwargs, progress, device :
         As in ``compare_checkpoints``.
 
@@ -296,7 +303,10 @@ def compare_activations(
     ``cmp.meta["width_check"]`` holds one entry per round: its ``d_sae``, seconds (``train_s``,
     ``score_s``, ``probe_s``, ``wall_s``), ``summary`` (every target's reuse, recombination, novelty and
     their raw values at that width), the check's numbers and its ``decision``; the HTML report shows them.
-    Where the tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so.
+    Where the tables are at a wider width, ``cmp.meta["widened"]`` and a warning say so. ``widen=0`` keeps
+    ``d_sae`` and checks nothing. ``method="finetune"``: the targets' SAEs and the replicas are the
+    reference's SAE fine-tuned on their activations (``finetune``, a ``FinetuneConfig``), aligned by index
+    (featdiff.comparison.finetune).
 
     Examples
     --------
@@ -314,14 +324,16 @@ def compare_activations(
         )
     check_int("compare_activations", "n_replicas", n_replicas, minimum=0)
     check_int("compare_activations", "widen", widen, minimum=0)  # rounds of doubling d_sae
+    check_choice("method", method, ("saes", "finetune"), "compare_activations")
     reference = reference or ("base" if "base" in acts.names else acts.names[0])
     if reference not in acts.names:
         raise FeatdiffError(f"compare_activations: no checkpoint {reference!r}; the activations have {acts.names}.")
     train = acts
     if held_out is None:
         train, held_out = acts.split(eval_fraction, seed=seed)
-    meta = {"method": "saes", "hook": acts.hook, "n_tokens": acts.n_tokens, "n_train_tokens": train.n_tokens, "seed": seed}
-    return _train_and_compare(
+    meta = {"method": method, "hook": acts.hook, "n_tokens": acts.n_tokens, "n_train_tokens": train.n_tokens, "seed": seed}
+    ft = as_finetune_config(finetune)
+    cmp = _train_and_compare(
         train,
         held_out,
         names=list(acts.names),
@@ -332,14 +344,16 @@ def compare_activations(
         seed=seed,
         n_replicas=n_replicas,
         metrics=metrics,
-        config=config,
+        config=index_config(config) if method == "finetune" else config,
         train_kwargs=dict(train_kwargs or {}),
         progress=progress,
         device=device,
-        fit_saes=train_saes,
+        fit_saes=finetune_fitter(reference, ft, train_saes) if method == "finetune" else train_saes,
         meta=meta,
         widen=widen,
     )
+    finish_route(cmp, method, ft, config)  # the index check, or the seed-floor warning
+    return cmp
 
 
 def compare_checkpoints(
@@ -370,6 +384,7 @@ def compare_checkpoints(
     activations_dir: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     widen: int = 1,
+    finetune: FinetuneConfig | dict | None = None,
 ) -> Comparison | None:
     """Everything in one call: load the checkpoints, collect paired activations, train (or take) the
     dictionaries, align them to the base's and score them.
@@ -387,8 +402,12 @@ def compare_checkpoints(
         ``max_tokens``); tokenized with the reference's tokenizer, read chunk by chunk (docs/cli.md).
     hook : str, optional
         TransformerLens hook name; default the middle layer's residual stream.
-    method : {"saes", "crosscoder"}
-        One SAE per checkpoint (plus ``n_replicas`` reference replicas), or one crosscoder over all.
+    method : {"saes", "crosscoder", "finetune"}
+        One SAE per checkpoint (plus ``n_replicas`` reference replicas), one crosscoder over all, or the
+        reference's SAE fine-tuned on each checkpoint and aligned by index (docs/metrics.md, "The
+        warm-started route").
+    finetune : FinetuneConfig or dict, optional
+        ``method="finetune"``: the fine-tuning's steps and learning rate (featdiff.comparison.finetune).
     saes : dict, optional
         Trained SAEs ``{checkpoint: SAE}`` to use instead of training them.
     d_sae, architecture, k, seed :
@@ -519,6 +538,13 @@ def compare_checkpoints(
 
     check_int("compare_checkpoints", "n_replicas", n_replicas, minimum=0)
     check_int("compare_checkpoints", "widen", widen, minimum=0)  # rounds of doubling d_sae
+    ft = as_finetune_config(finetune)
+    if method == "finetune" and (saes is not None or distributed):
+        raise FeatdiffError(
+            "compare_checkpoints(method='finetune') trains its own SAEs in one process; it takes no saes= and no "
+            "distributed=True. To score SAEs you fine-tuned yourself, use compare_dictionaries(saes, acts, "
+            "config=CompareConfig(method='index'))."
+        )
     if saes is None:
         if replicas is not None:
             raise FeatdiffError("compare_checkpoints takes replicas= only with saes=; else pass n_replicas=.")
@@ -544,17 +570,18 @@ def compare_checkpoints(
             seed=seed,
             n_replicas=n_replicas,
             metrics=metrics,
-            config=config,
+            config=index_config(config) if method == "finetune" else config,
             train_kwargs={**stage_ckpt.get("saes", {}), **(train_kwargs or {})},
             progress=progress,
             device=device,
-            fit_saes=fit_saes,
+            fit_saes=finetune_fitter(reference, ft, train_saes) if method == "finetune" else fit_saes,
             meta=meta,
             widen=0 if distributed else widen,
             distributed=distributed,
         )
         if cmp is None:
             return None
+        finish_route(cmp, method, ft, config)  # the index check, or the seed-floor warning
         if skipped:
             cmp.meta.setdefault("warnings", []).append(skipped)
             cmp.meta["width_check"] = [{"round": 0, "d_sae": cmp.meta["sae"]["d_sae"], "decision": "skipped: distributed=True"}]
