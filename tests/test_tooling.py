@@ -110,7 +110,7 @@ LAYERS = [
     ["analyses.crosscoder_view"],
     ["analyses"],
     [""],  # featdiff: the public API
-    ["cli", "__main__"],
+    ["cli_args", "cli", "__main__"],
 ]
 
 

@@ -25,6 +25,7 @@ import featdiff as fd
 from featdiff._version import __version__
 from featdiff.analyses.crosscoder_view.config import CrosscoderViewConfig
 from featdiff.analyses.crosscoder_view.run import crosscoder_view
+from featdiff.cli_args import FLAGS, PHRASES, Parser, device_arg, fraction_arg, positive_int_arg
 from featdiff.core.io import atomic_dir, check_replaceable, write_json
 from featdiff.errors import FeatdiffError, FeatdiffWarning, group_messages
 from featdiff.report.figures import figure_png, ordered_accuracy, plot_accuracy
@@ -92,68 +93,12 @@ collection and training (gloo on CPUs, NCCL on GPUs, --device cuda: one GPU per 
 """
 
 # the Python parameters named in featdiff's error messages, and the flags that set them
-_FLAGS = {
-    "texts": "--text",
-    "tokens": "--tokens",
-    "text_field": "--text-field",
-    "context_length": "--context-length",
-    "max_tokens": "--max-tokens",
-    "packing": "--packing",
-    "txt_documents": "--txt-documents",
-    "checkpoint_dir": "--checkpoint-dir",
-    "activations_dir": "--activations-dir",
-    "pad_token_id": "--pad-token-id",
-    "d_sae": "--d-sae",
-    "n_steps": "--n-steps",
-    "widen": "--widen",
-    "eval_fraction": "--eval-fraction",
-}
-# Python advice in a message the command line prints, and what to say there instead
-_PHRASES = {
-    "raise n_samples or n_steps": "raise --n-steps",
-    "raise n_samples, now": "raise --n-steps (training rows now",
-}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 POSITIONAL_NAMES = ("base", "rl", "sft")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr (``featdiff compare: error: ...``) and status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
-
-
-def _device(spec: str) -> str:
-    """--device: a torch device string, checked at once (one line, not a traceback, when it is not one)."""
-    try:
-        torch.device(spec)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {spec!r} (try cpu, cuda, cuda:1, mps)") from None
-    return spec
-
-
-def _fraction(text: str) -> float:
-    """--eval-fraction: a number in (0, 1)."""
-    value = float(text) if re.fullmatch(r"\s*[0-9.eE+-]+\s*", text) else float("nan")
-    if not 0 < value < 1:  # (NaN too: not a number)
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive); got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """--k, --d-sae, --n-steps: a positive integer, checked before minutes of work."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="featdiff",
         description="featdiff: what post-training did to a language model's features, feature by feature.",
     )
@@ -213,12 +158,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--context-length",
-        type=_positive_int,
+        type=positive_int_arg,
         default=None,
         help="tokens per window of --text (default: the checkpoints' n_ctx)",
     )
     c.add_argument(
-        "--max-tokens", type=_positive_int, default=None, help="read --text up to this many tokens (default: all)"
+        "--max-tokens", type=positive_int_arg, default=None, help="read --text up to this many tokens (default: all)"
     )
     c.add_argument(
         "--packing",
@@ -250,13 +195,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--finetune-steps",
-        type=_positive_int,
+        type=positive_int_arg,
         default=None,
         help="with --method finetune: fine-tuning steps of each warm-started SAE (default: featdiff's)",
     )
-    c.add_argument("--d-sae", type=_positive_int, default=None, help="dictionary size (default: 4 * d_model)")
-    c.add_argument("--k", type=_positive_int, default=None, help="active latents per token (default: featdiff's)")
-    c.add_argument("--n-steps", type=_positive_int, default=None, help="training steps of the dictionaries")
+    c.add_argument("--d-sae", type=positive_int_arg, default=None, help="dictionary size (default: 4 * d_model)")
+    c.add_argument("--k", type=positive_int_arg, default=None, help="active latents per token (default: featdiff's)")
+    c.add_argument("--n-steps", type=positive_int_arg, default=None, help="training steps of the dictionaries")
     c.add_argument(
         "--widen",
         type=int,
@@ -267,9 +212,9 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1; 0 keeps --d-sae)",
     )
     c.add_argument("--pad-token-id", type=int, default=None, help="padding token to leave out")
-    c.add_argument("--eval-fraction", type=_fraction, default=0.2, help="share of sequences held out (default 0.2)")
+    c.add_argument("--eval-fraction", type=fraction_arg, default=0.2, help="share of sequences held out (default 0.2)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default=None, type=_device, help="torch device (default: cpu)")
+    c.add_argument("--device", default=None, type=device_arg, help="torch device (default: cpu)")
     c.add_argument(
         "--checkpoint-dir",
         default=None,
@@ -508,7 +453,7 @@ def _text_corpus(args: argparse.Namespace):
         given["prepend_bos"] = False
     if args.text is None:
         if given:
-            flags = [_FLAGS.get(k, "--no-bos") for k in given]
+            flags = [FLAGS.get(k, "--no-bos") for k in given]
             raise FeatdiffError(f"{', '.join(flags)} set(s) how --text is read; give --text FILE too.")
         return None
     if args.tokens is not None:
@@ -519,9 +464,9 @@ def _text_corpus(args: argparse.Namespace):
 def _cli_advice(message: str) -> str:
     """A message (error or warning) with the Python parameters it names (``texts=``, ``eval_fraction``)
     replaced by their flags."""
-    for phrase, said in _PHRASES.items():
+    for phrase, said in PHRASES.items():
         message = message.replace(phrase, said)
-    for param, flag in _FLAGS.items():
+    for param, flag in FLAGS.items():
         message = re.sub(rf"\b{param}=(?=[\w'\"\[-])", f"{flag} ", message)  # context_length=4096
         message = re.sub(rf"\b{param}=", flag, message)  # pass tokens= (...)
         if "_" in param:  # a bare parameter name: "a larger eval_fraction"

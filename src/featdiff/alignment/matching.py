@@ -369,7 +369,8 @@ def align(
     correlation of their codes on the same tokens (needs ``activations`` holding ``reference_name`` and
     ``target_name``). When activations are given, features that never fire on them are dead and are left
     out of the matching (``match`` -1). ``method="index"`` matches target latent j to reference latent j
-    (where both are live), for a target dictionary fine-tuned from the reference (featdiff.dictionaries.finetune):
+    (where both are live), for a target dictionary fine-tuned from the reference
+    (featdiff.dictionaries.finetune):
     ``similarity`` is then the pair's decoder cosine (or code correlation), however low.
 
     ``solver``: ``"dense"`` builds the full similarity matrix; ``"sparse"`` (decoder cosines only) streams it

@@ -188,9 +188,9 @@ class CompareConfig(Config):
     is tied to its tokens by ``own_feature_rate``: featdiff.metrics.recombination.absorbed_recombination),
     ``method`` /
     ``on`` (how dictionaries are aligned; ``method="index"`` pairs latent j with latent j, for dictionaries
-    fine-tuned from the reference), ``eps``
-    (firing-frequency smoothing of freq_shift), ``min_contribution`` (which live features are scored: a feature
-    is live when it fired at least once on the evaluation activations, and a live feature is scored when it
+    fine-tuned from the reference), ``eps`` (firing-frequency smoothing of freq_shift), ``min_contribution``
+    (which live features are scored: a feature is live when it fired at least once on the evaluation
+    activations, and a live feature is scored when it
     carries at least this fraction of the mean share of the decoded energy of the live features; the others
     get status ``faint``, counted in ``n_faint`` and not scored, as ``dead`` ones, which never fired; 0
     scores every live feature; featdiff.dictionaries.stats.scored_features),
