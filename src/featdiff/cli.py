@@ -291,7 +291,7 @@ def _print_key_table(cmp, accuracy=None, cli_flags: bool = False) -> None:
         print(key_table_text(cmp).to_string())
     level = interval_level(cmp)
     print(
-        f"features vs {cmp.meta.get('reference', 'base')}: fractions of live SAE features (reuse + recombination"
+        f"features vs {cmp.meta.get('reference', 'base')}: fractions of scored SAE features (reuse + recombination"
         " + novelty = 1); floor = the same number for a second base SAE (another seed); "
         + (f"[lo, hi] = {level:.0%} interval" if level is not None else "[n/a] = no interval in this run")
         + "; * = the correction hit a bound. drift = 1 - cosine, transfer_fve = variance the base SAE explains."
