@@ -150,8 +150,9 @@ def test_export_features_json(tmp_path):
                           "reuse": [0.93, np.nan], "match": [4, -1]})
     path = fd.export_features(SimpleNamespace(features=feats), tmp_path / "f.json")
     doc = json.loads(path.read_text())
-    assert doc["featdiff_feature_json"] == 2 and doc["cards"] is False  # no activations: the table only
-    assert doc["features"][0] == {"checkpoint": "sft", "feature": 0, "status": "reused", "reuse": 0.93, "match": 4}
+    assert doc["featdiff_feature_json"] == 3 and doc["cards"] is False  # no activations: the table only
+    assert doc["features"][0] == {"checkpoint": "sft", "feature": 0, "status": "reused", "reuse": 0.93, "match": 4,
+                                "kind": "target"}
     assert doc["features"][1]["reuse"] is None
     with pytest.raises(FeatdiffError, match="Comparison"):
         fd.export_features(object(), tmp_path / "g.json")

@@ -127,7 +127,7 @@ def _metric_names() -> list[str]:
 
 
 @PROPS
-@given(pairs(), st.sampled_from(METHODS), st.randoms(use_true_random=False))
+@given(pairs(), st.sampled_from([m for m in METHODS if m != "index"]), st.randoms(use_true_random=False))  # index pairs by position
 def test_align_permuting_features_permutes_the_matching(p, method, rnd):
     perm_t = np.array(rnd.sample(range(len(p.tgt)), len(p.tgt)))
     perm_r = np.array(rnd.sample(range(len(p.ref)), len(p.ref)))
